@@ -45,7 +45,7 @@ tag="${hash}-${arch}${suffix}"
 repo="${registry:+${registry%/}/}${image}-${target}"
 ref="${repo}:${tag}"
 
-run() { if [ "$dry" = 1 ]; then printf '%q ' "$@"; echo; else "$@"; fi; }
+run() { if [ "$dry" = 1 ]; then local c; c="$(printf '%q ' "$@")"; echo "${c% }"; else "$@"; fi; }
 if [ "$cloud" = 1 ]; then
   run gcloud builds submit --config docker/cloudbuild.yaml \
     --substitutions "_IMAGE=${repo},_TAG=${tag},_TARGET=${target},_GPU_ARCH=${arch},_BASE_IMAGE=${base}" .
