@@ -5,7 +5,7 @@
 # torch, torchvision and triton are pinned to the versions already installed, so pip never replaces them.
 # The Dockerfile sets PIP_NO_CACHE_DIR=1, so no pip cache stays in the image.
 set -euo pipefail
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 
 torch_before="$("$PYTHON" -c 'import torch; print(torch.__version__)')"
 keep="$(mktemp --suffix=.txt)"

@@ -11,7 +11,7 @@ case "${1:-}" in
   --num_processes) n="$2"; shift 2 ;;
   --num_processes=*) n="${1#*=}"; shift ;;
 esac
-if [ -z "$n" ]; then n="$(python -c 'import torch; print(max(torch.cuda.device_count(), 1))')"; fi
+if [ -z "$n" ]; then n="$("$(command -v python || command -v python3)" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"; fi
 
 args=("$@")
 if [ -n "${RTS_SEG_MIXED_PRECISION:-}" ] && [[ " $* " != *" train.mixed_precision="* ]]; then

@@ -13,13 +13,15 @@ if [ "${1:-}" = --local ]; then
   shift
   exec rts-seg image-check --steps "$steps" "$@"
 fi
-if [ $# -ne 1 ] || [[ "$1" == -* ]]; then sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 2; fi
+if [ $# -ne 1 ] || [[ "$1" == -* ]]; then awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2; fi
 image="$1"
 fail=0
 report() { printf '%-4s %s\n' "$1" "$2"; if [ "$1" = FAIL ]; then fail=1; fi; }
 
-if command -v docker > /dev/null; then report PASS "docker: $(docker --version)"
-else report FAIL "docker: not installed on this machine"; exit 1; fi
+if ! command -v docker > /dev/null; then report FAIL "docker: not installed on this machine"; exit 1
+elif ! server="$(docker version --format '{{.Server.Version}}' 2> /dev/null)"; then
+  report FAIL "docker: the daemon is not reachable (sudo systemctl start docker; add yourself to the docker group)"; exit 1
+else report PASS "docker: engine $server"; fi
 if gpus="$(nvidia-smi --query-gpu=name,compute_cap --format=csv,noheader 2> /dev/null)" && [ -n "$gpus" ]; then
   report PASS "host gpu: $(echo "$gpus" | wc -l) x $(echo "$gpus" | head -n 1)"
 else report FAIL "host gpu: nvidia-smi finds no GPU (install the NVIDIA driver and container toolkit)"; fi
