@@ -204,6 +204,11 @@ def test_image_install_and_checks_in_a_fresh_venv(tmp_path):
 
     torch and torchvision stand in for the NVIDIA base image; the files are laid out as the Dockerfile's
     COPY instructions lay them out, and its RUN line for docker/install.sh runs as written."""
+    try: _install_and_check(tmp_path)
+    finally: shutil.rmtree(tmp_path/'venv', ignore_errors=True) # several GB (torch with its CUDA libraries)
+
+
+def _install_and_check(tmp_path):
     st = stages(DOCKERFILE)
     ops = st['common']['ops']
     workdir = next(a for op, a in ops if op == 'WORKDIR')
