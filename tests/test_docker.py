@@ -246,7 +246,7 @@ def _install_and_check(tmp_path):
     # the training entry point as the image runs it (accelerate launch), with the image's environment
     (tmp_path/'tiny.yaml').write_text(f"""output_dir: {tmp_path}/run\ndata:\n  root: {tmp_path}/data\n  synth: {{tiles: 24, size: 64}}
   batch_size: 4\n  num_workers: 0\nmodel: {{arch: Unet, encoder: resnet18, encoder_weights: null, decoder_channels: [32, 16, 16, 8, 8]}}
-train: {{epochs: 1}}\n""")
+train: {{epochs: 1, warmup_epochs: 0.5, freeze_backbone_epochs: 0}}\n""")
     img_env = {**env, 'RTS_SEG_GPU_ARCH': 'ampere', 'RTS_SEG_MIXED_PRECISION': 'bf16', 'MLFLOW_TRACKING_URI': f'sqlite:///{tmp_path}/mlflow.db'}
     r = subprocess.run([ROOT/'docker'/'train.sh', '--config', tmp_path/'tiny.yaml'], env=img_env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=900)
