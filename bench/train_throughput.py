@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rts_seg.core  # noqa: F401  (silences fastai's torch.jit warning)
 import segmentation_models_pytorch as smp
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelValidException
 
 from rts_seg.config import load_config
 from rts_seg.data import compute_stats, get_dls, split_tiles
@@ -83,6 +83,11 @@ def make_dataset(a, root):
     pd.concat([meta, pd.DataFrame(rows)]).to_csv(root/'metadata.csv', index=False)
 
 
+class NoValid(Callback):
+    "Skip validation: it is not timed, and under torch.compile eval mode would compile a second graph."
+    def before_validate(self): raise CancelValidException()
+
+
 class Timer(Callback):
     "Wall time of training batches after `warmup` batches, validation excluded."
     order = 100
@@ -116,7 +121,7 @@ def rts_seg_step(a, dev, tmp):
     timer = Timer(a.warmup)
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
     t = time.time()
-    learn.fit_one_cycle(1, cfg.train.base_lr, cbs=timer)
+    learn.fit_one_cycle(1, cfg.train.base_lr, cbs=[timer] + ([NoValid()] if a.no_valid else []))
     total = time.time() - t
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else float('nan')
     return dict(img_s=timer.imgs / timer.elapsed, peak_gib=mem, timed_images=timer.imgs, fit_s=total, dataset_s=t_data,
@@ -134,6 +139,7 @@ def main():
     p.add_argument('--compile', action='store_true'); p.add_argument('--no-channels-last', dest='channels_last', action='store_false')
     p.add_argument('--cpu-small', action='store_true', help='CPU: Unet/resnet18, 128 px, batch 8')
     p.add_argument('--skip-plain', action='store_true'); p.add_argument('--json', default=None)
+    p.add_argument('--no-valid', action='store_true', help='skip the (untimed) validation pass')
     a = p.parse_args()
     if a.cpu_small:
         a.arch, a.encoder, a.size, a.bs, a.warmup, a.steps, a.unique, a.workers = 'Unet', 'resnet18', 128, 8, 3, 20, 24, 1
