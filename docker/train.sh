@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Entry point of the training image: accelerate launch -m rts_seg.train --config CFG [key=value ...]
+#   NUM_PROCESSES=N (env) or --num_processes N (first argument): processes, one per GPU;
+#   default: every visible GPU (CUDA_VISIBLE_DEVICES), or 1 without a GPU.
+# The image's default precision (RTS_SEG_MIXED_PRECISION) is passed as train.mixed_precision unless the
+# arguments set it.
+set -euo pipefail
+
+n="${NUM_PROCESSES:-}"
+case "${1:-}" in
+  --num_processes) n="$2"; shift 2 ;;
+  --num_processes=*) n="${1#*=}"; shift ;;
+esac
+if [ -z "$n" ]; then n="$("$(command -v python || command -v python3)" -c 'import torch; print(max(torch.cuda.device_count(), 1))')"; fi
+
+args=("$@")
+if [ -n "${RTS_SEG_MIXED_PRECISION:-}" ] && [[ " $* " != *" train.mixed_precision="* ]]; then
+  args+=("train.mixed_precision=${RTS_SEG_MIXED_PRECISION}")
+fi
+if [ -d /outputs ] && [ ! -w /outputs ]; then
+  echo "train.sh: /outputs is not writable by uid $(id -u); see 'permission denied' in the runbook (--user, chown)" >&2
+fi
+
+launch=(--num_processes "$n" --num_machines 1 --mixed_precision no --dynamo_backend no)
+if [ "$n" -gt 1 ]; then launch+=(--multi_gpu); fi
+echo "train.sh: accelerate launch ${launch[*]} -m rts_seg.train ${args[*]}" >&2
+exec accelerate launch "${launch[@]}" -m rts_seg.train "${args[@]}"
