@@ -1,0 +1,77 @@
+"""Tiles/s per worker core: 512 px RGB LZW GeoTIFFs read through the full SPEC augmentation list and normalisation.
+
+    python bench/loader.py [--tiles 48] [--size 512] [--repeat 3]
+
+One process, one thread (OpenCV and torch pinned to one thread), as one DataLoader worker runs; prints the
+throughput of the whole `RTSDataset.__getitem__` and where the time goes, step by step.
+"""
+import argparse, tempfile, time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from rts_seg.augment import train_transforms
+from rts_seg.data import Normalizer, RTSDataset, compute_stats
+from rts_seg.io import read_raster, write_raster
+from rts_seg.synthetic import CRS, PIXEL_M, make_tile
+from rasterio.transform import from_origin
+
+
+def make_tiles(root:Path, n:int, size:int):
+    "Write `n` synthetic RGB tiles + labels as LZW GeoTIFFs, plus the metadata the dataset reads."
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        img, lbl = make_tile(rng, size, int(rng.integers(0, 3)))
+        tfm = from_origin(-1_250_000 + i * size * PIXEL_M, -650_000, PIXEL_M, PIXEL_M)
+        write_raster(root/'PLANET-RGB'/f't{i:04d}.tif', img, CRS, tfm)
+        write_raster(root/'labels'/f't{i:04d}.tif', lbl, CRS, tfm)
+        rows.append(f"t{i:04d},70,-120,{'Positive' if (lbl == 1).any() else 'Negative'},r,")
+    (root/'metadata.csv').write_text('tile_id,centroid_lat,centroid_lon,TrainClass,RegionName,UIDs\n' + '\n'.join(rows) + '\n')
+    (root/'splits.yaml').write_text('train: [r]\nval: []\ntest: []\n')
+    return [f't{i:04d}' for i in range(n)]
+
+
+def rate(fn, n:int, repeat:int) -> float:
+    "Best-of-`repeat` calls per second of fn(i) for i in range(n)."
+    best = 0.
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for i in range(n): fn(i)
+        best = max(best, n / (time.perf_counter() - t))
+    return best
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('--tiles', type=int, default=48)
+    p.add_argument('--size', type=int, default=512)
+    p.add_argument('--repeat', type=int, default=3)
+    a = p.parse_args()
+    cv2.setNumThreads(1); torch.set_num_threads(1)
+    root = Path(tempfile.mkdtemp())
+    ids = make_tiles(root, a.tiles, a.size)
+    stats = compute_stats(root, ids)
+    norm, tf = Normalizer(stats), train_transforms()
+    ds = RTSDataset(root, ids, norm, tf)
+    imgs = [ds.read(i) for i in range(a.tiles)]
+    hwc = [(im.transpose(1, 2, 0).copy(), lb) for im, _, lb in imgs]
+    full = rate(lambda i: ds[i], a.tiles, a.repeat)
+    print(f'{a.size} px RGB LZW tiles, full SPEC augmentation + normalisation, 1 core: {full:.1f} tiles/s ({1000 / full:.1f} ms/tile)')
+    print('where the time goes (ms per tile; each step alone, its probability included):')
+    steps = {'read image + label (rasterio, LZW)': lambda i: ds.read(i)}
+    for t in tf.geom.transforms: steps[type(t).__name__ + f' (p={t.p})'] = (lambda t: lambda i: t(image=hwc[i][0], mask=hwc[i][1]))(t)
+    for t in tf.color.transforms: steps[type(t).__name__ + f' RGB only (p={t.p})'] = (lambda t: lambda i: t(image=hwc[i][0]))(t)
+    steps['normalise (clip, standardise)'] = lambda i: norm(imgs[i][0])
+    steps['to tensors'] = lambda i: (torch.from_numpy(imgs[i][0].astype(np.float32)), torch.from_numpy(imgs[i][2]))
+    for k, f in steps.items(): print(f'  {k:45s} {1000 / rate(f, a.tiles, a.repeat):6.2f}')
+    for p_ in (1.0,):
+        for t in tf.geom.transforms[3:]:
+            q = t.p; t.p = p_
+            print(f'  {type(t).__name__ + " when applied (p=1)":45s} {1000 / rate(lambda i: t(image=hwc[i][0], mask=hwc[i][1]), a.tiles, a.repeat):6.2f}')
+            t.p = q
+
+
+if __name__ == '__main__': main()
