@@ -67,11 +67,14 @@ def main():
     steps['normalise (clip, standardise)'] = lambda i: norm(imgs[i][0])
     steps['to tensors'] = lambda i: (torch.from_numpy(imgs[i][0].astype(np.float32)), torch.from_numpy(imgs[i][2]))
     for k, f in steps.items(): print(f'  {k:45s} {1000 / rate(f, a.tiles, a.repeat):6.2f}')
-    for p_ in (1.0,):
-        for t in tf.geom.transforms[3:]:
-            q = t.p; t.p = p_
-            print(f'  {type(t).__name__ + " when applied (p=1)":45s} {1000 / rate(lambda i: t(image=hwc[i][0], mask=hwc[i][1]), a.tiles, a.repeat):6.2f}')
-            t.p = q
+    w = tf.geom.transforms[-1]
+    for pa, pe in ((1, 0), (0, 1), (1, 1)):
+        w.p_affine, w.p_elastic = pa, pe
+        print(f'  {f"AffineElastic when applied (affine {pa}, elastic {pe})":45s} {1000 / rate(lambda i: w(image=hwc[i][0], mask=hwc[i][1]), a.tiles, a.repeat):6.2f}')
+    import albumentations as A, cv2 as cv
+    ref = {'albumentations Affine (p=1)': A.Affine(translate_percent=(-0.06, 0.06), scale=(0.9, 1.1), rotate=(-30, 30), shear=(-8, 8), p=1, border_mode=cv.BORDER_CONSTANT, fill_mask=255),
+           'albumentations ElasticTransform (p=1)': A.ElasticTransform(alpha=30, sigma=6, approximate=True, same_dxdy=True, p=1)}
+    for k, t in ref.items(): print(f'  {"for reference: " + k:45s} {1000 / rate(lambda i: t(image=hwc[i][0], mask=hwc[i][1]), a.tiles, a.repeat):6.2f}')
 
 
 if __name__ == '__main__': main()
