@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
@@ -12,7 +12,8 @@ from .config import load_config
 from .train import add_train_args, run_cli
 
 # %% auto #0
-__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_image_tag', 'cmd_image_check', 'parser', 'main']
+__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
+           'cmd_image_tag', 'cmd_image_check', 'parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -22,9 +23,10 @@ def cmd_synth(sub):
     s.add_argument('--tiles', type=int, default=240, help='number of tiles (default 240)')
     s.add_argument('--size', type=int, default=128, help='tile side in pixels (default 128)')
     s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
+    s.add_argument('--extra', action='store_true', help='also write EXTRA/ aux bands (ndvi, nir, re, sr)')
     def fn(a):
         from rts_seg.synthetic import synth_dataset
-        root = synth_dataset(a.out, tiles=a.tiles, size=a.size, seed=a.seed)
+        root = synth_dataset(a.out, tiles=a.tiles, size=a.size, seed=a.seed, extra=a.extra)
         print(f'wrote {a.tiles} tiles of {a.size} px to {root}')
     s.set_defaults(fn=fn)
 
@@ -58,6 +60,64 @@ def cmd_predict(sub):
                           threshold=a.threshold, bands=a.bands, device=a.device)
     q.set_defaults(fn=fn)
 
+# %% ../nbs/12_cli.ipynb #6200846a
+def cmd_stats(sub):
+    "rts-seg stats: normalisation statistics of a dataset's training tiles."
+    s = sub.add_parser('stats', help='per-channel mean/std after percentile clipping (normalization_stats.json)')
+    s.add_argument('--root', required=True, help='dataset root: a folder or gs://bucket/prefix')
+    s.add_argument('--split', default='train', choices=['train', 'val', 'test'], help='split whose tiles are used (default train)')
+    s.add_argument('--clip', type=float, nargs=2, default=(1., 99.), metavar=('LOW', 'HIGH'), help='percentiles to clip at (default 1 99)')
+    s.add_argument('--extra', nargs='*', default=[], help='aux channels by name (ndvi nir re sr)')
+    s.add_argument('--out', required=True, help='JSON file to write')
+    def fn(a):
+        from rts_seg.data import compute_stats, save_stats, split_tiles
+        st = compute_stats(a.root, split_tiles(a.root)[a.split], tuple(a.clip), a.extra)
+        save_stats(st, a.out)
+        print(f"{st['n_tiles_used']} tiles, channels {', '.join(st['channels'])}: wrote {a.out}")
+    s.set_defaults(fn=fn)
+
+# %% ../nbs/12_cli.ipynb #6ed75fea
+def cmd_check_data(sub):
+    "rts-seg check-data: every check of the data contract, then a few batches through the real DataLoader."
+    s = sub.add_parser('check-data', help='check a dataset against the data contract; exit 1 if anything is wrong')
+    s.add_argument('--root', required=True, help='dataset root: a folder or gs://bucket/prefix')
+    s.add_argument('--config', default=None, help='run config whose data section is used for the DataLoader run')
+    s.add_argument('--report', default=None, help='also write the problems here; the batch picture goes next to it')
+    s.add_argument('--batches', type=int, default=2, help='batches drawn through the DataLoader (default 2)')
+    def fn(a):
+        from pathlib import Path
+        from rts_seg.checks import check_data
+        from rts_seg.core import atomic_write_text
+        cfg = load_config(a.config).data if a.config else None
+        pic = Path(a.report).with_suffix('.png') if a.report else Path('check_data_batch.png')
+        probs = check_data(a.root, cfg, picture=pic, n_batches=a.batches, verbose=True)
+        lines = [str(p) for p in probs]
+        for l in lines: print(l)
+        if a.report: atomic_write_text(a.report, ''.join(l + '\n' for l in lines))
+        print(f"{len(probs)} problem(s) in {a.root}" + ('' if probs else f"; batch picture: {pic}"))
+        return 1 if probs else 0
+    s.set_defaults(fn=fn)
+
+# %% ../nbs/12_cli.ipynb #c0dcfc36
+def cmd_make_dataset(sub):
+    "rts-seg make-dataset: tiles, labels, metadata and splits from scenes and slump polygons."
+    s = sub.add_parser('make-dataset', help='build a dataset in the data-contract layout from scenes and polygons')
+    s.add_argument('--images', required=True, help='folder of GeoTIFF scenes, or a glob pattern (quote it)')
+    s.add_argument('--polygons', required=True, help='slump polygons: GeoJSON, GPKG or shapefile, any CRS')
+    s.add_argument('--out', required=True, help='dataset root to create')
+    s.add_argument('--tile-size', type=int, default=512, help='tile side in pixels (default 512)')
+    s.add_argument('--region-column', default='RegionName', help='polygon attribute naming the region (default RegionName)')
+    s.add_argument('--uid-column', default='UID', help='polygon attribute with the slump id (default UID)')
+    s.add_argument('--min-inside', type=float, default=0.5, help='share of a slump that must lie in a tile for label 1, else 255 (default 0.5)')
+    s.add_argument('--bands', type=int, nargs=3, default=(1, 2, 3), help='1-based scene bands holding R, G, B (default 1 2 3)')
+    def fn(a):
+        import pandas as pd
+        from rts_seg.make_dataset import make_dataset
+        root = make_dataset(a.images, a.polygons, a.out, a.tile_size, a.region_column, a.uid_column, a.min_inside, a.bands)
+        meta = pd.read_csv(root/'metadata.csv', keep_default_na=False)
+        print(f"wrote {len(meta)} tiles ({(meta.TrainClass == 'Positive').sum()} positive) in {meta.RegionName.nunique()} region(s) to {root}")
+    s.set_defaults(fn=fn)
+
 # %% ../nbs/12_cli.ipynb #c6c2dc5f
 def cmd_image_tag(sub):
     "rts-seg image-tag: the content-hash tag of the Docker images."
@@ -86,7 +146,7 @@ def cmd_image_check(sub):
     s.set_defaults(fn=fn)
 
 # %% ../nbs/12_cli.ipynb #bd92b02f
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."

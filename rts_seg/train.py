@@ -14,7 +14,9 @@ import torch
 from . import __version__
 from .config import Config, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_write_text, get_device, seed_everything
+from .io import is_remote
 from .data import compute_stats, dataset_version, get_dls, save_stats, split_tiles, stats_hash
+from .sampling import SamplerEpoch
 from .learner import BestCheckpoint, MLflowLogger, ProtocolSchedule, rts_learner
 from .synthetic import synth_dataset
 
@@ -22,8 +24,9 @@ from .synthetic import synth_dataset
 __all__ = ['prepare_data', 'tracking_uri', 'system_params', 'mlflow_run', 'train', 'run_cli', 'add_train_args', 'main']
 
 # %% ../nbs/10_train.ipynb #46882b00
-def prepare_data(cfg:Config) -> Path:
+def prepare_data(cfg:Config) -> Path|str:
     "The dataset root, generated first if the config asks for synthetic data and it does not exist yet."
+    if is_remote(cfg.data.root): return cfg.data.root # gs://bucket/prefix: read in place
     root = Path(cfg.data.root)
     if not root.exists():
         if cfg.data.synth is None: raise RtsSegError(f"data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one")
@@ -76,10 +79,10 @@ def train(cfg:Config) -> dict:
               'initialised encoder (model.encoder_weights is null); set it to 0 unless that is what you want', file=sys.stderr)
     seed_everything(cfg.train.seed)
     tiles = split_tiles(root)
-    stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles)
+    stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
     save_stats(stats, out/'normalization_stats.json')
     device = get_device(cfg.train.device)
-    dls = get_dls(cfg.data, stats, device)
+    dls = get_dls(cfg.data, stats, device, seed=cfg.train.seed)
     learn = rts_learner(dls, cfg)
     best = BestCheckpoint(out/'best.pth', cfg, stats, last_path=out/'last.pth')
     uri = tracking_uri(cfg)
@@ -88,7 +91,7 @@ def train(cfg:Config) -> dict:
                            'data.normalization_hash': stats_hash(stats), 'data.n_train_tiles': len(tiles['train']),
                            'data.n_val_tiles': len(tiles['val'])})
         for f in ('config.yaml', 'normalization_stats.json'): mlflow.log_artifact(str(out/f))
-        learn.fit(cfg.train.epochs, cbs=[ProtocolSchedule(cfg.train), best, MLflowLogger()])
+        learn.fit(cfg.train.epochs, cbs=[ProtocolSchedule(cfg.train), best, MLflowLogger(), SamplerEpoch()])
         val_loss, val_iou = learn.validate() # the best weights, put back by BestCheckpoint
         metrics = dict(val_iou=float(val_iou), val_loss=float(val_loss), epochs=cfg.train.epochs, best_epoch=best.best_epoch,
                        seconds=round(time.time() - t0, 1), device=str(device), n_train_tiles=len(tiles['train']),
