@@ -130,4 +130,8 @@ d = { 'settings': { 'branch': 'main',
                                'rts_seg.train.run_cli': ('train.html#run_cli', 'rts_seg/train.py'),
                                'rts_seg.train.system_params': ('train.html#system_params', 'rts_seg/train.py'),
                                'rts_seg.train.tracking_uri': ('train.html#tracking_uri', 'rts_seg/train.py'),
-                               'rts_seg.train.train': ('train.html#train', 'rts_seg/train.py')}}}
+                               'rts_seg.train.train': ('train.html#train', 'rts_seg/train.py')},
+            'rts_seg.vectorize': { 'rts_seg.vectorize._metric': ('vectorize.html#_metric', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize._stats': ('vectorize.html#_stats', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize.mask_polygons': ('vectorize.html#mask_polygons', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize.vectorize': ('vectorize.html#vectorize', 'rts_seg/vectorize.py')}}}
