@@ -23,6 +23,8 @@ loss:
 train:
   epochs: 2
   base_lr: 0.003
+  warmup_epochs: 0.5
+  freeze_backbone_epochs: 0
 """
 
 def rts_seg(*args, cwd=None, env=None):

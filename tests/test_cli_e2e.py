@@ -94,3 +94,16 @@ def test_errors_are_one_line(tiny, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and name in lines[0] and 'Traceback' not in r.stderr, (args, r.stderr)
+
+
+def test_error_in_a_dataloader_worker_is_one_line(tiny, tmp_path):
+    import shutil
+    data = tmp_path/'data'
+    shutil.copytree(tiny['data'], data)
+    val = pd.read_csv(data/'metadata.csv', keep_default_na=False).query("RegionName == 'peel_plateau'").tile_id.iloc[0]
+    bad = data/'PLANET-RGB'/f'{val}.tif'
+    bad.write_bytes(b'not a GeoTIFF') # only validation tiles are read in DataLoader workers, not by the statistics
+    r = rts_seg('train', '--config', tiny['config'], f'data.root={data}', f'output_dir={tmp_path}/run', 'data.num_workers=1', 'train.epochs=1')
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and bad.name in lines[0] and 'Traceback' not in lines[0], r.stderr[-2000:]
