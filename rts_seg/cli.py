@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | evaluate | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
@@ -7,13 +7,14 @@ Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 # %% ../nbs/12_cli.ipynb #20773e34
 from __future__ import annotations
 import argparse
+from pathlib import Path
 
 from .config import load_config
 from .train import add_train_args, run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
-           'cmd_image_tag', 'cmd_image_check', 'parser', 'main']
+           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'parser', 'main']
 
 # %% ../nbs/12_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -42,22 +43,29 @@ def cmd_train(sub):
 
 # %% ../nbs/12_cli.ipynb #863612de
 def cmd_predict(sub):
-    "rts-seg predict: probability and mask GeoTIFFs for whole scenes."
-    q = sub.add_parser('predict', help='predict slump probability over whole scenes')
+    "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
+    q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
     q.add_argument('--model', required=True, help='checkpoint written by rts-seg train (best.pth)')
-    q.add_argument('--scene', required=True, nargs='+', help='GeoTIFF scene(s)')
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
+    src.add_argument('--tile-list', help='CSV with tile_id (and RegionName) of tiles under --imagery')
+    q.add_argument('--imagery', help='imagery root with PLANET-RGB/{tile_id}.tif (with --tile-list)')
     q.add_argument('--out', required=True, help='output folder')
-    q.add_argument('--tile-size', type=int, default=512, help='window side in pixels (default 512)')
-    q.add_argument('--stride', type=int, default=None, help='step between windows (default half a window)')
-    q.add_argument('--batch-size', type=int, default=16, help='windows per forward pass (default 16)')
-    q.add_argument('--threshold', type=float, default=0.5, help='probability threshold of the mask (default 0.5)')
-    q.add_argument('--bands', type=int, nargs='+', default=None, help='1-based scene bands to use (default the first ones)')
-    q.add_argument('--device', default='auto', help='auto, cpu or cuda (default auto)')
+    q.add_argument('--config', default=None, help='YAML with an inference section (e.g. configs/inference.yaml)')
+    q.add_argument('--shard', default=None, help="this VM's share of the tile list, i/n (e.g. 0/8)")
+    q.add_argument('--resume', action='store_true', help='skip tiles a manifest in --out lists as finished')
+    for flag, key, typ in (('--tile-size', 'tile_size', int), ('--stride', 'stride', int), ('--batch-size', 'batch_size', int),
+                           ('--threshold', 'threshold', float), ('--device', 'device', str)):
+        q.add_argument(flag, type=typ, default=None, help=f'shortcut for inference.{key}=...')
+    q.add_argument('--bands', type=int, nargs='+', default=None, help='1-based bands of the imagery (inference.bands)')
+    q.add_argument('overrides', nargs='*', help='config overrides, e.g. inference.tta=full inference.scales=[1.0,0.5]')
     def fn(a):
-        from rts_seg.predict import predict_scene
-        for s in a.scene:
-            predict_scene(a.model, s, a.out, tile_size=a.tile_size, stride=a.stride, batch_size=a.batch_size,
-                          threshold=a.threshold, bands=a.bands, device=a.device)
+        from rts_seg.infer import run_inference
+        extra = [f'inference.{k}={v}' for k in ('tile_size', 'stride', 'batch_size', 'threshold', 'device')
+                 if (v := getattr(a, k)) is not None]
+        if a.bands: extra.append(f'inference.bands=[{",".join(map(str, a.bands))}]')
+        cfg = load_config(a.config, extra + a.overrides).inference
+        run_inference(a.model, a.out, scenes=a.scene, tile_list=a.tile_list, imagery=a.imagery, cfg=cfg, shard=a.shard, resume=a.resume)
     q.set_defaults(fn=fn)
 
 # %% ../nbs/12_cli.ipynb #6200846a
@@ -146,7 +154,23 @@ def cmd_image_check(sub):
     s.set_defaults(fn=fn)
 
 # %% ../nbs/12_cli.ipynb #bd92b02f
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+def cmd_evaluate(sub):
+    "rts-seg evaluate: pixel IoU, PR-AUC and object scores of predictions against ground truth."
+    e = sub.add_parser('evaluate', help='score predictions against label GeoTIFFs or polygons')
+    e.add_argument('--pred', required=True, help='output folder of rts-seg predict')
+    e.add_argument('--truth', required=True, help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file')
+    e.add_argument('--iou', type=float, nargs='+', default=[0.1, 0.3, 0.5], help='object IoU thresholds (default 0.1 0.3 0.5)')
+    e.add_argument('--out', default=None, help='folder for evaluation.json and pr_curve.png (default --pred)')
+    def fn(a):
+        from rts_seg.evaluate import evaluate
+        r = evaluate(a.pred, a.truth, a.iou, a.out)
+        o = r['objects'][str(a.iou[min(1, len(a.iou) - 1)])]
+        print(f"{r['n_images']} image(s): pixel IoU {r['pixel_iou']:.3f}, PR-AUC {r['pr_auc']:.3f}, objects P {o['precision']:.3f} "
+              f"R {o['recall']:.3f} F1 {o['f1']:.3f} -> {Path(a.out or a.pred)/'evaluation.json'}")
+    e.set_defaults(fn=fn)
+
+# %% ../nbs/12_cli.ipynb #de63d9c5
+COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."

@@ -17,7 +17,7 @@ from .core import RtsSegError, atomic_write_text
 
 # %% auto #0
 __all__ = ['EXTRA_BANDS', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'MlflowConfig', 'Config', 'parse_overrides', 'load_config', 'save_config', 'flat_params']
+           'MlflowConfig', 'InferenceConfig', 'Config', 'parse_overrides', 'load_config', 'save_config', 'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -100,6 +100,25 @@ class MlflowConfig(Section):
     tracking_uri: Optional[str] = None # None: sqlite store in output_dir
     experiment: str = 'rts_seg' # experiment name
 
+class InferenceConfig(Section):
+    "How `rts-seg predict` slides the model over scenes and tile lists, and what it writes."
+    tile_size: int = Field(512, ge=32) # window side in pixels
+    stride: Optional[int] = None # step between windows; None = half a window (50 % overlap)
+    merge: Literal['max', 'blend'] = 'max' # overlapping windows: maximum, or a weighted blend that removes seams
+    blend_window: Literal['hann', 'linear'] = 'hann' # weights of the blend, highest at the window centre
+    scales: list[Literal[1.0, 0.5, 0.25]] = [1.0] # 0.5 reads a 2x larger window, downsamples, predicts, upsamples
+    tta: Literal['none', 'minimal', 'standard', 'full'] = 'none' # minimal: +hflip; standard: +vflip, rot180; full: D4
+    batch_size: int = Field(16, ge=1) # windows per forward pass (64-128 on a GPU)
+    device: str = 'auto' # auto, cpu, cuda or cuda:N
+    precision: Literal['auto', 'fp32', 'bf16', 'fp16'] = 'auto' # auto: bf16 on a GPU that has it, else fp32
+    channels_last: bool = True # NHWC memory layout on the GPU (faster convolutions)
+    compile: bool = False # torch.compile the model (minutes to compile; pays off on long runs)
+    workers: int = Field(2, ge=1) # reader threads that prefetch and normalise windows
+    threshold: Optional[float] = None # mask threshold; None = the checkpoint's calibrated one (else 0.5)
+    bands: Optional[list[int]] = None # 1-based bands of the imagery; None = the first `in_channels`
+    min_area_m2: float = 100.0 # polygons smaller than this are dropped
+    simplify_m: Optional[float] = None # Douglas-Peucker tolerance in metres; None = one pixel
+
 class Config(Section):
     "All settings of a run."
     output_dir: str = 'runs/baseline' # checkpoints, metrics, resolved config and the default MLflow store
@@ -108,6 +127,7 @@ class Config(Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
 # %% ../nbs/01_config.ipynb #fba7e7c2
 def _fields(model_cls, loc):

@@ -1,0 +1,128 @@
+"""End-to-end prediction throughput against the raw model forward pass, on the same GPU in the same run.
+
+    python bench/predict_throughput.py            # GPU: 16384 px scene, UNet++/EfficientNet-B7, bf16, channels_last, batch 128
+    python bench/predict_throughput.py --small    # CPU smoke test: 1024 px scene, Unet/resnet18, batch 4
+
+It makes its own scene (a tiled LZW RGB GeoTIFF in EPSG:3413, written by blocks) and its own model
+(random weights: throughput does not depend on them), then measures
+  raw: model forward passes on a batch already on the device (the SPEC's 328 tiles/s anchor on an H100);
+  end-to-end: rts_seg.predict.predict_scenes on the scene: windowed reads by prefetching threads,
+      normalisation, prediction, max-merge, prob/mask/scale COGs written by the writer thread, and the
+      polygons (GeoPackage) when pyogrio is installed.
+It prints both, their ratio (goal >= 0.9) and the implied time for 20 million km2 at 3 m, stride 256,
+one scale, no TTA (goal: under 1.5 GPU-days on an H100). Needs torch, segmentation-models-pytorch,
+rasterio, shapely, pydantic and rts_seg (no fastai, no mlflow).
+"""
+import argparse, json, os, sys, tempfile, time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np
+import rasterio
+import segmentation_models_pytorch as smp
+import torch
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+
+from rts_seg.config import InferenceConfig
+from rts_seg.predict import Predictor, _Scene, predict_scenes
+
+PAN_ARCTIC_KM2, GSD_M = 20e6, 3.0
+
+
+def make_scene(path, size, seed=0):
+    "A size x size RGB uint8 scene, written block by block (smooth noise, so it compresses like imagery)."
+    rng = np.random.default_rng(seed)
+    prof = dict(driver='GTiff', width=size, height=size, count=3, dtype='uint8', crs='EPSG:3413', nodata=None,
+                transform=from_origin(-2_000_000, 1_000_000, GSD_M, GSD_M), tiled=True, blockxsize=512, blockysize=512, compress='lzw')
+    base = rng.integers(60, 200, (3, 16, 16)).astype(np.float32)
+    with rasterio.open(path, 'w', **prof) as dst:
+        for y in range(0, size, 1024):
+            h = min(1024, size - y)
+            yy = (np.arange(y, y + h) / size * 15)
+            xx = (np.arange(size) / size * 15)
+            blk = np.stack([base[c][yy.astype(int)][:, xx.astype(int)] for c in range(3)])
+            blk += rng.normal(0, 12, blk.shape)
+            dst.write(np.clip(blk, 0, 255).astype(np.uint8), window=Window(0, y, size, h))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--small', action='store_true', help='CPU smoke test: small scene and model')
+    p.add_argument('--size', type=int, default=None, help='scene side in pixels (default 16384; --small 1024)')
+    p.add_argument('--arch', default=None); p.add_argument('--encoder', default=None)
+    p.add_argument('--batch-size', type=int, default=None)
+    p.add_argument('--precision', default='auto'); p.add_argument('--no-channels-last', action='store_true')
+    p.add_argument('--compile', action='store_true'); p.add_argument('--workers', type=int, default=None)
+    p.add_argument('--raw-iters', type=int, default=None)
+    p.add_argument('--threshold', type=float, default=0.999, help='mask threshold: high, so a random model detects rarely, as a real one does')
+    p.add_argument('--out', default=None, help='work folder (default a temporary one)')
+    a = p.parse_args()
+    small = a.small
+    size = a.size or (1024 if small else 16384)
+    arch, enc = a.arch or ('Unet' if small else 'UnetPlusPlus'), a.encoder or ('resnet18' if small else 'efficientnet-b7')
+    B = a.batch_size or (4 if small else 128)
+    T = 256 if small else 512
+    workers = a.workers or (2 if small else min(12, os.cpu_count() or 2))
+    device = 'cpu' if small else 'auto'
+    out = Path(a.out or tempfile.mkdtemp(prefix='rts_bench_'))
+    out.mkdir(parents=True, exist_ok=True)
+    scene = out/f'scene_{size}.tif'
+    t = time.time()
+    if not scene.exists(): make_scene(scene, size)
+    print(f'scene {size}x{size} px written in {time.time() - t:.1f} s', flush=True)
+
+    model = smp.create_model(arch, encoder_name=enc, encoder_weights=None, in_channels=3, classes=1)
+    g = dict(channels=['r', 'g', 'b'], mean=[120.] * 3, std=[40.] * 3, clip_low=[0.] * 3, clip_high=[255.] * 3)
+    stats = dict(channels=['r', 'g', 'b'], groups=dict(rgb=g))
+    pred = Predictor(model, stats, device=device, precision=a.precision, channels_last=not a.no_channels_last,
+                     compile=a.compile, normalization_hash='bench')
+    dev = pred.device
+    sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
+    gpu = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'
+
+    # raw forward throughput: a normalised batch already on the device
+    x = torch.randn(B, 3, T, T, device=dev)
+    for _ in range(3): pred(x)
+    sync()
+    iters = a.raw_iters or (3 if small else 20)
+    t = time.time()
+    for _ in range(iters): pred(x)
+    sync()
+    raw = iters * B / (time.time() - t)
+    print(f'raw forward: {raw:.1f} tiles/s ({arch}/{enc}, {pred.precision}, channels_last={pred.channels_last}, batch {B}, {T} px, {gpu})', flush=True)
+
+    # end to end
+    try:
+        from rts_seg.vectorize import vectorize
+        import pyogrio # noqa: F401
+    except ImportError: vectorize = None
+    polys = []
+    def on_done(r):
+        if vectorize: polys.append(vectorize(r['mask'], r['prob'], out/'scene.gpkg', r['scale'], min_area_m2=100))
+    cfg = InferenceConfig(tile_size=T, stride=T // 2, batch_size=B, workers=workers, threshold=a.threshold, device=device,
+                          precision=a.precision, channels_last=not a.no_channels_last)
+    t = time.time()
+    res = predict_scenes(pred, [_Scene(str(scene), out/'pred')], cfg, on_done=on_done)[0]
+    sync()
+    wall = time.time() - t
+    e2e = res['windows'] / wall
+    ratio = e2e / raw
+    tiles = PAN_ARCTIC_KM2 * 1e6 / GSD_M**2 / 256**2 # 256 px stride at 3 m
+    days = tiles / e2e / 86400
+    summary = dict(gpu=gpu, arch=arch, encoder=enc, precision=pred.precision, channels_last=pred.channels_last, batch_size=B,
+                   tile_size=T, scene_px=size, windows=res['windows'], raw_tiles_per_s=round(raw, 2),
+                   end_to_end_tiles_per_s=round(e2e, 2), ratio=round(ratio, 3), wall_s=round(wall, 2),
+                   vectorized=bool(vectorize), polygons=polys[0]['polygons'] if polys else None,
+                   pan_arctic_tiles=round(tiles), pan_arctic_gpu_days=round(days, 3))
+    print(f'end to end: {e2e:.1f} tiles/s ({res["windows"]} windows in {wall:.1f} s; '
+          f'polygons {"written" if vectorize else "skipped (no pyogrio)"}); ratio end-to-end / raw = {ratio:.3f} (goal >= 0.9)')
+    if T == 512:
+        print(f'pan-Arctic (20 million km2 at 3 m, stride 256, one scale, no TTA): {tiles / 1e6:.1f} M tiles = '
+              f'{days:.2f} GPU-days at {e2e:.0f} tiles/s (goal < 1.5 on an H100); {tiles / raw / 86400:.2f} at the raw rate')
+    else: print('(--small: 256 px windows on the CPU; the pan-Arctic estimate needs the 512 px GPU run)')
+    print(json.dumps(summary))
+    (out/'throughput.json').write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == '__main__': main()
