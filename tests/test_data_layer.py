@@ -62,7 +62,7 @@ def test_check_data_cli(extra_ds, tmp_path):
 def gcs(tmp_path_factory, extra_ds):
     "gcp-storage-emulator on 127.0.0.1 with `extra_ds` uploaded to gs://rts-test/ds; yields the environment to reach it."
     exe = shutil.which('gcp-storage-emulator')
-    if not exe: pytest.skip('gcp-storage-emulator is not installed')
+    assert exe, 'gcp-storage-emulator is not installed: pip install -e ".[dev]"'
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp('gcs')/'emulator.log', 'w')
     proc = subprocess.Popen([exe, 'start', '--host', '127.0.0.1', '--port', str(port), '--in-memory', '-q', '--default-bucket', BUCKET],
