@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #e41f49c3
 from __future__ import annotations
-import os, time
+import logging, os, time
 from pathlib import Path
 
 if os.environ.get('STORAGE_EMULATOR_HOST'): # gcsfs probes bucket types over gRPC, which an emulator does not serve
@@ -18,6 +18,9 @@ import rasterio
 from rasterio.errors import RasterioIOError
 
 from .core import RtsSegError, atomic_path
+
+# gcsfs logs a traceback for every refused request before raising; `retry` turns the error into one line
+logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
 
 # %% auto #0
 __all__ = ['is_remote', 'join', 'set_cache_dir', 'get_fs', 'retry', 'exists', 'read_bytes', 'list_names', 'open_raster',
@@ -68,9 +71,12 @@ def retry(fn, # function of no arguments that reads `path`
             time.sleep(wait * 2**i)
 
 def exists(path:str|Path) -> bool:
-    "Whether the file `path` exists."
+    "Whether the file `path` exists; access denied is an error, not a missing file."
     fs, p = get_fs(path)
-    return retry(lambda: fs.isfile(p), path)
+    def isfile(): # unlike fs.isfile, fs.info raises on a refused request instead of answering False
+        try: return fs.info(p)['type'] == 'file'
+        except FileNotFoundError: return False
+    return retry(isfile, path)
 
 def read_bytes(path:str|Path) -> bytes:
     "The content of `path`."

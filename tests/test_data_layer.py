@@ -123,3 +123,27 @@ def test_make_dataset_real_chips(tmp_path):
     r = rts_seg('train', '--config', tmp_path/'cfg.yaml', 'train.epochs=1', cwd=tmp_path,
                 env={k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'})
     assert r.returncode == 0, r.stderr[-3000:]
+
+
+def test_gs_access_denied_is_one_clear_line(tmp_path):
+    "A storage server that refuses the caller (HTTP 401, as GCS answers without credentials) gives one line naming the fix."
+    import http.server, threading
+    class Deny(http.server.BaseHTTPRequestHandler):
+        def _deny(self):
+            body = json.dumps({'error': {'code': 401, 'message': 'Anonymous caller does not have storage.objects.get access'}}).encode()
+            self.send_response(401); self.send_header('Content-Type', 'application/json')
+            self.send_header('Content-Length', str(len(body))); self.end_headers()
+            try: self.wfile.write(body)
+            except BrokenPipeError: pass
+        do_GET = do_POST = do_HEAD = do_PUT = _deny
+        def log_message(self, *a): pass
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Deny)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    env = {**os.environ, 'STORAGE_EMULATOR_HOST': f'http://127.0.0.1:{srv.server_address[1]}'}
+    try:
+        for args in (['check-data', '--root', 'gs://private/ds'], ['stats', '--root', 'gs://private/ds', '--out', tmp_path/'s.json']):
+            r = rts_seg(*args, env=env)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+            assert 'access denied' in lines[0] and 'GOOGLE_APPLICATION_CREDENTIALS' in lines[0] and 'gs://private/ds' in lines[0], lines
+    finally: srv.shutdown()
