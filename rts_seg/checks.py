@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from .config import EXTRA_BANDS, DataConfig
-from .core import RtsSegError, atomic_path, atomic_write_text
-from .data import (META_COLUMNS, RGB, channel_names, compute_stats, get_dls, read_group, read_metadata,
+from .core import RtsSegError, atomic_path
+from .data import (RGB, channel_names, compute_stats, get_dls, read_group, read_metadata,
                           read_splits, split_tiles)
 from .io import join, list_names, open_raster, retry
 

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/image.html.md"""
 
 # %% ../nbs/13_image.ipynb #dd147fba
 from __future__ import annotations
-import contextlib, hashlib, importlib, os, sys, tempfile, time
+import contextlib, hashlib, importlib, os, tempfile
 from pathlib import Path
 
 import rts_seg.core

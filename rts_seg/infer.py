@@ -16,8 +16,8 @@ import rasterio
 import torch
 
 from .config import InferenceConfig
-from .core import RtsSegError, atomic_path, atomic_write_text
-from .predict import OUTPUTS, Predictor, _Scene, open_raster, predict_scenes, write_cog
+from .core import RtsSegError, atomic_write_text
+from .predict import OUTPUTS, Predictor, _Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
 # %% auto #0

@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/predict.html.md"""
 # %% ../nbs/11_predict.ipynb #b6231cbd
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
-import collections, math, os, queue, threading, time
+import collections, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -6,7 +6,6 @@ Docs: https://rts-seg.github.io/rts_seg/vectorize.html.md"""
 
 # %% ../nbs/11a_vectorize.ipynb #ce270dfd
 from __future__ import annotations
-import os
 from pathlib import Path
 
 import numpy as np
