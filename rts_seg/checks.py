@@ -115,10 +115,10 @@ def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
 # %% ../nbs/05a_checks.ipynb #15fd5fa5
 def show_batch(xb, yb, path:str|Path, n:int=8, ignore_index:int=255):
     "Save a picture of a batch: the RGB image, the label overlaid (red) and ignored pixels (grey)."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
     n = min(n, len(xb))
-    fig, axs = plt.subplots(2, n, figsize=(2.2 * n, 4.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * n, 4.6))
+    axs = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         rgb = xb[i, :3].float().cpu().numpy().transpose(1, 2, 0)
         rgb = (rgb - rgb.min((0, 1))) / (np.ptp(rgb, (0, 1)) + 1e-6)
@@ -132,7 +132,6 @@ def show_batch(xb, yb, path:str|Path, n:int=8, ignore_index:int=255):
     fig.tight_layout()
     path = Path(path)
     with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
-    plt.close(fig)
 
 def check_loader(cfg:DataConfig, picture:str|Path, n_batches:int=2) -> list[Problem]:
     "Run the training DataLoader for `n_batches` batches and save a picture of the first one."

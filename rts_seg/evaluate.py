@@ -121,11 +121,10 @@ def evaluate(pred:str|Path, # output folder of `rts-seg predict`
                         for iou, o in obj.items()})
     out = Path(out or pred)
     atomic_write_text(out/'evaluation.json', json.dumps(res, indent=2))
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(5, 4))
+    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+    fig = Figure(figsize=(5, 4))
+    ax = fig.subplots()
     ax.plot(rec, prec); ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {ap:.3f}')
     with atomic_path(out/'pr_curve.png') as tmp: fig.savefig(tmp, format='png', dpi=100)
-    plt.close(fig)
     res['pr_curve_png'] = str(out/'pr_curve.png')
     return res

@@ -16,7 +16,7 @@ calls left visible, a page that does not open with prose, an empty page, an imag
 (remote images, such as the Colab badge, cannot load offline and are only counted), a link to a page
 that does not exist, and a notebook missing from the sidebar (or a sidebar entry without a notebook).
 
-Usage: python tools/docs_check.py [--out _docs_check] [--only REGEX] [--workers 2]
+Usage: python tools/docs_check.py [--out _docs_check] [--only REGEX] [--workers 2] [--flags slow]
 Writes OUT/site/*.html, OUT/screenshots/*.png and OUT/report.json.
 """
 from __future__ import annotations
@@ -77,8 +77,8 @@ def _flat(entries): return [e for x in entries for e in ([x] if isinstance(x, st
 
 # ---- 1-2: execute and process one notebook (in a worker process) ----
 
-def execute(fn:Path):
-    "The notebook with nbdev's show_doc cells added and every cell nbdev-test runs executed, outputs kept."
+def execute(fn:Path, force:str=''):
+    "The notebook with nbdev's show_doc cells added and every cell nbdev-test runs executed (and those flagged `force`), outputs kept."
     from fastcore.nbio import read_nb
     from fastcore.xtras import working_directory
     from execnb.shell import CaptureShell
@@ -88,7 +88,7 @@ def execute(fn:Path):
     from nbdev.processors import add_show_docs, populate_language
     from nbdev.test import _skip_cell # the predicate nbdev-test uses to leave cells out
     flags = get_config().tst_flags
-    flags = flags.split() if isinstance(flags, str) else list(flags or [])
+    flags = [f for f in (flags.split() if isinstance(flags, str) else list(flags or [])) if f not in force.split()]
     nb = read_nb(fn)
     NBProcessor(nb=nb, procs=[FrontmatterProc, populate_language, add_show_docs], rm_directives=False).process()
     k = CaptureShell(fn)
@@ -169,13 +169,13 @@ def page_name(fn:Path, fm:dict) -> str:
     out = fm.get('output-file')
     return str(rel.parent/out) if out else str(rel.with_suffix('.html'))
 
-def build(fn:Path) -> dict:
+def build(fn:Path, force:str='') -> dict:
     "Execute, process and render one notebook; the page body, its title and the problems found."
     import nbconvert
     t0 = time.time()
     rel = str(fn.relative_to(NBS))
     try:
-        nb = process(execute(fn))
+        nb = process(execute(fn, force))
         fm = getattr(nb, 'frontmatter_', {}) or {}
         doc, probs = for_nbconvert(nb)
         if not opens_with_prose(doc): probs.append("does not open with prose (title, then a paragraph saying what it is for)")
@@ -256,6 +256,7 @@ def main(argv=None):
     p.add_argument('--out', default=str(ROOT/'_docs_check'), help='output folder (default _docs_check)')
     p.add_argument('--only', default='', help='regex on notebook paths: build only these (the sidebar checks still cover all)')
     p.add_argument('--workers', type=int, default=2, help='notebooks executed in parallel (default 2)')
+    p.add_argument('--flags', default='', help='test flags to run anyway, as nbdev-test --flags (e.g. "slow")')
     a = p.parse_args(argv)
     t0 = time.time()
     os.chdir(ROOT)
@@ -273,7 +274,7 @@ def main(argv=None):
     from fastcore.parallel import parallel
     import docs_check # by module name: running a notebook replaces a worker's __main__ (IPython's), so `__main__.build` would not unpickle
     print(f'docs_check: building {len(todo)} page(s) with {a.workers} worker(s)', flush=True)
-    built = list(parallel(docs_check.build, todo, n_workers=a.workers, pause=0.01)) if a.workers > 1 else [build(f) for f in todo]
+    built = list(parallel(docs_check.build, todo, force=a.flags, n_workers=a.workers, pause=0.01)) if a.workers > 1 else [build(f, a.flags) for f in todo]
     report = []
     for b in built:
         page = site/b['page']
