@@ -1,0 +1,74 @@
+"""The docs: what a reader of the site sees, the tutorials' Colab set-up, the sidebar and the GitHub workflows."""
+import json, os, re, shutil, subprocess, sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT/'tools'))
+import docs_check # noqa: E402
+
+NBS = ROOT/'nbs'
+TUTORIALS = sorted((NBS/'tutorials').glob('*.ipynb'))
+COLAB = 'https://colab.research.google.com/github/rts-seg/rts_seg/blob/main/nbs/'
+
+
+def cells(path):
+    return [(c['cell_type'], ''.join(c['source'])) for c in json.loads(path.read_text())['cells']]
+
+
+def test_sidebar_lists_every_notebook_once():
+    listed = docs_check._flat(docs_check.sidebar_entries())
+    rels = [str(f.relative_to(NBS)) for f in docs_check.notebooks()]
+    assert sorted(listed) == sorted(rels) and len(set(listed)) == len(listed)
+
+
+@pytest.mark.parametrize('nb', TUTORIALS, ids=lambda p: p.stem)
+def test_tutorial_opens_in_colab(nb):
+    "A tutorial exports nothing, has an Open-in-Colab badge for its own path, and installs the package first, in Colab only."
+    cs = cells(nb)
+    assert not any(re.search(r'^#\|\s*default_exp', s, re.M) for t, s in cs if t == 'code'), 'tutorials export nothing'
+    assert cs[0][0] == 'markdown' and cs[0][1].startswith('# ')
+    assert f'({COLAB}{nb.relative_to(NBS)})' in cs[1][1] and 'colab-badge.svg' in cs[1][1]
+    code = [s for t, s in cs if t == 'code']
+    assert "'google.colab' in sys.modules" in code[0] and 'pip' in code[0]
+    assert not re.search(r'^\s*(import|from) rts_seg', code[0], re.M) # the install comes before any import of the package
+
+
+def test_workflows():
+    "GitHub Actions: tests run .ci/run; the site is rendered by nbdev-docs from executed notebooks and published."
+    test = yaml.safe_load((ROOT/'.github'/'workflows'/'test.yaml').read_text())
+    deploy = yaml.safe_load((ROOT/'.github'/'workflows'/'deploy.yaml').read_text())
+    runs = lambda wf: [s.get('run', '') for j in wf['jobs'].values() for s in j['steps']]
+    uses = lambda wf: [s.get('uses', '') for j in wf['jobs'].values() for s in j['steps']]
+    assert any('.ci/run' in r for r in runs(test))
+    assert any('nbdev-test' in r and '--save' in r for r in runs(deploy)) and any(r.strip() == 'nbdev-docs' for r in runs(deploy))
+    assert any(u.startswith('quarto-dev/quarto-actions/setup') for u in uses(deploy))
+    assert any('gh-pages' in u for u in uses(deploy))
+    assert (ROOT/'nbs'/'_quarto.yml').is_file() and 'sidebar.yml' in (ROOT/'nbs'/'_quarto.yml').read_text()
+
+
+def _browser():
+    return shutil.which('chromium') or shutil.which('chromium-browser') or shutil.which('google-chrome')
+
+
+def test_docs_pages_render():
+    "Every page built as nbdev builds it, opened in headless Chromium: no errors, no broken images, no empty page."
+    if not _browser():
+        if os.environ.get('CI'): pytest.fail('Chromium is missing: .ci/run installs it (apt-get install chromium)')
+        pytest.skip('no Chromium here (apt-get install chromium)')
+    out = ROOT/'_docs_check'
+    r = subprocess.run([sys.executable, ROOT/'tools'/'docs_check.py', '--out', out], capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    report = json.loads((out/'report.json').read_text())
+    pages = {p['notebook']: p for p in report['pages']}
+    assert set(pages) == {str(f.relative_to(NBS)) for f in docs_check.notebooks()}
+    for p in pages.values():
+        shot = out/'screenshots'/(p['page'].replace('/', '__').removesuffix('.html') + '.png')
+        assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000, shot # a rendered page, not a blank one
+    # where output is visual, the page shows it
+    for nb in ['tutorials/quickstart.ipynb', 'tutorials/predict_scene.ipynb', '03_synthetic.ipynb', '04_augment.ipynb',
+               '05a_checks.ipynb', '11_predict.ipynb', '11a_vectorize.ipynb', '11b_evaluate.ipynb']:
+        assert pages[nb]['seen']['images'] >= 1, nb
+    assert pages['tutorials/quickstart.ipynb']['seen']['images'] >= 5
