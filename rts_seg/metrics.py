@@ -75,7 +75,7 @@ def object_counts(prob:np.ndarray, # (H, W) probabilities
     pl, npred = ndimage.label(prob > threshold); tl, ntruth = ndimage.label((target > 0.5) & valid)
     pl, tl = np.where(valid, pl, 0), np.where(valid, tl, 0)
     psize, tsize = np.bincount(pl.ravel(), minlength=npred + 1)[1:], np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
-    mean_p = np.asarray(ndimage.mean(prob, pl, range(1, npred + 1))) if npred else np.zeros(0)
+    mean_p = np.bincount(pl.ravel(), weights=prob.ravel(), minlength=npred + 1)[1:] / np.maximum(psize, 1)
     order = [int(i) + 1 for i in np.argsort(-np.nan_to_num(mean_p), kind='stable') if psize[i]]
     n_truth = int((tsize > 0).sum())
     out = np.zeros((len(ious), 3), np.int64)
