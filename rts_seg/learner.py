@@ -424,6 +424,7 @@ def collect_stats(learn:Learner, # a trained learner
                   dl=None, # a loader of (image, label) batches; default the validation loader
                   tta:str='none', # a `TTA_MODES` name
                   ignore_index:int=255,
+                  loss_func=None, # also the mean loss per tile, as `.loss`
                  ) -> ValStats:
     "Validation counts of `learn`'s model over `dl`, summed over processes."
     dl = dl if dl is not None else learn.dls.valid
@@ -434,9 +435,13 @@ def collect_stats(learn:Learner, # a trained learner
     mp = next((c for c in learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
     amp = torch.autocast('cuda', dtype=torch.bfloat16 if str(mp.amp_mode.value) == 'bf16' else torch.float16) if mp is not None and dev.type == 'cuda' else torch.autocast(dev.type, enabled=False)
     cl = any(isinstance(c, ChannelsLastInput) for c in learn.cbs)
+    loss = torch.zeros(2, dtype=torch.float64, device=dev)
     with torch.no_grad(), amp:
         for xb, yb in dl:
             xb, yb = xb.to(dev), yb.to(dev)
             if cl: xb = xb.contiguous(memory_format=torch.channels_last)
-            st.update(model(xb), yb)
+            pred = model(xb)
+            st.update(pred, yb)
+            if loss_func is not None: loss += torch.stack([loss_func(pred.float(), yb).double() * len(xb), torch.tensor(len(xb), dtype=torch.float64, device=dev)])
+    st.loss = float(reduce_sum(loss)[0] / loss[1]) if loss_func is not None and loss[1] > 0 else None
     return st.reduce()
