@@ -84,6 +84,9 @@ def mlflow_run(cfg:Config, run_id:str|None=None):
 def init_distributed(device:str='auto') -> torch.device:
     "This process's device, after starting torch.distributed when a launcher started several processes."
     dist = torch.distributed
+    if os.environ.get('MASTER_ADDR') and 'WORLD_SIZE' not in os.environ and not any(k in os.environ for k in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE')):
+        print("rts-seg: note: started as a single process; `accelerate launch --cpu --num_processes N` starts N processes only "
+              "with --mpirun_hostfile: on CPUs use `accelerate launch --multi_gpu --num_processes N` (gloo) or torchrun", file=sys.stderr)
     if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized():
         from accelerate import PartialState
         return PartialState(cpu=device == 'cpu' or not torch.cuda.is_available()).device
