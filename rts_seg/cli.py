@@ -37,8 +37,8 @@ def cmd_train(sub):
     t = sub.add_parser('train', help='train a model from a YAML config')
     add_train_args(t)
     def fn(a):
-        from rts_seg.train import train
-        train(load_config(a.config, a.overrides))
+        from rts_seg.train import train_from_args
+        train_from_args(a)
     t.set_defaults(fn=fn)
 
 # %% ../nbs/12_cli.ipynb #863612de

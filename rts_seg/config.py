@@ -94,6 +94,15 @@ class TrainConfig(Section):
     grad_clip_norm: Optional[float] = 1.0 # clip the gradient norm; null turns it off
     channels_last: bool = True # channels-last memory format on the GPU (faster convolutions with mixed precision)
     compile: bool = False # torch.compile the model (minutes to warm up; checkpoints stay loadable without it)
+    val_frequency: int = Field(1, ge=1) # validate every this many epochs (and always after the last)
+    val_ratios: list[float] = [200, 500, 1000] # realistic validation: negative tiles per positive tile (plus balanced 1:1)
+    monitor: str = 'r500_pr_auc' # metric for the best checkpoint and early stopping (higher is better)
+    early_stopping_patience: Optional[int] = 20 # epochs without improvement of `monitor` before stopping; null: never stop early
+    early_stopping_min_delta: float = 0.001 # smallest change of `monitor` that counts as an improvement
+    checkpoint_every: int = Field(10, ge=1) # full-state checkpoint every this many epochs (for --resume)
+    keep_checkpoints: int = Field(3, ge=1) # how many of those to keep, newest first
+    target_precision: float = Field(0.8, gt=0, le=1) # after training: threshold reaching this precision, per ratio
+    tta_eval: Literal['none', 'minimal', 'standard', 'full'] = 'standard' # after training: evaluate with this TTA too
 
 class MlflowConfig(Section):
     "Experiment tracking; `MLFLOW_TRACKING_URI` wins over `tracking_uri`."

@@ -22,7 +22,7 @@ from .augment import train_transforms
 from .config import EXTRA_BANDS, DataConfig
 from .core import RtsSegError, atomic_write_text
 from .io import exists, join, read_bytes, read_raster, set_cache_dir
-from .sampling import BalancedDL
+from .sampling import BalancedDL, ShardDL
 
 # %% auto #0
 __all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'read_metadata', 'read_splits', 'split_tiles', 'dataset_version', 'channel_names',
@@ -255,10 +255,14 @@ class RTSDataset(torch.utils.data.Dataset):
         if not ok.all(): lbl = np.where(ok, lbl, 255).astype(lbl.dtype)
         return img, ex, lbl
 
-    def __getitem__(self, i:int):
+    def __getitem__(self, key:int|tuple[int, int]): # an index, or (index, augmentation seed) from a keyed `BalancedDL`
+        i, seed = key if isinstance(key, tuple) else (key, None)
         img, ex, lbl = self.read(i)
         img, ex = img.transpose(1, 2, 0), None if ex is None else ex.transpose(1, 2, 0) # channels last, for augmentation
         if self.tfms is not None:
+            if seed is not None: # the same tile at the same place of an epoch gets the same augmentation
+                for c in (self.tfms, getattr(self.tfms, 'geom', None), getattr(self.tfms, 'color', None)):
+                    if hasattr(c, 'set_random_seed'): c.set_random_seed(seed)
             r = self.tfms(image=img, mask=lbl, extra=ex)
             img, lbl, ex = r['image'], r['mask'], r.get('extra')
         x = self.norm.hwc(img if ex is None else np.concatenate([img.astype(np.float32), ex], -1))
@@ -288,11 +292,11 @@ def get_dls(cfg:DataConfig, # the `data` section of the config
                           boundary=cfg.boundary, boundary_width=cfg.boundary_ignore_width, soft_label_value=cfg.soft_label_value)
     valid_ds = RTSDataset(cfg.root, tiles['val'], norm, extra_channels=cfg.extra_channels)
     bs = min(cfg.batch_size, len(train_ds))
-    kw = dict(num_workers=cfg.num_workers, persistent_workers=cfg.num_workers > 0, # workers live across epochs
-              pin_memory=device is not None and torch.device(device).type == 'cuda')
-    if cfg.positive_fraction is not None or cfg.curriculum:
-        # not persistent: fastai hands each epoch's index order to the workers when they start, and it changes every epoch
-        train_dl = BalancedDL(train_ds, train_ds.positive, bs=bs, positive_fraction=cfg.positive_fraction, curriculum=cfg.curriculum,
-                              seed=seed, **{**kw, 'persistent_workers': False})
-    else: train_dl = DataLoader(train_ds, bs=bs, shuffle=True, drop_last=True, **kw)
-    return DataLoaders(train_dl, DataLoader(valid_ds, bs=cfg.batch_size, **kw), device=device)
+    kw = dict(num_workers=cfg.num_workers, pin_memory=device is not None and torch.device(device).type == 'cuda')
+    # training: each rank its own batches of one global order per (seed, epoch), each item with its augmentation seed,
+    # so that a resumed run repeats an uninterrupted one exactly. Workers are not persistent: fastai hands each
+    # epoch's order to them when they start.
+    train_dl = BalancedDL(train_ds, train_ds.positive if cfg.positive_fraction is not None or cfg.curriculum else np.zeros(len(train_ds), bool),
+                          bs=bs, positive_fraction=cfg.positive_fraction, curriculum=cfg.curriculum, seed=seed, keyed=True, **kw)
+    valid_dl = ShardDL(valid_ds, bs=cfg.batch_size, persistent_workers=cfg.num_workers > 0, **kw) # every tile once, split by rank
+    return DataLoaders(train_dl, valid_dl, device=device)

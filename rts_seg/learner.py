@@ -1,4 +1,4 @@
-"""A fastai `Learner` for slump segmentation, self-contained checkpoints, MLflow logging and plain-text progress.
+"""A fastai `Learner` for slump segmentation: the SPEC's protocol, exact resume after preemption, several processes, MLflow logging and plain-text progress.
 
 Docs: https://rts-seg.github.io/rts_seg/learner.html.md"""
 
@@ -7,7 +7,8 @@ Docs: https://rts-seg.github.io/rts_seg/learner.html.md"""
 # %% ../nbs/09_learner.ipynb #d66bee3f
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
-import math, sys, time
+import math, os, random, re, signal, sys, threading, time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -16,9 +17,9 @@ import torch
 import fastai.callback.fp16, fastai.callback.schedule # patch Learner with to_fp16/to_bf16 and fit_one_cycle
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.training import GradientClip
-from fastai.callback.core import Callback
+from fastai.callback.core import Callback, CancelEpochException, CancelFitException
 from fastai.callback.progress import ProgressCallback
-from fastai.callback.tracker import TrackerCallback
+from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import Learner
 from fastai.optimizer import OptimWrapper
@@ -31,14 +32,27 @@ from .config import Config, ModelConfig
 from .core import RtsSegError, atomic_path
 from .data import stats_hash
 from .losses import get_loss
-from .metrics import PixelIoU
-from .models import create_model
+from .metrics import ValidationMetrics, ValStats, reduce_sum, summarize
+from .models import TTAModel, create_model
 
 # %% auto #0
-__all__ = ['save_checkpoint', 'load_checkpoint', 'BestCheckpoint', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput',
-           'lr_at', 'ProtocolSchedule', 'splitter', 'adamw', 'rts_learner']
+__all__ = ['STATE_RE', 'unwrap', 'rank', 'save_checkpoint', 'load_checkpoint', 'MLflowLogger', 'TextProgress', 'EMA',
+           'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter', 'adamw', 'RtsLearner', 'DDP', 'rts_learner',
+           'state_path', 'find_resume', 'save_training_state', 'load_training_state', 'Resume', 'Checkpointer',
+           'protocol_cbs', 'collect_stats']
 
 # %% ../nbs/09_learner.ipynb #405def62
+def unwrap(model:torch.nn.Module) -> torch.nn.Module:
+    "The network inside `torch.compile` and `DistributedDataParallel` wrappers."
+    while True:
+        inner = getattr(model, '_orig_mod', None) or (model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None)
+        if inner is None: return model
+        model = inner
+
+def rank() -> int:
+    "This process's rank (0 without torch.distributed)."
+    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+
 def save_checkpoint(path:str|Path, # destination .pth
                     model:torch.nn.Module, # the network
                     cfg:Config, # the run's config (its model section is stored)
@@ -46,7 +60,7 @@ def save_checkpoint(path:str|Path, # destination .pth
                     **info, # more plain values to store, e.g. epoch and metric
                    ) -> Path:
     "Save a self-contained checkpoint atomically."
-    model = getattr(model, '_orig_mod', model) # unwrap torch.compile
+    model = unwrap(model)
     ckpt = dict(state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
                 model=cfg.model.model_dump(mode='json'), in_channels=len(stats['channels']),
                 normalization=stats, normalization_hash=stats_hash(stats), rts_seg_version=__version__, **info)
@@ -68,35 +82,18 @@ def load_checkpoint(path:str|Path, # a .pth written by `save_checkpoint`
     return model.to(device).eval(), ckpt
 
 # %% ../nbs/09_learner.ipynb #c7553885
-class BestCheckpoint(TrackerCallback):
-    "Save a checkpoint whenever the monitored metric improves; after fitting, save the last weights and load the best."
-    order = TrackerCallback.order + 1
-    def __init__(self, path:str|Path, cfg:Config, stats:dict, monitor:str='iou', last_path:str|Path|None=None):
-        super().__init__(monitor=monitor, comp=np.greater)
-        self.path, self.cfg, self.stats, self.best_epoch = Path(path), cfg, stats, None
-        self.last_path = None if last_path is None else Path(last_path)
-
-    def after_epoch(self):
-        super().after_epoch()
-        if self.new_best:
-            self.best_epoch = self.epoch
-            save_checkpoint(self.path, self.model, self.cfg, self.stats, epoch=self.epoch, **{f'val_{self.monitor}': float(self.best)})
-
-    def after_fit(self):
-        if self.last_path is not None: save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
-        if self.path.is_file():
-            sd = torch.load(self.path, map_location='cpu', weights_only=True)['state_dict']
-            getattr(self.model, '_orig_mod', self.model).load_state_dict(sd)
-
 class MLflowLogger(Callback):
-    "Log train loss, validation loss and metrics of every epoch to the active MLflow run."
+    "Log train loss, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
     order = 60 # after the Recorder
     def after_epoch(self):
         import mlflow
-        if mlflow.active_run() is None: return
+        if rank() or mlflow.active_run() is None: return
         names = self.recorder.metric_names[1:-1] if self.recorder.add_time else self.recorder.metric_names[1:]
-        vals = {('val_' + n if n not in ('train_loss', 'valid_loss') else n.replace('valid', 'val')): float(v)
-                for n, v in zip(names, self.recorder.log[1:]) if isinstance(v, (int, float)) and math.isfinite(v)}
+        vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
+        vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
+        if vm is not None: vals.update({f'val_{k}': v for k, v in vm.results.items()})
+        if self.opt is not None: vals.update({f'lr_{g}': h['lr'] for g, h in zip(('encoder', 'decoder'), self.opt.hypers)})
+        vals = {k: float(v) for k, v in vals.items() if isinstance(v, (int, float, np.number)) and math.isfinite(v)}
         mlflow.log_metrics(vals, step=self.epoch + 1)
 
 class TextProgress(Callback):
@@ -104,19 +101,19 @@ class TextProgress(Callback):
     order = 70
     def __init__(self, every:float=60.): self.every = every # seconds between lines within an epoch
     def before_fit(self): # `validate` also fires before_fit, under fastai's no_logging: then stay silent
-        self.old, self.t_fit = self.learn.logger, time.time()
-        if self.old is not noop: self.learn.logger = self._log
+        self.old, self.t_fit, self.first = self.learn.logger, time.time(), getattr(self.learn, 'resume_epoch', 0)
+        if self.old is not noop: self.learn.logger = self._log if rank() == 0 else noop
     def after_fit(self): self.learn.logger = self.old
     def before_train(self): self.t0 = self.t_last = time.time(); self.n_img = 0
     def after_train(self): self.rate = self.n_img / max(time.time() - self.t0, 1e-9)
 
     def _eta(self, done:float) -> str: # done: epochs completed, fractional
-        return format_time((time.time() - self.t_fit) / max(done, 1e-9) * (self.n_epoch - done))
+        return format_time((time.time() - self.t_fit) / max(done - self.first, 1e-9) * (self.n_epoch - done))
 
     def after_batch(self):
         if not self.training: return
         self.n_img += find_bs(self.yb)
-        if time.time() - self.t_last >= self.every:
+        if time.time() - self.t_last >= self.every and rank() == 0:
             self.t_last = time.time()
             rate = self.n_img / (self.t_last - self.t0)
             print(f"epoch {self.epoch + 1}/{self.n_epoch}  step {self.iter + 1}/{self.n_iter}  loss {float(self.smooth_loss):.4f}  "
@@ -124,17 +121,17 @@ class TextProgress(Callback):
 
     def _log(self, log):
         names = self.recorder.metric_names
-        parts = [f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:])]
+        parts = [f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:]) if v is not None]
         print(f"epoch {log[0] + 1}/{self.n_epoch}  " + '  '.join(parts) + f"  {getattr(self, 'rate', 0):.1f} img/s  eta {self._eta(log[0] + 1)}", flush=True)
 
 # %% ../nbs/09_learner.ipynb #6c6f3fa7
 class EMA(Callback):
     "Keep an exponential moving average of the weights; validate with it and end training with it."
-    order = TrackerCallback.order - 5 # after_fit before BestCheckpoint, which then loads the best (EMA) weights
+    order = TrackerCallback.order - 5 # after_fit before Checkpointer, which then loads the best (EMA) weights
     def __init__(self, decay:float=0.999): self.decay = decay
 
     def _live(self):
-        m = getattr(self.model, '_orig_mod', self.model)
+        m = unwrap(self.model)
         return [p.detach() for p in m.parameters()] + [b for b in m.buffers() if b.dtype.is_floating_point]
 
     def before_fit(self):
@@ -160,6 +157,19 @@ class EMA(Callback):
     def after_fit(self): # end with the average
         if self.backup is None: torch._foreach_copy_(self.live, self.avg)
         self.backup = None
+
+    @contextmanager
+    def live_weights(self):
+        "Inside this block the model holds the live (trained) weights, even while the average is swapped in."
+        if self.backup is None: yield; return
+        torch._foreach_copy_(self.live, self.backup)
+        try: yield
+        finally: torch._foreach_copy_(self.live, self.avg)
+
+    def state(self) -> dict: return dict(avg=[t.detach().cpu().clone() for t in self.avg], steps=self.steps)
+    def load_state(self, st:dict):
+        torch._foreach_copy_(self.avg, [t.to(a.device) for t, a in zip(st['avg'], self.avg)])
+        self.steps, self.backup = st['steps'], None
 
 class ChannelsLastInput(Callback):
     "Send image batches in channels-last memory format, to match a channels-last model."
@@ -187,9 +197,9 @@ class ProtocolSchedule(Callback):
     order = 5
     def __init__(self, t): self.t = t # the `train` section of the config
     def before_fit(self):
-        if self.t.freeze_backbone_epochs > 0: self.learn.freeze()
-    def before_epoch(self):
-        if self.epoch == self.t.freeze_backbone_epochs and self.epoch > 0: self.learn.unfreeze()
+        if getattr(self.learn, 'resume_epoch', 0) < self.t.freeze_backbone_epochs: self.learn.freeze()
+    def before_epoch(self): # unfreeze without clearing the decoder's optimiser state, so that a resumed run matches
+        if self.epoch >= self.t.freeze_backbone_epochs and getattr(self.opt, 'frozen_idx', 0) > 0: self.opt.freeze_to(0)
     def before_batch(self):
         if not self.training: return
         enc, dec = lr_at(self.epoch + self.iter / self.n_iter, self.t)
@@ -206,26 +216,232 @@ def adamw(params, lr, fused:bool=False, **kw):
     "torch's AdamW (fused on the GPU) wrapped for fastai's schedules."
     return OptimWrapper(params, opt=partial(torch.optim.AdamW, fused=True) if fused else torch.optim.AdamW, lr=lr, **kw)
 
+class RtsLearner(Learner):
+    "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
+    resume_epoch, resume_iter, preempted = 0, 0, False
+    def _do_fit(self):
+        for epoch in range(self.resume_epoch, self.n_epoch):
+            self.epoch = epoch
+            self._with_events(self._do_epoch, 'epoch', CancelEpochException)
+
+    def all_batches(self):
+        k = self.resume_iter if self.training else 0
+        if k: self.dl.skip_batches(k) # the loader starts after the batches done before the interruption
+        try:
+            self.n_iter = len(self.dl) + k
+            for o in enumerate(self.dl, k): self.one_batch(*o)
+        finally:
+            if k: self.dl.skip_batches(0); self.resume_iter = 0
+
+class DDP(Callback):
+    "Wrap the model in DistributedDataParallel while fitting, when torch.distributed is initialised."
+    order = 11
+    def before_fit(self):
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
+        dev = next(unwrap(self.model).parameters()).device
+        self.learn.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
+    def after_fit(self):
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel): self.learn.model = self.model.module
+
 def rts_learner(dls:DataLoaders, # from `get_dls`
                 cfg:Config, # the run's config
                 text_progress:bool|None=None, # one line per epoch instead of bars; None: when stdout is not a terminal
-               ) -> Learner:
-    "A fastai Learner with the configured model, focal loss, AdamW, pixel IoU, EMA, clipping and mixed precision."
+               ) -> RtsLearner:
+    "A fastai Learner with the configured model, loss, AdamW, EMA, clipping, validation metrics and mixed precision."
     t = cfg.train
     dev = torch.device(getattr(dls, 'device', None) or 'cpu')
     cuda = dev.type == 'cuda'
+    vm = ValidationMetrics(cfg.data.ignore_index, t.val_ratios, every=t.val_frequency)
+    if t.monitor not in vm.names(): raise RtsSegError(f"train.monitor '{t.monitor}' is not a validation metric; choose one of {', '.join(vm.names())}")
+    pre = t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
+    shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}obj_p30', f'{pre}obj_r30']))
     model = create_model(cfg.model, dls.train.dataset[0][0].shape[0])
-    cbs = []
+    cbs = [vm, DDP()]
     if t.ema_decay: cbs.append(EMA(t.ema_decay))
     if t.grad_clip_norm: cbs.append(GradientClip(t.grad_clip_norm))
     if cuda and t.channels_last: cbs += [ChannelsLast(), ChannelsLastInput()]
-    learn = Learner(dls, model, loss_func=get_loss(cfg.loss, cfg.data.ignore_index), opt_func=partial(adamw, fused=cuda),
-                    splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=PixelIoU(cfg.data.ignore_index),
-                    path=cfg.output_dir, model_dir='models', cbs=cbs)
+    learn = RtsLearner(dls, model, loss_func=get_loss(cfg.loss, cfg.data.ignore_index), opt_func=partial(adamw, fused=cuda),
+                       splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=vm.metrics(shown),
+                       path=cfg.output_dir, model_dir='models', cbs=cbs)
     if text_progress is None: text_progress = not sys.stdout.isatty()
     if text_progress: learn.remove_cb(ProgressCallback).add_cb(TextProgress())
+    elif rank(): learn.remove_cb(ProgressCallback) # bars from rank 0 only
     mp = t.mixed_precision
     if cuda and mp != 'no':
         learn = learn.to_bf16() if mp == 'bf16' or (mp == 'auto' and torch.cuda.is_bf16_supported()) else learn.to_fp16()
     if t.compile: learn.model = torch.compile(learn.model)
     return learn
+
+# %% ../nbs/09_learner.ipynb #4ac9d2c4
+STATE_RE = re.compile(r'^state-epoch(\d+)(?:-iter(\d+))?\.pth$')
+
+def state_path(out:str|Path, epoch:int, it:int=0) -> Path:
+    "Where the training state at `epoch` (completed epochs) and `it` (batches of the next one) goes."
+    return Path(out)/(f'state-epoch{epoch:04d}' + (f'-iter{it:06d}' if it else '') + '.pth')
+
+def find_resume(out:str|Path) -> Path|None:
+    "The newest training state in `out`, or None."
+    found = [(int(m[1]), int(m[2] or 0), p) for p in Path(out).glob('state-*.pth') if (m := STATE_RE.match(p.name))]
+    return max(found)[2] if found else None
+
+def _rng_state() -> dict:
+    keys, pos = np.random.get_state()[1:3]
+    st = dict(python=list(random.getstate()[1]), numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos), torch=torch.get_rng_state())
+    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
+    return st
+
+def _set_rng_state(st:dict):
+    random.setstate((3, tuple(st['python']), None))
+    np.random.set_state(('MT19937', st['numpy'].numpy().astype(np.uint32), st['numpy_pos'], 0, 0.0))
+    torch.set_rng_state(st['torch'])
+    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(st['cuda'])
+
+def _smooth_state(learn) -> dict|None: # fastai's running train loss, so that resumed logs match too
+    sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
+    return None if sl is None or not torch.is_tensor(getattr(sl, 'val', None)) else dict(count=int(sl.count), val=sl.val.detach().cpu().float())
+
+def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, epoch:int, it:int=0) -> Path:
+    "Save everything needed to resume `learn` at `epoch` (completed epochs), after `it` batches of the next."
+    ema = next((c for c in learn.cbs if isinstance(c, EMA)), None)
+    m = unwrap(learn.model)
+    with (ema.live_weights() if ema is not None else contextmanager(lambda: (yield))()):
+        sd = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
+    trackers = {type(c).__name__: dict(best=float(c.best), wait=int(getattr(c, 'wait', 0)), best_epoch=getattr(c, 'best_epoch', None))
+                for c in learn.cbs if isinstance(c, TrackerCallback)}
+    scaler = getattr(learn, 'scaler', None)
+    st = dict(kind='rts_seg training state', epoch=epoch, iter=it, model_state=sd, ema=ema.state() if ema else None,
+              opt=learn.opt.state_dict(), scaler=scaler.state_dict() if scaler is not None else None, trackers=trackers,
+              rng=_rng_state(), config=cfg.model_dump(mode='json'), normalization=stats,
+              mlflow_run_id=getattr(learn, 'mlflow_run_id', None), rts_seg_version=__version__, smooth_loss=_smooth_state(learn))
+    with atomic_path(path) as tmp: torch.save(st, tmp)
+    return Path(path)
+
+def load_training_state(path:str|Path) -> dict:
+    "A training state saved by `save_training_state`, with a clear error for anything else."
+    path = Path(path)
+    if not path.is_file(): raise RtsSegError(f"resume checkpoint not found: {path}")
+    try: st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e: raise RtsSegError(f"{path} is not a readable rts_seg training state ({type(e).__name__}: {e})") from None
+    if not isinstance(st, dict) or st.get('kind') != 'rts_seg training state':
+        raise RtsSegError(f"{path} is not a training state (best.pth holds weights only); resume from a state-epoch*.pth file")
+    return st
+
+class Resume(Callback):
+    "Load a training state into the Learner when the fit starts: it goes on from there."
+    order = 65 # before_fit after the schedule froze the encoder, EMA took its copy and the trackers reset
+    def __init__(self, state:dict): self.state = state
+    def before_fit(self):
+        st, m = self.state, unwrap(self.model)
+        m.load_state_dict(st['model_state'])
+        ema = next((c for c in self.learn.cbs if isinstance(c, EMA)), None)
+        if ema is not None and st['ema'] is not None: ema.load_state(st['ema'])
+        self.opt.load_state_dict(st['opt'])
+        if st['scaler'] is not None and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(st['scaler'])
+        for c in self.learn.cbs:
+            if isinstance(c, TrackerCallback) and type(c).__name__ in st['trackers']:
+                t = st['trackers'][type(c).__name__]
+                c.best = t['best']
+                if hasattr(c, 'wait'): c.wait = t['wait']
+                if hasattr(c, 'best_epoch'): c.best_epoch = t['best_epoch']
+        _set_rng_state(st['rng'])
+        sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
+        if st.get('smooth_loss') and sl is not None: sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
+        self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
+    def after_fit(self): self.learn.resume_epoch = self.learn.resume_iter = 0
+
+class Checkpointer(TrackerCallback):
+    "Best model by `monitor`, training states every `every` epochs (keeping `keep`), and a clean save-and-stop on SIGTERM."
+    order = TrackerCallback.order + 1
+    def __init__(self, out:str|Path, cfg:Config, stats:dict, monitor:str='r500_pr_auc', every:int=10, keep:int=3):
+        super().__init__(monitor=monitor, comp=np.greater)
+        self.out, self.cfg, self.stats, self.every, self.keep, self.best_epoch = Path(out), cfg, stats, every, keep, None
+        self.best_path, self.last_path, self.saved_best = self.out/'best.pth', self.out/'last.pth', False
+
+    def before_fit(self):
+        super().before_fit()
+        self.stop, self.learn.preempted, self.old_handler = False, False, None
+        dist = torch.distributed.is_available() and torch.distributed.is_initialized()
+        self.group = (None if torch.distributed.get_backend() == 'gloo' else torch.distributed.new_group(backend='gloo')) if dist else None
+        self.dist = dist
+        if threading.current_thread() is threading.main_thread():
+            self.old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
+
+    def _on_sigterm(self, signum, frame): self.stop = True
+
+    def _agreed_stop(self) -> bool:
+        if not self.dist: return self.stop
+        t = torch.tensor([int(self.stop)])
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
+        return bool(t.item())
+
+    def _preempt(self, epoch:int, it:int):
+        if rank() == 0:
+            p = save_training_state(state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it)
+            print(f'rts-seg: SIGTERM: saved the training state to {p}; continue with --resume auto', file=sys.stderr, flush=True)
+        if self.dist: torch.distributed.barrier(group=self.group)
+        self.learn.preempted = True
+        raise CancelFitException()
+
+    def after_batch(self):
+        if self.training and self._agreed_stop(): self._preempt(self.epoch, self.iter + 1)
+
+    def after_epoch(self):
+        super().after_epoch()
+        if self.new_best:
+            self.best_epoch = self.epoch
+            if rank() == 0: save_checkpoint(self.best_path, self.model, self.cfg, self.stats, epoch=self.epoch, **{f'val_{self.monitor}': float(self.best)})
+            self.saved_best = True
+        if (self.epoch + 1) % self.every == 0 and rank() == 0:
+            save_training_state(state_path(self.out, self.epoch + 1), self.learn, self.cfg, self.stats, self.epoch + 1)
+            olds = sorted(p for p in self.out.glob('state-epoch*.pth') if (m := STATE_RE.match(p.name)) and not m[2])
+            for p in olds[:-self.keep]: p.unlink(missing_ok=True)
+        if self._agreed_stop(): self._preempt(self.epoch + 1, 0)
+
+    def after_fit(self):
+        if self.old_handler is not None: signal.signal(signal.SIGTERM, self.old_handler)
+        if self.learn.preempted: return
+        if rank() == 0:
+            save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
+            if not self.saved_best and not self.best_path.is_file(): # the monitor was never finite (e.g. no negative tiles)
+                print(f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights", file=sys.stderr)
+                save_checkpoint(self.best_path, self.model, self.cfg, self.stats, epoch=self.epoch)
+        if self.dist: torch.distributed.barrier(group=self.group)
+        if self.best_path.is_file(): unwrap(self.model).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
+
+def protocol_cbs(cfg:Config, stats:dict, resume:dict|None=None) -> list[Callback]:
+    "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
+    from rts_seg.sampling import SamplerEpoch
+    t = cfg.train
+    cbs = [ProtocolSchedule(t), Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
+           MLflowLogger(), SamplerEpoch()]
+    if t.early_stopping_patience is not None:
+        cbs.append(EarlyStoppingCallback(monitor=t.monitor, comp=np.greater, min_delta=t.early_stopping_min_delta, patience=t.early_stopping_patience))
+    if resume is not None: cbs.append(Resume(resume))
+    return cbs
+
+# %% ../nbs/09_learner.ipynb #f4c3ab4f
+def collect_stats(learn:Learner, # a trained learner
+                  dl=None, # a loader of (image, label) batches; default the validation loader
+                  tta:str='none', # a `TTA_MODES` name
+                  ignore_index:int=255,
+                  loss_func=None, # also the mean loss per tile, as `.loss`
+                 ) -> ValStats:
+    "Validation counts of `learn`'s model over `dl`, summed over processes."
+    dl = dl if dl is not None else learn.dls.valid
+    model = unwrap(learn.model).eval()
+    if tta != 'none': model = TTAModel(model, tta)
+    dev = next(unwrap(learn.model).parameters()).device
+    st = ValStats(ignore_index, device=dev)
+    mp = next((c for c in learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
+    amp = torch.autocast('cuda', dtype=torch.bfloat16 if str(mp.amp_mode.value) == 'bf16' else torch.float16) if mp is not None and dev.type == 'cuda' else torch.autocast(dev.type, enabled=False)
+    cl = any(isinstance(c, ChannelsLastInput) for c in learn.cbs)
+    loss = torch.zeros(2, dtype=torch.float64, device=dev)
+    with torch.no_grad(), amp:
+        for xb, yb in dl:
+            xb, yb = xb.to(dev), yb.to(dev)
+            if cl: xb = xb.contiguous(memory_format=torch.channels_last)
+            pred = model(xb)
+            st.update(pred, yb)
+            if loss_func is not None: loss += torch.stack([loss_func(pred.float(), yb).double() * len(xb), torch.tensor(len(xb), dtype=torch.float64, device=dev)])
+    st.loss = float(reduce_sum(loss)[0] / loss[1]) if loss_func is not None and loss[1] > 0 else None
+    return st.reduce()

@@ -1,4 +1,4 @@
-"""Pixel IoU of the slump class, accumulated as counts so that it is exact over any number of batches.
+"""Pixel IoU, PR-AUC and object precision/recall, balanced and at realistic ratios, accumulated as counts so that they are exact over any number of batches and processes.
 
 Docs: https://rts-seg.github.io/rts_seg/metrics.html.md"""
 
@@ -8,11 +8,16 @@ Docs: https://rts-seg.github.io/rts_seg/metrics.html.md"""
 from __future__ import annotations
 import math
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import numpy as np
 import torch
+from fastai.callback.core import Callback, CancelValidException
 from fastai.metrics import Metric
+from scipy import ndimage
 
 # %% auto #0
-__all__ = ['iou_counts', 'PixelIoU']
+__all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'OBJ_IOUS', 'iou_counts', 'PixelIoU', 'match_objects', 'object_counts', 'reduce_sum',
+           'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc', 'summarize', 'fit_temperature', 'threshold_for_precision',
+           'ResultMetric', 'ValidationMetrics']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
 def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
@@ -41,3 +46,201 @@ class PixelIoU(Metric):
         return inter / union if union else float('nan')
     @property
     def name(self): return 'iou'
+
+# %% ../nbs/08_metrics.ipynb #615e2b21
+LOGIT_BINS, LOGIT_MAX = 1600, 16. # logit histogram: 1600 bins of 0.02 over [-16, 16]
+OBJ_IOUS = (0.1, 0.3, 0.5) # object IoU thresholds
+
+def match_objects(pred_lab:np.ndarray, truth_lab:np.ndarray, order:list[int], n_truth:int, iou:float) -> dict[int, int]:
+    "Greedy 1:1 matching: prediction ids in `order` each take the unmatched truth id of highest IoU >= `iou`."
+    both = (pred_lab > 0) & (truth_lab > 0)
+    pairs, inter = np.unique(np.stack([pred_lab[both], truth_lab[both]]), axis=1, return_counts=True)
+    ps, ts = np.bincount(pred_lab.ravel()), np.bincount(truth_lab.ravel(), minlength=n_truth + 1)
+    cand = {}
+    for (p, t), i in zip(pairs.T, inter): cand.setdefault(int(p), []).append((i / (ps[p] + ts[t] - i), int(t)))
+    matched, used = {}, set()
+    for p in order:
+        for v, t in sorted(cand.get(p, []), reverse=True):
+            if v >= iou and t not in used: matched[p] = t; used.add(t); break
+    return matched
+
+def object_counts(prob:np.ndarray, # (H, W) probabilities
+                  target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
+                  ignore_index:int=255, # label value that counts nowhere
+                  ious=OBJ_IOUS, # IoU thresholds
+                  threshold:float=0.5, # probability above which a pixel is called a slump
+                 ) -> np.ndarray:
+    "(len(ious), 3) counts of matched predictions, unmatched predictions and missed truth objects: [tp, fp, fn]."
+    valid = target != ignore_index
+    pl, npred = ndimage.label(prob > threshold); tl, ntruth = ndimage.label((target > 0.5) & valid)
+    pl, tl = np.where(valid, pl, 0), np.where(valid, tl, 0)
+    psize, tsize = np.bincount(pl.ravel(), minlength=npred + 1)[1:], np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
+    mean_p = np.bincount(pl.ravel(), weights=prob.ravel(), minlength=npred + 1)[1:] / np.maximum(psize, 1)
+    order = [int(i) + 1 for i in np.argsort(-np.nan_to_num(mean_p), kind='stable') if psize[i]]
+    n_truth = int((tsize > 0).sum())
+    out = np.zeros((len(ious), 3), np.int64)
+    for k, iou in enumerate(ious):
+        m = len(match_objects(pl, tl, order, ntruth, iou))
+        out[k] = m, len(order) - m, n_truth - m
+    return out
+
+# %% ../nbs/08_metrics.ipynb #7e84a5d0
+def reduce_sum(t:torch.Tensor) -> torch.Tensor:
+    "Sum `t` over all processes in place (a no-op without torch.distributed)."
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(t)
+    return t
+
+class ValStats:
+    "Integer counts over validation tiles, kept apart for negative (index 0) and positive (1) tiles."
+    def __init__(self, ignore_index:int=255, ious=OBJ_IOUS, device='cpu'):
+        self.ignore_index, self.ious = ignore_index, tuple(ious)
+        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=device)
+        self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS) # pix: [tile class, truth, prediction]
+        self.obj = np.zeros((2, len(self.ious), 3), np.int64) # [tile class, iou, (tp, fp, fn)]
+
+    def update(self, logits:torch.Tensor, # (B, 1, H, W) logits
+               target:torch.Tensor, # (B, H, W) labels
+               objects:bool=True, # also count objects (on the CPU)
+              ):
+        z, y = logits.detach().float().flatten(1), target.flatten(1)
+        valid, truth = y != self.ignore_index, (y > 0.5) & (y != self.ignore_index)
+        g = truth.any(1).long() # tile class
+        self.tiles += torch.bincount(g, minlength=2)
+        gp = g[:, None].expand_as(y)[valid]
+        t, zv = truth[valid].long(), z[valid]
+        self.pix += torch.bincount((gp * 2 + t) * 2 + (zv > 0).long(), minlength=8).view(2, 2, 2)
+        b = ((zv.clamp(-LOGIT_MAX, LOGIT_MAX) + LOGIT_MAX) * (LOGIT_BINS / (2 * LOGIT_MAX))).long().clamp_(max=LOGIT_BINS - 1)
+        self.hist += torch.bincount((gp * 2 + t) * LOGIT_BINS + b, minlength=4 * LOGIT_BINS).view(2, 2, LOGIT_BINS)
+        if objects:
+            p, tn, gs = torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(), target.cpu().numpy(), g.tolist()
+            for i in range(len(p)): self.obj[gs[i]] += object_counts(p[i], tn[i], self.ignore_index, self.ious)
+
+    def reduce(self):
+        "Sum the counts of all processes (call on every rank)."
+        flat = torch.cat([self.tiles, self.pix.flatten(), self.hist.flatten(), torch.as_tensor(self.obj, device=self.tiles.device).flatten()])
+        reduce_sum(flat)
+        sizes = [2, 8, 4 * LOGIT_BINS, self.obj.size]
+        a, b, c, d = flat.split(sizes)
+        self.tiles, self.pix, self.hist = a.clone(), b.view(2, 2, 2).clone(), c.view(2, 2, LOGIT_BINS).clone()
+        self.obj = d.cpu().numpy().reshape(self.obj.shape)
+        return self
+
+# %% ../nbs/08_metrics.ipynb #12ec19d8
+def ratio_weight(tiles, ratio:float|None) -> float|None:
+    "Weight of the negative tiles' counts for `ratio` negatives per positive (None: as they are); None if a class is missing."
+    n_neg, n_pos = (int(v) for v in tiles)
+    if ratio is None: return 1.
+    return ratio * n_pos / n_neg if n_neg and n_pos else None
+
+def pr_curve(hist:np.ndarray, # (2, LOGIT_BINS) counts of background and slump pixels per logit bin
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Precision, recall and the logit threshold (bin lower edge) of each point, from the highest threshold down."
+    tp, fp = np.cumsum(hist[1][::-1]), np.cumsum(hist[0][::-1])
+    edges = (np.arange(LOGIT_BINS)[::-1] * (2 * LOGIT_MAX / LOGIT_BINS)) - LOGIT_MAX
+    return tp / np.maximum(tp + fp, 1e-12), tp / max(hist[1].sum(), 1e-12), edges
+
+def pr_auc(hist:np.ndarray) -> float:
+    "Area under the PR curve (average precision) from a (2, LOGIT_BINS) histogram."
+    if hist[1].sum() <= 0: return float('nan')
+    prec, rec, _ = pr_curve(hist)
+    return float(np.sum(np.diff(np.concatenate([[0], rec])) * prec))
+
+def _ratio_name(r): return '' if r is None else 'bal_' if r == 1 else f'r{r:g}_'
+
+def summarize(stats:ValStats, # reduced counts
+              ratios=(200, 500, 1000), # realistic ratios (negative tiles per positive); balanced (1) is always added
+             ) -> dict[str, float]:
+    "Every metric of `stats`: as they are (`iou`, `pr_auc`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
+    nan, res = float('nan'), {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
+    pix, hist, obj = (x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float) for x in (stats.pix, stats.hist, stats.obj))
+    for r in (None, 1, *ratios):
+        w, k = ratio_weight(stats.tiles, r), _ratio_name(r)
+        if w is None:
+            res.update({f'{k}{m}': nan for m in ('iou', 'pr_auc', *[f'obj_{a}{round(i * 100)}' for i in stats.ious for a in 'pr'])})
+            continue
+        p, h, o = pix[0] * w + pix[1], hist[0] * w + hist[1], obj[0] * w + obj[1]
+        tp, fp, fn = p[1, 1], p[0, 1], p[1, 0]
+        res[f'{k}iou'] = tp / (tp + fp + fn) if tp + fp + fn else nan
+        res[f'{k}pr_auc'] = pr_auc(h)
+        for i, iou in enumerate(stats.ious):
+            otp, ofp, ofn = o[i]
+            res[f'{k}obj_p{round(iou * 100)}'] = otp / (otp + ofp) if otp + ofp else nan
+            res[f'{k}obj_r{round(iou * 100)}'] = otp / (otp + ofn) if otp + ofn else nan
+    return {k: float(v) for k, v in res.items()}
+
+# %% ../nbs/08_metrics.ipynb #1de4077b
+def fit_temperature(hist:np.ndarray, # (2, LOGIT_BINS) pixel counts of background and slump per logit bin
+                   ) -> float:
+    "The temperature T minimising the negative log-likelihood of sigmoid(logit / T) over the histogram."
+    from scipy.optimize import minimize_scalar
+    z = (np.arange(LOGIT_BINS) + 0.5) * (2 * LOGIT_MAX / LOGIT_BINS) - LOGIT_MAX
+    h = np.asarray(hist, float)
+    if h[0].sum() == 0 or h[1].sum() == 0: return 1.
+    def nll(logt):
+        x = z / np.exp(logt)
+        return float((h[1] * np.logaddexp(0, -x)).sum() + (h[0] * np.logaddexp(0, x)).sum())
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.)), method='bounded').x))
+
+def threshold_for_precision(hist:np.ndarray, # (2, LOGIT_BINS) (weighted) counts
+                            target:float=0.8, # precision to reach
+                            temperature:float=1., # from `fit_temperature`
+                           ) -> dict:
+    "The probability threshold reaching `target` precision with the most recall (None if none does)."
+    prec, rec, edges = pr_curve(np.asarray(hist, float))
+    ok = np.flatnonzero((prec >= target) & (rec > 0))
+    if not len(ok):
+        return dict(threshold=None, precision=float(prec[rec > 0].max()) if (rec > 0).any() else None, recall=0.)
+    i = ok[np.argmax(rec[ok])]
+    return dict(threshold=float(1 / (1 + np.exp(-edges[i] / temperature))), precision=float(prec[i]), recall=float(rec[i]))
+
+# %% ../nbs/08_metrics.ipynb #2e8a6a47
+class ResultMetric(Metric):
+    "A fastai metric showing one result of a `ValidationMetrics` callback."
+    def __init__(self, source, name:str): self.source, self._name = source, name
+    def reset(self): pass
+    def accumulate(self, learn): pass
+    @property
+    def value(self): return self.source.results.get(self._name, float('nan'))
+    @property
+    def name(self): return self._name
+
+class ValidationMetrics(Callback):
+    "Accumulate `ValStats` over each validation pass, sum them over processes and compute every metric."
+    order = 45 # after_validate runs before the Recorder reads the metrics
+    def __init__(self, ignore_index:int=255, ratios=(200, 500, 1000), ious=OBJ_IOUS, every:int=1):
+        self.ignore_index, self.ratios, self.ious, self.every = ignore_index, tuple(ratios), tuple(ious), every
+        self.results, self.stats, self.skip = {}, None, False
+
+    def names(self) -> list[str]:
+        "Every metric name this callback computes."
+        return list(summarize(ValStats(ious=self.ious), self.ratios))
+
+    def metrics(self, names:list[str]) -> list[ResultMetric]:
+        "fastai metrics showing `names`."
+        bad = [n for n in names if n not in self.names()]
+        if bad: raise ValueError(f"unknown metric(s) {bad}; choose from {', '.join(self.names())}")
+        return [ResultMetric(self, n) for n in names]
+
+    def before_train(self): # only in fit: decide whether this epoch validates
+        self.skip = (self.epoch + 1) % self.every != 0 and self.epoch + 1 < self.n_epoch
+
+    def before_validate(self):
+        self.results = {}
+        if self.skip:
+            self.skip = False
+            if hasattr(self.learn, 'recorder'): self.recorder.loss.reset()
+            raise CancelValidException()
+        self.stats = ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu')
+
+    def after_batch(self):
+        if not self.training: self.stats.update(self.pred, self.yb[0])
+
+    def after_validate(self):
+        if self.stats is None: return
+        self.results = summarize(self.stats.reduce(), self.ratios)
+        rl = getattr(getattr(self.learn, 'recorder', None), 'loss', None)
+        if rl is not None and torch.distributed.is_available() and torch.distributed.is_initialized() and rl.count:
+            t = reduce_sum(torch.stack([torch.as_tensor(rl.total, dtype=torch.float64, device=self.stats.tiles.device).reshape(()),
+                                        torch.tensor(float(rl.count), dtype=torch.float64, device=self.stats.tiles.device)]))
+            rl.total, rl.count = t[0], int(t[1])
+        self.stats_last, self.stats = self.stats, None

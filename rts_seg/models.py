@@ -8,13 +8,14 @@ Docs: https://rts-seg.github.io/rts_seg/models.html.md"""
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
 import segmentation_models_pytorch as smp
+import torch
 from torch import nn
 
 from .config import ModelConfig
 from .core import RtsSegError
 
 # %% auto #0
-__all__ = ['create_model']
+__all__ = ['TTA_MODES', 'create_model', 'd4', 'd4_inverse', 'TTAModel']
 
 # %% ../nbs/06_models.ipynb #385b762b
 def create_model(cfg:ModelConfig, # the `model` section of the config
@@ -34,3 +35,29 @@ def create_model(cfg:ModelConfig, # the `model` section of the config
         if weights is None: raise
         raise RtsSegError(f"could not load '{weights}' weights for model.encoder '{cfg.encoder}' ({type(e).__name__}: {e}); "
                           "offline, set model.encoder_weights=null") from None
+
+# %% ../nbs/06_models.ipynb #369144bb
+TTA_MODES = {'none': [(0, False)],
+             'minimal': [(0, False), (0, True)], # identity, hflip
+             'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
+             'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
+
+def d4(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
+    "Flip (last axis) if `flip`, then rotate by `k` quarter turns, on (..., H, W)."
+    if flip: x = x.flip(-1)
+    return torch.rot90(x, k, (-2, -1)) if k else x
+
+def d4_inverse(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
+    "Undo `d4(x, k, flip)`."
+    if k: x = torch.rot90(x, -k, (-2, -1))
+    return x.flip(-1) if flip else x
+
+class TTAModel(nn.Module):
+    "Wrap a model so that it returns the logit of its probability averaged over the views of a `TTA_MODES` entry."
+    def __init__(self, model:nn.Module, mode:str='standard'):
+        super().__init__()
+        if mode not in TTA_MODES: raise RtsSegError(f"TTA mode '{mode}' is unknown; choose one of {', '.join(TTA_MODES)}")
+        self.model, self.views = model, TTA_MODES[mode]
+    def forward(self, x):
+        p = sum(torch.sigmoid(d4_inverse(self.model(d4(x, k, f)).float(), k, f)) for k, f in self.views) / len(self.views)
+        return torch.logit(p, eps=1e-6)

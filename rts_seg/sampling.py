@@ -14,7 +14,7 @@ from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 
 # %% auto #0
-__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'BalancedDL', 'SamplerEpoch']
+__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'rank_world', 'BalancedDL', 'ShardDL', 'SamplerEpoch']
 
 # %% ../nbs/04b_sampling.ipynb #6b12b022
 SPEC_CURRICULUM = [(10, 1.), (30, 5.), (50, 10.), (100, 15.), (120, 20.)] # (1-based epoch, negatives per positive)
@@ -30,19 +30,20 @@ def curriculum_ratio(curriculum:list[tuple[int, float]], # (epoch, negatives per
 def epoch_batches(positive:np.ndarray, # bool per tile: holds a slump
                   bs:int, # tiles per batch
                   n_batches:int, # batches in the epoch (over all ranks)
-                  fraction:float, # share of positive tiles
+                  fraction:float|None, # share of positive tiles; None: plain shuffling, whatever the classes
                   seed:int, # same seed and epoch, same batches
                   epoch:int, # 0-based epoch
                  ) -> np.ndarray:
     "(n_batches, bs) tile indices with `fraction` positives spread evenly over the batches."
     rng = np.random.default_rng([seed, epoch])
-    pos, neg = np.flatnonzero(positive), np.flatnonzero(~np.asarray(positive, bool))
     total = n_batches * bs
-    n_pos = int(round(total * fraction)) if len(neg) else total
-    if not len(pos): n_pos = 0
     def draw(idx, n): # every tile once before any tile twice
         reps = -(-n // len(idx)) if n else 0
         return np.concatenate([rng.permutation(idx) for _ in range(reps)])[:n] if n else np.empty(0, int)
+    if fraction is None: return draw(np.arange(len(positive)), total).reshape(n_batches, bs)
+    pos, neg = np.flatnonzero(positive), np.flatnonzero(~np.asarray(positive, bool))
+    n_pos = int(round(total * fraction)) if len(neg) else total
+    if not len(pos): n_pos = 0
     p, q = draw(pos, n_pos), draw(neg, total - n_pos)
     per = np.diff(np.linspace(0, n_pos, n_batches + 1).round().astype(int)) # positives per batch
     out, i, j = np.empty((n_batches, bs), int), 0, 0
@@ -52,6 +53,10 @@ def epoch_batches(positive:np.ndarray, # bool per tile: holds a slump
     return out
 
 # %% ../nbs/04b_sampling.ipynb #0652465c
+def rank_world(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
+    "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
+    return (int(os.environ.get('RANK', 0)) if rank is None else rank, int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size)
+
 class BalancedDL(DataLoader):
     "A fastai `DataLoader` whose batches hold a set share of positive tiles, following a curriculum per epoch."
     def __init__(self, dataset, # a map-style dataset
@@ -63,27 +68,42 @@ class BalancedDL(DataLoader):
                  n_batches:int|None=None, # batches per epoch over all ranks; default one pass's worth of tiles
                  rank:int|None=None, # this process; default the RANK environment variable
                  world_size:int|None=None, # processes; default WORLD_SIZE
+                 keyed:bool=False, # items are (index, augmentation seed) pairs instead of plain indices
                  **kwargs, # more fastai DataLoader arguments (num_workers, device, ...)
                 ):
         self.positive = np.asarray(positive, bool)
-        self.rank = int(os.environ.get('RANK', 0)) if rank is None else rank
-        self.world_size = int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size
+        self.rank, self.world_size = rank_world(rank, world_size)
         self.n_batches = n_batches or max(len(dataset) // bs, self.world_size)
-        self.positive_fraction, self.curriculum, self.seed, self.epoch = positive_fraction, curriculum, seed, 0
-        n = len(range(self.rank, self.n_batches, self.world_size)) * bs
-        super().__init__(dataset, bs=bs, shuffle=False, drop_last=True, n=n, **kwargs)
+        self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = positive_fraction, curriculum, seed, 0, keyed
+        self.per_rank, self.skip = len(range(self.rank, self.n_batches, self.world_size)), 0
+        super().__init__(dataset, bs=bs, shuffle=False, drop_last=True, n=self.per_rank * bs, **kwargs)
 
-    def fraction(self, epoch:int) -> float:
-        "Share of positive tiles in the batches of 0-based `epoch`."
+    def fraction(self, epoch:int) -> float|None:
+        "Share of positive tiles in the batches of 0-based `epoch` (None: plain shuffling)."
         if self.curriculum: return 1 / (1 + curriculum_ratio(self.curriculum, epoch + 1))
         return self.positive_fraction
 
     def set_epoch(self, epoch:int): self.epoch = epoch
 
+    def skip_batches(self, k:int):
+        "Start the next pass after this rank's first `k` batches (to resume in the middle of an epoch)."
+        self.skip = k
+        self.n = (self.per_rank - k) * self.bs
+
     def get_idxs(self):
         b = epoch_batches(self.positive, self.bs, self.n_batches, self.fraction(self.epoch), self.seed, self.epoch)
+        # one augmentation seed per position of the epoch: the same on resume, whatever the workers or ranks
+        seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(2**31, size=b.shape)
         self.epoch += 1 # without `SamplerEpoch`, each pass over the loader is the next epoch
-        return b[self.rank::self.world_size].reshape(-1).tolist()
+        b, seeds = b[self.rank::self.world_size][self.skip:], seeds[self.rank::self.world_size][self.skip:]
+        return list(zip(b.reshape(-1).tolist(), seeds.reshape(-1).tolist())) if self.keyed else b.reshape(-1).tolist()
+
+class ShardDL(DataLoader):
+    "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
+    def __init__(self, dataset, rank:int|None=None, world_size:int|None=None, **kwargs):
+        self.rank, self.world_size = rank_world(rank, world_size)
+        super().__init__(dataset, shuffle=False, drop_last=False, n=len(range(self.rank, len(dataset), self.world_size)), **kwargs)
+    def get_idxs(self): return list(range(self.rank, len(self.dataset), self.world_size))
 
 class SamplerEpoch(Callback):
     "Tell the training loader which epoch begins, so that the curriculum follows the Learner's epochs exactly."

@@ -9,19 +9,23 @@ from __future__ import annotations
 import argparse, contextlib, json, logging, math, os, platform, subprocess, sys, time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import __version__
 from .config import Config, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_write_text, get_device, seed_everything
 from .io import is_remote
-from .data import compute_stats, dataset_version, get_dls, save_stats, split_tiles, stats_hash
-from .sampling import SamplerEpoch
-from .learner import BestCheckpoint, MLflowLogger, ProtocolSchedule, rts_learner
+from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
+from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
+                             save_checkpoint, unwrap)
+from .metrics import fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
 from .synthetic import synth_dataset
 
 # %% auto #0
-__all__ = ['prepare_data', 'tracking_uri', 'system_params', 'mlflow_run', 'train', 'run_cli', 'add_train_args', 'main']
+__all__ = ['prepare_data', 'tracking_uri', 'system_params', 'frozen_requirements', 'mlflow_run', 'init_distributed', 'calibrate',
+           'plot_pr_curves', 'plot_examples', 'train', 'run_cli', 'add_train_args', 'train_seeds', 'train_from_args',
+           'main']
 
 # %% ../nbs/10_train.ipynb #46882b00
 def prepare_data(cfg:Config) -> Path|str:
@@ -48,11 +52,18 @@ def system_params() -> dict:
     cuda = torch.cuda.is_available()
     return {'system.rts_seg_version': __version__, 'system.git_commit': _git_commit(), 'system.python': platform.python_version(),
             'system.torch': torch.__version__, 'system.cuda': torch.version.cuda or 'none',
-            'system.gpu': torch.cuda.get_device_name(0) if cuda else 'none', 'system.gpu_count': torch.cuda.device_count() if cuda else 0}
+            'system.gpu': torch.cuda.get_device_name(0) if cuda else 'none', 'system.gpu_count': torch.cuda.device_count() if cuda else 0,
+            'system.cudnn': torch.backends.cudnn.version() if cuda else 'none', 'system.platform': platform.platform(),
+            'system.world_size': int(os.environ.get('WORLD_SIZE', 1))}
+
+def frozen_requirements() -> str:
+    "`name==version` of every installed distribution, like `pip freeze`."
+    from importlib.metadata import distributions
+    return '\n'.join(sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata['Name']}, key=str.lower)) + '\n'
 
 @contextlib.contextmanager
-def mlflow_run(cfg:Config):
-    "An MLflow run for `cfg`; MLflow's global tracking URI (and `MLFLOW_TRACKING_URI`) are put back afterwards."
+def mlflow_run(cfg:Config, run_id:str|None=None):
+    "An MLflow run for `cfg` (or the run `run_id`, continued); MLflow's global tracking URI (and `MLFLOW_TRACKING_URI`) are put back afterwards."
     import mlflow
     logging.getLogger('mlflow').setLevel(logging.WARNING) # not its INFO lines about creating database tables
     env, uri = os.environ.get('MLFLOW_TRACKING_URI'), tracking_uri(cfg)
@@ -63,45 +74,171 @@ def mlflow_run(cfg:Config):
             art = (Path(cfg.output_dir).resolve()/'mlartifacts').as_uri() if local else None
             mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=art)
         mlflow.set_experiment(cfg.mlflow.experiment)
-        with mlflow.start_run(run_name=Path(cfg.output_dir).name) as run: yield run
+        if run_id is not None:
+            try: mlflow.get_run(run_id)
+            except Exception: run_id = None # not in this store: a new run
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else Path(cfg.output_dir).name) as run: yield run
     finally: mlflow.set_tracking_uri(env)
 
+# %% ../nbs/10_train.ipynb #ee1bdecc
+def init_distributed(device:str='auto') -> torch.device:
+    "This process's device, after starting torch.distributed when a launcher started several processes."
+    dist = torch.distributed
+    if os.environ.get('MASTER_ADDR') and 'WORLD_SIZE' not in os.environ and not any(k in os.environ for k in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE')):
+        print("rts-seg: note: started as a single process; `accelerate launch --cpu --num_processes N` starts N processes only "
+              "with --mpirun_hostfile: on CPUs use `accelerate launch --multi_gpu --num_processes N` (gloo) or torchrun", file=sys.stderr)
+    if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized():
+        from accelerate import PartialState
+        return PartialState(cpu=device == 'cpu' or not torch.cuda.is_available()).device
+    if dist.is_available() and dist.is_initialized() and torch.cuda.is_available() and device in ('auto', 'cuda'):
+        return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
+    return get_device(device)
+
+def _barrier():
+    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
+
+# %% ../nbs/10_train.ipynb #aa492a4d
+def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
+              cfg:Config,
+             ) -> dict:
+    "Temperature and, per ratio, the threshold reaching `train.target_precision`."
+    t = cfg.train
+    hist = st.hist.cpu().double().numpy()
+    T = fit_temperature(hist.sum(0))
+    out = dict(temperature=T, target_precision=t.target_precision, monitor=t.monitor, ratios={})
+    for r in (None, 1, *t.val_ratios):
+        w = ratio_weight(st.tiles, r)
+        name = 'as_is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'
+        out['ratios'][name] = None if w is None else threshold_for_precision(hist[0] * w + hist[1], t.target_precision, T)
+    key = t.monitor.split('_')[0]
+    pick = out['ratios'].get('balanced' if key == 'bal' else f'1:{key[1:]}' if key[1:].replace('.', '').isdigit() else 'as_is')
+    out['threshold'] = pick['threshold'] if pick and pick['threshold'] is not None else 0.5
+    return out
+
+def plot_pr_curves(st, ratios=(200, 500, 1000)):
+    "Precision-recall curves of reduced `ValStats`, as they are, balanced and at each ratio."
+    import matplotlib.pyplot as plt
+    hist = st.hist.cpu().double().numpy()
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for r in (None, 1, *ratios):
+        w = ratio_weight(st.tiles, r)
+        if w is None: continue
+        h = hist[0] * w + hist[1]
+        prec, rec, _ = pr_curve(h)
+        ap = float(np.sum(np.diff(np.concatenate([[0], rec])) * prec))
+        ax.plot(rec, prec, label=f"{'as is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'} (PR-AUC {ap:.3f})")
+    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title='validation pixels')
+    ax.legend(fontsize=8); fig.tight_layout()
+    return fig
+
+def plot_examples(learn, n:int=3, threshold:float=0.5):
+    "The first `n` positive and `n` negative validation tiles: image, truth over it, predicted probability."
+    import matplotlib.pyplot as plt
+    ds = learn.dls.valid.dataset
+    model = unwrap(learn.model).eval()
+    dev = next(model.parameters()).device
+    pos = ds.positive
+    picks = [i for i in range(len(ds)) if pos[i]][:n] + [i for i in range(len(ds)) if not pos[i]][:n]
+    fig, axs = plt.subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
+    for j, i in enumerate(picks):
+        img, _, lbl = ds.read(i)
+        x, _ = ds[i]
+        with torch.no_grad(): p = torch.sigmoid(model(x[None].to(dev)).float())[0, 0].cpu().numpy()
+        rgb = np.clip(img[:3].transpose(1, 2, 0) / max(float(np.percentile(img[:3], 99)), 1), 0, 1)
+        over = np.zeros(lbl.shape + (4,)); over[lbl == 1] = (1, 0.2, 0.2, 0.5); over[lbl == 255] = (0.6, 0.6, 0.6, 0.7)
+        axs[0, j].imshow(rgb); axs[0, j].set_title(f"{ds.tile_ids[i]}\n{'positive' if pos[i] else 'negative'}", fontsize=8)
+        axs[1, j].imshow(rgb); axs[1, j].imshow(over); axs[1, j].set_title('truth (grey: ignored)', fontsize=8)
+        axs[2, j].imshow(p, vmin=0, vmax=1, cmap='magma'); axs[2, j].contour(p > threshold, levels=[0.5], colors='cyan', linewidths=0.8)
+        axs[2, j].set_title(f'probability, max {p.max():.2f}', fontsize=8)
+    for a in axs.flat: a.set_axis_off()
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/10_train.ipynb #73e6338a
-def train(cfg:Config) -> dict:
-    "Train the model `cfg` describes; write checkpoints, statistics, config and metrics to `cfg.output_dir`."
-    import mlflow
+def _finite(d:dict) -> dict: return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+
+def train(cfg:Config, # the run's config
+          resume:str|None=None, # 'auto': the newest training state in output_dir (if any); or a state file
+         ) -> dict:
+    "Train the model `cfg` describes; write checkpoints, statistics, config, metrics and calibration to `cfg.output_dir`."
     t0 = time.time()
-    out = Path(cfg.output_dir); out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out/'config.yaml')
-    root = prepare_data(cfg)
-    if cfg.train.freeze_backbone_epochs and not cfg.model.encoder_weights:
+    out = Path(cfg.output_dir)
+    device = init_distributed(cfg.train.device)
+    r0, ws = rank() == 0, int(os.environ.get('WORLD_SIZE', 1))
+    state = None
+    if resume is not None:
+        path = find_resume(out) if resume == 'auto' else Path(resume)
+        if path is None: print(f'rts-seg: no training state in {out} to resume; starting from scratch', file=sys.stderr) if r0 else None
+        else:
+            state = load_training_state(path)
+            if state['config']['model'] != cfg.model.model_dump(mode='json'):
+                raise RtsSegError(f"{path} was trained with model {state['config']['model']}, the config asks for {cfg.model.model_dump(mode='json')}; resume with the run's own config.yaml")
+            if r0: print(f'resuming from {path}: epoch {state["epoch"] + 1}' + (f', after batch {state["iter"]}' if state['iter'] else ''), flush=True)
+    if r0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out/'config.yaml')
+        root = prepare_data(cfg)
+    _barrier()
+    if not r0: root = prepare_data(cfg) # generated by rank 0 by now
+    if cfg.train.freeze_backbone_epochs and not cfg.model.encoder_weights and r0:
         print(f'rts-seg: note: train.freeze_backbone_epochs={cfg.train.freeze_backbone_epochs} freezes a randomly '
               'initialised encoder (model.encoder_weights is null); set it to 0 unless that is what you want', file=sys.stderr)
     seed_everything(cfg.train.seed)
     tiles = split_tiles(root)
-    stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
-    save_stats(stats, out/'normalization_stats.json')
-    device = get_device(cfg.train.device)
+    if state is not None: stats = state['normalization']
+    elif r0: stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
+    if r0: save_stats(stats, out/'normalization_stats.json')
+    _barrier()
+    if not r0: stats = load_stats(out/'normalization_stats.json')
     dls = get_dls(cfg.data, stats, device, seed=cfg.train.seed)
     learn = rts_learner(dls, cfg)
-    best = BestCheckpoint(out/'best.pth', cfg, stats, last_path=out/'last.pth')
     uri = tracking_uri(cfg)
-    with mlflow_run(cfg) as run:
-        mlflow.log_params({**flat_params(cfg), **system_params(), 'data.dataset_version': dataset_version(root),
-                           'data.normalization_hash': stats_hash(stats), 'data.n_train_tiles': len(tiles['train']),
-                           'data.n_val_tiles': len(tiles['val'])})
-        for f in ('config.yaml', 'normalization_stats.json'): mlflow.log_artifact(str(out/f))
-        learn.fit(cfg.train.epochs, cbs=[ProtocolSchedule(cfg.train), best, MLflowLogger(), SamplerEpoch()])
-        val_loss, val_iou = learn.validate() # the best weights, put back by BestCheckpoint
-        metrics = dict(val_iou=float(val_iou), val_loss=float(val_loss), epochs=cfg.train.epochs, best_epoch=best.best_epoch,
-                       seconds=round(time.time() - t0, 1), device=str(device), n_train_tiles=len(tiles['train']),
-                       n_val_tiles=len(tiles['val']), mlflow_run_id=run.info.run_id, tracking_uri=uri)
-        metrics = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-        atomic_write_text(out/'metrics.json', json.dumps(metrics, indent=2))
-        mlflow.log_metrics({'best_val_iou': metrics['val_iou'] or 0., 'best_val_loss': metrics['val_loss'] or 0.})
-        for f in ('metrics.json', 'best.pth'): mlflow.log_artifact(str(out/f))
-    print(f"val_iou {metrics['val_iou']:.4f}  val_loss {metrics['val_loss']:.4f}  best epoch {best.best_epoch}  "
-          f"{metrics['seconds']:.0f} s  -> {out}", flush=True)
+    with (mlflow_run(cfg, state and state.get('mlflow_run_id')) if r0 else contextlib.nullcontext()) as run:
+        import mlflow
+        if r0:
+            learn.mlflow_run_id = run.info.run_id
+            if state is None:
+                mlflow.log_params({**flat_params(cfg), **system_params(), 'data.dataset_version': dataset_version(root),
+                                   'data.normalization_hash': stats_hash(stats), 'data.n_train_tiles': len(tiles['train']),
+                                   'data.n_val_tiles': len(tiles['val']), 'optimizer.name': 'AdamW', 'optimizer.fused': device.type == 'cuda',
+                                   'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier'})
+                atomic_write_text(out/'requirements.txt', frozen_requirements())
+                for f in ('config.yaml', 'normalization_stats.json', 'requirements.txt'): mlflow.log_artifact(str(out/f))
+        cbs = protocol_cbs(cfg, stats, state)
+        learn.fit(cfg.train.epochs, cbs=cbs)
+        if learn.preempted:
+            if r0: mlflow.end_run('KILLED')
+            return dict(preempted=True, output_dir=str(out))
+        # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
+        best = next(c for c in cbs if type(c).__name__ == 'Checkpointer')
+        st = collect_stats(learn, loss_func=learn.loss_func)
+        res, cal = summarize(st, cfg.train.val_ratios), calibrate(st, cfg)
+        tta = {}
+        if cfg.train.tta_eval != 'none': tta = summarize(collect_stats(learn, tta=cfg.train.tta_eval), cfg.train.val_ratios)
+        metrics = dict(val_loss=st.loss, **{f'val_{k}': v for k, v in res.items()},
+                       **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()}, temperature=cal['temperature'],
+                       threshold=cal['threshold'], epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
+                       seconds=round(time.time() - t0, 1), device=str(device), world_size=ws, n_train_tiles=len(tiles['train']),
+                       n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=uri)
+        metrics = _finite(metrics)
+        if r0:
+            import matplotlib; matplotlib.use('Agg', force=False)
+            import matplotlib.pyplot as plt
+            atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))
+            ckpt = torch.load(out/'best.pth', map_location='cpu', weights_only=True)
+            save_checkpoint(out/'best.pth', unwrap(learn.model), cfg, stats, **{k: v for k, v in ckpt.items() if k not in (
+                'state_dict', 'model', 'in_channels', 'normalization', 'normalization_hash', 'rts_seg_version')},
+                temperature=cal['temperature'], threshold=cal['threshold'])
+            for name, fig in (('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)), ('predictions.png', plot_examples(learn, threshold=cal['threshold']))):
+                fig.savefig(out/name, dpi=90); plt.close(fig)
+            atomic_write_text(out/'metrics.json', json.dumps(metrics, indent=2))
+            mlflow.log_metrics({f'final_{k}': v for k, v in metrics.items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)})
+            mlflow.log_metrics({'temperature': cal['temperature'], 'threshold': cal['threshold']})
+            for f in ('metrics.json', 'best.pth', 'threshold_calibration.json', 'pr_curves.png', 'predictions.png'): mlflow.log_artifact(str(out/f))
+    _barrier()
+    if r0:
+        print(f"val_iou {metrics['val_iou'] or float('nan'):.4f}  {cfg.train.monitor} {metrics.get('val_' + cfg.train.monitor) or float('nan'):.4f}  "
+              f"best epoch {best.best_epoch}  threshold {cal['threshold']:.3f} (T {cal['temperature']:.2f})  {metrics['seconds']:.0f} s  -> {out}", flush=True)
     return metrics
 
 # %% ../nbs/10_train.ipynb #cc917ac3
@@ -116,14 +253,41 @@ def run_cli(fn, *args):
 
 def add_train_args(p:argparse.ArgumentParser):
     p.add_argument('--config', required=True, help='YAML config file, e.g. configs/quickstart.yaml')
+    p.add_argument('--resume', metavar='auto|PATH', help="continue from the newest training state in output_dir ('auto') or from a state file")
+    p.add_argument('--seeds', type=int, nargs='+', metavar='SEED', help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a')
+
+def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
+    "Train once per seed, each in `output_dir/seed<N>`, and summarise the final metrics as mean and std."
+    runs = {}
+    for sd in seeds:
+        c = cfg.model_copy(deep=True)
+        c.train.seed, c.output_dir = sd, str(Path(cfg.output_dir)/f'seed{sd}')
+        runs[sd] = train(c, resume)
+        if runs[sd].get('preempted'): return dict(preempted=True, output_dir=c.output_dir)
+    keys = [k for k, v in runs[seeds[0]].items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)]
+    summary = {k: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0., values=v)
+               for k in keys if None not in (v := [runs[sd].get(k) for sd in seeds])}
+    res = dict(seeds=list(seeds), runs={str(k): str(Path(cfg.output_dir)/f'seed{k}') for k in seeds}, metrics=summary)
+    if rank() == 0:
+        atomic_write_text(Path(cfg.output_dir)/'seeds_summary.json', json.dumps(res, indent=2))
+        for k in ('val_iou', f'val_{cfg.train.monitor}'):
+            if k in summary: print(f"{k} {summary[k]['mean']:.4f} +/- {summary[k]['std']:.4f} over seeds {', '.join(map(str, seeds))}", flush=True)
+    return res
+
+def train_from_args(a:argparse.Namespace):
+    "Run what `rts-seg train` was asked: one run, a resumed one, or one per seed."
+    cfg = load_config(a.config, a.overrides)
+    res = train_seeds(cfg, a.seeds, a.resume) if a.seeds else train(cfg, a.resume)
+    if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
+    return res
 
 def main(argv:list[str]|None=None):
     "Train from a config file and overrides."
     p = argparse.ArgumentParser(prog='rts-seg train', description='Train a slump segmentation model.')
     add_train_args(p)
     a = p.parse_args(argv)
-    return run_cli(lambda: train(load_config(a.config, a.overrides)))
+    return run_cli(train_from_args, a)
 
 # %% ../nbs/10_train.ipynb #83af41b0
 if __name__ == '__main__': main()
