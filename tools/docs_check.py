@@ -275,15 +275,18 @@ def main(argv=None):
     import docs_check # by module name: running a notebook replaces a worker's __main__ (IPython's), so `__main__.build` would not unpickle
     print(f'docs_check: building {len(todo)} page(s) with {a.workers} worker(s)', flush=True)
     built = list(parallel(docs_check.build, todo, force=a.flags, n_workers=a.workers, pause=0.01)) if a.workers > 1 else [build(f, a.flags) for f in todo]
-    report = []
     for b in built:
         page = site/b['page']
         page.parent.mkdir(parents=True, exist_ok=True)
         txt = assemble(b['html'], sidebar_html(entries, pages, b['page'])) if b['html'] else ''
         page.write_text(txt or f"<html><body><h1>{html.escape(b['title'])}</h1><p>build failed</p></body></html>")
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(max(a.workers, 1)) as ex: # one Chromium per page, a.workers at a time
+        seens = list(ex.map(lambda b: browse(exe, site/b['page'], shots/(b['page'].replace('/', '__').removesuffix('.html') + '.png')), built))
+    report = []
+    for b, seen in zip(built, seens):
         probs = list(b['problems'])
         if b['html']: probs += [f"link to a missing page: {h}" for h in local_links(b['html'], b['page'], {p for p, _ in pages.values()})]
-        seen = browse(exe, page, shots/(b['page'].replace('/', '__').removesuffix('.html') + '.png'))
         if 'error' in seen: probs.append(seen['error'])
         else:
             if seen['broken']: probs.append(f"images that do not load: {seen['broken']}")
