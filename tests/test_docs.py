@@ -72,3 +72,30 @@ def test_docs_pages_render():
                '04_augment.ipynb', '05a_checks.ipynb', '05c_make_dataset.ipynb', '07_losses.ipynb', '11a_vectorize.ipynb', '11b_evaluate.ipynb']:
         assert pages[nb]['seen']['images'] >= 1, nb
     assert pages['tutorials/quickstart.ipynb']['seen']['images'] >= 6 # batch, curves, PR curves, predictions, scene, scored map
+
+
+def test_checks_catch_what_they_claim(tmp_path):
+    "The docs check's own checks fail where they should: error outputs, leaked directives, no opening prose, broken images, empty pages."
+    from fastcore.basics import AttrDict
+    from fastcore.nbio import dict2nb
+    nb = dict2nb({'cells': [
+        {'cell_type': 'markdown', 'source': '## Usage', 'metadata': {}},
+        {'cell_type': 'code', 'source': '#| echo: false\nprint(1)', 'metadata': {}, 'outputs': [], 'execution_count': None},
+        {'cell_type': 'code', 'source': 'x = 1 #| not a directive line\n#|  eval: false', 'metadata': {}, 'outputs': [], 'execution_count': None},
+        {'cell_type': 'code', 'source': '1/0', 'metadata': {}, 'execution_count': None,
+         'outputs': [{'output_type': 'error', 'ename': 'ZeroDivisionError', 'evalue': 'division by zero', 'traceback': []}]},
+    ], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})
+    nb.frontmatter_ = AttrDict(title='T', description='d')
+    doc, probs = docs_check.for_nbconvert(nb)
+    assert any('ZeroDivisionError' in p for p in probs) and any('directive left' in p for p in probs)
+    assert doc.cells[2].metadata['tags'] == ['remove_input'] and '#|' not in doc.cells[2].source # cells: title, heading, the echo: false one
+    assert not docs_check.opens_with_prose(doc) # a heading, then code: no sentence saying what the page is for
+    doc.cells.insert(1, doc.cells[0].copy()); doc.cells[1].source = 'This module turns masks into polygons that scientists can count and measure.'
+    assert docs_check.opens_with_prose(doc)
+    exe = _browser()
+    if not exe: pytest.skip('no Chromium here (apt-get install chromium)')
+    page = tmp_path/'p.html'
+    page.write_text(f'<html><body><h1>T</h1><img src="missing.png"><img src="https://example.org/badge.svg">{docs_check.PROBE}</body></html>')
+    seen = docs_check.browse(exe, page, tmp_path/'p.png')
+    assert seen['broken'] == ['missing.png'] and seen['remote_images'] == 1 and seen['text'] < docs_check.MIN_TEXT and seen['h1'] == ['T']
+    assert (tmp_path/'p.png').read_bytes()[:4] == b'\x89PNG'
