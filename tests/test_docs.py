@@ -86,16 +86,17 @@ def test_checks_catch_what_they_claim(tmp_path):
          'outputs': [{'output_type': 'error', 'ename': 'ZeroDivisionError', 'evalue': 'division by zero', 'traceback': []}]},
     ], 'metadata': {}, 'nbformat': 4, 'nbformat_minor': 5})
     nb.frontmatter_ = AttrDict(title='T', description='d')
-    doc, probs = docs_check.for_nbconvert(nb)
+    doc, probs, blocks = docs_check.for_nbconvert(nb)
     assert any('ZeroDivisionError' in p for p in probs) and any('directive left' in p for p in probs)
     assert doc.cells[2].metadata['tags'] == ['remove_input'] and '#|' not in doc.cells[2].source # cells: title, heading, the echo: false one
-    assert not docs_check.opens_with_prose(doc) # a heading, then code: no sentence saying what the page is for
-    doc.cells.insert(1, doc.cells[0].copy()); doc.cells[1].source = 'This module turns masks into polygons that scientists can count and measure.'
-    assert docs_check.opens_with_prose(doc)
+    assert any('does not open with prose' in p for p in probs) # a heading, then code: no sentence saying what the page is for
+    assert docs_check.opens_with_prose([('markdown', '## Usage'), ('markdown', 'This module turns masks into polygons that scientists can count.')])
+    assert '<table>' in docs_check.markdown('| a | b |\n|---|---|\n| `x \\| y` | 2 |') # GFM tables, as pandoc reads them
     exe = _browser()
     if not exe: pytest.skip('no Chromium here (apt-get install chromium)')
     page = tmp_path/'p.html'
-    page.write_text(f'<html><body><h1>T</h1><img src="missing.png"><img src="https://example.org/badge.svg">{docs_check.PROBE}</body></html>')
+    page.write_text(f'<html><body><main><h1>T</h1><img src="missing.png"><img src="https://example.org/badge.svg"><p>| a | b |\n|---|---|</p></main>{docs_check.PROBE}</body></html>')
     seen = docs_check.browse(exe, page, tmp_path/'p.png')
     assert seen['broken'] == ['missing.png'] and seen['remote_images'] == 1 and seen['text'] < docs_check.MIN_TEXT and seen['h1'] == ['T']
+    assert len(seen['raw_tables']) == 1
     assert (tmp_path/'p.png').read_bytes()[:4] == b'\x89PNG'

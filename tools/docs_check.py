@@ -7,12 +7,13 @@ the same pages without it and looks at them as a reader would:
    notebook's folder as working directory), with the `show_doc` cells nbdev adds for exported names;
 2. runs nbdev's doc processors on the result (`nbdev.processors.FilterDefaults`, as `nbdev-proc-nbs`
    does before quarto): front matter, hidden and exported cells removed, directives stripped;
-3. renders HTML with nbconvert, applying quarto's cell options (`echo`, `output`, `include`), with a
-   sidebar built from `nbs/sidebar.yml`;
+3. renders HTML with nbconvert, applying quarto's cell options (`echo`, `output`, `include`), markdown
+   rendered as pandoc would (CommonMark and GFM tables, by markdown-it-py), with a sidebar built from
+   `nbs/sidebar.yml`;
 4. opens every page in headless Chromium, saves a screenshot, and reads back what the page shows.
 
 It fails (exit 1) on: a cell that raises, an error or traceback in an output, directives or `show_doc`
-calls left visible, a page that does not open with prose, an empty page, an image that does not load
+calls left visible, a markdown table shown as text, a page that does not open with prose, an empty page, an image that does not load
 (remote images, such as the Colab badge, cannot load offline and are only counted), a link to a page
 that does not exist, and a notebook missing from the sidebar (or a sidebar entry without a notebook).
 
@@ -31,12 +32,13 @@ CHROMIUM_FLAGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic
 MIN_TEXT = 400 # characters of visible text below which a page counts as empty
 
 # Runs in the page once it has loaded; Chromium's --dump-dom then gives us the report it writes.
-PROBE = """<script>window.addEventListener('load', () => {
+PROBE = r"""<script>window.addEventListener('load', () => {
   const imgs = [...document.images], remote = i => /^https?:/.test(i.currentSrc || i.src);
   const r = {text: document.body.innerText.trim().length, h1: [...document.querySelectorAll('h1')].map(h => h.innerText.trim()),
              images: imgs.filter(i => !remote(i)).length, remote_images: imgs.filter(remote).length,
              broken: imgs.filter(i => !remote(i) && !(i.complete && i.naturalWidth > 0)).map(i => (i.getAttribute('src') || '').slice(0, 80)),
-             tables: document.querySelectorAll('main table').length};
+             tables: document.querySelectorAll('main table').length,
+             raw_tables: [...document.querySelectorAll('main p')].filter(p => /\|\s*:?-{3,}:?\s*\|/.test(p.innerText)).map(p => p.innerText.slice(0, 80))};
   const pre = document.createElement('pre'); pre.id = 'docs-check'; pre.hidden = true; pre.textContent = JSON.stringify(r);
   document.body.appendChild(pre);
 });</script>"""
@@ -49,6 +51,13 @@ nav.docs-sidebar a {color: #2c6fbb; text-decoration: none;} nav.docs-sidebar a.h
 nav.docs-sidebar .section {font-weight: bold; margin-top: 0.6em; color: #555;}
 main.docs-page {flex: 1; min-width: 0; padding: 0 2em; max-width: 1000px;}
 main.docs-page p.description {font-size: 1.15em; color: #555;}
+main.docs-page h1 {font-size: 2em; margin: 0.8em 0 0.3em;}
+main.docs-page div.markdown, main.docs-page p.description {font: 15px/1.55 sans-serif; margin: 0.6em 0;}
+main.docs-page div.markdown code {background: #f2f2f2; padding: 0 3px; border-radius: 3px; font-size: 90%;}
+main.docs-page div.markdown pre {background: #f7f7f7; padding: 0.6em; overflow-x: auto;}
+main.docs-page div.markdown pre code {background: none; padding: 0;}
+main.docs-page div.markdown table {border-collapse: collapse; margin: 0.6em 0;}
+main.docs-page div.markdown th, main.docs-page div.markdown td {border: 1px solid #ccc; padding: 3px 8px; text-align: left; vertical-align: top;}
 </style>"""
 
 
@@ -122,17 +131,36 @@ def _text(o) -> str:
     t = o.get('text', '')
     return ''.join(t) if isinstance(t, list) else t
 
-def for_nbconvert(nb) -> tuple[dict, list[str]]:
-    "A plain nbformat dict with quarto's cell options applied as nbconvert tags, and the problems seen on the way."
+def markdown(src:str, inline:bool=False) -> str:
+    "HTML of markdown as pandoc (quarto) reads it closely enough for a check: CommonMark with GFM tables and strikethrough."
+    from markdown_it import MarkdownIt
+    md = MarkdownIt('commonmark', {'html': True, 'highlight': _highlight}).enable(['table', 'strikethrough'])
+    return md.renderInline(src) if inline else md.render(src)
+
+def _highlight(code:str, lang:str, attrs) -> str:
+    "Code blocks coloured by pygments, as quarto colours them ('' leaves a block plain)."
+    from pygments import highlight
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import get_lexer_by_name
+    from pygments.util import ClassNotFound
+    try: return highlight(code, get_lexer_by_name(lang), HtmlFormatter(cssclass='highlight'))
+    except ClassNotFound: return ''
+
+def for_nbconvert(nb) -> tuple[dict, list[str], dict[str, str]]:
+    "A plain nbformat notebook (quarto's cell options as nbconvert tags), the problems seen on the way, and the HTML of its markdown by placeholder."
     import nbformat
-    probs, cells, fm = [], [], getattr(nb, 'frontmatter_', {}) or {}
+    probs, cells, visible, blocks, fm = [], [], [], {}, getattr(nb, 'frontmatter_', {}) or {}
+    def html_cell(h): # a placeholder paragraph, replaced by `h` once nbconvert has rendered the page (its own markdown renderer misses GFM tables)
+        key = f'DOCSCHECKBLOCK{len(blocks):04d}'
+        blocks[key] = h
+        return nbformat.v4.new_markdown_cell(key)
     title, desc = fm.get('title', ''), fm.get('description', '')
-    if title: cells.append(nbformat.v4.new_markdown_cell(f'# {title}' + (f'\n\n<p class="description">{html.escape(desc)}</p>' if desc else '')))
+    if title: cells.append(html_cell(f'<h1>{html.escape(title)}</h1>' + (f'<p class="description">{markdown(desc, inline=True)}</p>' if desc else '')))
     for c in nb.cells:
         if c.cell_type == 'raw' or not c.get('source', '').strip() and c.cell_type == 'markdown': continue
         if c.cell_type == 'markdown':
             if c.source.startswith('<!-- WARNING: THIS FILE WAS AUTOGENERATED'): continue
-            cells.append(nbformat.v4.new_markdown_cell(c.source)); continue
+            cells.append(html_cell(f'<div class="markdown">{markdown(c.source)}</div>')); visible.append(('markdown', c.source)); continue
         opts, lines = {}, []
         for l in c.source.splitlines():
             m = _re_opt.match(l)
@@ -144,23 +172,27 @@ def for_nbconvert(nb) -> tuple[dict, list[str]]:
         for o in outs:
             if o.get('output_type') == 'error': probs.append(f"error output: {o.get('ename')}: {str(o.get('evalue'))[:200]}")
             if o.get('output_type') == 'stream' and 'Traceback (most recent call last)' in _text(o): probs.append(f"traceback in output: {_text(o)[-300:]}")
+            data = o.get('data') or {}
+            if 'text/markdown' in data and 'text/html' not in data: # as quarto shows it (show_doc's output, `output: asis`)
+                o['data'] = {**data, 'text/html': markdown(data['text/markdown'])}
         tags = []
         if opts.get('echo') == 'false' or not src: tags.append('remove_input')
         elif re.search(r'^\s*show_doc\(', src, re.M): probs.append(f"show_doc call visible: {src[:80]}")
         if opts.get('output') == 'false': tags.append('remove_output')
         if '#|' in src: probs.append(f"directive left in visible code: {src[:80]}")
-        cell = nbformat.v4.new_code_cell(src, outputs=[nbformat.from_dict(o) for o in outs], metadata={'tags': tags})
-        cells.append(cell)
-    return nbformat.v4.new_notebook(cells=cells, metadata={'language_info': {'name': 'python'}}), probs
+        cells.append(nbformat.v4.new_code_cell(src, outputs=[nbformat.from_dict(o) for o in outs], metadata={'tags': tags}))
+        visible.append(('code' if 'remove_input' not in tags else 'output', src))
+    if not opens_with_prose(visible): probs.append("does not open with prose (title, then a paragraph saying what it is for)")
+    return nbformat.v4.new_notebook(cells=cells, metadata={'language_info': {'name': 'python'}}), probs, blocks
 
-def opens_with_prose(nb) -> bool:
-    "Whether the first thing after the title is a markdown cell with a sentence in it."
-    for c in nb.cells[1:]:
-        if c.cell_type != 'markdown': return False
-        for l in c.source.splitlines():
+def opens_with_prose(cells:list[tuple[str, str]]) -> bool:
+    "Whether the first (kind, source) cells after the title start with a markdown sentence (headings before it are fine)."
+    for kind, src in cells:
+        if kind != 'markdown': return False
+        for l in src.splitlines():
             l = l.strip()
             if len(l) >= 40 and not l.startswith(('#', '|', '```', '<', '{', '-', '*', '>')) or l.startswith(('- ', '* ')) and len(l) > 60: return True
-        if not all(l.strip().startswith('#') or not l.strip() for l in c.source.splitlines()): return False
+        if not all(l.strip().startswith('#') or not l.strip() for l in src.splitlines()): return False
     return False
 
 def page_name(fn:Path, fm:dict) -> str:
@@ -177,12 +209,13 @@ def build(fn:Path, force:str='') -> dict:
     try:
         nb = process(execute(fn, force))
         fm = getattr(nb, 'frontmatter_', {}) or {}
-        doc, probs = for_nbconvert(nb)
-        if not opens_with_prose(doc): probs.append("does not open with prose (title, then a paragraph saying what it is for)")
+        doc, probs, blocks = for_nbconvert(nb)
         exp = nbconvert.HTMLExporter(template_name='lab', exclude_input_prompt=True, exclude_output_prompt=True, anchor_link_text='')
         exp.register_preprocessor(nbconvert.preprocessors.TagRemovePreprocessor(
             remove_cell_tags={'remove_cell'}, remove_input_tags={'remove_input'}, remove_all_outputs_tags={'remove_output'}, enabled=True), enabled=True)
         body, _ = exp.from_notebook_node(doc)
+        body = re.sub(r'<p>(DOCSCHECKBLOCK\d{4})</p>', lambda m: blocks.pop(m[1]), body)
+        if blocks: probs.append(f"{len(blocks)} markdown cell(s) lost on the way to HTML")
         return dict(notebook=rel, page=page_name(fn, fm), title=fm.get('title', fn.stem), html=body, problems=probs, seconds=round(time.time() - t0, 1))
     except Problem as e: return dict(notebook=rel, page=str(Path(rel).with_suffix('.html')), title=fn.stem, html='', problems=[str(e)], seconds=round(time.time() - t0, 1))
     except Exception as e: return dict(notebook=rel, page=str(Path(rel).with_suffix('.html')), title=fn.stem, html='', problems=[f"build failed: {type(e).__name__}: {e}"], seconds=round(time.time() - t0, 1))
@@ -205,8 +238,10 @@ def sidebar_html(entries, pages:dict, here:str) -> str:
 
 def assemble(body:str, nav:str) -> str:
     "The nbconvert page with its remote scripts dropped (the check is offline), the sidebar and the probe added."
+    from pygments.formatters import HtmlFormatter
     body = re.sub(r'<script[^>]+src="https?://[^"]*"[^>]*>\s*</script>', '', body)
-    body = body.replace('</head>', STYLE + '\n</head>', 1)
+    css = HtmlFormatter().get_style_defs('main.docs-page div.markdown .highlight')
+    body = body.replace('</head>', STYLE + f'\n<style>{css}</style>\n</head>', 1)
     body = re.sub(r'<body([^>]*)class="([^"]*)"', r'<body\1class="\2 docs-check"', body, count=1)
     body = re.sub(r'(<body[^>]*>)', r'\1' + nav.replace('\\', r'\\') + '<main class="docs-page">', body, count=1)
     return body.replace('</body>', '</main>' + PROBE + '</body>', 1)
@@ -290,6 +325,7 @@ def main(argv=None):
         if 'error' in seen: probs.append(seen['error'])
         else:
             if seen['broken']: probs.append(f"images that do not load: {seen['broken']}")
+            if seen['raw_tables']: probs.append(f"markdown tables shown as text: {seen['raw_tables']}")
             if seen['text'] < MIN_TEXT: probs.append(f"empty page: {seen['text']} characters of text")
             if b['title'] not in seen['h1']: probs.append(f"title '{b['title']}' not shown as the page heading (h1: {seen['h1']})")
         report.append(dict(notebook=b['notebook'], page=b['page'], title=b['title'], seconds=b['seconds'], seen=seen, problems=probs))
