@@ -21,7 +21,7 @@ from fastai.callback.core import Callback, CancelEpochException, CancelFitExcept
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner
+from fastai.learner import AvgSmoothLoss, Learner
 from fastai.optimizer import OptimWrapper
 from fastai.imports import noop # the noop that fastai's no_logging() installs
 from fastai.torch_core import find_bs
@@ -39,7 +39,7 @@ from .models import TTAModel, create_model
 __all__ = ['STATE_RE', 'unwrap', 'rank', 'save_checkpoint', 'load_checkpoint', 'MLflowLogger', 'TextProgress', 'EMA',
            'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter', 'adamw', 'RtsLearner', 'DDP', 'rts_learner',
            'state_path', 'find_resume', 'save_training_state', 'load_training_state', 'Resume', 'Checkpointer',
-           'protocol_cbs', 'collect_stats']
+           'DeviceSmoothLoss', 'protocol_cbs', 'collect_stats']
 
 # %% ../nbs/09_learner.ipynb #405def62
 def unwrap(model:torch.nn.Module) -> torch.nn.Module:
@@ -408,12 +408,32 @@ class Checkpointer(TrackerCallback):
         if self.dist: torch.distributed.barrier(group=self.group)
         if self.best_path.is_file(): unwrap(self.model).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
 
+class _DeviceAvgSmoothLoss(AvgSmoothLoss):
+    "fastai's smoothed training loss, kept on the device: no host-device synchronisation per step."
+    def accumulate(self, learn):
+        self.count += 1
+        l = learn.loss.detach().float().mean()
+        self.val = torch.lerp(l, self.val.to(l.device), self.beta)
+
+class DeviceSmoothLoss(Callback):
+    "Keep the Recorder's running loss on the device while fitting (the one per-step synchronisation in fastai's loop)."
+    order = 49 # before_fit after the Recorder (50 is after_batch order; Recorder.before_fit resets its own)
+    def before_fit(self):
+        rec = getattr(self.learn, 'recorder', None)
+        if rec is None or self.dls.device is None or torch.device(self.dls.device).type == 'cpu': self.rec = None; return
+        self.rec, self.old = rec, rec.smooth_loss
+        rec.smooth_loss = _DeviceAvgSmoothLoss(self.old.beta)
+    def after_fit(self):
+        if self.rec is None: return
+        self.old.count, self.old.val = self.rec.smooth_loss.count, self.rec.smooth_loss.val.cpu()
+        self.rec.smooth_loss, self.rec.losses = self.old, type(self.rec.losses)(float(x) for x in self.rec.losses)
+
 def protocol_cbs(cfg:Config, stats:dict, resume:dict|None=None) -> list[Callback]:
     "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
     from rts_seg.sampling import SamplerEpoch
     t = cfg.train
     cbs = [ProtocolSchedule(t), Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
-           MLflowLogger(), SamplerEpoch()]
+           MLflowLogger(), SamplerEpoch(), DeviceSmoothLoss()]
     if t.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(monitor=t.monitor, comp=np.greater, min_delta=t.early_stopping_min_delta, patience=t.early_stopping_patience))
     if resume is not None: cbs.append(Resume(resume))
