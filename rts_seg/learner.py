@@ -86,8 +86,8 @@ class MLflowLogger(Callback):
     "Log train loss, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
     order = 60 # after the Recorder
     def after_epoch(self):
-        import mlflow
-        if rank() or mlflow.active_run() is None: return
+        mlflow = sys.modules.get('mlflow') # not imported: no run can be active
+        if mlflow is None or rank() or mlflow.active_run() is None: return
         names = self.recorder.metric_names[1:-1] if self.recorder.add_time else self.recorder.metric_names[1:]
         vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
         vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
