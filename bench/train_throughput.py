@@ -24,7 +24,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rts_seg.core  # noqa: F401  (silences fastai's torch.jit warning)
 import segmentation_models_pytorch as smp
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback
 
 from rts_seg.config import load_config
 from rts_seg.data import compute_stats, get_dls, split_tiles
@@ -85,8 +85,9 @@ def make_dataset(a, root):
 
 
 class NoValid(Callback):
-    "Skip validation: it is not timed, and under torch.compile eval mode would compile a second graph."
-    def before_validate(self): raise CancelValidException()
+    "Skip validation (as `train.val_frequency` does): it is not timed, and under torch.compile eval mode would compile a second graph."
+    order = 46 # after ValidationMetrics.before_validate
+    def before_validate(self): self.learn.skip_valid = True
 
 
 class Timer(Callback):

@@ -218,13 +218,14 @@ def adamw(params, lr, fused:bool=False, **kw):
 
 class RtsLearner(Learner):
     "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
-    resume_epoch, resume_iter, preempted = 0, 0, False
+    resume_epoch, resume_iter, preempted, skip_valid = 0, 0, False, False
     def _do_fit(self):
         for epoch in range(self.resume_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def all_batches(self):
+        if not self.training and getattr(self, 'skip_valid', False): self.n_iter = 0; return # an epoch without validation
         k = self.resume_iter if self.training else 0
         if k: self.dl.skip_batches(k) # the loader starts after the batches done before the interruption
         try:
