@@ -24,11 +24,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import rts_seg.core  # noqa: F401  (silences fastai's torch.jit warning)
 import segmentation_models_pytorch as smp
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback
 
 from rts_seg.config import load_config
 from rts_seg.data import compute_stats, get_dls, split_tiles
-from rts_seg.learner import rts_learner
+from rts_seg.learner import protocol_cbs, rts_learner, unwrap
 from rts_seg.synthetic import synth_dataset
 
 TFLOP_PER_IMG_512 = 3.0 # UNet++/EfficientNet-B7, forward + backward, from the SPEC
@@ -43,6 +43,7 @@ def plain_loop(a, dev):
     "The SPEC's plain loop: random data on the device, fused AdamW, bf16 autocast, channels-last."
     torch.manual_seed(0)
     model = smp.create_model(a.arch, encoder_name=a.encoder, encoder_weights=None, in_channels=3, classes=1).to(dev)
+    if a.plain_swish and hasattr(model.encoder, 'set_swish'): model.encoder.set_swish(memory_efficient=False)
     cuda = dev.type == 'cuda'
     if cuda and a.channels_last: model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-2, fused=cuda)
@@ -84,8 +85,9 @@ def make_dataset(a, root):
 
 
 class NoValid(Callback):
-    "Skip validation: it is not timed, and under torch.compile eval mode would compile a second graph."
-    def before_validate(self): raise CancelValidException()
+    "Skip validation (as `train.val_frequency` does): it is not timed, and under torch.compile eval mode would compile a second graph."
+    order = 46 # after ValidationMetrics.before_validate
+    def before_validate(self): self.learn.skip_valid = True
 
 
 class Timer(Callback):
@@ -113,15 +115,17 @@ def rts_seg_step(a, dev, tmp):
     t = time.time(); make_dataset(a, root); t_data = time.time() - t
     ov = [f'output_dir={tmp}/run', f'data.root={root}', f'data.batch_size={a.bs}', f'data.num_workers={a.workers}',
           f'model.arch={a.arch}', f'model.encoder={a.encoder}', 'model.encoder_weights=null', f'train.compile={a.compile}',
-          f'train.channels_last={a.channels_last}', 'train.epochs=1']
+          f'train.channels_last={a.channels_last}', 'train.epochs=1', 'train.early_stopping_patience=null']
     cfg = load_config(Path(__file__).resolve().parent.parent/'configs'/'baseline.yaml', ov)
     stats = compute_stats(root, split_tiles(root)['train'])
     dls = get_dls(cfg.data, stats, dev)
     learn = rts_learner(dls, cfg, text_progress=True)
+    if a.plain_swish and hasattr(unwrap(learn.model).encoder, 'set_swish'): unwrap(learn.model).encoder.set_swish(memory_efficient=False)
     timer = Timer(a.warmup)
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
     t = time.time()
-    learn.fit_one_cycle(1, cfg.train.base_lr, cbs=[timer] + ([NoValid()] if a.no_valid else []))
+    # the full protocol's callbacks, as `rts-seg train` runs them (schedule, checkpoints, MLflow, sampler, device-side loss)
+    learn.fit(1, cbs=protocol_cbs(cfg, stats) + [timer] + ([NoValid()] if a.no_valid else []))
     total = time.time() - t
     mem = torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else float('nan')
     return dict(img_s=timer.imgs / timer.elapsed, peak_gib=mem, timed_images=timer.imgs, fit_s=total, dataset_s=t_data,
@@ -140,13 +144,16 @@ def main():
     p.add_argument('--cpu-small', action='store_true', help='CPU: Unet/resnet18, 128 px, batch 8')
     p.add_argument('--skip-plain', action='store_true'); p.add_argument('--json', default=None)
     p.add_argument('--no-valid', action='store_true', help='skip the (untimed) validation pass')
+    p.add_argument('--cudnn-benchmark', action='store_true', help='torch.backends.cudnn.benchmark = True (both loops)')
+    p.add_argument('--plain-swish', action='store_true', help="EfficientNet encoders: plain x*sigmoid(x) instead of smp's memory-efficient swish (both loops)")
     a = p.parse_args()
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     if a.cpu_small:
         a.arch, a.encoder, a.size, a.bs, a.warmup, a.steps, a.unique, a.workers = 'Unet', 'resnet18', 128, 8, 3, 20, 24, 1
     dev = torch.device('cuda' if torch.cuda.is_available() and not a.cpu_small else 'cpu')
     gpu = torch.cuda.get_device_name(0) if dev.type == 'cuda' else 'cpu'
     print(f'device {gpu}  torch {torch.__version__}  {a.arch}/{a.encoder} {a.size}px batch {a.bs}  compile {a.compile}  '
-          f'channels_last {a.channels_last}  workers {a.workers}', flush=True)
+          f'channels_last {a.channels_last}  workers {a.workers}  cudnn_benchmark {a.cudnn_benchmark}  plain_swish {a.plain_swish}', flush=True)
     res = dict(device=gpu, torch=torch.__version__, args=vars(a))
     if not a.skip_plain:
         res['plain'] = plain_loop(a, dev)

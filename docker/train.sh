@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Entry point of the training image: accelerate launch -m rts_seg.train --config CFG [key=value ...]
+# Entry point of the training image: accelerate launch --multi_gpu --num_processes N -m rts_seg.train --config CFG [key=value ...]
+#   (one process: python -m rts_seg.train, the same training without a launcher in between)
 #   NUM_PROCESSES=N (env) or --num_processes N (first argument): processes, one per GPU;
 #   default: every visible GPU (CUDA_VISIBLE_DEVICES), or 1 without a GPU.
 # The image's default precision (RTS_SEG_MIXED_PRECISION) is passed as train.mixed_precision unless the
@@ -21,7 +22,14 @@ if [ -d /outputs ] && [ ! -w /outputs ]; then
   echo "train.sh: /outputs is not writable by uid $(id -u); see 'permission denied' in the runbook (--user, chown)" >&2
 fi
 
-launch=(--num_processes "$n" --num_machines 1 --mixed_precision no --dynamo_backend no)
-if [ "$n" -gt 1 ]; then launch+=(--multi_gpu); fi
+py="$(command -v python || command -v python3)"
+if [ "$n" -le 1 ]; then
+  # one process: nothing to launch, and accelerate's single-process launcher would not pass SIGTERM on (docker stop,
+  # a preempted VM), so the run could not save its state
+  echo "train.sh: $py -m rts_seg.train ${args[*]}" >&2
+  exec "$py" -m rts_seg.train "${args[@]}"
+fi
+# several: accelerate's torch.distributed launcher (NCCL on GPUs, gloo without), which forwards SIGTERM to every rank
+launch=(--multi_gpu --num_processes "$n" --num_machines 1 --mixed_precision no --dynamo_backend no)
 echo "train.sh: accelerate launch ${launch[*]} -m rts_seg.train ${args[*]}" >&2
 exec accelerate launch "${launch[@]}" -m rts_seg.train "${args[@]}"

@@ -108,6 +108,7 @@ class MlflowConfig(Section):
     "Experiment tracking; `MLFLOW_TRACKING_URI` wins over `tracking_uri`."
     tracking_uri: Optional[str] = None # None: sqlite store in output_dir
     experiment: str = 'rts_seg' # experiment name
+    artifact_location: Optional[str] = None # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
 
 class InferenceConfig(Section):
     "How `rts-seg predict` slides the model over scenes and tile lists, and what it writes."

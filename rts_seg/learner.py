@@ -21,7 +21,7 @@ from fastai.callback.core import Callback, CancelEpochException, CancelFitExcept
 from fastai.callback.progress import ProgressCallback
 from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.data.core import DataLoaders
-from fastai.learner import Learner
+from fastai.learner import AvgSmoothLoss, Learner
 from fastai.optimizer import OptimWrapper
 from fastai.imports import noop # the noop that fastai's no_logging() installs
 from fastai.torch_core import find_bs
@@ -39,7 +39,7 @@ from .models import TTAModel, create_model
 __all__ = ['STATE_RE', 'unwrap', 'rank', 'save_checkpoint', 'load_checkpoint', 'MLflowLogger', 'TextProgress', 'EMA',
            'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter', 'adamw', 'RtsLearner', 'DDP', 'rts_learner',
            'state_path', 'find_resume', 'save_training_state', 'load_training_state', 'Resume', 'Checkpointer',
-           'protocol_cbs', 'collect_stats']
+           'DeviceSmoothLoss', 'protocol_cbs', 'collect_stats']
 
 # %% ../nbs/09_learner.ipynb #405def62
 def unwrap(model:torch.nn.Module) -> torch.nn.Module:
@@ -86,8 +86,8 @@ class MLflowLogger(Callback):
     "Log train loss, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
     order = 60 # after the Recorder
     def after_epoch(self):
-        import mlflow
-        if rank() or mlflow.active_run() is None: return
+        mlflow = sys.modules.get('mlflow') # not imported: no run can be active
+        if mlflow is None or rank() or mlflow.active_run() is None: return
         names = self.recorder.metric_names[1:-1] if self.recorder.add_time else self.recorder.metric_names[1:]
         vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
         vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
@@ -218,13 +218,14 @@ def adamw(params, lr, fused:bool=False, **kw):
 
 class RtsLearner(Learner):
     "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
-    resume_epoch, resume_iter, preempted = 0, 0, False
+    resume_epoch, resume_iter, preempted, skip_valid = 0, 0, False, False
     def _do_fit(self):
         for epoch in range(self.resume_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def all_batches(self):
+        if not self.training and getattr(self, 'skip_valid', False): self.n_iter = 0; return # an epoch without validation
         k = self.resume_iter if self.training else 0
         if k: self.dl.skip_batches(k) # the loader starts after the batches done before the interruption
         try:
@@ -408,12 +409,32 @@ class Checkpointer(TrackerCallback):
         if self.dist: torch.distributed.barrier(group=self.group)
         if self.best_path.is_file(): unwrap(self.model).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
 
+class _DeviceAvgSmoothLoss(AvgSmoothLoss):
+    "fastai's smoothed training loss, kept on the device: no host-device synchronisation per step."
+    def accumulate(self, learn):
+        self.count += 1
+        l = learn.loss.detach().float().mean()
+        self.val = torch.lerp(l, self.val.to(l.device), self.beta)
+
+class DeviceSmoothLoss(Callback):
+    "Keep the Recorder's running loss on the device while fitting (the one per-step synchronisation in fastai's loop)."
+    order = 49 # before_fit after the Recorder (50 is after_batch order; Recorder.before_fit resets its own)
+    def before_fit(self):
+        rec = getattr(self.learn, 'recorder', None)
+        if rec is None or self.dls.device is None or torch.device(self.dls.device).type == 'cpu': self.rec = None; return
+        self.rec, self.old = rec, rec.smooth_loss
+        rec.smooth_loss = _DeviceAvgSmoothLoss(self.old.beta)
+    def after_fit(self):
+        if self.rec is None: return
+        self.old.count, self.old.val = self.rec.smooth_loss.count, self.rec.smooth_loss.val.cpu()
+        self.rec.smooth_loss, self.rec.losses = self.old, type(self.rec.losses)(float(x) for x in self.rec.losses)
+
 def protocol_cbs(cfg:Config, stats:dict, resume:dict|None=None) -> list[Callback]:
     "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
     from rts_seg.sampling import SamplerEpoch
     t = cfg.train
     cbs = [ProtocolSchedule(t), Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
-           MLflowLogger(), SamplerEpoch()]
+           MLflowLogger(), SamplerEpoch(), DeviceSmoothLoss()]
     if t.early_stopping_patience is not None:
         cbs.append(EarlyStoppingCallback(monitor=t.monitor, comp=np.greater, min_delta=t.early_stopping_min_delta, patience=t.early_stopping_patience))
     if resume is not None: cbs.append(Resume(resume))

@@ -10,7 +10,7 @@ import math
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
 import numpy as np
 import torch
-from fastai.callback.core import Callback, CancelValidException
+from fastai.callback.core import Callback
 from fastai.metrics import Metric
 from scipy import ndimage
 
@@ -225,15 +225,13 @@ class ValidationMetrics(Callback):
         self.skip = (self.epoch + 1) % self.every != 0 and self.epoch + 1 < self.n_epoch
 
     def before_validate(self):
-        self.results = {}
-        if self.skip:
-            self.skip = False
-            if hasattr(self.learn, 'recorder'): self.recorder.loss.reset()
-            raise CancelValidException()
-        self.stats = ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu')
+        # an epoch that does not validate runs no validation batch (`RtsLearner` honours `skip_valid`): the table and
+        # the trackers still get a row, with no loss and NaN metrics
+        self.results, self.learn.skip_valid, self.skip = {}, self.skip, False
+        self.stats = None if self.learn.skip_valid else ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu')
 
     def after_batch(self):
-        if not self.training: self.stats.update(self.pred, self.yb[0])
+        if not self.training and self.stats is not None: self.stats.update(self.pred, self.yb[0])
 
     def after_validate(self):
         if self.stats is None: return

@@ -7,14 +7,16 @@ Docs: https://rts-seg.github.io/rts_seg/sampling.html.md"""
 # %% ../nbs/04b_sampling.ipynb #2acd28e7
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
-import os
+import os, signal
 
 import numpy as np
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
+from fastai.torch_core import to_device
 
 # %% auto #0
-__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'rank_world', 'BalancedDL', 'ShardDL', 'SamplerEpoch']
+__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'AsyncToDevice', 'rank_world', 'BalancedDL', 'ShardDL',
+           'SamplerEpoch']
 
 # %% ../nbs/04b_sampling.ipynb #6b12b022
 SPEC_CURRICULUM = [(10, 1.), (30, 5.), (50, 10.), (100, 15.), (120, 20.)] # (1-based epoch, negatives per positive)
@@ -53,11 +55,22 @@ def epoch_batches(positive:np.ndarray, # bool per tile: holds a slump
     return out
 
 # %% ../nbs/04b_sampling.ipynb #0652465c
+class AsyncToDevice:
+    "Loader mixin: copy batches to the device without blocking the host (from pinned memory); workers ignore SIGTERM."
+    target = None
+    def to(self, device): # fastai's DataLoader.to would copy synchronously in __iter__: keep `device` None, copy in after_batch
+        self.target = device
+        return self
+    def after_batch(self, b):
+        return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
+    def wif(self): # in each worker process: launchers (torchrun) send SIGTERM to the whole process group; the main
+        signal.signal(signal.SIGTERM, signal.SIG_IGN) # process saves its state first, then stops its workers itself
+
 def rank_world(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
     "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
     return (int(os.environ.get('RANK', 0)) if rank is None else rank, int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size)
 
-class BalancedDL(DataLoader):
+class BalancedDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` whose batches hold a set share of positive tiles, following a curriculum per epoch."
     def __init__(self, dataset, # a map-style dataset
                  positive, # bool per tile of `dataset`: holds a slump
@@ -98,7 +111,7 @@ class BalancedDL(DataLoader):
         b, seeds = b[self.rank::self.world_size][self.skip:], seeds[self.rank::self.world_size][self.skip:]
         return list(zip(b.reshape(-1).tolist(), seeds.reshape(-1).tolist())) if self.keyed else b.reshape(-1).tolist()
 
-class ShardDL(DataLoader):
+class ShardDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
     def __init__(self, dataset, rank:int|None=None, world_size:int|None=None, **kwargs):
         self.rank, self.world_size = rank_world(rank, world_size)

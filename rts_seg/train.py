@@ -71,7 +71,7 @@ def mlflow_run(cfg:Config, run_id:str|None=None):
     try:
         if mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
             local = not env and not cfg.mlflow.tracking_uri # the default store keeps its artifacts beside it
-            art = (Path(cfg.output_dir).resolve()/'mlartifacts').as_uri() if local else None
+            art = cfg.mlflow.artifact_location or ((Path(cfg.output_dir).resolve()/'mlartifacts').as_uri() if local else None)
             mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=art)
         mlflow.set_experiment(cfg.mlflow.experiment)
         if run_id is not None:

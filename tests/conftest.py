@@ -33,6 +33,19 @@ def rts_seg(*args, cwd=None, env=None):
     assert exe, 'the rts-seg console script is not on PATH: install the package (pip install -e .)'
     return subprocess.run([exe, *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=900)
 
+def no_mlflow_env() -> dict:
+    "The environment without MLFLOW_TRACKING_URI, so that runs use their own store in output_dir."
+    return {k: v for k, v in os.environ.items() if k != 'MLFLOW_TRACKING_URI'}
+
+@pytest.fixture(scope='session')
+def quickstart(tmp_path_factory):
+    "The README's quickstart, uninterrupted, through the CLI (generates its data on first use)."
+    d = tmp_path_factory.mktemp('quickstart')
+    r = rts_seg('train', '--config', ROOT/'configs'/'quickstart.yaml', f'output_dir={d}/run', f'data.root={d}/data', env=no_mlflow_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(dir=d, run=d/'run', data=d/'data', stdout=r.stdout, stderr=r.stderr,
+                metrics=json.loads((d/'run'/'metrics.json').read_text()))
+
 @pytest.fixture(scope='session')
 def tiny(tmp_path_factory):
     "synth -> train (2 epochs) through the CLI; returns the paths involved."

@@ -92,9 +92,17 @@ def test_gcs_check_stats_train(gcs, extra_ds, tmp_path):
     loc = compute_stats(extra_ds/'data', split_tiles(extra_ds/'data')['train'], extra_channels=['ndvi', 're'])
     gs_ = json.loads((tmp_path/'gs.json').read_text())
     assert gs_['groups'] == loc['groups'] and gs_['dataset_version'] == loc['dataset_version']
-    r = rts_seg('train', '--config', extra_ds/'cfg.yaml', f'data.root={root}', f'output_dir={tmp_path/"run"}', 'train.epochs=1', cwd=tmp_path, env=gcs)
+    # data from gs://, and the MLflow run's artifacts to gs:// (a local tracking store, a gs:// artifact location)
+    r = rts_seg('train', '--config', extra_ds/'cfg.yaml', f'data.root={root}', f'output_dir={tmp_path/"run"}', 'train.epochs=1',
+                f'mlflow.artifact_location=gs://{BUCKET}/mlflow', 'train.tta_eval=none', cwd=tmp_path, env=gcs)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert json.loads((tmp_path/'run'/'metrics.json').read_text())['n_train_tiles'] == 6
+    m = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert m['n_train_tiles'] == 6
+    ls = f"import gcsfs; print('\\n'.join(gcsfs.GCSFileSystem(token='anon').find('{BUCKET}/mlflow')))"
+    r = subprocess.run([sys.executable, '-c', ls], env=gcs, capture_output=True, text=True, timeout=120)
+    names = {p.rsplit('/', 1)[-1] for p in r.stdout.split()}
+    assert {'best.pth', 'config.yaml', 'normalization_stats.json', 'threshold_calibration.json', 'pr_curves.png'} <= names, r.stdout + r.stderr[-2000:]
+    assert m['mlflow_run_id'] in r.stdout
 
 
 # --- make-dataset on the real chips -------------------------------------------------------------------
