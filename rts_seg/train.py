@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .config import Config, flat_params, load_config, save_config
-from .core import RtsSegError, atomic_write_text, get_device, seed_everything
+from .core import RtsSegError, atomic_path, atomic_write_text, get_device, seed_everything
 from .io import is_remote
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
 from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
@@ -117,9 +117,9 @@ def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
 
 def plot_pr_curves(st, ratios=(200, 500, 1000)):
     "Precision-recall curves of reduced `ValStats`, as they are, balanced and at each ratio."
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure # not pyplot: a notebook's backend stays as it is
     hist = st.hist.cpu().double().numpy()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig = Figure(figsize=(5.5, 4.2)); ax = fig.subplots()
     for r in (None, 1, *ratios):
         w = ratio_weight(st.tiles, r)
         if w is None: continue
@@ -133,13 +133,13 @@ def plot_pr_curves(st, ratios=(200, 500, 1000)):
 
 def plot_examples(learn, n:int=3, threshold:float=0.5):
     "The first `n` positive and `n` negative validation tiles: image, truth over it, predicted probability."
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     ds = learn.dls.valid.dataset
     model = unwrap(learn.model).eval()
     dev = next(model.parameters()).device
     pos = ds.positive
     picks = [i for i in range(len(ds)) if pos[i]][:n] + [i for i in range(len(ds)) if not pos[i]][:n]
-    fig, axs = plt.subplots(3, len(picks), figsize=(2.2 * len(picks), 6.6), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(picks), 6.6)); axs = fig.subplots(3, len(picks), squeeze=False)
     for j, i in enumerate(picks):
         img, _, lbl = ds.read(i)
         x, _ = ds[i]
@@ -222,15 +222,13 @@ def train(cfg:Config, # the run's config
                        n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=uri)
         metrics = _finite(metrics)
         if r0:
-            import matplotlib; matplotlib.use('Agg', force=False)
-            import matplotlib.pyplot as plt
             atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))
             ckpt = torch.load(out/'best.pth', map_location='cpu', weights_only=True)
             save_checkpoint(out/'best.pth', unwrap(learn.model), cfg, stats, **{k: v for k, v in ckpt.items() if k not in (
                 'state_dict', 'model', 'in_channels', 'normalization', 'normalization_hash', 'rts_seg_version')},
                 temperature=cal['temperature'], threshold=cal['threshold'])
             for name, fig in (('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)), ('predictions.png', plot_examples(learn, threshold=cal['threshold']))):
-                fig.savefig(out/name, dpi=90); plt.close(fig)
+                with atomic_path(out/name) as tmp: fig.savefig(tmp, dpi=90, format='png')
             atomic_write_text(out/'metrics.json', json.dumps(metrics, indent=2))
             mlflow.log_metrics({f'final_{k}': v for k, v in metrics.items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)})
             mlflow.log_metrics({'temperature': cal['temperature'], 'threshold': cal['threshold']})
