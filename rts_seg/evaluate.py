@@ -16,26 +16,16 @@ from rasterio.warp import transform_geom
 from scipy import ndimage
 
 from .core import RtsSegError, atomic_path, atomic_write_text
+from .metrics import match_objects
 
 # %% auto #0
-__all__ = ['SIZE_BINS', 'NBINS', 'match_objects', 'evaluate']
+__all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
 
 # %% ../nbs/11b_evaluate.ipynb #eaf139de
 SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')] # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
 NBINS = 1000
 
-def match_objects(pred_lab:np.ndarray, truth_lab:np.ndarray, order:list[int], n_truth:int, iou:float) -> dict[int, int]:
-    "Greedy 1:1 matching: prediction ids in `order` each take the unmatched truth id of highest IoU >= `iou`."
-    both = (pred_lab > 0) & (truth_lab > 0)
-    pairs, inter = np.unique(np.stack([pred_lab[both], truth_lab[both]]), axis=1, return_counts=True)
-    ps, ts = np.bincount(pred_lab.ravel()), np.bincount(truth_lab.ravel(), minlength=n_truth + 1)
-    cand = {}
-    for (p, t), i in zip(pairs.T, inter): cand.setdefault(int(p), []).append((i / (ps[p] + ts[t] - i), int(t)))
-    matched, used = {}, set()
-    for p in order:
-        for v, t in sorted(cand.get(p, []), reverse=True):
-            if v >= iou and t not in used: matched[p] = t; used.add(t); break
-    return matched
+# `match_objects` (the SPEC's greedy 1:1 matching) lives in `rts_seg.metrics`, shared with validation during training
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
 def _pairs(pred:Path, truth:Path):
