@@ -171,9 +171,9 @@ TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to w
 def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) -> Path:
     "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews; on all cores), atomically."
     opts = {**COG_OPTS, 'overview_resampling': resampling, **kwargs}
-    if opts.get('predictor') is None:
-        with rasterio.open(src) as s:
-            if s.dtypes[0] == 'float32': opts['predictor'] = 3
+    with rasterio.open(src) as s: floating = s.dtypes[0] in ('float32', 'float64')
+    if floating: # probabilities: their mantissas barely compress, so deflate's fastest level is as small (within ~1 %)
+        opts = {'predictor': 3, 'level': 1, **opts}
     with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
     return Path(dst)
 
@@ -414,14 +414,14 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
             except BaseException as e: errors.append(e)
     threads = [threading.Thread(target=f, daemon=True) for f in (writer, finisher)]
     for t in threads: t.start()
-    state, outbox = {}, [] # scene path -> (band, writer, info); strips for the writer
+    state, outbox = {}, [] # id(scene) -> (band, writer, info); strips for the writer
     def merge(it, p=None, code=None, valid=None):
         s = it.scene
-        if s.path not in state:
-            state[s.path] = (_Band(min(T, s.height), s.width, blend, dev, codes[0] if len(codes) == 1 else None),
+        if id(s) not in state:
+            state[id(s)] = (_Band(min(T, s.height), s.width, blend, dev, codes[0] if len(codes) == 1 else None),
                              _SceneWriter(s.out_stem, s.profile),
                              dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
-        band, w, info = state[s.path]
+        band, w, info = state[id(s)]
         h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
         if it.skip: info['skipped_windows'] += 1
         else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
@@ -429,7 +429,7 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
             strip, end = band.pop(s.row_end[it.y] - band.top, threshold), None
             if it.last:
                 info['seconds'] = round(time.time() - info.pop('t0'), 3)
-                end = (info, s.res[0] * s.res[1]); del state[s.path]
+                end = (info, s.res[0] * s.res[1]); del state[id(s)]
             outbox.append((w, strip, end))
     def forward(batch):
         "Enqueue the forward pass of a batch; returns the device tensors (prob, code, validity) and a flag of bad values."
@@ -494,10 +494,10 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                 st = next(steps, None)
                 if st is None: return
                 s, y, end, r0, r1 = st
-                if s.path not in cols: cols.clear(); cols[s.path] = s.chunks(cfg.workers) # the scene being read
-                ahead.append((st, [pool.submit(read, s, r0, r1, c0, c1) for c0, c1 in cols[s.path]] if r1 > r0 else []))
+                if id(s) not in cols: cols.clear(); cols[id(s)] = s.chunks(cfg.workers) # the scene being read
+                ahead.append((st, [pool.submit(read, s, r0, r1, c0, c1) for c0, c1 in cols[id(s)]] if r1 > r0 else []))
                 queued += len(s.xs)
-        rows, batch, pending = {}, [], None # rows: scene path -> _Rows
+        rows, batch, pending = {}, [], None # rows: id(scene) -> _Rows
         fill()
         while ahead:
             (s, y, end, r0, r1), futs = ahead.popleft()
@@ -505,7 +505,7 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
             with clock('wait_read'): chunks = [f.result() for f in futs]
             fill()
             with clock('upload'):
-                r = rows.get(s.path) or rows.setdefault(s.path, _Rows(s, predictor, T, pad))
+                r = rows.get(id(s)) or rows.setdefault(id(s), _Rows(s, predictor, T, pad))
                 r.drop(y - pad)
                 if end > r.end: r.add(end, r0, r1, chunks)
             del chunks
@@ -521,7 +521,7 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                     if cuda: ev = torch.cuda.Event(); ev.record()
                     if pending: finish(*pending)
                     pending, batch = (batch, out, ev), []
-            if y == s.ys[-1]: del rows[s.path]
+            if y == s.ys[-1]: del rows[id(s)]
         if batch:
             with clock('forward'): out = forward(batch)
             if pending: finish(*pending)
