@@ -301,7 +301,7 @@ class _Rows:
         self.hv = np.zeros((0, scene.width), bool) if scene.nodata is not None or scene.floating else None # validity, on the host
 
     def add(self, end:int, r0:int, r1:int, chunks:list):
-        "Append rows up to `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene; drop those above `drop`."
+        "Append rows up to scene row `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene."
         n, dev, pad, s = end - self.end, self.p.device, self.pad, self.s
         raw = torch.zeros((len(s.bands), n, self.Wp), dtype=s.dtype, device=dev)
         v = torch.zeros((n, self.Wp), dtype=torch.bool, device=dev)
@@ -498,6 +498,14 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                 ahead.append((st, [pool.submit(read, s, r0, r1, c0, c1) for c0, c1 in cols[id(s)]] if r1 > r0 else []))
                 queued += len(s.xs)
         rows, batch, pending = {}, [], None # rows: id(scene) -> _Rows
+        def run(batch):
+            "Enqueue `batch`, then merge the previous one (its flag has arrived by the time this one is queued)."
+            nonlocal pending
+            with clock('forward'): out = forward(batch)
+            ev = None
+            if cuda: ev = torch.cuda.Event(); ev.record()
+            if pending: finish(*pending)
+            pending = (batch, out, ev)
         fill()
         while ahead:
             (s, y, end, r0, r1), futs = ahead.popleft()
@@ -515,17 +523,9 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                     it.skip = r.empty(y, x, T)
                     if not it.skip: it.xs, it.valid = [r.window(y - o, x - o, T + 2 * o) for o in offs], r.valid(y, x, T)
                 batch.append(it)
-                if len(batch) == B:
-                    with clock('forward'): out = forward(batch)
-                    ev = None
-                    if cuda: ev = torch.cuda.Event(); ev.record()
-                    if pending: finish(*pending)
-                    pending, batch = (batch, out, ev), []
+                if len(batch) == B: run(batch); batch = []
             if y == s.ys[-1]: del rows[id(s)]
-        if batch:
-            with clock('forward'): out = forward(batch)
-            if pending: finish(*pending)
-            pending = (batch, out, None)
+        if batch: run(batch)
         if pending: finish(*pending)
         clock['main'] = time.perf_counter() - t_start
     finally:
