@@ -205,7 +205,7 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
     dev = predictor.device
     log = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, tile_size=cfg.tile_size,
+               scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
                stride=cfg.stride or cfg.tile_size // 2, precision=predictor.precision, batch_size=cfg.batch_size,
                shard=f'{i}/{n}', tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
                                             all_nodata=sum(r['windows'] == r['skipped_windows'] for r in mine)),
