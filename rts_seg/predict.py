@@ -17,14 +17,15 @@ import rasterio
 import rasterio.shutil
 import torch
 import torch.nn.functional as F
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
 
 # %% auto #0
-__all__ = ['TTA_MODES', 'COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'window_starts', 'd4', 'd4_inverse', 'Predictor', 'blend_weights',
-           'write_cog', 'open_raster', 'predict_scenes', 'predict_scene']
+__all__ = ['TTA_MODES', 'COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'd4', 'd4_inverse', 'Predictor',
+           'blend_weights', 'write_cog', 'open_raster', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(n:int, # scene size along one axis
@@ -167,6 +168,7 @@ class _Band:
 COG_OPTS = dict(driver='COG', compress='DEFLATE', blocksize=256, bigtiff='IF_SAFER', num_threads='ALL_CPUS')
 OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
 TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to write, small on disk
+IN_MEMORY_PX = 2**23 # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
 
 def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) -> Path:
     "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews; on all cores), atomically."
@@ -178,15 +180,19 @@ def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) ->
     return Path(dst)
 
 class _SceneWriter:
-    "Append strips of prob/mask/scale to temporary GeoTIFFs; `close` turns them into COGs."
+    "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
     def __init__(self, stem:Path, profile:dict):
         self.stem, self.row, self.pending = Path(stem), 0, []
         self.stem.parent.mkdir(parents=True, exist_ok=True)
-        self.dsts, self.tmps = {}, {}
+        self.dsts, self.tmps, self.mems = {}, {}, {}
+        small = profile['height'] * profile['width'] <= IN_MEMORY_PX
         for k, (dtype, nodata, _) in OUTPUTS.items():
-            self.tmps[k] = self.stem.parent/f'.{self.stem.name}_{k}.tmp.tif' # a rerun after a kill overwrites it
-            self.dsts[k] = rasterio.open(self.tmps[k], 'w', **{**profile, 'count': 1, 'dtype': dtype, 'nodata': nodata,
-                                         'tiled': True, 'blockxsize': 256, 'blockysize': 256, **TMP_OPTS})
+            prof = {**profile, 'count': 1, 'dtype': dtype, 'nodata': nodata, 'tiled': True, 'blockxsize': 256, 'blockysize': 256}
+            if small:
+                self.mems[k] = MemoryFile(); self.dsts[k] = self.mems[k].open(**prof); self.tmps[k] = self.mems[k].name
+            else:
+                self.tmps[k] = self.stem.parent/f'.{self.stem.name}_{k}.tmp.tif' # a rerun after a kill overwrites it
+                self.dsts[k] = rasterio.open(self.tmps[k], 'w', **prof, **TMP_OPTS)
         self.height, self.width = profile['height'], profile['width']
         self.slump_pixels, self.valid_pixels = 0, 0
 
@@ -205,17 +211,20 @@ class _SceneWriter:
         self.row += k
 
     def close(self) -> dict[str, Path]:
-        "Finish the COGs (the three at once); returns their paths."
+        "Finish the COGs (those of a large scene all three at once); returns their paths."
         for d in self.dsts.values(): d.close()
+        cog = lambda k, **kw: write_cog(self.tmps[k], self.stem.parent/f'{self.stem.name}_{k}.tif', OUTPUTS[k][2], **kw)
         try:
-            with ThreadPoolExecutor(len(OUTPUTS)) as ex:
-                cogs = {k: ex.submit(write_cog, self.tmps[k], self.stem.parent/f'{self.stem.name}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
+            if self.mems: return {k: cog(k, num_threads='1') for k in OUTPUTS} # small: many scenes are finished at once
+            with ThreadPoolExecutor(len(OUTPUTS)) as ex: cogs = {k: ex.submit(cog, k) for k in OUTPUTS}
             return {k: f.result() for k, f in cogs.items()}
         finally: self.abort()
 
     def abort(self):
         for d in self.dsts.values(): d.close()
-        for t in self.tmps.values(): t.unlink(missing_ok=True)
+        for m in self.mems.values(): m.close()
+        if not self.mems:
+            for t in self.tmps.values(): t.unlink(missing_ok=True)
 
 # %% ../nbs/11_predict.ipynb #5e477a22
 def open_raster(path:str|Path):
@@ -370,7 +379,7 @@ class _Clock(collections.defaultdict):
 def predict_scenes(predictor:Predictor, # model, device, precision, TTA and normalisation
                    scenes:list[_Scene], # what to predict, in order
                    cfg:InferenceConfig|None=None, # windows, scales, merge, batch size, threshold
-                   on_done=None, # called with each scene's result dict once its outputs are final
+                   on_done=None, # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
                    timings:dict|None=None, # if given, filled with the seconds spent per stage (profiling)
                   ) -> list[dict]:
     "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
@@ -385,43 +394,48 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
     codes = [round(1 / s) for s in scales] # 1, 2, 4: also the scale raster's values
     offs = [(round(T / s) - T) // 2 for s in scales] # how far each scale's window reaches beyond the window
     pad = max(offs)
-    for s in scenes: s.open(cfg.bands, T, stride, predictor.in_channels)
+    index = {id(s): i for i, s in enumerate(scenes)}
     results, errors, clock = [], [], _Clock()
-    # writer thread: strips, in order; finishing thread: COGs and on_done, scene by scene
-    jobs, finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2)
+    # the writer thread appends strips, in order; finishing threads make a finished scene's COGs and call on_done
+    n_fin = cfg.workers
+    jobs, finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2 * n_fin)
     def writer():
+        ws = {} # id(scene) -> _SceneWriter, for the scenes being written
         while (job := jobs.get()) is not None:
-            w, strip, end = job
+            s, strip, end = job
             if errors:
-                if end: w.abort()
+                if id(s) in ws: ws.pop(id(s)).abort()
                 continue
             try:
-                with clock('write', cpu=True): w.write(*strip, final=end is not None)
-                if end: finished.put((w, *end))
-            except BaseException as e: errors.append(e); w.abort()
-        finished.put(None)
+                if id(s) not in ws: ws[id(s)] = _SceneWriter(s.out_stem, s.profile)
+                with clock('write', cpu=True): ws[id(s)].write(*strip, final=end is not None)
+                if end: finished.put((ws.pop(id(s)), s, end))
+            except BaseException as e:
+                errors.append(e)
+                if id(s) in ws: ws.pop(id(s)).abort()
+        for w in ws.values(): w.abort() # scenes left unfinished
+        for _ in range(n_fin): finished.put(None)
     def finisher():
         while (job := finished.get()) is not None:
-            w, info, area = job
+            w, s, info = job
             if errors: w.abort(); continue
             try:
                 with clock('cog'): cogs = w.close()
                 res = dict(info, **{k: str(v) for k, v in cogs.items()}, slump_pixels=w.slump_pixels,
-                           valid_pixels=w.valid_pixels, pixel_area_m2=area)
+                           valid_pixels=w.valid_pixels, pixel_area_m2=s.res[0] * s.res[1])
                 if on_done:
                     with clock('on_done'): on_done(res)
-                results.append(res)
+                results.append((index[id(s)], res))
             except BaseException as e: errors.append(e)
-    threads = [threading.Thread(target=f, daemon=True) for f in (writer, finisher)]
+    threads = [threading.Thread(target=f, daemon=True) for f in (writer, *[finisher] * n_fin)]
     for t in threads: t.start()
-    state, outbox = {}, [] # id(scene) -> (band, writer, info); strips for the writer
+    state, outbox = {}, [] # id(scene) -> (band, info); strips for the writer
     def merge(it, p=None, code=None, valid=None):
         s = it.scene
         if id(s) not in state:
             state[id(s)] = (_Band(min(T, s.height), s.width, blend, dev, codes[0] if len(codes) == 1 else None),
-                             _SceneWriter(s.out_stem, s.profile),
-                             dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
-        band, w, info = state[id(s)]
+                            dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
+        band, info = state[id(s)]
         h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
         if it.skip: info['skipped_windows'] += 1
         else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
@@ -429,8 +443,8 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
             strip, end = band.pop(s.row_end[it.y] - band.top, threshold), None
             if it.last:
                 info['seconds'] = round(time.time() - info.pop('t0'), 3)
-                end = (info, s.res[0] * s.res[1]); del state[id(s)]
-            outbox.append((w, strip, end))
+                end = info; del state[id(s)]
+            outbox.append((s, strip, end))
     def forward(batch):
         "Enqueue the forward pass of a batch; returns the device tensors (prob, code, validity) and a flag of bad values."
         todo = [it for it in batch if not it.skip]
@@ -474,9 +488,19 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
     def read(s, r0, r1, c0, c1):
         with clock('read', cpu=True): a, hv = s.read(local_by_thread[threading.get_ident()], r0, r1, c0, c1, pin=cuda)
         return c0, c1, a, hv
+    opening, pending_scenes = collections.deque(), iter(scenes)
+    def open_ahead():
+        "Open (check) the next scenes in the reader threads, a batch ahead."
+        while len(opening) < B + cfg.workers:
+            s = next(pending_scenes, None)
+            if s is None: return
+            opening.append((s, pool.submit(s.open, cfg.bands, T, stride, predictor.in_channels)))
     def plan():
         "Before each row of windows: (scene, y, end, r0, r1): hold the scene's rows up to `end`, reading rows `r0:r1`."
-        for s in scenes:
+        while opening:
+            s, f = opening.popleft()
+            with clock('wait_open'): f.result()
+            open_ahead()
             end, bh = -pad, (s.block[0] if s.block[0] <= 2 * T else 1)
             for y in s.ys:
                 need = y + T + pad
@@ -487,6 +511,7 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                 yield s, y, end, r0, max(r0, r1)
     pool = ThreadPoolExecutor(cfg.workers)
     try:
+        open_ahead()
         ahead, steps, cols, queued = collections.deque(), plan(), {}, 0 # queued: windows of the rows in `ahead`
         def fill():
             nonlocal queued
@@ -534,11 +559,10 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
             for src in local.values(): src.close()
         jobs.put(None)
         for t in threads: t.join()
-        for band, w, info in state.values(): w.abort()
         clock['wall'] = time.perf_counter() - t_start
-        if timings is not None: timings.update(clock, windows=sum(len(s.windows) for s in scenes))
+        if timings is not None: timings.update(clock, windows=sum(len(getattr(s, 'windows', ())) for s in scenes))
     if errors: raise errors[0]
-    return results
+    return [r for _, r in sorted(results, key=lambda r: r[0])]
 
 # %% ../nbs/11_predict.ipynb #064be160
 def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
