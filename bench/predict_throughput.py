@@ -5,6 +5,7 @@
     python bench/predict_throughput.py --model tiny --device cpu --size 8192 --batch-size 32 --workers 2
                                                   # host cost: a model that costs nothing, so the host side is all there is
     python bench/predict_throughput.py --scenes 4 --size 8192   # sustained: 4 scenes, each one's COGs made while the next is predicted
+    python bench/predict_throughput.py --tiles 2000             # tile list: 2000 tiles of 512 px (one window each), as run_inference does
 
 It makes its own scene (a tiled LZW RGB GeoTIFF in EPSG:3413, written by blocks) and its own model
 (random weights: throughput does not depend on them), then measures
@@ -34,7 +35,7 @@ from rts_seg.config import InferenceConfig
 from rts_seg.predict import Predictor, _Scene, predict_scenes
 
 PAN_ARCTIC_KM2, GSD_M = 20e6, 3.0
-STAGES = dict(read='readers: decoding strips (summed over threads)', read_cpu='readers: their CPU time',
+STAGES = dict(wait_open='main: waiting for scenes to be opened (checked)', read='readers: decoding strips (summed over threads)', read_cpu='readers: their CPU time',
               wait_read='main: waiting for strips', upload='main: strips to the device, normalised',
               cut='main: windows cut (views), nodata checks', forward='main: batch stacked, forward pass enqueued (CPU: run)',
               wait_device='main: waiting for the device', merge='main: merge into the band, strips popped',
@@ -48,11 +49,11 @@ class Tiny(torch.nn.Module):
     def forward(self, x): return x[:, :1] * 0.01
 
 
-def make_scene(path, size, seed=0):
-    "A size x size RGB uint8 scene, written block by block (smooth noise, so it compresses like imagery)."
+def make_scene(path, size, seed=0, x0=0):
+    "A size x size RGB uint8 scene (`x0` px east of the others), written block by block (smooth noise, so it compresses like imagery)."
     rng = np.random.default_rng(seed)
     prof = dict(driver='GTiff', width=size, height=size, count=3, dtype='uint8', crs='EPSG:3413', nodata=None,
-                transform=from_origin(-2_000_000, 1_000_000, GSD_M, GSD_M), tiled=True, blockxsize=512, blockysize=512, compress='lzw')
+                transform=from_origin(-2_000_000 + x0 * GSD_M, 1_000_000, GSD_M, GSD_M), tiled=True, blockxsize=512, blockysize=512, compress='lzw')
     base = rng.integers(60, 200, (3, 16, 16)).astype(np.float32)
     with rasterio.open(path, 'w', **prof) as dst:
         for y in range(0, size, 1024):
@@ -71,6 +72,8 @@ def main():
     p.add_argument('--model', default='smp', choices=['smp', 'tiny'], help="smp: --arch/--encoder; tiny: no compute at all (the host side's cost)")
     p.add_argument('--device', default=None, help='auto, cpu, cuda (default: auto; --small: cpu)')
     p.add_argument('--scenes', type=int, default=1, help='predict the scene this many times in one run (sustained throughput)')
+    p.add_argument('--tiles', type=int, default=0, help='instead of a scene: this many separate tiles of --tile-size px (tile-list mode)')
+    p.add_argument('--tile-size', type=int, default=None, help='window (and tile) size (default 512; --small 256)')
     p.add_argument('--arch', default=None); p.add_argument('--encoder', default=None)
     p.add_argument('--batch-size', type=int, default=None)
     p.add_argument('--precision', default='auto'); p.add_argument('--no-channels-last', action='store_true')
@@ -83,17 +86,28 @@ def main():
     size = a.size or (1024 if small else 16384)
     arch, enc = a.arch or ('Unet' if small else 'UnetPlusPlus'), a.encoder or ('resnet18' if small else 'efficientnet-b7')
     B = a.batch_size or (4 if small else 128)
-    T = 256 if small else 512
+    T = a.tile_size or (256 if small else 512)
     workers = a.workers or (2 if small else min(12, os.cpu_count() or 2))
     device = a.device or ('cpu' if small else 'auto')
     out = Path(a.out or tempfile.mkdtemp(prefix='rts_bench_'))
     out.mkdir(parents=True, exist_ok=True)
     scene = out/f'scene_{size}.tif'
     t = time.time()
-    if not scene.exists(): make_scene(scene, size)
-    print(f'scene {size}x{size} px written in {time.time() - t:.1f} s', flush=True)
+    if a.tiles:
+        paths = [out/'tiles'/f'tile_{i:05d}.tif' for i in range(a.tiles)]
+        (out/'tiles').mkdir(exist_ok=True)
+        for i, q in enumerate(paths):
+            if not q.exists(): make_scene(q, T, seed=i, x0=i * T)
+        print(f'{a.tiles} tiles of {T}x{T} px written in {time.time() - t:.1f} s', flush=True)
+        scenes = lambda: [_Scene(str(q), out/'pred_tiles'/q.stem) for q in paths]
+    else:
+        if not scene.exists(): make_scene(scene, size)
+        print(f'scene {size}x{size} px written in {time.time() - t:.1f} s', flush=True)
+        scenes = lambda: [_Scene(str(scene), out/f'pred{i}') for i in range(a.scenes)]
 
-    if a.model == 'tiny': arch, enc, model = 'tiny', '-', Tiny()
+    if a.model == 'tiny': # the host side alone: on the CPU, one torch thread, so "device" ops do not fight the host threads
+        arch, enc, model = 'tiny', '-', Tiny()
+        if device == 'cpu': torch.set_num_threads(1)
     else: model = smp.create_model(arch, encoder_name=enc, encoder_weights=None, in_channels=3, classes=1)
     g = dict(channels=['r', 'g', 'b'], mean=[120.] * 3, std=[40.] * 3, clip_low=[0.] * 3, clip_high=[255.] * 3)
     stats = dict(channels=['r', 'g', 'b'], groups=dict(rgb=g))
@@ -125,7 +139,7 @@ def main():
     cfg = InferenceConfig(tile_size=T, stride=T // 2, batch_size=B, workers=workers, threshold=a.threshold, device=device,
                           precision=a.precision, channels_last=not a.no_channels_last)
     t, tm = time.time(), {}
-    res = predict_scenes(pred, [_Scene(str(scene), out/f'pred{i}') for i in range(a.scenes)], cfg, on_done=on_done, timings=tm)
+    res = predict_scenes(pred, scenes(), cfg, on_done=on_done, timings=tm)
     sync()
     wall = time.time() - t
     windows = sum(r['windows'] for r in res)
@@ -134,13 +148,13 @@ def main():
     tiles = PAN_ARCTIC_KM2 * 1e6 / GSD_M**2 / 256**2 # 256 px stride at 3 m
     days = tiles / e2e / 86400
     summary = dict(gpu=gpu, arch=arch, encoder=enc, precision=pred.precision, channels_last=pred.channels_last, batch_size=B,
-                   tile_size=T, scene_px=size, scenes=a.scenes, windows=windows, raw_tiles_per_s=round(raw, 2),
+                   tile_size=T, scene_px=None if a.tiles else size, scenes=len(res), windows=windows, raw_tiles_per_s=round(raw, 2),
                    end_to_end_tiles_per_s=round(e2e, 2), ratio=round(ratio, 3), wall_s=round(wall, 2),
                    vectorized=bool(vectorize), polygons=sum(v['polygons'] for v in polys) if polys else None,
                    pan_arctic_tiles=round(tiles), pan_arctic_gpu_days=round(days, 3),
                    streaming_tiles_per_s=round(windows / tm['main'], 2), tail_s=round(tm['wall'] - tm['main'], 2),
                    stages_ms_per_window={k: round(v / windows * 1e3, 3) for k, v in tm.items() if k != 'windows'})
-    print(f'end to end: {e2e:.1f} tiles/s ({windows} windows{f" of {a.scenes} scenes" if a.scenes > 1 else ""} in {wall:.1f} s; '
+    print(f'end to end: {e2e:.1f} tiles/s ({windows} windows{f" of {len(res)} scenes" if len(res) > 1 else ""} in {wall:.1f} s; '
           f'polygons {"written" if vectorize else "skipped (no pyogrio)"}); ratio end-to-end / raw = {ratio:.3f} (goal >= 0.9)')
     if T == 512:
         print(f'pan-Arctic (20 million km2 at 3 m, stride 256, one scale, no TTA): {tiles / 1e6:.1f} M tiles = '
