@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/infer.html.md"""
 # %% ../nbs/11c_infer.ipynb #75c1f029
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
-import datetime, json, os, shutil, signal, tempfile, time
+import datetime, json, os, shutil, signal, tempfile, threading, time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -181,7 +181,7 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
                                           compile=cfg.compile, tta=cfg.tta)
     threshold = cfg.threshold if cfg.threshold is not None else predictor.threshold
     kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles
-    finished = []
+    finished, lock = [], threading.Lock()
     def on_done(r):
         gpkg = Path(r['prob']).with_name(f"{r['key']}.gpkg")
         v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2, cfg.simplify_m, tiles=None)
@@ -190,10 +190,11 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
         rec.update({k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
                    gpkg=rel(gpkg), polygons=v['polygons'], rts_area_m2=v['total_area_m2'])
         out.publish(*[rec[k] for k in OUTPUTS], rec['gpkg']) # files first, then the manifest that lists them
-        _append(manifest, rec); done[r['key']] = rec; finished.append(rec)
-        if out.remote and time.time() - out.last > 30: out.publish(mname, keep=True); out.last = time.time()
-        if r['windows'] == r['skipped_windows']: print(f"{r['key']}: all nodata, skipped", flush=True)
-        if kill_after and len(finished) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
+        with lock: # tiles finish on several threads at once
+            _append(manifest, rec); done[r['key']] = rec; finished.append(rec)
+            if out.remote and time.time() - out.last > 30: out.publish(mname, keep=True); out.last = time.time()
+            if r['windows'] == r['skipped_windows']: print(f"{r['key']}: all nodata, skipped", flush=True)
+            if kill_after and len(finished) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
     if todo: predict_scenes(predictor, todo, cfg, on_done=on_done)
     if manifest.exists(): out.publish(mname, keep=True)
     mosaics = []
@@ -205,7 +206,7 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
     dev = predictor.device
     log = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, tile_size=cfg.tile_size,
+               scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
                stride=cfg.stride or cfg.tile_size // 2, precision=predictor.precision, batch_size=cfg.batch_size,
                shard=f'{i}/{n}', tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
                                             all_nodata=sum(r['windows'] == r['skipped_windows'] for r in mine)),

@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/predict.html.md"""
 # %% ../nbs/11_predict.ipynb #b6231cbd
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
-import collections, math, queue, threading, time
+import collections, contextlib, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +17,15 @@ import rasterio
 import rasterio.shutil
 import torch
 import torch.nn.functional as F
+from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
 
 # %% auto #0
-__all__ = ['TTA_MODES', 'COG_OPTS', 'OUTPUTS', 'window_starts', 'd4', 'd4_inverse', 'Predictor', 'blend_weights', 'write_cog',
-           'open_raster', 'predict_scenes', 'predict_scene']
+__all__ = ['TTA_MODES', 'COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'd4', 'd4_inverse', 'Predictor',
+           'blend_weights', 'write_cog', 'open_raster', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(n:int, # scene size along one axis
@@ -64,6 +65,7 @@ class Predictor:
                  compile:bool=False, # torch.compile the model
                  tta:str='none', # none, minimal, standard or full
                  threshold:float=0.5, # default mask threshold (the calibrated one)
+                 temperature:float=1.0, # logits are divided by it before the sigmoid (temperature scaling)
                  normalization_hash:str|None=None, # hash of `stats`; None computes it
                 ):
         self.device = get_device(device)
@@ -71,6 +73,7 @@ class Predictor:
         if precision == 'auto': precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
         self.precision, self.tta, self.views, self.threshold = precision, tta, TTA_MODES[tta], threshold
+        self.temperature = float(temperature)
         if normalization_hash is None:
             from rts_seg.data import stats_hash # imported here: a GPU inference image needs no fastai
             normalization_hash = stats_hash(stats)
@@ -86,10 +89,11 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path:str|Path, **kwargs):
-        "Load a checkpoint written by `rts-seg train`; kwargs as for `Predictor`."
+        "Load a checkpoint written by `rts-seg train`, with its calibrated threshold and temperature; kwargs as for `Predictor`."
         from rts_seg.learner import load_checkpoint
         model, ckpt = load_checkpoint(path)
         kwargs.setdefault('threshold', ckpt.get('threshold') or 0.5)
+        kwargs.setdefault('temperature', ckpt.get('temperature') or 1.0)
         p = cls(model, ckpt['normalization'], **kwargs)
         p.checkpoint, p.model_info = str(path), dict(model=ckpt['model'], rts_seg_version=ckpt.get('rts_seg_version'),
                                                     epoch=ckpt.get('epoch'))
@@ -103,14 +107,15 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, x:torch.Tensor, # normalised (B, C, H, W) on the device
                 ) -> torch.Tensor:
-        "Slump probability (B, H, W), averaged over the TTA views."
+        "Slump probability (B, H, W): sigmoid(logit / temperature), averaged over the TTA views."
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
         out = 0
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            for k, f in self.views: out = out + d4_inverse(torch.sigmoid(self.model(d4(x, k, f)).float()), k, f)
+            for k, f in self.views:
+                out = out + d4_inverse(torch.sigmoid(self.model(d4(x, k, f)).float() / self.temperature), k, f)
         return (out / len(self.views))[:, 0]
 
-# %% ../nbs/11_predict.ipynb #5a8fed66
+# %% ../nbs/11_predict.ipynb #a85ab72b
 def blend_weights(size:int, kind:str='hann') -> np.ndarray:
     "2-D weights for blending a window: highest in the centre, small but positive at the edges."
     w1 = (np.hanning if kind == 'hann' else np.bartlett)(size + 2)[1:-1]
@@ -118,92 +123,108 @@ def blend_weights(size:int, kind:str='hann') -> np.ndarray:
 
 class _Band:
     "Merge buffer for `rows` x `width` pixels of one scene, from row `top` down, on the model's device."
-    def __init__(self, rows, width, blend, device='cpu'):
-        self.top, self.device = 0, torch.device(device)
+    def __init__(self, rows, width, blend, device='cpu', code:int|None=None): # code: the scale code when there is one scale
+        self.top, self.device, self.const = 0, torch.device(device), code
         z = lambda dt: torch.zeros((rows, width), dtype=dt, device=self.device)
-        self.best, self.code, self.valid = z(torch.float32), z(torch.uint8), z(torch.bool) # max probability, its scale, validity
+        self.best, self.valid = z(torch.float32), z(torch.bool) # max probability, validity
+        self.code = None if code else z(torch.uint8) # the scale of the max (0: none yet)
         self.blend = None if blend is None else torch.as_tensor(blend, device=self.device)
         self.acc, self.wsum = (z(torch.float32), z(torch.float32)) if blend is not None else (None, None)
 
     def merge(self, y, x, p, code, valid):
-        "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x); tensors on the device."
+        "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x), their scale `code` and validity; on the device."
         h, w = p.shape
         sl = np.s_[y - self.top:y - self.top + h, x:x + w]
-        best, cd = self.best[sl], self.code[sl]
-        up = p > best
-        cd.copy_(torch.where(up, code, cd)); best.copy_(torch.where(up, p, best))
+        best = self.best[sl]
+        if self.code is not None:
+            cd = self.code[sl]
+            cd.copy_(torch.where((p > best) | (cd == 0), code, cd))
+        torch.maximum(best, p, out=best)
         self.valid[sl] |= valid
         if self.blend is not None:
             wt = self.blend[:h, :w]
             self.acc[sl] += wt * p; self.wsum[sl] += wt
 
-    def pop(self, n:int):
-        "The first `n` rows, final: probability (-1 where nodata), scale code (0 where nodata), and a CUDA event to wait for."
-        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if self.blend is not None else self.best[:n].clone()
+    def pop(self, n:int, threshold:float):
+        "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, and a CUDA event to wait for."
         valid = self.valid[:n]
-        prob = prob.masked_fill(~valid, -1); code = self.code[:n].masked_fill(~valid, 0)
-        cuda = self.device.type == 'cuda'
-        out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=cuda).copy_(t, non_blocking=cuda) for t in (prob, code)]
-        ev = None
-        if cuda: ev = torch.cuda.Event(); ev.record()
+        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if self.blend is not None else self.best[:n].clone()
+        prob.masked_fill_(~valid, -1)
+        mask = (prob > threshold).to(torch.uint8).masked_fill_(~valid, 255)
+        code = valid.to(torch.uint8) * self.const if self.const else self.code[:n].masked_fill(~valid, 0)
+        counts = torch.stack([(mask == 1).sum(), valid.sum()])
+        out, ev = (prob, mask, code, counts), None
+        if self.device.type == 'cuda':
+            out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out]
+            ev = torch.cuda.Event(); ev.record()
         for a in (self.best, self.code, self.valid, self.acc, self.wsum):
             if a is None: continue
             if n < len(a): a[:-n] = a[n:].clone()
             a[-n:] = 0
         self.top += n
-        return out[0], out[1], ev
+        return *out, ev
 
 # %% ../nbs/11_predict.ipynb #3b6f9e8b
-COG_OPTS = dict(driver='COG', compress='DEFLATE', blocksize=256, bigtiff='IF_SAFER', num_threads='2')
+COG_OPTS = dict(driver='COG', compress='DEFLATE', blocksize=256, bigtiff='IF_SAFER', num_threads='ALL_CPUS')
 OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
+TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to write, small on disk
+IN_MEMORY_PX = 2**23 # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
 
 def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) -> Path:
-    "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews), atomically."
+    "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews; on all cores), atomically."
     opts = {**COG_OPTS, 'overview_resampling': resampling, **kwargs}
-    if opts.get('predictor') is None and rasterio.open(src).dtypes[0] == 'float32': opts['predictor'] = 3
-    with atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
+    with rasterio.open(src) as s: floating = s.dtypes[0] in ('float32', 'float64')
+    if floating: # probabilities: their mantissas barely compress, so deflate's fastest level is as small (within ~1 %)
+        opts = {'predictor': 3, 'level': 1, **opts}
+    with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
     return Path(dst)
 
 class _SceneWriter:
-    "Append strips of prob/mask/scale to temporary GeoTIFFs; `close` turns them into COGs."
-    def __init__(self, stem:Path, profile:dict, threshold:float):
-        self.stem, self.threshold, self.row, self.pending = Path(stem), threshold, 0, []
+    "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
+    def __init__(self, stem:Path, profile:dict):
+        self.stem, self.row, self.pending = Path(stem), 0, []
         self.stem.parent.mkdir(parents=True, exist_ok=True)
-        self.dsts, self.tmps = {}, {}
+        self.dsts, self.tmps, self.mems = {}, {}, {}
+        small = profile['height'] * profile['width'] <= IN_MEMORY_PX
         for k, (dtype, nodata, _) in OUTPUTS.items():
-            self.tmps[k] = self.stem.parent/f'.{self.stem.name}_{k}.tmp.tif' # a rerun after a kill overwrites it
-            self.dsts[k] = rasterio.open(self.tmps[k], 'w', **{**profile, 'count': 1, 'dtype': dtype, 'nodata': nodata,
-                                         'tiled': True, 'blockxsize': 256, 'blockysize': 256, 'compress': 'deflate'})
+            prof = {**profile, 'count': 1, 'dtype': dtype, 'nodata': nodata, 'tiled': True, 'blockxsize': 256, 'blockysize': 256}
+            if small:
+                self.mems[k] = MemoryFile(); self.dsts[k] = self.mems[k].open(**prof); self.tmps[k] = self.mems[k].name
+            else:
+                self.tmps[k] = self.stem.parent/f'.{self.stem.name}_{k}.tmp.tif' # a rerun after a kill overwrites it
+                self.dsts[k] = rasterio.open(self.tmps[k], 'w', **prof, **TMP_OPTS)
         self.height, self.width = profile['height'], profile['width']
         self.slump_pixels, self.valid_pixels = 0, 0
 
-    def write(self, prob, code, event=None, final:bool=False):
-        "Append rows (tensors or arrays; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
+    def write(self, prob, mask, code, counts, event=None, final:bool=False):
+        "Append rows (as `_Band.pop` returns them; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
         if event is not None: event.synchronize()
-        self.pending.append((np.asarray(prob), np.asarray(code)))
-        n = sum(len(p) for p, _ in self.pending)
+        self.slump_pixels += int(counts[0]); self.valid_pixels += int(counts[1])
+        self.pending.append(tuple(np.asarray(a) for a in (prob, mask, code)))
+        n = sum(len(p[0]) for p in self.pending)
         k = n if final else n // 256 * 256
         if not k: return
-        prob, code = (np.concatenate(a) for a in zip(*self.pending))
-        self.pending = [(prob[k:], code[k:])] if k < n else []
-        prob, code = prob[:k], code[:k]
-        valid = prob >= 0
-        mask = np.where(valid, prob > self.threshold, 255).astype(np.uint8)
-        self.slump_pixels += int((mask == 1).sum()); self.valid_pixels += int(valid.sum())
+        parts = self.pending[0] if len(self.pending) == 1 else [np.concatenate(a) for a in zip(*self.pending)]
+        self.pending = [tuple(a[k:] for a in parts)] if k < n else []
         win = Window(0, self.row, self.width, k)
-        for key, a in (('prob', prob), ('mask', mask), ('scale', code)): self.dsts[key].write(a, 1, window=win)
+        for key, a in zip(OUTPUTS, parts): self.dsts[key].write(a[:k], 1, window=win)
         self.row += k
 
     def close(self) -> dict[str, Path]:
-        "Finish the COGs; returns their paths."
+        "Finish the COGs (those of a large scene all three at once); returns their paths."
         for d in self.dsts.values(): d.close()
-        try: return {k: write_cog(self.tmps[k], self.stem.parent/f'{self.stem.name}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
-        finally:
-            for t in self.tmps.values(): t.unlink(missing_ok=True)
+        cog = lambda k, **kw: write_cog(self.tmps[k], self.stem.parent/f'{self.stem.name}_{k}.tif', OUTPUTS[k][2], **kw)
+        try:
+            if self.mems: return {k: cog(k, num_threads='1') for k in OUTPUTS} # small: many scenes are finished at once
+            with ThreadPoolExecutor(len(OUTPUTS)) as ex: cogs = {k: ex.submit(cog, k) for k in OUTPUTS}
+            return {k: f.result() for k, f in cogs.items()}
+        finally: self.abort()
 
     def abort(self):
         for d in self.dsts.values(): d.close()
-        for t in self.tmps.values(): t.unlink(missing_ok=True)
+        for m in self.mems.values(): m.close()
+        if not self.mems:
+            for t in self.tmps.values(): t.unlink(missing_ok=True)
 
 # %% ../nbs/11_predict.ipynb #5e477a22
 def open_raster(path:str|Path):
@@ -213,13 +234,11 @@ def open_raster(path:str|Path):
         import fsspec
         return rasterio.open(path, opener=fsspec.core.url_to_fs(path)[0])
     return rasterio.open(path)
-#
-# `_Scene` opens an image, checks what a prediction relies on (a CRS, an affine transform that is not
-# the identity, the bands), and reads windows that may reach beyond the scene (for the larger windows
-# of lower scales): pixels outside, nodata or not finite come back as invalid. Each reader thread
-# keeps its own open dataset, since a rasterio dataset is not shared between threads.
 
 # %% ../nbs/11_predict.ipynb #0f8d14d9
+_BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16=torch.int32, int32=torch.int32,
+                   float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
+
 @dataclass
 class _Scene:
     "One image to predict and where its outputs go."
@@ -244,34 +263,91 @@ class _Scene:
             self.profile = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
             self.nodata, self.height, self.width = src.nodata, src.height, src.width
             self.res = (abs(t.a), abs(t.e))
-        ys, xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
-        self.windows = [(y, x, r, y == ys[-1] and x == xs[-1]) for r, y in enumerate(ys) for x in xs]
-        self.row_end = {y: (ys[i + 1] if i + 1 < len(ys) else self.height) for i, y in enumerate(ys)}
-        self.last_x = xs[-1]
+            self.dtype = _BUF_DTYPES.get(src.dtypes[0], torch.float32)
+            self.block = src.block_shapes[0] # (rows, columns) of the file's blocks
+        self.floating = self.dtype.is_floating_point
+        self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
+        self.windows = [(y, x, r, y == self.ys[-1] and x == self.xs[-1]) for r, y in enumerate(self.ys) for x in self.xs]
+        self.row_end = {y: (self.ys[i + 1] if i + 1 < len(self.ys) else self.height) for i, y in enumerate(self.ys)}
+        self.last_x = self.xs[-1]
         return self
 
-    def read(self, local, y:int, x:int, size:int):
-        "Raw (C, size, size) values and their validity, from scene pixel (y, x); outside the scene is invalid."
-        if '://' in self.path: # remote: a dataset per read, opened and closed in this thread
-            with open_raster(self.path) as src: return self._read(src, y, x, size)
-        src = local.get(self.path)
-        if src is None:
-            for old in list(local.values()): old.close()
-            local.clear(); src = local[self.path] = open_raster(self.path)
-        return self._read(src, y, x, size)
+    def chunks(self, parts:int) -> list[tuple[int, int]]:
+        "Column ranges splitting a strip into about `parts` pieces of whole blocks."
+        bw = self.block[1] if self.block[1] < self.width else self.width
+        w = max(1, math.ceil(self.width / parts / bw)) * bw
+        return [(c, min(c + w, self.width)) for c in range(0, self.width, w)]
 
-    def _read(self, src, y, x, size):
-        y0, x0, y1, x1 = max(y, 0), max(x, 0), min(y + size, self.height), min(x + size, self.width)
-        a = np.zeros((len(self.bands), size, size), src.dtypes[0])
-        valid = np.zeros((size, size), bool)
-        if y1 > y0 and x1 > x0:
-            part = src.read(self.bands, window=Window(x0, y0, x1 - x0, y1 - y0))
-            m = np.ones(part.shape[1:], bool)
-            if np.issubdtype(part.dtype, np.floating): m &= np.isfinite(part).all(0)
-            if self.nodata is not None: m &= (part != self.nodata).all(0)
-            a[:, y0 - y:y1 - y, x0 - x:x1 - x] = np.where(m, part, 0)
-            valid[y0 - y:y1 - y, x0 - x:x1 - x] = m
-        return a, valid
+    def read(self, local:dict, r0:int, r1:int, c0:int, c1:int, pin:bool=False):
+        "Raw rows `r0:r1`, columns `c0:c1` (inside the scene) as a (C, h, w) tensor (pinned: for a GPU), and their validity on the host if some pixels can be invalid."
+        a = torch.empty((len(self.bands), r1 - r0, c1 - c0), dtype=self.dtype, pin_memory=pin)
+        win = Window(c0, r0, c1 - c0, r1 - r0)
+        if '://' in self.path: # remote: a dataset per read, opened and closed in this thread
+            with open_raster(self.path) as src: src.read(self.bands, window=win, out=a.numpy())
+        else:
+            src = local.get(self.path)
+            if src is None:
+                while len(local) >= 4: local.pop(next(iter(local))).close() # a few open datasets per thread
+                src = local[self.path] = open_raster(self.path)
+            src.read(self.bands, window=win, out=a.numpy())
+        return a, (_valid(a.numpy(), self.nodata, self.floating, np) if self.nodata is not None or self.floating else None)
+
+def _valid(a, nodata, floating:bool, xp):
+    "Validity of raw (C, H, W) values `a` (numpy or torch, as `xp`): finite and not nodata in every band; None: all valid."
+    v = xp.isfinite(a).all(0) if floating else None
+    if nodata is not None: v = (a != nodata).all(0) if v is None else v & (a != nodata).all(0)
+    return v
+
+class _Rows:
+    "The rows of one scene that windows still need, normalised, with their validity, on the device; `pad` px of invalid margin all round."
+    def __init__(self, scene:_Scene, predictor:Predictor, tile_size:int, pad:int):
+        self.s, self.p, self.pad = scene, predictor, pad
+        self.Wp = max(scene.width, tile_size) + 2 * pad
+        self.top = self.end = -pad # scene rows top:end are held
+        dev = predictor.device
+        self.x = torch.zeros((predictor.in_channels, 0, self.Wp), device=dev)
+        self.v = torch.zeros((0, self.Wp), dtype=torch.bool, device=dev)
+        self.hv = np.zeros((0, scene.width), bool) if scene.nodata is not None or scene.floating else None # validity, on the host
+
+    def add(self, end:int, r0:int, r1:int, chunks:list):
+        "Append rows up to scene row `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene."
+        n, dev, pad, s = end - self.end, self.p.device, self.pad, self.s
+        raw = torch.zeros((len(s.bands), n, self.Wp), dtype=s.dtype, device=dev)
+        v = torch.zeros((n, self.Wp), dtype=torch.bool, device=dev)
+        a = r0 - self.end # where the rows read start
+        if r1 > r0:
+            for c0, c1, t, _ in chunks: raw[:, a:a + r1 - r0, pad + c0:pad + c1].copy_(t, non_blocking=True)
+            inner = raw[:, a:a + r1 - r0, pad:pad + s.width]
+            vi = _valid(inner, s.nodata, s.floating, torch)
+            v[a:a + r1 - r0, pad:pad + s.width] = True if vi is None else vi
+        x = self.p.normalize(raw[None], v[None])[0]
+        self.x, self.v = torch.cat([self.x, x], 1), torch.cat([self.v, v])
+        if self.hv is not None:
+            hv = np.zeros((n, s.width), bool)
+            if r1 > r0:
+                for c0, c1, _, h in chunks: hv[a:a + r1 - r0, c0:c1] = h
+            self.hv = np.concatenate([self.hv, hv])
+        self.end = end
+
+    def drop(self, row:int):
+        "Forget the rows above scene row `row`."
+        d = row - self.top
+        if d <= 0: return
+        self.x, self.v = self.x[:, d:], self.v[d:]
+        if self.hv is not None: self.hv = self.hv[d:]
+        self.top = row
+
+    def window(self, y:int, x:int, size:int):
+        "Normalised values (C, size, size) of the window whose top-left pixel is scene (y, x): a view."
+        return self.x[:, y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
+
+    def valid(self, y:int, x:int, size:int):
+        "Validity (size, size) of the window at scene (y, x): a view."
+        return self.v[y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
+
+    def empty(self, y:int, x:int, size:int) -> bool:
+        "Whether the window at scene (y, x) is all nodata (checked on the host)."
+        return self.hv is not None and not self.hv[y - self.top:y - self.top + size, x:x + size].any()
 
 # %% ../nbs/11_predict.ipynb #d903a31f
 @dataclass
@@ -281,138 +357,212 @@ class _Item:
     x: int
     last: bool # last window of the scene
     row_last: bool # last window of its row of windows
-    raw: list = field(default_factory=list) # per scale: (C, R, R) raw values
-    valids: list = field(default_factory=list) # per scale: (R, R) validity
-    valid: np.ndarray = None # (T, T) validity of the window itself
+    xs: list = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
+    valid: torch.Tensor = None # (T, T) validity of the window itself, on the device
     skip: bool = False # all nodata
 
-def _read_item(it, local, T, scales):
-    "Read one window at every scale (in a reader thread)."
-    for s in scales:
-        R = round(T / s); o = (R - T) // 2
-        a, v = it.scene.read(local, it.y - o, it.x - o, R)
-        it.raw.append(a); it.valids.append(v)
-        if it.valid is None: it.valid = v[o:o + T, o:o + T]
-    it.skip = not it.valid.any()
-    if it.skip: it.raw, it.valids = [], []
-    return it
+class _Clock(collections.defaultdict):
+    "Seconds spent per stage, summed over the threads that run it (`cpu`: also the threads' CPU time)."
+    def __init__(self): super().__init__(float); self.lock = threading.Lock()
+    @contextlib.contextmanager
+    def __call__(self, key:str, cpu:bool=False):
+        t, c = time.perf_counter(), time.thread_time()
+        try: yield
+        finally:
+            dt, dc = time.perf_counter() - t, time.thread_time() - c
+            with self.lock:
+                self[key] += dt
+                if cpu: self[key + '_cpu'] += dc
 
 # %% ../nbs/11_predict.ipynb #d97c022e
 @torch.no_grad()
 def predict_scenes(predictor:Predictor, # model, device, precision, TTA and normalisation
                    scenes:list[_Scene], # what to predict, in order
                    cfg:InferenceConfig|None=None, # windows, scales, merge, batch size, threshold
-                   on_done=None, # called with each scene's result dict once its outputs are final
+                   on_done=None, # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
+                   timings:dict|None=None, # if given, filled with the seconds spent per stage (profiling)
                   ) -> list[dict]:
     "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
-    cfg = cfg or InferenceConfig()
+    t_start, cfg = time.perf_counter(), cfg or InferenceConfig()
     T = cfg.tile_size; stride = cfg.stride or T // 2
     scales = sorted(cfg.scales, reverse=True)
     if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {scales}")
     threshold = cfg.threshold if cfg.threshold is not None else predictor.threshold
     blend = blend_weights(T, cfg.blend_window) if cfg.merge == 'blend' else None
     dev, B = predictor.device, cfg.batch_size
-    for s in scenes: s.open(cfg.bands, T, stride, predictor.in_channels)
-    results, errors = [], []
-    # writer thread: strips and closes, in order
-    jobs = queue.Queue(maxsize=8)
+    cuda = dev.type == 'cuda'
+    codes = [round(1 / s) for s in scales] # 1, 2, 4: also the scale raster's values
+    offs = [(round(T / s) - T) // 2 for s in scales] # how far each scale's window reaches beyond the window
+    pad = max(offs)
+    index = {id(s): i for i, s in enumerate(scenes)}
+    results, errors, clock = [], [], _Clock()
+    # the writer thread appends strips, in order; finishing threads make a finished scene's COGs and call on_done
+    n_fin = cfg.workers
+    jobs, finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2 * n_fin)
     def writer():
+        ws = {} # id(scene) -> _SceneWriter, for the scenes being written
         while (job := jobs.get()) is not None:
-            if errors: continue
+            s, strip, end = job
+            if errors:
+                if id(s) in ws: ws.pop(id(s)).abort()
+                continue
             try:
-                w, args, scene, info = job
-                if scene is None: w.write(*args); continue
-                w.write(*args, final=True)
-                res = dict(info, **{k: str(v) for k, v in w.close().items()}, slump_pixels=w.slump_pixels,
-                           valid_pixels=w.valid_pixels, pixel_area_m2=scene.res[0] * scene.res[1])
-                if on_done: on_done(res)
-                results.append(res)
+                if id(s) not in ws: ws[id(s)] = _SceneWriter(s.out_stem, s.profile)
+                with clock('write', cpu=True): ws[id(s)].write(*strip, final=end is not None)
+                if end: finished.put((ws.pop(id(s)), s, end))
+            except BaseException as e:
+                errors.append(e)
+                if id(s) in ws: ws.pop(id(s)).abort()
+        for w in ws.values(): w.abort() # scenes left unfinished
+        for _ in range(n_fin): finished.put(None)
+    def finisher():
+        while (job := finished.get()) is not None:
+            w, s, info = job
+            if errors: w.abort(); continue
+            try:
+                with clock('cog'): cogs = w.close()
+                res = dict(info, **{k: str(v) for k, v in cogs.items()}, slump_pixels=w.slump_pixels,
+                           valid_pixels=w.valid_pixels, pixel_area_m2=s.res[0] * s.res[1])
+                if on_done:
+                    with clock('on_done'): on_done(res)
+                results.append((index[id(s)], res))
             except BaseException as e: errors.append(e)
-    wt = threading.Thread(target=writer, daemon=True); wt.start()
-    state = {} # scene path -> (band, writer, info)
+    threads = [threading.Thread(target=f, daemon=True) for f in (writer, *[finisher] * n_fin)]
+    for t in threads: t.start()
+    state, outbox = {}, [] # id(scene) -> (band, info); strips for the writer
     def merge(it, p=None, code=None, valid=None):
         s = it.scene
-        if s.path not in state:
-            st = _SceneWriter(s.out_stem, s.profile, threshold)
-            state[s.path] = (_Band(min(T, s.height), s.width, blend, dev), st,
-                             dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
-        band, w, info = state[s.path]
+        if id(s) not in state:
+            state[id(s)] = (_Band(min(T, s.height), s.width, blend, dev, codes[0] if len(codes) == 1 else None),
+                            dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
+        band, info = state[id(s)]
         h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
         if it.skip: info['skipped_windows'] += 1
-        else: band.merge(it.y, it.x, p[:h, :wd], code[:h, :wd], valid[:h, :wd])
+        else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
         if it.row_last:
-            strip = band.pop(s.row_end[it.y] - band.top)
+            strip, end = band.pop(s.row_end[it.y] - band.top, threshold), None
             if it.last:
                 info['seconds'] = round(time.time() - info.pop('t0'), 3)
-                jobs.put((w, strip, s, info)); del state[s.path]
-            else: jobs.put((w, strip, None, None))
-    def items():
-        for s in scenes:
-            for y, x, r, last in s.windows: yield _Item(s, y, x, last, x == s.last_x)
-    local_by_thread = collections.defaultdict(dict)
-    def read(it): return _read_item(it, local_by_thread[threading.get_ident()], T, scales)
-    codes = [round(1 / s) for s in scales]
+                end = info; del state[id(s)]
+            outbox.append((s, strip, end))
     def forward(batch):
         "Enqueue the forward pass of a batch; returns the device tensors (prob, code, validity) and a flag of bad values."
         todo = [it for it in batch if not it.skip]
         if not todo: return None
-        best = code = vwin = None
-        for si, s in enumerate(scales):
-            x = torch.from_numpy(np.stack([it.raw[si] for it in todo])).to(dev, non_blocking=True)
-            v = torch.from_numpy(np.stack([it.valids[si] for it in todo])).to(dev, non_blocking=True)
-            f = codes[si]; o = (T * f - T) // 2
-            if vwin is None: vwin = v[:, o:o + T, o:o + T]
-            x = predictor.normalize(x, v)
+        best = code = None
+        for si, f in enumerate(codes):
+            x = torch.stack([it.xs[si] for it in todo])
+            o = (T * f - T) // 2
             if f > 1: x = F.avg_pool2d(x, f)
             p = predictor(x)
             if f > 1: p = F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T]
-            if best is None: best, code = p, torch.full_like(p, f, dtype=torch.uint8)
+            if best is None: best, code = p, (f if len(codes) == 1 else torch.full_like(p, f, dtype=torch.uint8))
             else:
                 up = p > best
                 best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
+        vwin = torch.stack([it.valid for it in todo])
+        for it in todo: it.xs = it.valid = None # the rows they are views of can go
         bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
-        flag = torch.empty((), dtype=torch.bool, pin_memory=dev.type == 'cuda').copy_(bad, non_blocking=dev.type == 'cuda')
+        flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda)
         return todo, best, code, vwin, flag
     def finish(batch, out, event):
-        "Check a batch's probabilities and merge them (on the device) once its flag has arrived."
-        if event is not None: event.synchronize() # this batch's flag; the next batch is already running
-        k = {}
-        if out is not None:
-            todo, best, code, vwin, flag = out
-            if flag.item(): raise RtsSegError(f"probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken")
-            k = {id(it): i for i, it in enumerate(todo)}
-        for it in batch:
-            i = k.get(id(it))
-            if i is None: merge(it)
-            else: merge(it, best[i], code[i], vwin[i])
-            if errors: raise errors[0]
+        "Check a batch's probabilities and merge them (on the device) once its flag has arrived; hand finished strips to the writer."
+        if event is not None:
+            with clock('wait_device'): event.synchronize() # this batch's flag; the next batch is already running
+        with clock('merge'):
+            k = {}
+            if out is not None:
+                todo, best, code, vwin, flag = out
+                if flag.item(): raise RtsSegError(f"probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken")
+                k = {id(it): i for i, it in enumerate(todo)}
+            for it in batch:
+                i = k.get(id(it))
+                if i is None: merge(it)
+                else: merge(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
+        with clock('wait_writer'):
+            while outbox:
+                if errors: raise errors[0]
+                jobs.put(outbox.pop(0))
+        if errors: raise errors[0]
+    local_by_thread = collections.defaultdict(dict)
+    def read(s, r0, r1, c0, c1):
+        with clock('read', cpu=True): a, hv = s.read(local_by_thread[threading.get_ident()], r0, r1, c0, c1, pin=cuda)
+        return c0, c1, a, hv
+    opening, pending_scenes = collections.deque(), iter(scenes)
+    def open_ahead():
+        "Open (check) the next scenes in the reader threads, a batch ahead."
+        while len(opening) < B + cfg.workers:
+            s = next(pending_scenes, None)
+            if s is None: return
+            opening.append((s, pool.submit(s.open, cfg.bands, T, stride, predictor.in_channels)))
+    def plan():
+        "Before each row of windows: (scene, y, end, r0, r1): hold the scene's rows up to `end`, reading rows `r0:r1`."
+        while opening:
+            s, f = opening.popleft()
+            with clock('wait_open'): f.result()
+            open_ahead()
+            end, bh = -pad, (s.block[0] if s.block[0] <= 2 * T else 1)
+            for y in s.ys:
+                need = y + T + pad
+                if need <= end: yield s, y, end, 0, 0; continue
+                r0, r1 = max(end, 0), min(need, s.height)
+                if r1 > r0: r1 = min(s.height, -(-r1 // bh) * bh) # whole blocks of the file: each is decoded once
+                end = max(need, r1)
+                yield s, y, end, r0, max(r0, r1)
+    pool = ThreadPoolExecutor(cfg.workers)
     try:
-        with ThreadPoolExecutor(cfg.workers) as pool:
-            ahead, pending, batch = collections.deque(), None, []
-            src = items()
-            def fill():
-                while len(ahead) < B * 2 + cfg.workers:
-                    it = next(src, None)
-                    if it is None: return
-                    ahead.append(pool.submit(read, it))
-            fill()
-            while ahead or batch:
-                if ahead:
-                    batch.append(ahead.popleft().result()); fill()
-                    if len(batch) < B and ahead: continue
-                out = forward(batch)
-                ev = None
-                if dev.type == 'cuda': ev = torch.cuda.Event(); ev.record()
-                if pending: finish(*pending)
-                pending, batch = (batch, out, ev), []
+        open_ahead()
+        ahead, steps, cols, queued = collections.deque(), plan(), {}, 0 # queued: windows of the rows in `ahead`
+        def fill():
+            nonlocal queued
+            while queued < 2 * B + cfg.workers or len(ahead) < 2:
+                st = next(steps, None)
+                if st is None: return
+                s, y, end, r0, r1 = st
+                if id(s) not in cols: cols.clear(); cols[id(s)] = s.chunks(cfg.workers) # the scene being read
+                ahead.append((st, [pool.submit(read, s, r0, r1, c0, c1) for c0, c1 in cols[id(s)]] if r1 > r0 else []))
+                queued += len(s.xs)
+        rows, batch, pending = {}, [], None # rows: id(scene) -> _Rows
+        def run(batch):
+            "Enqueue `batch`, then merge the previous one (its flag has arrived by the time this one is queued)."
+            nonlocal pending
+            with clock('forward'): out = forward(batch)
+            ev = None
+            if cuda: ev = torch.cuda.Event(); ev.record()
             if pending: finish(*pending)
+            pending = (batch, out, ev)
+        fill()
+        while ahead:
+            (s, y, end, r0, r1), futs = ahead.popleft()
+            queued -= len(s.xs)
+            with clock('wait_read'): chunks = [f.result() for f in futs]
+            fill()
+            with clock('upload'):
+                r = rows.get(id(s)) or rows.setdefault(id(s), _Rows(s, predictor, T, pad))
+                r.drop(y - pad)
+                if end > r.end: r.add(end, r0, r1, chunks)
+            del chunks
+            for x in s.xs:
+                with clock('cut'):
+                    it = _Item(s, y, x, y == s.ys[-1] and x == s.last_x, x == s.last_x)
+                    it.skip = r.empty(y, x, T)
+                    if not it.skip: it.xs, it.valid = [r.window(y - o, x - o, T + 2 * o) for o in offs], r.valid(y, x, T)
+                batch.append(it)
+                if len(batch) == B: run(batch); batch = []
+            if y == s.ys[-1]: del rows[id(s)]
+        if batch: run(batch)
+        if pending: finish(*pending)
+        clock['main'] = time.perf_counter() - t_start
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         for local in local_by_thread.values(): # the readers' open datasets
             for src in local.values(): src.close()
-        jobs.put(None); wt.join()
-        for band, w, info in state.values(): w.abort()
+        jobs.put(None)
+        for t in threads: t.join()
+        clock['wall'] = time.perf_counter() - t_start
+        if timings is not None: timings.update(clock, windows=sum(len(getattr(s, 'windows', ())) for s in scenes))
     if errors: raise errors[0]
-    return results
+    return [r for _, r in sorted(results, key=lambda r: r[0])]
 
 # %% ../nbs/11_predict.ipynb #064be160
 def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
@@ -432,6 +582,6 @@ def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (b
     res = predict_scenes(model, [_Scene(str(scene), Path(out_dir)/scene.stem)], cfg)[0]
     res.update(model=getattr(model, 'checkpoint', None), normalization_hash=model.normalization_hash,
                tile_size=cfg.tile_size, stride=cfg.stride or cfg.tile_size // 2, scales=cfg.scales, tta=cfg.tta, merge=cfg.merge,
-               threshold=cfg.threshold if cfg.threshold is not None else model.threshold)
+               threshold=cfg.threshold if cfg.threshold is not None else model.threshold, temperature=model.temperature)
     print(f"{scene.name}: {res['windows']} windows ({res['skipped_windows']} all nodata), {res['slump_pixels']} slump pixels -> {res['prob']}", flush=True)
     return res

@@ -35,9 +35,11 @@ def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_ma
         for y in range(0, src.height, strip_rows):
             win = Window(0, y, src.width, min(strip_rows, src.height - y))
             t, m = src.window_transform(win), src.read(1, window=win)
+            slump = m == 1
+            if not slump.any(): continue # most strips (and tiles) have no slump at all
             lo, hi = sorted((t.f, t.f + t.e * win.height))
             eps = abs(t.e) * 1e-6
-            for g, _ in shapes(m, mask=m == 1, transform=t):
+            for g, _ in shapes(m, mask=slump, transform=t):
                 p = shape(g) # a piece touching a strip edge may continue in the next strip: union those
                 (seam if p.bounds[1] <= lo + eps or p.bounds[3] >= hi - eps else pieces).append(p)
     if seam: pieces += list(shapely.get_parts(shapely.unary_union(seam)))
@@ -83,7 +85,7 @@ def vectorize(mask_path:str|Path, # uint8 mask COG (1 = slump, 255 = nodata)
         m, unit = _metric(polys, crs)
         keep = [i for i, g in enumerate(m) if g.area * unit**2 >= min_area_m2]
         polys = [polys[i] for i in keep]
-        scale = rasterio.open(scale_path) if scale_path else None
+        scale = rasterio.open(scale_path) if scale_path and polys else None
         try: stats = [_stats(p, prob, scale) for p in polys]
         finally:
             if scale: scale.close()
