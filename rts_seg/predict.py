@@ -9,7 +9,7 @@ from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
 import collections, contextlib, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
