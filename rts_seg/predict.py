@@ -22,10 +22,11 @@ from rasterio.windows import Window
 
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
+from .models import TTA_MODES, d4, d4_inverse
 
 # %% auto #0
-__all__ = ['TTA_MODES', 'COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'd4', 'd4_inverse', 'Predictor',
-           'blend_weights', 'write_cog', 'open_raster', 'predict_scenes', 'predict_scene']
+__all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'Predictor', 'blend_weights', 'write_cog',
+           'open_raster', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(n:int, # scene size along one axis
@@ -37,22 +38,6 @@ def window_starts(n:int, # scene size along one axis
     starts = list(range(0, n - tile + 1, stride))
     if starts[-1] != n - tile: starts.append(n - tile)
     return starts
-
-# %% ../nbs/11_predict.ipynb #33011c03
-TTA_MODES = {'none': [(0, False)],
-             'minimal': [(0, False), (0, True)], # identity, hflip
-             'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
-             'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
-
-def d4(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
-    "Flip (last axis) if `flip`, then rotate by `k` quarter turns, on (..., H, W)."
-    if flip: x = x.flip(-1)
-    return torch.rot90(x, k, (-2, -1)) if k else x
-
-def d4_inverse(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
-    "Undo `d4(x, k, flip)`."
-    if k: x = torch.rot90(x, -k, (-2, -1))
-    return x.flip(-1) if flip else x
 
 # %% ../nbs/11_predict.ipynb #e36c85f5
 class Predictor:
