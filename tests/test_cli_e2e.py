@@ -50,7 +50,7 @@ def test_train_logs_to_mlflow(tiny):
     assert run.data.params['train.epochs'] == '1' and run.data.params['model.encoder'] == 'resnet18'
     assert run.data.params['system.torch'] == torch.__version__
     assert len(client.get_metric_history(run.info.run_id, 'train_loss')) == 1
-    assert abs(run.data.metrics['best_val_iou'] - (m['val_iou'] or 0)) < 1e-6
+    assert abs(run.data.metrics['final_val_iou'] - (m['val_iou'] or 0)) < 1e-6
     arts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {'config.yaml', 'normalization_stats.json', 'metrics.json', 'best.pth'} <= arts
 
