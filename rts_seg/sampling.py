@@ -56,15 +56,13 @@ def epoch_batches(positive:np.ndarray, # bool per tile: holds a slump
 
 # %% ../nbs/04b_sampling.ipynb #0652465c
 class AsyncToDevice:
-    "Loader mixin: copy batches to the device without blocking the host (from pinned memory); workers ignore SIGTERM."
+    "Loader mixin: copy batches to the device without blocking the host (from pinned memory)."
     target = None
     def to(self, device): # fastai's DataLoader.to would copy synchronously in __iter__: keep `device` None, copy in after_batch
         self.target = device
         return self
     def after_batch(self, b):
         return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
-    def wif(self): # in each worker process: launchers (torchrun) send SIGTERM to the whole process group; the main
-        signal.signal(signal.SIGTERM, signal.SIG_IGN) # process saves its state first, then stops its workers itself
 
 def rank_world(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
     "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
