@@ -32,7 +32,7 @@ from .config import Config, ModelConfig
 from .core import RtsSegError, atomic_path
 from .data import stats_hash
 from .losses import get_loss
-from .metrics import ValidationMetrics, ValStats, reduce_sum, summarize
+from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum, summarize
 from .models import TTAModel, create_model
 
 # %% auto #0
@@ -83,7 +83,7 @@ def load_checkpoint(path:str|Path, # a .pth written by `save_checkpoint`
 
 # %% ../nbs/09_learner.ipynb #c7553885
 class MLflowLogger(Callback):
-    "Log train loss, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
+    "Log train loss and IoU, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
     order = 60 # after the Recorder
     def after_epoch(self):
         mlflow = sys.modules.get('mlflow') # not imported: no run can be active
@@ -92,6 +92,7 @@ class MLflowLogger(Callback):
         vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
         vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
         if vm is not None: vals.update({f'val_{k}': v for k, v in vm.results.items()})
+        for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)): vals.update(c.results)
         if self.opt is not None: vals.update({f'lr_{g}': h['lr'] for g, h in zip(('encoder', 'decoder'), self.opt.hypers)})
         vals = {k: float(v) for k, v in vals.items() if isinstance(v, (int, float, np.number)) and math.isfinite(v)}
         mlflow.log_metrics(vals, step=self.epoch + 1)
@@ -257,12 +258,13 @@ def rts_learner(dls:DataLoaders, # from `get_dls`
     pre = t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
     shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}obj_p30', f'{pre}obj_r30']))
     model = create_model(cfg.model, dls.train.dataset[0][0].shape[0])
-    cbs = [vm, DDP()]
+    tiou = TrainIoU(cfg.data.ignore_index)
+    cbs = [vm, tiou, DDP()]
     if t.ema_decay: cbs.append(EMA(t.ema_decay))
     if t.grad_clip_norm: cbs.append(GradientClip(t.grad_clip_norm))
     if cuda and t.channels_last: cbs += [ChannelsLast(), ChannelsLastInput()]
     learn = RtsLearner(dls, model, loss_func=get_loss(cfg.loss, cfg.data.ignore_index), opt_func=partial(adamw, fused=cuda),
-                       splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=vm.metrics(shown),
+                       splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=[tiou.metric(), *vm.metrics(shown)],
                        path=cfg.output_dir, model_dir='models', cbs=cbs)
     if text_progress is None: text_progress = not sys.stdout.isatty()
     if text_progress: learn.remove_cb(ProgressCallback).add_cb(TextProgress())
@@ -301,7 +303,9 @@ def _smooth_state(learn) -> dict|None: # fastai's running train loss, so that re
     sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
     return None if sl is None or not torch.is_tensor(getattr(sl, 'val', None)) else dict(count=int(sl.count), val=sl.val.detach().cpu().float())
 
-def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, epoch:int, it:int=0) -> Path:
+def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, epoch:int, it:int=0,
+                        train_iou:torch.Tensor|None=None, # the interrupted epoch's `TrainIoU` counts, summed over processes
+                       ) -> Path:
     "Save everything needed to resume `learn` at `epoch` (completed epochs), after `it` batches of the next."
     ema = next((c for c in learn.cbs if isinstance(c, EMA)), None)
     m = unwrap(learn.model)
@@ -313,7 +317,8 @@ def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, ep
     st = dict(kind='rts_seg training state', epoch=epoch, iter=it, model_state=sd, ema=ema.state() if ema else None,
               opt=learn.opt.state_dict(), scaler=scaler.state_dict() if scaler is not None else None, trackers=trackers,
               rng=_rng_state(), config=cfg.model_dump(mode='json'), normalization=stats,
-              mlflow_run_id=getattr(learn, 'mlflow_run_id', None), rts_seg_version=__version__, smooth_loss=_smooth_state(learn))
+              mlflow_run_id=getattr(learn, 'mlflow_run_id', None), rts_seg_version=__version__, smooth_loss=_smooth_state(learn),
+              train_iou=None if train_iou is None else train_iou.detach().cpu())
     with atomic_path(path) as tmp: torch.save(st, tmp)
     return Path(path)
 
@@ -347,6 +352,8 @@ class Resume(Callback):
         _set_rng_state(st['rng'])
         sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
         if st.get('smooth_loss') and sl is not None: sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
+        if st['iter'] and st.get('train_iou') is not None and rank() == 0: # the counts are the sum over all processes: rank 0 carries them
+            for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)): c.carry = st['train_iou'].to(self.dls.device or 'cpu')
         self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
     def after_fit(self): self.learn.resume_epoch = self.learn.resume_iter = 0
 
@@ -376,8 +383,10 @@ class Checkpointer(TrackerCallback):
         return bool(t.item())
 
     def _preempt(self, epoch:int, it:int):
+        tiou = next(iter(self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU))), None)
+        counts = tiou.totals() if tiou is not None and it else None # on every rank: a collective
         if rank() == 0:
-            p = save_training_state(state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it)
+            p = save_training_state(state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it, train_iou=counts)
             print(f'rts-seg: SIGTERM: saved the training state to {p}; continue with --resume auto', file=sys.stderr, flush=True)
         if self.dist: torch.distributed.barrier(group=self.group)
         self.learn.preempted = True

@@ -17,7 +17,7 @@ from scipy import ndimage
 # %% auto #0
 __all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'OBJ_IOUS', 'iou_counts', 'PixelIoU', 'match_objects', 'object_counts', 'reduce_sum',
            'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc', 'summarize', 'fit_temperature', 'threshold_for_precision',
-           'ResultMetric', 'ValidationMetrics']
+           'ResultMetric', 'ValidationMetrics', 'TrainIoU']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
 def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
@@ -242,3 +242,23 @@ class ValidationMetrics(Callback):
                                         torch.tensor(float(rl.count), dtype=torch.float64, device=self.stats.tiles.device)]))
             rl.total, rl.count = t[0], int(t[1])
         self.stats_last, self.stats = self.stats, None
+
+# %% ../nbs/08_metrics.ipynb #97c832fb
+class TrainIoU(Callback):
+    "Pixel IoU of the slump class over each epoch's training batches, summed over processes (the `train_iou` column)."
+    order = 45
+    def __init__(self, ignore_index:int=255): self.ignore_index, self.counts, self.carry, self.results = ignore_index, None, None, {}
+    def before_fit(self): self.results = {} # `validate` alone shows no training IoU
+    def before_train(self): self.counts, self.carry = self.carry, None # counts of an interrupted epoch, else none
+    def after_loss(self):
+        if not self.training: return
+        c = iou_counts(self.pred, self.yb[0], self.ignore_index) # stays on the device: no synchronisation per step
+        self.counts = c if self.counts is None else self.counts + c
+    def totals(self) -> torch.Tensor:
+        "This epoch's `[intersection, union]` so far, summed over processes (call on every rank)."
+        dev = self.counts.device if self.counts is not None else getattr(self.dls, 'device', None) or 'cpu'
+        return reduce_sum(self.counts.clone() if self.counts is not None else torch.zeros(2, dtype=torch.int64, device=dev))
+    def after_train(self):
+        inter, union = self.totals().tolist()
+        self.results = {'train_iou': inter / union if union else float('nan')}
+    def metric(self) -> ResultMetric: return ResultMetric(self, 'train_iou')

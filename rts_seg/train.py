@@ -19,7 +19,7 @@ from .io import is_remote
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
 from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
                              save_checkpoint, unwrap)
-from .metrics import fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
+from .metrics import TrainIoU, fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
 from .synthetic import synth_dataset
 
 # %% auto #0
@@ -215,7 +215,8 @@ def train(cfg:Config, # the run's config
         res, cal = summarize(st, cfg.train.val_ratios), calibrate(st, cfg)
         tta = {}
         if cfg.train.tta_eval != 'none': tta = summarize(collect_stats(learn, tta=cfg.train.tta_eval), cfg.train.val_ratios)
-        metrics = dict(val_loss=st.loss, **{f'val_{k}': v for k, v in res.items()},
+        tiou = next(c for c in learn.cbs if isinstance(c, TrainIoU)).results.get('train_iou') # the last epoch's
+        metrics = dict(train_iou=tiou, val_loss=st.loss, **{f'val_{k}': v for k, v in res.items()},
                        **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()}, temperature=cal['temperature'],
                        threshold=cal['threshold'], epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
                        seconds=round(time.time() - t0, 1), device=str(device), world_size=ws, n_train_tiles=len(tiles['train']),

@@ -23,7 +23,7 @@ def test_quickstart_mlflow_run_holds_everything(quickstart):
               'data.normalization_hash', 'system.git_commit', 'system.torch', 'system.cuda', 'system.gpu', 'system.gpu_count'):
         assert k in params, k
     assert params['train.epochs'] == '12' and params['model.encoder_weights'] == 'None'
-    for name in ('train_loss', 'val_loss', 'val_iou', 'val_bal_pr_auc', 'val_r200_pr_auc', 'val_r500_pr_auc', 'val_r1000_pr_auc',
+    for name in ('train_loss', 'train_iou', 'val_loss', 'val_iou', 'val_bal_pr_auc', 'val_r200_pr_auc', 'val_r500_pr_auc', 'val_r1000_pr_auc',
                  'val_r500_obj_p30', 'val_r500_obj_r10', 'val_bal_obj_r50', 'lr_decoder'):
         assert len(client.get_metric_history(run.info.run_id, name)) == 12, name
     assert run.data.metrics['final_val_iou'] == m['val_iou']
