@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import EXTRA_BANDS, DataConfig
 from .core import RtsSegError, atomic_path
-from .data import (RGB, channel_names, compute_stats, get_dls, read_group, read_metadata,
+from .data import (channel_names, compute_stats, get_dls, read_group, read_metadata,
                           read_splits, split_tiles)
 from .io import join, list_names, open_raster, retry
 

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #c6a5545b
 from __future__ import annotations
-import difflib
+import difflib, re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -17,7 +17,8 @@ from .core import RtsSegError, atomic_write_text
 
 # %% auto #0
 __all__ = ['EXTRA_BANDS', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'MlflowConfig', 'InferenceConfig', 'Config', 'parse_overrides', 'load_config', 'save_config', 'flat_params']
+           'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides', 'load_config', 'save_config',
+           'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -168,8 +169,18 @@ def _explain(err:ValidationError, source:str, overridden:set) -> str:
     return msg + (f' (and {more} more problem{"s"*(more>1)})' if more else '')
 
 # %% ../nbs/01_config.ipynb #6dfb22ed
+class _Yaml12Loader(yaml.SafeLoader):
+    "PyYAML's safe loader with YAML 1.2 booleans: only true/false, so `no`, `yes`, `on` and `off` stay strings."
+_Yaml12Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != 'tag:yaml.org,2002:bool']
+                                         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver('tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'), list('tTfF'))
+
+def load_yaml(text:str|bytes):
+    "Parse YAML as configs and `splits.yaml` are read: `train.mixed_precision: no` is the string 'no', not False."
+    return yaml.load(text, Loader=_Yaml12Loader)
+
 def parse_overrides(overrides:list[str]) -> dict:
-    "Nested dict from `key.sub=value` strings; values are parsed as YAML."
+    "Nested dict from `key.sub=value` strings; values are parsed as YAML (`load_yaml`)."
     res = {}
     for o in overrides or []:
         k, sep, v = o.partition('=')
@@ -177,7 +188,7 @@ def parse_overrides(overrides:list[str]) -> dict:
         d = res
         *parents, last = k.strip().split('.')
         for p in parents: d = d.setdefault(p, {})
-        try: d[last] = yaml.safe_load(v)
+        try: d[last] = load_yaml(v)
         except yaml.YAMLError: d[last] = v
     return res
 
@@ -204,7 +215,7 @@ def load_config(path:str|Path|None=None, # YAML file; None starts from the defau
     if path is not None:
         path, source = Path(path), str(path)
         if not path.is_file(): raise ConfigError(f"config file not found: {path}")
-        try: d = yaml.safe_load(path.read_text()) or {}
+        try: d = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None)
             raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line+1})' if mark else ''}: {getattr(e, 'problem', e)}") from None

@@ -14,12 +14,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 
 from .augment import train_transforms
-from .config import EXTRA_BANDS, DataConfig
+from .config import EXTRA_BANDS, DataConfig, load_yaml
 from .core import RtsSegError, atomic_write_text
 from .io import exists, join, read_bytes, read_raster, set_cache_dir
 from .sampling import BalancedDL, ShardDL
@@ -47,7 +45,7 @@ def read_splits(root:str|Path) -> dict[str, list[str]]:
     "Region names per split from `splits.yaml`; a region in two splits is an error."
     fn = join(root, 'splits.yaml')
     if not exists(fn): raise RtsSegError(f"{fn} not found: it lists the regions of each split (train/val/test)")
-    d = yaml.safe_load(read_bytes(fn)) or {}
+    d = load_yaml(read_bytes(fn)) or {}
     bad = [k for k in d if k not in SPLITS]
     if bad: raise RtsSegError(f"{fn}: unknown split(s) {bad}; use {', '.join(SPLITS)}")
     seen = {}

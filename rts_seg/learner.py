@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/learner.html.md"""
 # %% ../nbs/09_learner.ipynb #d66bee3f
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
-import math, os, random, re, signal, sys, threading, time
+import math, random, re, signal, sys, threading, time
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -32,7 +32,7 @@ from .config import Config, ModelConfig
 from .core import RtsSegError, atomic_path
 from .data import stats_hash
 from .losses import get_loss
-from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum, summarize
+from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum
 from .models import TTAModel, create_model
 
 # %% auto #0

@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/sampling.html.md"""
 # %% ../nbs/04b_sampling.ipynb #2acd28e7
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
-import os, signal
+import os
 
 import numpy as np
 from fastai.callback.core import Callback
