@@ -24,6 +24,7 @@ from fastai.data.core import DataLoaders
 from fastai.learner import AvgSmoothLoss, Learner
 from fastai.optimizer import OptimWrapper
 from fastai.imports import noop # the noop that fastai's no_logging() installs
+from fastcore.imports import in_notebook
 from fastai.torch_core import find_bs
 from fastprogress.core import format_time
 
@@ -247,7 +248,7 @@ class DDP(Callback):
 
 def rts_learner(dls:DataLoaders, # from `get_dls`
                 cfg:Config, # the run's config
-                text_progress:bool|None=None, # one line per epoch instead of bars; None: when stdout is not a terminal
+                text_progress:bool|None=None, # one line per epoch instead of bars; None: outside terminals and notebooks
                ) -> RtsLearner:
     "A fastai Learner with the configured model, loss, AdamW, EMA, clipping, validation metrics and mixed precision."
     t = cfg.train
@@ -266,7 +267,7 @@ def rts_learner(dls:DataLoaders, # from `get_dls`
     learn = RtsLearner(dls, model, loss_func=get_loss(cfg.loss, cfg.data.ignore_index), opt_func=partial(adamw, fused=cuda),
                        splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=[tiou.metric(), *vm.metrics(shown)],
                        path=cfg.output_dir, model_dir='models', cbs=cbs)
-    if text_progress is None: text_progress = not sys.stdout.isatty()
+    if text_progress is None: text_progress = not (sys.stdout.isatty() or in_notebook()) # fastai's bars in Jupyter and Colab
     if text_progress: learn.remove_cb(ProgressCallback).add_cb(TextProgress())
     elif rank(): learn.remove_cb(ProgressCallback) # bars from rank 0 only
     mp = t.mixed_precision
