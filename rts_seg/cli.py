@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import load_config
-from .train import add_train_args, run_cli
+from .config import add_train_args, load_config
+from .core import run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
@@ -37,6 +37,7 @@ def cmd_train(sub):
     t = sub.add_parser('train', help='train a model from a YAML config')
     add_train_args(t)
     def fn(a):
+        load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
         from rts_seg.train import train_from_args
         train_from_args(a)
     t.set_defaults(fn=fn)

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/config.html.md"""
 
 # %% ../nbs/01_config.ipynb #c6a5545b
 from __future__ import annotations
-import difflib, re
+import argparse, difflib, re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -17,8 +17,8 @@ from .core import RtsSegError, atomic_write_text
 
 # %% auto #0
 __all__ = ['EXTRA_BANDS', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides', 'load_config', 'save_config',
-           'flat_params']
+           'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides', 'load_config', 'add_train_args',
+           'save_config', 'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -223,6 +223,14 @@ def load_config(path:str|Path|None=None, # YAML file; None starts from the defau
     ov = parse_overrides(overrides)
     try: return Config.model_validate(_merge(d, ov))
     except ValidationError as e: raise ConfigError(_explain(e, source, set(_dotted(ov)))) from None
+
+# %% ../nbs/01_config.ipynb #30a3bac3
+def add_train_args(p:argparse.ArgumentParser):
+    "The training command's arguments, on parser `p`."
+    p.add_argument('--config', required=True, help='YAML config file, e.g. configs/quickstart.yaml')
+    p.add_argument('--resume', metavar='auto|PATH', help="continue from the newest training state in output_dir ('auto') or from a state file")
+    p.add_argument('--seeds', type=int, nargs='+', metavar='SEED', help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides')
+    p.add_argument('overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a')
 
 # %% ../nbs/01_config.ipynb #795d6629
 def save_config(cfg:Config, path:str|Path):

@@ -6,22 +6,33 @@ Docs: https://rts-seg.github.io/rts_seg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #7992b6f3
 from __future__ import annotations
-import contextlib, os, random, tempfile, warnings
+import contextlib, os, random, sys, tempfile, warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+if TYPE_CHECKING: import torch # imported where it is used: `rts-seg --help` does not wait for it
 
 # fastai and smp call torch.jit.script at import time, which torch >= 2.10 deprecates; a user cannot act
 # on it, and it would break the one-line error messages of the CLI. Modules import `rts_seg.core` first.
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['RtsSegError', 'atomic_path', 'atomic_write_text', 'seed_everything', 'get_device']
+__all__ = ['RtsSegError', 'run_cli', 'atomic_path', 'atomic_write_text', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #697f9d41
 class RtsSegError(Exception):
     "A mistake a user can fix; the CLI prints it as one line, without a traceback."
+
+# %% ../nbs/00_core.ipynb #39023fdc
+def run_cli(fn, *args):
+    "Call `fn(*args)`; turn a `RtsSegError` into one line on stderr and exit status 2."
+    try: return fn(*args)
+    except RtsSegError as e:
+        msg = str(e).strip()
+        if 'Original Traceback' in msg: msg = msg.splitlines()[-1].split('RtsSegError: ', 1)[-1] # raised in a DataLoader worker
+        print(f'rts-seg: error: {msg}', file=sys.stderr)
+        sys.exit(2)
 
 # %% ../nbs/00_core.ipynb #a3733998
 @contextlib.contextmanager
@@ -43,10 +54,12 @@ def atomic_write_text(path:str|Path, text:str):
 # %% ../nbs/00_core.ipynb #d2351163
 def seed_everything(seed:int):
     "Seed python, numpy and torch (all devices)."
+    import torch
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
 def get_device(name:str='auto') -> torch.device:
     "`auto` picks the GPU when there is one; otherwise the named device."
+    import torch
     if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     dev = torch.device(name)
     if dev.type == 'cuda' and not torch.cuda.is_available():

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, flat_params, load_config, save_config
-from .core import RtsSegError, atomic_path, atomic_write_text, get_device, seed_everything
+from .config import Config, add_train_args, flat_params, load_config, save_config
+from .core import RtsSegError, atomic_path, atomic_write_text, get_device, run_cli, seed_everything
 from .io import is_remote
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
 from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
@@ -24,8 +24,7 @@ from .synthetic import synth_dataset
 
 # %% auto #0
 __all__ = ['prepare_data', 'tracking_uri', 'system_params', 'frozen_requirements', 'mlflow_run', 'init_distributed', 'calibrate',
-           'plot_pr_curves', 'plot_examples', 'train', 'run_cli', 'add_train_args', 'train_seeds', 'train_from_args',
-           'main']
+           'plot_pr_curves', 'plot_examples', 'train', 'train_seeds', 'train_from_args', 'main']
 
 # %% ../nbs/10_train.ipynb #46882b00
 def prepare_data(cfg:Config) -> Path|str:
@@ -241,21 +240,6 @@ def train(cfg:Config, # the run's config
     return metrics
 
 # %% ../nbs/10_train.ipynb #cc917ac3
-def run_cli(fn, *args):
-    "Call `fn(*args)`; turn a `RtsSegError` into one line on stderr and exit status 2."
-    try: return fn(*args)
-    except RtsSegError as e:
-        msg = str(e).strip()
-        if 'Original Traceback' in msg: msg = msg.splitlines()[-1].split('RtsSegError: ', 1)[-1] # raised in a DataLoader worker
-        print(f'rts-seg: error: {msg}', file=sys.stderr)
-        sys.exit(2)
-
-def add_train_args(p:argparse.ArgumentParser):
-    p.add_argument('--config', required=True, help='YAML config file, e.g. configs/quickstart.yaml')
-    p.add_argument('--resume', metavar='auto|PATH', help="continue from the newest training state in output_dir ('auto') or from a state file")
-    p.add_argument('--seeds', type=int, nargs='+', metavar='SEED', help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides')
-    p.add_argument('overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a')
-
 def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
     "Train once per seed, each in `output_dir/seed<N>`, and summarise the final metrics as mean and std."
     runs = {}
