@@ -3,6 +3,7 @@
 #   (one process: python -m rts_seg.train, the same training without a launcher in between)
 #   NUM_PROCESSES=N (env) or --num_processes N (first argument): processes, one per GPU;
 #   default: every visible GPU (CUDA_VISIBLE_DEVICES), or 1 without a GPU.
+#   MAIN_PROCESS_PORT=P (env): the rendezvous port of several processes (default 29500; set it to run two trainings on one VM).
 # The image's default precision (RTS_SEG_MIXED_PRECISION) is passed as train.mixed_precision unless the
 # arguments set it.
 set -euo pipefail
@@ -31,5 +32,6 @@ if [ "$n" -le 1 ]; then
 fi
 # several: accelerate's torch.distributed launcher (NCCL on GPUs, gloo without), which forwards SIGTERM to every rank
 launch=(--multi_gpu --num_processes "$n" --num_machines 1 --mixed_precision no --dynamo_backend no)
+if [ -n "${MAIN_PROCESS_PORT:-}" ]; then launch+=(--main_process_port "$MAIN_PROCESS_PORT"); fi
 echo "train.sh: accelerate launch ${launch[*]} -m rts_seg.train ${args[*]}" >&2
 exec accelerate launch "${launch[@]}" -m rts_seg.train "${args[@]}"

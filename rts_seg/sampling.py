@@ -76,7 +76,7 @@ class BalancedDL(AsyncToDevice, DataLoader):
                  positive_fraction:float|None=0.5, # share of positives per batch (without a curriculum)
                  curriculum:list[tuple[int, float]]|None=None, # (epoch, negatives per positive) breakpoints
                  seed:int=42, # same seed and epoch, same batches
-                 n_batches:int|None=None, # batches per epoch over all ranks; default one pass's worth of tiles
+                 n_batches:int|None=None, # batches per epoch over all ranks (rounded up to a multiple of world_size); default one pass's worth of tiles
                  rank:int|None=None, # this process; default the RANK environment variable
                  world_size:int|None=None, # processes; default WORLD_SIZE
                  keyed:bool=False, # items are (index, augmentation seed) pairs instead of plain indices
@@ -84,7 +84,8 @@ class BalancedDL(AsyncToDevice, DataLoader):
                 ):
         self.positive = np.asarray(positive, bool)
         self.rank, self.world_size = rank_world(rank, world_size)
-        self.n_batches = n_batches or max(len(dataset) // bs, self.world_size)
+        n = n_batches or len(dataset) // bs
+        self.n_batches = max(-(-n // self.world_size), 1) * self.world_size # as many batches on every rank: DDP steps together
         self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = positive_fraction, curriculum, seed, 0, keyed
         self.per_rank, self.skip = len(range(self.rank, self.n_batches, self.world_size)), 0
         super().__init__(dataset, bs=bs, shuffle=False, drop_last=True, n=self.per_rank * bs, **kwargs)

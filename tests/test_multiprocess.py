@@ -40,27 +40,31 @@ def test_accelerate_two_cpu_processes(quickstart, tmp_path):
 
 
 def test_two_processes_sigterm_then_resume(tmp_path):
-    "SIGTERM to the launcher (what `docker stop` or a preempted VM sends) reaches both ranks; the state is saved and a resumed run ends exactly as an uninterrupted one."
+    """The training image's entry point (docker/train.sh) with two processes: SIGTERM to it (what `docker stop` or a
+    preempted VM sends) reaches both ranks, the state is saved, and the resumed run ends exactly as an uninterrupted one."""
     (tmp_path/'tiny.yaml').write_text(TINY.format(out=tmp_path/'ref', root=tmp_path/'data'))
-    cfg = [tmp_path/'tiny.yaml', 'train.epochs=4', 'data.synth.tiles=96', 'data.synth.size=64']
-    env = {**no_mlflow_env(), 'CUDA_VISIBLE_DEVICES': ''}
-    r = subprocess.run(_launch('--config', *cfg), capture_output=True, text=True, env=env, timeout=900)
+    cfg = ['--config', tmp_path/'tiny.yaml', 'train.epochs=3', 'data.synth.tiles=64', 'data.synth.size=64']
+    env = {**no_mlflow_env(), 'CUDA_VISIBLE_DEVICES': '', 'MAIN_PROCESS_PORT': str(_free_port())}
+    train_sh = lambda *a: [ROOT/'docker'/'train.sh', '--num_processes', '2', *map(str, cfg), *map(str, a)]
+    r = subprocess.run(train_sh(), capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
-    args = ['--config', *cfg, f'output_dir={tmp_path}/run']
-    p = subprocess.Popen(_launch(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert 'accelerate launch --multi_gpu --num_processes 2' in r.stderr
+    env['MAIN_PROCESS_PORT'] = str(_free_port())
+    p = subprocess.Popen(train_sh(f'output_dir={tmp_path}/run'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in p.stdout:
-        if line.startswith('epoch 2/4'): break
-    time.sleep(0.5) # into epoch 3
+        if line.startswith('epoch 1/3'): break
+    time.sleep(0.5) # into epoch 2
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=300)
     assert p.returncode != 0 and 'SIGTERM: saved the training state' in err, err[-4000:]
     states = sorted((tmp_path/'run').glob('state-*.pth'))
     assert states and not (tmp_path/'run'/'metrics.json').exists(), states
-    r = subprocess.run(_launch(*args, '--resume', 'auto'), capture_output=True, text=True, env=env, timeout=900)
+    env['MAIN_PROCESS_PORT'] = str(_free_port())
+    r = subprocess.run(train_sh(f'output_dir={tmp_path}/run', '--resume', 'auto'), capture_output=True, text=True, env=env, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
-    assert 'resuming from' in r.stdout and 'epoch 4/4' in r.stdout and 'epoch 1/4' not in r.stdout, r.stdout
+    assert 'resuming from' in r.stdout and 'epoch 3/3' in r.stdout and 'epoch 1/3' not in r.stdout, r.stdout
     ref, m = (json.loads((tmp_path/d/'metrics.json').read_text()) for d in ('ref', 'run'))
-    print(f"saved {states[-1].name}; resumed val_iou {m['val_iou']:.6f} val_loss {m['val_loss']:.6f}, "
-          f"uninterrupted {ref['val_iou']:.6f} {ref['val_loss']:.6f}")
+    print(f"saved {states[-1].name}; resumed: train_iou {m['train_iou']:.6f} val_iou {m['val_iou']:.6f} val_loss {m['val_loss']:.6f}; "
+          f"uninterrupted: {ref['train_iou']:.6f} {ref['val_iou']:.6f} {ref['val_loss']:.6f}")
     assert m['world_size'] == 2 and m['best_epoch'] == ref['best_epoch']
     for k in ('train_iou', 'val_iou', 'val_loss', 'val_pr_auc'): assert abs(m[k] - ref[k]) <= 1e-4, (k, m[k], ref[k])
