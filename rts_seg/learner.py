@@ -124,7 +124,8 @@ class TextProgress(Callback):
     def _log(self, log):
         names = self.recorder.metric_names
         parts = [f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:]) if v is not None]
-        print(f"epoch {log[0] + 1}/{self.n_epoch}  " + '  '.join(parts) + f"  {getattr(self, 'rate', 0):.1f} img/s  eta {self._eta(log[0] + 1)}", flush=True)
+        rate = f"  {self.rate:.1f} img/s" if getattr(self, 'n_img', 0) else '' # none when resumed after the epoch's last step
+        print(f"epoch {log[0] + 1}/{self.n_epoch}  " + '  '.join(parts) + f"{rate}  eta {self._eta(log[0] + 1)}", flush=True)
 
 # %% ../nbs/09_learner.ipynb #6c6f3fa7
 class EMA(Callback):
