@@ -1,7 +1,7 @@
 """The quickstart under `accelerate launch` with two processes on the CPU (gloo), end to end: each rank trains on its
 own batches, validation counts are summed over ranks, and only rank 0 writes files and logs to MLflow. A two-process
 run sent SIGTERM (a preempted multi-GPU VM) saves its state and, resumed, ends as the uninterrupted run does."""
-import json, os, shutil, signal, socket, subprocess, time
+import json, os, shutil, signal, socket, subprocess, threading, time
 
 import mlflow
 
@@ -46,21 +46,27 @@ def test_two_processes_sigterm_then_resume(tmp_path):
     cfg = ['--config', tmp_path/'tiny.yaml', 'train.epochs=3', 'data.synth.tiles=64', 'data.synth.size=64']
     env = {**no_mlflow_env(), 'CUDA_VISIBLE_DEVICES': '', 'MAIN_PROCESS_PORT': str(_free_port())}
     train_sh = lambda *a: [ROOT/'docker'/'train.sh', '--num_processes', '2', *map(str, cfg), *map(str, a)]
-    r = subprocess.run(train_sh(), capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(train_sh(), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert 'accelerate launch --multi_gpu --num_processes 2' in r.stderr
     env['MAIN_PROCESS_PORT'] = str(_free_port())
-    p = subprocess.Popen(train_sh(f'output_dir={tmp_path}/run'), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in p.stdout:
-        if line.startswith('epoch 1/3'): break
-    time.sleep(0.5) # into epoch 2
-    p.send_signal(signal.SIGTERM)
-    out, err = p.communicate(timeout=300)
+    # stderr to a file (a pipe nobody reads could fill and stall the run); a watchdog ends a hung run
+    with open(tmp_path/'stderr.txt', 'w') as ef:
+        p = subprocess.Popen(train_sh(f'output_dir={tmp_path}/run'), stdout=subprocess.PIPE, stderr=ef, text=True, env=env, start_new_session=True)
+        watchdog = threading.Timer(300, os.killpg, (p.pid, signal.SIGKILL)); watchdog.start()
+        try:
+            for line in p.stdout:
+                if line.startswith('epoch 1/3'): break
+            time.sleep(0.5) # into epoch 2
+            p.send_signal(signal.SIGTERM) # to the launcher only, as `docker stop` does to the container's first process
+            p.communicate(timeout=300)
+        finally: watchdog.cancel()
+    err = (tmp_path/'stderr.txt').read_text()
     assert p.returncode != 0 and 'SIGTERM: saved the training state' in err, err[-4000:]
     states = sorted((tmp_path/'run').glob('state-*.pth'))
     assert states and not (tmp_path/'run'/'metrics.json').exists(), states
     env['MAIN_PROCESS_PORT'] = str(_free_port())
-    r = subprocess.run(train_sh(f'output_dir={tmp_path}/run', '--resume', 'auto'), capture_output=True, text=True, env=env, timeout=900)
+    r = subprocess.run(train_sh(f'output_dir={tmp_path}/run', '--resume', 'auto'), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert 'resuming from' in r.stdout and 'epoch 3/3' in r.stdout and 'epoch 1/3' not in r.stdout, r.stdout
     ref, m = (json.loads((tmp_path/d/'metrics.json').read_text()) for d in ('ref', 'run'))
