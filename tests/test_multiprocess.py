@@ -1,7 +1,7 @@
 """The quickstart under `accelerate launch` with two processes on the CPU (gloo), end to end: each rank trains on its
 own batches, validation counts are summed over ranks, and only rank 0 writes files and logs to MLflow. A two-process
 run sent SIGTERM (a preempted multi-GPU VM) saves its state and, resumed, ends as the uninterrupted run does."""
-import json, os, shutil, signal, socket, subprocess, threading, time
+import json, os, shutil, signal, socket, subprocess, sys, threading, time
 
 import mlflow
 
@@ -41,7 +41,8 @@ def test_accelerate_two_cpu_processes(quickstart, tmp_path):
 
 def test_two_processes_sigterm_then_resume(tmp_path):
     """The training image's entry point (docker/train.sh) with two processes: SIGTERM to it (what `docker stop` or a
-    preempted VM sends) reaches both ranks, the state is saved, and the resumed run ends exactly as an uninterrupted one."""
+    preempted VM sends) reaches both ranks, the state is saved, and the resumed run ends exactly as an uninterrupted one.
+    torchrun gives the uninterrupted run's figures too."""
     (tmp_path/'tiny.yaml').write_text(TINY.format(out=tmp_path/'ref', root=tmp_path/'data'))
     cfg = ['--config', tmp_path/'tiny.yaml', 'train.epochs=3', 'data.synth.tiles=64', 'data.synth.size=64']
     env = {**no_mlflow_env(), 'CUDA_VISIBLE_DEVICES': '', 'MAIN_PROCESS_PORT': str(_free_port())}
@@ -49,6 +50,13 @@ def test_two_processes_sigterm_then_resume(tmp_path):
     r = subprocess.run(train_sh(), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert 'accelerate launch --multi_gpu --num_processes 2' in r.stderr
+    # torchrun, the other launcher: the same run gives the same figures
+    r = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port', str(_free_port()),
+                        '-m', 'rts_seg.train', *map(str, cfg), f'output_dir={tmp_path}/torchrun'],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-4000:]
+    ref, tr = (json.loads((tmp_path/d/'metrics.json').read_text()) for d in ('ref', 'torchrun'))
+    assert tr['world_size'] == 2 and all(abs(tr[k] - ref[k]) <= 1e-6 for k in ('train_iou', 'val_iou', 'val_loss')), (tr, ref)
     env['MAIN_PROCESS_PORT'] = str(_free_port())
     # stderr to a file (a pipe nobody reads could fill and stall the run); a watchdog ends a hung run
     with open(tmp_path/'stderr.txt', 'w') as ef:
