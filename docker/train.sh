@@ -30,7 +30,9 @@ if [ "$n" -le 1 ]; then
   echo "train.sh: $py -m rts_seg.train ${args[*]}" >&2
   exec "$py" -m rts_seg.train "${args[@]}"
 fi
-# several: accelerate's torch.distributed launcher (NCCL on GPUs, gloo without), which forwards SIGTERM to every rank
+# several: a config mistake is one line here, rather than once per process and then the launcher's traceback
+"$py" -m rts_seg.cli train --check "${args[@]}" >/dev/null
+# accelerate's torch.distributed launcher (NCCL on GPUs, gloo without), which forwards SIGTERM to every rank
 launch=(--multi_gpu --num_processes "$n" --num_machines 1 --mixed_precision no --dynamo_backend no)
 if [ -n "${MAIN_PROCESS_PORT:-}" ]; then launch+=(--main_process_port "$MAIN_PROCESS_PORT"); fi
 echo "train.sh: accelerate launch ${launch[*]} -m rts_seg.train ${args[*]}" >&2

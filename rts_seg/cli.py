@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import add_train_args, load_config
+from .config import add_train_args, config_yaml, load_config
 from .core import run_cli
 
 # %% auto #0
@@ -37,7 +37,8 @@ def cmd_train(sub):
     t = sub.add_parser('train', help='train a model from a YAML config')
     add_train_args(t)
     def fn(a):
-        load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
+        cfg = load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
+        if a.check: return print(config_yaml(cfg), end='')
         from rts_seg.train import train_from_args
         train_from_args(a)
     t.set_defaults(fn=fn)
@@ -184,3 +185,6 @@ def main(argv:list[str]|None=None):
     "Run `rts-seg`."
     a = parser().parse_args(argv)
     return run_cli(a.fn, a)
+
+# %% ../nbs/13_cli.ipynb #5c1a7e20
+if __name__ == '__main__': main() # python -m rts_seg.cli, as docker/train.sh runs it

@@ -18,7 +18,7 @@ from .core import RtsSegError, atomic_write_text
 # %% auto #0
 __all__ = ['EXTRA_BANDS', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig', 'LossConfig', 'TrainConfig',
            'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides', 'load_config', 'add_train_args',
-           'save_config', 'flat_params']
+           'config_yaml', 'save_config', 'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -230,12 +230,17 @@ def add_train_args(p:argparse.ArgumentParser):
     p.add_argument('--config', required=True, help='YAML config file, e.g. configs/quickstart.yaml')
     p.add_argument('--resume', metavar='auto|PATH', help="continue from the newest training state in output_dir ('auto') or from a state file")
     p.add_argument('--seeds', type=int, nargs='+', metavar='SEED', help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides')
+    p.add_argument('--check', action='store_true', help='check the config and overrides, print the resolved config and stop (nothing is trained)')
     p.add_argument('overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a')
 
 # %% ../nbs/01_config.ipynb #795d6629
+def config_yaml(cfg:Config) -> str:
+    "The resolved `cfg` as YAML text, every key with its value."
+    return yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False)
+
 def save_config(cfg:Config, path:str|Path):
     "Save the resolved `cfg` as YAML."
-    atomic_write_text(path, yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False))
+    atomic_write_text(path, config_yaml(cfg))
 
 def flat_params(cfg:Config) -> dict[str, Any]:
     "The config as `{'train.epochs': 300, ...}`, the names used on the command line and in MLflow."

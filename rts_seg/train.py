@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, add_train_args, flat_params, load_config, save_config
+from .config import Config, add_train_args, config_yaml, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device, run_cli, seed_everything
 from .io import is_remote
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
@@ -261,6 +261,7 @@ def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
 def train_from_args(a:argparse.Namespace):
     "Run what `rts-seg train` was asked: one run, a resumed one, or one per seed."
     cfg = load_config(a.config, a.overrides)
+    if a.check: print(config_yaml(cfg), end=''); return {}
     res = train_seeds(cfg, a.seeds, a.resume) if a.seeds else train(cfg, a.resume)
     if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
     return res
