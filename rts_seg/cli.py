@@ -38,6 +38,8 @@ def cmd_train(sub):
     add_train_args(t)
     def fn(a):
         cfg = load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
+        from rts_seg.io import check_data_root
+        check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None) # so is a data.root that does not exist
         if a.check: return print(config_yaml(cfg), end='')
         from rts_seg.train import train_from_args
         train_from_args(a)

@@ -15,7 +15,7 @@ import torch
 from . import __version__
 from .config import Config, add_train_args, config_yaml, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device, run_cli, seed_everything
-from .io import is_remote
+from .io import check_data_root, is_remote
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
 from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
                              save_checkpoint, unwrap)
@@ -32,7 +32,7 @@ def prepare_data(cfg:Config) -> Path|str:
     if is_remote(cfg.data.root): return cfg.data.root # gs://bucket/prefix: read in place
     root = Path(cfg.data.root)
     if not root.exists():
-        if cfg.data.synth is None: raise RtsSegError(f"data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one")
+        check_data_root(root, can_generate=cfg.data.synth is not None)
         print(f'generating synthetic dataset at {root} ({cfg.data.synth.tiles} tiles of {cfg.data.synth.size} px)', flush=True)
         synth_dataset(root, **cfg.data.synth.model_dump())
     return root
