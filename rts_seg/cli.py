@@ -40,9 +40,9 @@ def cmd_train(sub):
         cfg = load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
         from rts_seg.io import check_data_root
         check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None) # so is a data.root that does not exist
-        if a.check: return print(config_yaml(cfg), end='')
+        if a.check: print(config_yaml(cfg), end=''); return
         from rts_seg.train import train_from_args
-        train_from_args(a)
+        train_from_args(a, cfg)
     t.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #863612de

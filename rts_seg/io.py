@@ -23,20 +23,13 @@ from .core import RtsSegError, atomic_path
 logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
 
 # %% auto #0
-__all__ = ['is_remote', 'check_data_root', 'join', 'set_cache_dir', 'get_fs', 'retry', 'exists', 'read_bytes', 'list_names',
-           'open_raster', 'write_raster', 'read_raster']
+__all__ = ['is_remote', 'join', 'set_cache_dir', 'get_fs', 'retry', 'exists', 'read_bytes', 'list_names', 'open_raster',
+           'check_data_root', 'write_raster', 'read_raster']
 
 # %% ../nbs/02_io.ipynb #161baf02
 def is_remote(path:str|Path) -> bool:
     "Whether `path` is a URL (gs://, s3://, http://...) rather than a local path."
     return '://' in str(path) and not str(path).startswith('file://')
-
-def check_data_root(root:str|Path, # `data.root`: a local folder or a URL
-                    can_generate:bool=False, # a `data.synth` section will generate it when missing
-                   ):
-    "Raise `RtsSegError` if `root` is a local folder that does not exist and nothing will generate it."
-    if is_remote(root) or can_generate or Path(root).exists(): return
-    raise RtsSegError(f"data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one")
 
 def join(root:str|Path, *parts:str) -> str:
     "`root/part/...` for a local folder or a URL."
@@ -104,6 +97,14 @@ def open_raster(path:str|Path):
     if not is_remote(path): return rasterio.open(path)
     fs, p = get_fs(path)
     return rasterio.open(str(path), opener=fs.open)
+
+# %% ../nbs/02_io.ipynb #5d7e2c41
+def check_data_root(root:str|Path, # `data.root`: a local folder or a URL
+                    can_generate:bool=False, # a `data.synth` section will generate it when missing
+                   ):
+    "Raise `RtsSegError` if `root` is a local folder that does not exist and nothing will generate it."
+    if is_remote(root) or can_generate or Path(root).exists(): return
+    raise RtsSegError(f"data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one")
 
 # %% ../nbs/02_io.ipynb #319320b6
 def write_raster(path:str|Path, # destination .tif

@@ -14,6 +14,8 @@ from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
 from fastai.torch_core import to_device
 
+from .core import RtsSegError
+
 # %% auto #0
 __all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'AsyncToDevice', 'rank_world', 'BalancedDL', 'ShardDL',
            'SamplerEpoch']
@@ -115,8 +117,8 @@ class ShardDL(AsyncToDevice, DataLoader):
     def __init__(self, dataset, rank:int|None=None, world_size:int|None=None, **kwargs):
         self.rank, self.world_size = rank_world(rank, world_size)
         if 1 < self.world_size and len(dataset) < self.world_size: # a rank without items would skip the collectives of validation: a hang
-            raise rts_seg.core.RtsSegError(f"validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs "
-                                           "at least one: move a region to the validation split (splits.yaml) or run fewer processes")
+            raise RtsSegError(f"validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs "
+                              "at least one: move a region to the validation split (splits.yaml) or run fewer processes")
         super().__init__(dataset, shuffle=False, drop_last=False, n=len(range(self.rank, len(dataset), self.world_size)), **kwargs)
     def get_idxs(self): return list(range(self.rank, len(self.dataset), self.world_size))
 

@@ -29,10 +29,10 @@ __all__ = ['prepare_data', 'tracking_uri', 'system_params', 'frozen_requirements
 # %% ../nbs/10_train.ipynb #46882b00
 def prepare_data(cfg:Config) -> Path|str:
     "The dataset root, generated first if the config asks for synthetic data and it does not exist yet."
+    check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None)
     if is_remote(cfg.data.root): return cfg.data.root # gs://bucket/prefix: read in place
     root = Path(cfg.data.root)
     if not root.exists():
-        check_data_root(root, can_generate=cfg.data.synth is not None)
         print(f'generating synthetic dataset at {root} ({cfg.data.synth.tiles} tiles of {cfg.data.synth.size} px)', flush=True)
         synth_dataset(root, **cfg.data.synth.model_dump())
     return root
@@ -258,9 +258,11 @@ def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
             if k in summary: print(f"{k} {summary[k]['mean']:.4f} +/- {summary[k]['std']:.4f} over seeds {', '.join(map(str, seeds))}", flush=True)
     return res
 
-def train_from_args(a:argparse.Namespace):
+def train_from_args(a:argparse.Namespace, # the arguments of `add_train_args`
+                    cfg:Config|None=None, # `a`'s config, when the caller has loaded it already
+                   ):
     "Run what `rts-seg train` was asked: one run, a resumed one, or one per seed."
-    cfg = load_config(a.config, a.overrides)
+    cfg = cfg or load_config(a.config, a.overrides)
     if a.check: print(config_yaml(cfg), end=''); return {}
     res = train_seeds(cfg, a.seeds, a.resume) if a.seeds else train(cfg, a.resume)
     if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
