@@ -263,7 +263,9 @@ def train_from_args(a:argparse.Namespace, # the arguments of `add_train_args`
                    ):
     "Run what `rts-seg train` was asked: one run, a resumed one, or one per seed."
     cfg = cfg or load_config(a.config, a.overrides)
-    if a.check: print(config_yaml(cfg), end=''); return {}
+    if a.check: # what `rts-seg train --check` checks before torch loads
+        check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None)
+        print(config_yaml(cfg), end=''); return {}
     res = train_seeds(cfg, a.seeds, a.resume) if a.seeds else train(cfg, a.resume)
     if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
     return res
