@@ -16,7 +16,7 @@ import torch
 
 from rts_seg.augment import train_transforms
 from rts_seg.data import Normalizer, RTSDataset, compute_stats
-from rts_seg.io import read_raster, write_raster
+from rts_seg.io import write_raster
 from rts_seg.synthetic import CRS, PIXEL_M, make_tile
 from rasterio.transform import from_origin
 

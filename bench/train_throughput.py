@@ -16,7 +16,6 @@ baseline) and peak memory for both, then the ratio. `--json FILE` saves the figu
 import argparse, json, os, shutil, sys, tempfile, time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F

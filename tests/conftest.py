@@ -1,5 +1,5 @@
 """Shared fixtures: a tiny dataset and model made through the real command line, once per test session."""
-import json, os, shutil, subprocess, sys
+import json, os, shutil, subprocess
 from pathlib import Path
 
 import pytest

@@ -1,6 +1,6 @@
 """The Docker images without a Docker engine: lint the Dockerfile, check what it copies, runs and installs,
 and run its install step and its checks outside Docker, in a fresh virtual environment."""
-import json, importlib.util, os, re, shlex, shutil, stat, subprocess, sys
+import importlib.util, os, re, shlex, shutil, stat, subprocess, sys
 from pathlib import Path
 
 import pytest, yaml

@@ -104,7 +104,7 @@ def test_bad_georeferencing_and_shards_are_clear_errors(tiny, tmp_path):
 
 def test_tile_list_on_gcs_emulator(tiny, tmp_path):
     "gs:// in and out, against a real local GCS emulator: tiles read by windows, outputs uploaded, resumable."
-    import socket, subprocess, sys, time
+    import socket, subprocess, time
     import fsspec, pandas as pd
     with socket.socket() as s: s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
     emu = subprocess.Popen([shutil.which('gcp-storage-emulator'), 'start', '--port', str(port), '--in-memory'],
