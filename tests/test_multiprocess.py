@@ -1,6 +1,7 @@
 """The quickstart under `accelerate launch` with two processes on the CPU (gloo), end to end: each rank trains on its
 own batches, validation counts are summed over ranks, and only rank 0 writes files and logs to MLflow. A two-process
-run sent SIGTERM (a preempted multi-GPU VM) saves its state and, resumed, ends as the uninterrupted run does."""
+run started by the training image's entry point (docker/train.sh) and sent SIGTERM (a preempted multi-GPU VM) saves its
+state and, resumed, ends as the uninterrupted run does; torchrun gives the same run's figures."""
 import json, os, shutil, signal, socket, subprocess, sys, threading, time
 
 import mlflow
@@ -13,10 +14,10 @@ def _free_port() -> int:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
 
-def _launch(*args, port=None):
+def _launch(*args):
     "accelerate's torch.distributed launcher, two processes on gloo (no GPUs): the command line of a multi-GPU VM."
     return [shutil.which('accelerate'), 'launch', '--multi_gpu', '--num_processes', '2', '--num_machines', '1', '--mixed_precision', 'no',
-            '--dynamo_backend', 'no', '--main_process_port', str(port or _free_port()), '-m', 'rts_seg.train', *map(str, args)]
+            '--dynamo_backend', 'no', '--main_process_port', str(_free_port()), '-m', 'rts_seg.train', *map(str, args)]
 
 
 def test_accelerate_two_cpu_processes(quickstart, tmp_path):
