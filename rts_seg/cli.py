@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | evaluate | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | evaluate | export | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
@@ -14,7 +14,7 @@ from .core import run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
-           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'parser', 'main']
+           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -49,11 +49,12 @@ def cmd_train(sub):
 def cmd_predict(sub):
     "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
     q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
-    q.add_argument('--model', required=True, help='checkpoint written by rts-seg train (best.pth)')
+    q.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar')
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
     src.add_argument('--tile-list', help='CSV with tile_id (and RegionName) of tiles under --imagery')
-    q.add_argument('--imagery', help='imagery root with PLANET-RGB/{tile_id}.tif (with --tile-list)')
+    q.add_argument('--imagery', help='imagery root with PLANET-RGB/{tile_id}.tif, and EXTRA/{tile_id}.tif for a model with aux bands (with --tile-list)')
+    q.add_argument('--extra', nargs='+', default=None, help='per --scene, a raster of its aux bands on its grid (a model trained with data.extra_channels)')
     q.add_argument('--out', required=True, help='output folder')
     q.add_argument('--config', default=None, help='YAML with an inference section (e.g. configs/inference.yaml)')
     q.add_argument('--shard', default=None, help="this VM's share of the tile list, i/n (e.g. 0/8)")
@@ -61,7 +62,7 @@ def cmd_predict(sub):
     for flag, key, typ in (('--tile-size', 'tile_size', int), ('--stride', 'stride', int), ('--batch-size', 'batch_size', int),
                            ('--threshold', 'threshold', float), ('--device', 'device', str)):
         q.add_argument(flag, type=typ, default=None, help=f'shortcut for inference.{key}=...')
-    q.add_argument('--bands', type=int, nargs='+', default=None, help='1-based bands of the imagery (inference.bands)')
+    q.add_argument('--bands', type=int, nargs='+', default=None, help='1-based bands of the imagery to use, in the model\'s channel order (inference.bands)')
     q.add_argument('overrides', nargs='*', help='config overrides, e.g. inference.tta=full inference.scales=[1.0,0.5]')
     def fn(a):
         from rts_seg.infer import run_inference
@@ -69,7 +70,7 @@ def cmd_predict(sub):
                  if (v := getattr(a, k)) is not None]
         if a.bands: extra.append(f'inference.bands=[{",".join(map(str, a.bands))}]')
         cfg = load_config(a.config, extra + a.overrides).inference
-        run_inference(a.model, a.out, scenes=a.scene, tile_list=a.tile_list, imagery=a.imagery, cfg=cfg, shard=a.shard, resume=a.resume)
+        run_inference(a.model, a.out, scenes=a.scene, extra=a.extra, tile_list=a.tile_list, imagery=a.imagery, cfg=cfg, shard=a.shard, resume=a.resume)
     q.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #6200846a
@@ -165,16 +166,33 @@ def cmd_evaluate(sub):
     e.add_argument('--truth', required=True, help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file')
     e.add_argument('--iou', type=float, nargs='+', default=[0.1, 0.3, 0.5], help='object IoU thresholds (default 0.1 0.3 0.5)')
     e.add_argument('--out', default=None, help='folder for evaluation.json and pr_curve.png (default --pred)')
+    e.add_argument('--min-area-m2', type=float, default=None, help="mapped objects: the smallest polygon kept (default: the prediction's, from its inference_log.json)")
     def fn(a):
         from rts_seg.evaluate import evaluate
-        r = evaluate(a.pred, a.truth, a.iou, a.out)
-        o = r['objects'][str(a.iou[min(1, len(a.iou) - 1)])]
-        print(f"{r['n_images']} image(s): pixel IoU {r['pixel_iou']:.3f}, PR-AUC {r['pr_auc']:.3f}, objects P {o['precision']:.3f} "
-              f"R {o['recall']:.3f} F1 {o['f1']:.3f} -> {Path(a.out or a.pred)/'evaluation.json'}")
+        r = evaluate(a.pred, a.truth, a.iou, a.out, a.min_area_m2)
+        iou = str(a.iou[min(1, len(a.iou) - 1)])
+        o, m = r['objects'][iou], r['objects_mapped'][iou]
+        print(f"{r['n_images']} image(s): pixel IoU {r['pixel_iou']:.3f}, PR-AUC {r['pr_auc']:.3f}; objects at IoU {iou}: "
+              f"as mapped (>= {r['min_area_m2']:g} m2) P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f}, "
+              f"raw (every component) P {o['precision']:.3f} R {o['recall']:.3f} F1 {o['f1']:.3f} -> {Path(a.out or a.pred)/'evaluation.json'}")
+    e.set_defaults(fn=fn)
+
+# %% ../nbs/13_cli.ipynb #6c122e5d
+def cmd_export(sub):
+    "rts-seg export: the model as ONNX or TorchScript, with a JSON sidecar of its bundle."
+    e = sub.add_parser('export', help='write a trained model as ONNX or TorchScript with a JSON sidecar of its bundle')
+    e.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth)')
+    e.add_argument('--format', default='onnx', help='onnx (default) or torchscript')
+    e.add_argument('--out', default=None, help='file to write (default: beside --model, best.onnx or best.pt)')
+    e.add_argument('--tile-size', type=int, default=None, help="side of the example input in pixels (default: the model's tile size); any size runs")
+    def fn(a):
+        from rts_seg.export import export_model
+        path = export_model(a.model, a.format, a.out, a.tile_size)
+        print(f'wrote {path} and {path}.json')
     e.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #de63d9c5
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."

@@ -16,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import RtsSegError, atomic_write_text
 
 # %% auto #0
-__all__ = ['EXTRA_BANDS', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig', 'LossConfig', 'TrainConfig',
-           'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides', 'load_config', 'add_train_args',
-           'config_yaml', 'save_config', 'flat_params']
+__all__ = ['EXTRA_BANDS', 'DEFAULT_MIN_AREA_M2', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig',
+           'LossConfig', 'TrainConfig', 'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides',
+           'load_config', 'add_train_args', 'config_yaml', 'save_config', 'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -111,9 +111,11 @@ class MlflowConfig(Section):
     experiment: str = 'rts_seg' # experiment name
     artifact_location: Optional[str] = None # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
 
+DEFAULT_MIN_AREA_M2 = 100.0 # polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
+
 class InferenceConfig(Section):
     "How `rts-seg predict` slides the model over scenes and tile lists, and what it writes."
-    tile_size: int = Field(512, ge=32) # window side in pixels
+    tile_size: Optional[int] = Field(None, ge=32) # window side in pixels; None = the model's training tile size (its bundle)
     stride: Optional[int] = None # step between windows; None = half a window (50 % overlap)
     merge: Literal['max', 'blend'] = 'max' # overlapping windows: maximum, or a weighted blend that removes seams
     blend_window: Literal['hann', 'linear'] = 'hann' # weights of the blend, highest at the window centre
@@ -125,10 +127,11 @@ class InferenceConfig(Section):
     channels_last: bool = True # NHWC memory layout on the GPU (faster convolutions)
     compile: bool = False # torch.compile the model (minutes to compile; pays off on long runs)
     workers: int = Field(2, ge=1) # reader threads that prefetch and normalise windows
-    threshold: Optional[float] = None # mask threshold; None = the checkpoint's calibrated one (else 0.5)
-    bands: Optional[list[int]] = None # 1-based bands of the imagery; None = the first `in_channels`
-    min_area_m2: float = 100.0 # polygons smaller than this are dropped
-    simplify_m: Optional[float] = None # Douglas-Peucker tolerance in metres; None = one pixel
+    threshold: Optional[float] = None # mask threshold; None = the model's calibrated one (else 0.5)
+    bands: Optional[list[int]] = None # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
+    pixel_size_tolerance: float = Field(2.0, ge=1) # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
+    min_area_m2: Optional[float] = None # polygons smaller than this are dropped; None = the model's (100 by default)
+    simplify_m: Optional[float] = None # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 
 class Config(Section):
     "All settings of a run."

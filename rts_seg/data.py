@@ -19,13 +19,13 @@ from fastai.data.core import DataLoaders
 from .augment import train_transforms
 from .config import EXTRA_BANDS, DataConfig, load_yaml
 from .core import RtsSegError, atomic_write_text
-from .io import exists, join, read_bytes, read_raster, set_cache_dir
+from .io import exists, grid_units, join, read_bytes, read_raster, set_cache_dir, valid_mask
 from .sampling import BalancedDL, ShardDL
 
 # %% auto #0
-__all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'read_metadata', 'read_splits', 'split_tiles', 'dataset_version', 'channel_names',
-           'read_group', 'compute_stats', 'save_stats', 'load_stats', 'stats_hash', 'Normalizer', 'apply_boundary',
-           'RTSDataset', 'get_dls']
+__all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'SOURCES', 'read_metadata', 'read_splits', 'split_tiles', 'dataset_version',
+           'channel_names', 'read_group', 'imagery_facts', 'compute_stats', 'save_stats', 'load_stats', 'Normalizer',
+           'apply_boundary', 'RTSDataset', 'get_dls']
 
 # %% ../nbs/05_data.ipynb #087d79b6
 RGB = ['red', 'green', 'blue']
@@ -61,12 +61,6 @@ def split_tiles(root:str|Path) -> dict[str, list[str]]:
     return {s: meta.tile_id[meta.RegionName.isin(r)].tolist() for s, r in splits.items()}
 
 # %% ../nbs/05_data.ipynb #e6fa6e60
-def _valid(a:np.ndarray, nodata) -> np.ndarray:
-    "Mask (H, W) of valid pixels: finite in every band, and not nodata in all bands at once (GDAL's per-dataset mask)."
-    ok = np.isfinite(a).all(0) if a.dtype.kind == 'f' else np.ones(a.shape[1:], bool)
-    if nodata is not None and np.isfinite(nodata): ok &= (a != nodata).any(0)
-    return ok
-
 def _percentile_from_hist(hist:np.ndarray, edges:np.ndarray, q:float) -> float:
     "The `q`th percentile of the values binned in `hist` (the lower edge of its bin)."
     cdf = np.cumsum(hist) / max(hist.sum(), 1)
@@ -100,7 +94,7 @@ def read_group(root:str|Path, # dataset root
         bad = (a > 1) & (a != 255)
         if bad.any(): raise RtsSegError(f"{p}: label values {sorted(np.unique(a[bad]).tolist())[:5]} outside 0, 1, 255")
         return a[0], np.ones(a.shape[1:], bool), prof
-    return a, _valid(a, prof['nodata']), prof
+    return a, valid_mask(a, prof['nodata']), prof # the one nodata rule (`rts_seg.io.valid_mask`)
 
 # %% ../nbs/05_data.ipynb #f42cf497
 class _Moments:
@@ -117,6 +111,16 @@ class _Moments:
     @property
     def std(self): return np.sqrt(self.m2 / max(self.n - 1, 1))
 
+SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA') # the data contract's folder of each channel group
+
+def imagery_facts(profiles:dict, # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
+                 ) -> dict:
+    "What the training imagery is: tile size, CRS and its unit, pixel size, dtype and nodata per source."
+    p = profiles['rgb']
+    unit, px = grid_units(p['crs'], p['transform'])
+    return dict(tile_size=max(p['height'], p['width']), crs=p['crs'].to_string() if p['crs'] else None, crs_units=unit, pixel_size_m=px,
+                dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()}, nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()})
+
 def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
                   tile_ids:list[str], # tiles to use (the training split)
                   clip:tuple[float, float]=(1., 99.), # percentiles to clip each channel at
@@ -129,11 +133,12 @@ def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
     channel_names(extra_channels)
     names = dict(rgb=RGB, extra=extra_channels)
     rd = lambda t, g: read_group(root, t, g, extra_channels)
-    hist, lo, hi = {}, {}, {}
+    hist, lo, hi, profiles = {}, {}, {}, {}
     rng = dict(extra=[np.full(len(extra_channels), np.inf), np.full(len(extra_channels), -np.inf)])
     for t in tile_ids: # pass 1: exact RGB histograms, aux ranges
         for g in groups:
-            a, ok, _ = rd(t, g)
+            a, ok, prof = rd(t, g)
+            profiles.setdefault(g, prof) # the first tile's: what the imagery is
             v = a[:, ok]
             if g == 'rgb':
                 if a.dtype.kind not in 'ui': raise RtsSegError(f"{join(root, 'PLANET-RGB', t + '.tif')}: dtype {a.dtype}; PLANET-RGB tiles must be integer (uint8 0-255)")
@@ -160,7 +165,8 @@ def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
     return dict(dataset_version=dataset_version(root), computed_date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                 n_tiles_used=len(tile_ids), n_pixels_used=int(mom['rgb'].n), clip_percentiles=list(clip), channels=channel_names(extra_channels),
                 groups={g: dict(channels=list(names[g]), mean=mom[g].mean.tolist(), std=mom[g].std.tolist(), clip_low=lo[g].tolist(), clip_high=hi[g].tolist())
-                        for g in groups})
+                        for g in groups},
+                imagery=imagery_facts(profiles))
 
 def save_stats(stats:dict, path:str|Path):
     "Write `normalization_stats.json` atomically."
@@ -170,14 +176,12 @@ def load_stats(path:str|Path) -> dict:
     "Read `normalization_stats.json`."
     return json.loads(Path(path).read_text())
 
-def stats_hash(stats:dict) -> str:
-    "Hash of the values that change predictions (not the date): logged with every run and prediction."
-    return hashlib.sha256(json.dumps(stats['groups'], sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/05_data.ipynb #431f306c
 class Normalizer:
     "Clip each channel to its bounds, then standardise: the transform saved with the model."
     def __init__(self, stats:dict):
+        self.stats = stats
         gs = [stats['groups'][g] for g in ('rgb', 'extra') if g in stats['groups']]
         col = lambda k: np.concatenate([np.array(g[k], np.float32) for g in gs])[:, None, None]
         self.lo, self.hi, self.mean, self.std = col('clip_low'), col('clip_high'), col('mean'), col('std')

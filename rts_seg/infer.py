@@ -15,8 +15,10 @@ import pandas as pd
 import rasterio
 import torch
 
+from .bundle import Bundle
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
+from .io import exists, join
 from .predict import OUTPUTS, Predictor, _Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
@@ -37,13 +39,6 @@ def shard_tiles(tile_ids:list[str], i:int, n:int) -> list[str]:
     return sorted(tile_ids)[i::n]
 
 # %% ../nbs/11c_infer.ipynb #3e3f998c
-def _exists(path) -> bool:
-    "Whether a local path or a URL exists."
-    if '://' not in str(path): return Path(path).is_file()
-    import fsspec
-    fs, p = fsspec.core.url_to_fs(str(path))
-    return fs.exists(p)
-
 class OutDir:
     "An output folder, local or remote: files are made under `local`, then `publish`ed to `uri`."
     def __init__(self, uri:str|Path):
@@ -76,7 +71,7 @@ class OutDir:
 # %% ../nbs/11c_infer.ipynb #d7f9ca53
 def read_tile_list(path:str|Path) -> pd.DataFrame:
     "A tile list: `tile_id` (required) and `RegionName` (optional; 'all' when absent)."
-    if not _exists(path): raise RtsSegError(f"tile list not found: {path}")
+    if not exists(path): raise RtsSegError(f"tile list not found: {path}")
     df = pd.read_csv(str(path), dtype={'tile_id': str}, keep_default_na=False)
     if 'tile_id' not in df.columns: raise RtsSegError(f"{path} has no tile_id column (columns: {', '.join(df.columns)})")
     if df.tile_id.duplicated().any(): raise RtsSegError(f"{path} lists tile {df.tile_id[df.tile_id.duplicated()].iloc[0]} twice")
@@ -143,8 +138,9 @@ def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig
 def run_inference(model:str|Path, # checkpoint from `rts-seg train`
                   out:str|Path, # output folder
                   scenes:list[str|Path]|None=None, # whole-scene mode: GeoTIFFs
+                  extra:list[str|Path]|None=None, # whole-scene mode: per scene, a raster of its aux bands on its grid (models with aux bands)
                   tile_list:str|Path|None=None, # tile-list mode: CSV with tile_id (and RegionName)
-                  imagery:str|Path|None=None, # tile-list mode: root with PLANET-RGB/{tile_id}.tif
+                  imagery:str|Path|None=None, # tile-list mode: root with PLANET-RGB/{tile_id}.tif (and EXTRA/{tile_id}.tif for aux bands)
                   cfg:InferenceConfig|None=None, # the `inference` section
                   shard:str|None=None, # 'i/n': this VM's share of the tile list
                   resume:bool=False, # skip tiles that a manifest lists as finished
@@ -153,20 +149,25 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
     t0, cfg = time.time(), cfg or InferenceConfig()
     i, n = parse_shard(shard)
     if (scenes is None) == (tile_list is None): raise RtsSegError("give either --scene or --tile-list (with --imagery)")
-    join = lambda root, *parts: '/'.join([str(root).rstrip('/'), *parts]) if '://' in str(root) else str(Path(root, *parts))
+    bundle = Bundle.load(model) # what the model needs: its channels and where they come from
+    cfg = bundle.resolve(cfg) # what the config leaves open: the model's tile size, threshold, minimum area
+    aux = 'EXTRA' in bundle.sources
     tiles = None
     if tile_list is not None:
-        if imagery is None: raise RtsSegError("--tile-list needs --imagery ROOT (the folder with PLANET-RGB/)")
+        if imagery is None: raise RtsSegError("--tile-list needs --imagery ROOT (the folder with PLANET-RGB/" + (" and EXTRA/)" if aux else ")"))
+        if extra: raise RtsSegError("--extra goes with --scene; with --tile-list the aux bands are read from --imagery's EXTRA/ folder")
         tiles = read_tile_list(tile_list)
         mine = shard_tiles(list(tiles.tile_id), i, n)
-        jobs = [(join(imagery, 'PLANET-RGB', f'{t}.tif'), f'tiles/{t}', t) for t in mine]
+        jobs = [(join(imagery, 'PLANET-RGB', f'{t}.tif'), join(imagery, 'EXTRA', f'{t}.tif') if aux else None, f'tiles/{t}', t) for t in mine]
     else:
         if n != 1: raise RtsSegError("--shard splits a tile list; with --scene give each VM its own scenes")
-        jobs = [(str(s), Path(str(s)).stem, Path(str(s)).stem) for s in scenes]
-    for path, _, _ in jobs:
-        if not _exists(path): raise RtsSegError(f"image not found: {path}")
+        if extra and len(extra) != len(scenes): raise RtsSegError(f"--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order")
+        jobs = [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extra or [None] * len(scenes))]
+    for path, ex, _, _ in jobs:
+        for f in (path, ex):
+            if f is not None and not exists(f): raise RtsSegError(f"image not found: {f}")
     out = OutDir(out)
-    jobs = [_Scene(path, out.local/rel, key=key) for path, rel, key in jobs]
+    jobs = [_Scene(path, out.local/rel, key=key, extra=ex) for path, ex, rel, key in jobs]
     mname = f'manifest_{i}of{n}.jsonl'
     manifest = out.local/mname
     out.fetch(mname)
@@ -177,9 +178,9 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
             for f in [*d.glob('.*.partial*'), *d.glob('.*.tmp.tif')]: f.unlink(missing_ok=True)
     done = _manifests(out)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
-    predictor = Predictor.from_checkpoint(model, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                          compile=cfg.compile, tta=cfg.tta)
-    threshold = cfg.threshold if cfg.threshold is not None else predictor.threshold
+    predictor = Predictor(bundle.build_model(), bundle, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
+                          compile=cfg.compile, tta=cfg.tta)
+    threshold = cfg.threshold
     kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles
     finished, lock = [], threading.Lock()
     def on_done(r):
@@ -205,6 +206,8 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
     mine = [done[j.key] for j in jobs]
     dev = predictor.device
     log = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
+               channels=[c['name'] for c in bundle.channels], provenance=bundle.provenance,
+               min_area_m2=cfg.min_area_m2, simplify_m=cfg.simplify_m,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
                stride=cfg.stride or cfg.tile_size // 2, precision=predictor.precision, batch_size=cfg.batch_size,

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/io.html.md"""
 
 # %% ../nbs/02_io.ipynb #e41f49c3
 from __future__ import annotations
-import logging, os, time
+import logging, math, os, time
 from pathlib import Path
 
 if os.environ.get('STORAGE_EMULATOR_HOST'): # gcsfs probes bucket types over gRPC, which an emulator does not serve
@@ -24,7 +24,7 @@ logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
 
 # %% auto #0
 __all__ = ['is_remote', 'join', 'set_cache_dir', 'get_fs', 'retry', 'exists', 'read_bytes', 'list_names', 'open_raster',
-           'check_data_root', 'write_raster', 'read_raster']
+           'check_data_root', 'write_raster', 'read_raster', 'valid_mask', 'grid_units']
 
 # %% ../nbs/02_io.ipynb #161baf02
 def is_remote(path:str|Path) -> bool:
@@ -132,3 +132,24 @@ def read_raster(path:str|Path, # a GeoTIFF (or any raster GDAL reads), local or 
     def read():
         with open_raster(path) as src: return src.read(window=window), dict(src.profile)
     return retry(read, path)
+
+# %% ../nbs/02_io.ipynb #be834e1f
+def valid_mask(a, # raw (C, H, W) values: a numpy array or a torch tensor (on any device)
+               nodata=None, # the raster's nodata value (None: none)
+              ):
+    "Valid pixels (H, W): no band NaN or infinite, and not every band equal to `nodata`."
+    if isinstance(a, np.ndarray): ok, floating, finite = np.ones(a.shape[1:], bool), a.dtype.kind == 'f', np.isfinite
+    else: ok, floating, finite = a.new_ones(a.shape[1:], dtype=bool), a.is_floating_point(), type(a).isfinite
+    if floating: ok = ok & finite(a).all(0)
+    if nodata is not None and math.isfinite(nodata): ok = ok & ~(a == nodata).all(0)
+    return ok
+
+# %% ../nbs/02_io.ipynb #4b13a6b6
+def grid_units(crs, # a rasterio CRS (or None)
+               transform, # the raster's affine transform
+              ) -> tuple[str|None, float|None]:
+    "(linear unit of `crs`, pixel width in metres); the size is None in a geographic CRS or without one."
+    if crs is None: return None, None
+    if crs.is_geographic: return 'degree', None
+    unit, factor = crs.linear_units_factor
+    return unit, abs(transform.a) * factor

@@ -29,58 +29,24 @@ from fastai.torch_core import find_bs
 from fastprogress.core import format_time
 
 from . import __version__
-from .config import Config, ModelConfig
+from .config import DEFAULT_MIN_AREA_M2, Config
 from .core import RtsSegError, atomic_path
-from .data import stats_hash
+from .bundle import save_checkpoint, unwrap
 from .losses import get_loss
-from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum
+from .metrics import TrainIoU, ValidationMetrics, ValStats, min_pixels_for, reduce_sum
 from .models import TTAModel, create_model
 
 # %% auto #0
-__all__ = ['STATE_RE', 'unwrap', 'rank', 'save_checkpoint', 'load_checkpoint', 'MLflowLogger', 'TextProgress', 'EMA',
-           'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter', 'adamw', 'RtsLearner', 'DDP', 'rts_learner',
-           'state_path', 'find_resume', 'save_training_state', 'load_training_state', 'Resume', 'Checkpointer',
-           'DeviceSmoothLoss', 'protocol_cbs', 'collect_stats']
+__all__ = ['STATE_RE', 'rank', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput', 'lr_at', 'ProtocolSchedule',
+           'splitter', 'adamw', 'RtsLearner', 'DDP', 'map_objects', 'rts_learner', 'state_path', 'find_resume',
+           'save_training_state', 'load_training_state', 'Resume', 'Checkpointer', 'DeviceSmoothLoss', 'protocol_cbs',
+           'collect_stats']
 
 # %% ../nbs/09_learner.ipynb #405def62
-def unwrap(model:torch.nn.Module) -> torch.nn.Module:
-    "The network inside `torch.compile` and `DistributedDataParallel` wrappers."
-    while True:
-        inner = getattr(model, '_orig_mod', None) or (model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None)
-        if inner is None: return model
-        model = inner
-
 def rank() -> int:
     "This process's rank (0 without torch.distributed)."
     return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
 
-def save_checkpoint(path:str|Path, # destination .pth
-                    model:torch.nn.Module, # the network
-                    cfg:Config, # the run's config (its model section is stored)
-                    stats:dict, # normalisation statistics applied to the inputs
-                    **info, # more plain values to store, e.g. epoch and metric
-                   ) -> Path:
-    "Save a self-contained checkpoint atomically."
-    model = unwrap(model)
-    ckpt = dict(state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
-                model=cfg.model.model_dump(mode='json'), in_channels=len(stats['channels']),
-                normalization=stats, normalization_hash=stats_hash(stats), rts_seg_version=__version__, **info)
-    with atomic_path(path) as tmp: torch.save(ckpt, tmp)
-    return Path(path)
-
-def load_checkpoint(path:str|Path, # a .pth written by `save_checkpoint`
-                    device='cpu', # where the weights go
-                   ) -> tuple[torch.nn.Module, dict]:
-    "The model in eval mode, and the checkpoint's other contents."
-    path = Path(path)
-    if not path.is_file(): raise RtsSegError(f"checkpoint not found: {path}")
-    try: ckpt = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RtsSegError(f"{path} is not a readable rts_seg checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or 'state_dict' not in ckpt or 'normalization' not in ckpt:
-        raise RtsSegError(f"{path} is not an rts_seg checkpoint (no weights or normalisation statistics in it)")
-    model = create_model(ModelConfig(**ckpt['model']), ckpt['in_channels'], encoder_weights=None)
-    model.load_state_dict(ckpt.pop('state_dict'))
-    return model.to(device).eval(), ckpt
 
 # %% ../nbs/09_learner.ipynb #c7553885
 class MLflowLogger(Callback):
@@ -247,6 +213,18 @@ class DDP(Callback):
     def after_fit(self):
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel): self.learn.model = self.model.module
 
+def map_objects(cfg:Config, # the run's config: `inference.threshold` and `inference.min_area_m2`
+                stats:dict, # normalisation statistics, which record the training tiles' pixel size
+                temperature:float=1., # the calibrated temperature, once known (the threshold applies to sigmoid(logit / T))
+                threshold:float|None=None, # the calibrated threshold, once known; None: `inference.threshold`, else 0.5
+               ) -> dict:
+    "`map_threshold` and `min_pixels` of `ValidationMetrics`: objects counted as a map of this model would draw them."
+    t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
+    px = (stats.get('imagery') or {}).get('pixel_size_m')
+    area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
+    return dict(map_threshold=float(1 / (1 + math.exp(-temperature * math.log(t / (1 - t))))), # on the raw logits
+                min_pixels=min_pixels_for(area, px) if px else 0)
+
 def rts_learner(dls:DataLoaders, # from `get_dls`
                 cfg:Config, # the run's config
                 text_progress:bool|None=None, # one line per epoch instead of bars; None: outside terminals and notebooks
@@ -255,10 +233,10 @@ def rts_learner(dls:DataLoaders, # from `get_dls`
     t = cfg.train
     dev = torch.device(getattr(dls, 'device', None) or 'cpu')
     cuda = dev.type == 'cuda'
-    vm = ValidationMetrics(cfg.data.ignore_index, t.val_ratios, every=t.val_frequency)
+    vm = ValidationMetrics(cfg.data.ignore_index, t.val_ratios, every=t.val_frequency, **map_objects(cfg, getattr(dls.train.dataset.norm, 'stats', {})))
     if t.monitor not in vm.names(): raise RtsSegError(f"train.monitor '{t.monitor}' is not a validation metric; choose one of {', '.join(vm.names())}")
     pre = t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
-    shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}obj_p30', f'{pre}obj_r30']))
+    shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}map_obj_p30', f'{pre}map_obj_r30', f'{pre}obj_p30']))
     model = create_model(cfg.model, dls.train.dataset[0][0].shape[0])
     tiou = TrainIoU(cfg.data.ignore_index)
     cbs = [vm, tiou, DDP()]
@@ -457,13 +435,15 @@ def collect_stats(learn:Learner, # a trained learner
                   tta:str='none', # a `TTA_MODES` name
                   ignore_index:int=255,
                   loss_func=None, # also the mean loss per tile, as `.loss`
+                  map_threshold:float=0.5, # mapped objects: probability threshold on the raw logits (`map_objects`)
+                  min_pixels:int=0, # mapped objects: smallest component kept
                  ) -> ValStats:
     "Validation counts of `learn`'s model over `dl`, summed over processes."
     dl = dl if dl is not None else learn.dls.valid
     model = unwrap(learn.model).eval()
     if tta != 'none': model = TTAModel(model, tta)
     dev = next(unwrap(learn.model).parameters()).device
-    st = ValStats(ignore_index, device=dev)
+    st = ValStats(ignore_index, device=dev, map_threshold=map_threshold, min_pixels=min_pixels)
     mp = next((c for c in learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
     amp = torch.autocast('cuda', dtype=torch.bfloat16 if str(mp.amp_mode.value) == 'bf16' else torch.float16) if mp is not None and dev.type == 'cuda' else torch.autocast(dev.type, enabled=False)
     cl = any(isinstance(c, ChannelsLastInput) for c in learn.cbs)

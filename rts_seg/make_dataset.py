@@ -21,7 +21,7 @@ from rasterio.warp import transform as warp_transform, transform_geom
 from rasterio.windows import Window
 
 from .core import RtsSegError, atomic_write_text
-from .io import write_raster
+from .io import valid_mask, write_raster
 
 # %% auto #0
 __all__ = ['read_polygons', 'scene_files', 'make_dataset']
@@ -97,8 +97,7 @@ def make_dataset(images:str|Path, # folder of GeoTIFF scenes, or a glob pattern
                         tfm = src.window_transform(win)
                         a = src.read(list(bands), window=win, boundless=True, fill_value=src.nodata if src.nodata is not None else 0, masked=False).astype(np.float64)
                         inside = np.zeros((tile_size, tile_size), bool); inside[:max(0, src.height - r0), :max(0, src.width - c0)] = True
-                        valid = inside & np.isfinite(a).all(0)
-                        if src.nodata is not None and np.isfinite(src.nodata): valid &= ~(a == src.nodata).all(0)
+                        valid = inside & valid_mask(a, src.nodata) # the one nodata rule, as in training and prediction
                         if not valid.any(): continue # all nodata: nothing to learn
                         img = np.where(valid, np.clip(np.nan_to_num(a, nan=0, posinf=0, neginf=0).round(), 0, 255), 0).astype(np.uint8)
                         box = shapely.box(*rasterio.windows.bounds(win, src.transform))

@@ -15,9 +15,9 @@ from fastai.metrics import Metric
 from scipy import ndimage
 
 # %% auto #0
-__all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'OBJ_IOUS', 'iou_counts', 'PixelIoU', 'match_objects', 'object_counts', 'reduce_sum',
-           'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc', 'summarize', 'fit_temperature', 'threshold_for_precision',
-           'ResultMetric', 'ValidationMetrics', 'TrainIoU']
+__all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'OBJ_IOUS', 'iou_counts', 'PixelIoU', 'match_objects', 'object_counts', 'min_pixels_for',
+           'reduce_sum', 'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc', 'summarize', 'fit_temperature',
+           'threshold_for_precision', 'ResultMetric', 'ValidationMetrics', 'TrainIoU']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
 def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
@@ -64,16 +64,12 @@ def match_objects(pred_lab:np.ndarray, truth_lab:np.ndarray, order:list[int], n_
             if v >= iou and t not in used: matched[p] = t; used.add(t); break
     return matched
 
-def object_counts(prob:np.ndarray, # (H, W) probabilities
-                  target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
-                  ignore_index:int=255, # label value that counts nowhere
-                  ious=OBJ_IOUS, # IoU thresholds
-                  threshold:float=0.5, # probability above which a pixel is called a slump
-                 ) -> np.ndarray:
-    "(len(ious), 3) counts of matched predictions, unmatched predictions and missed truth objects: [tp, fp, fn]."
-    valid = target != ignore_index
-    pl, npred = ndimage.label(prob > threshold); tl, ntruth = ndimage.label((target > 0.5) & valid)
-    pl, tl = np.where(valid, pl, 0), np.where(valid, tl, 0)
+def _counts(prob, pl, npred, tl, ntruth, valid, ious, min_pixels:int=0) -> np.ndarray:
+    "[tp, fp, fn] per IoU of the labelled prediction `pl` against the labelled truth `tl` (already 0 outside `valid`)."
+    if min_pixels > 1: # whole components, as the map has them: ignore pixels count towards the size
+        big = np.bincount(pl.ravel(), minlength=npred + 1) >= min_pixels; big[0] = False
+        pl = np.where(big[pl], pl, 0)
+    pl = np.where(valid, pl, 0)
     psize, tsize = np.bincount(pl.ravel(), minlength=npred + 1)[1:], np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
     mean_p = np.bincount(pl.ravel(), weights=prob.ravel(), minlength=npred + 1)[1:] / np.maximum(psize, 1)
     order = [int(i) + 1 for i in np.argsort(-np.nan_to_num(mean_p), kind='stable') if psize[i]]
@@ -84,6 +80,29 @@ def object_counts(prob:np.ndarray, # (H, W) probabilities
         out[k] = m, len(order) - m, n_truth - m
     return out
 
+def _truth_labels(target, ignore_index):
+    valid = target != ignore_index
+    tl, ntruth = ndimage.label((target > 0.5) & valid)
+    return np.where(valid, tl, 0), ntruth, valid
+
+def object_counts(prob:np.ndarray, # (H, W) probabilities
+                  target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
+                  ignore_index:int=255, # label value that counts nowhere
+                  ious=OBJ_IOUS, # IoU thresholds
+                  threshold:float=0.5, # probability above which a pixel is called a slump
+                  min_pixels:int=0, # predicted components smaller than this are dropped before matching
+                 ) -> np.ndarray:
+    "(len(ious), 3) counts of matched predictions, unmatched predictions and missed truth objects: [tp, fp, fn]."
+    tl, ntruth, valid = _truth_labels(target, ignore_index)
+    return _counts(prob, *ndimage.label(prob > threshold), tl, ntruth, valid, ious, min_pixels)
+
+def min_pixels_for(min_area_m2:float, # polygons smaller than this are dropped from the map (`inference.min_area_m2`)
+                   pixel_size_m:float, # side of a pixel in metres
+                  ) -> int:
+    "The fewest pixels a component needs to make a polygon of at least `min_area_m2`."
+    return max(0, math.ceil(min_area_m2 / pixel_size_m**2 - 1e-9))
+
+
 # %% ../nbs/08_metrics.ipynb #7e84a5d0
 def reduce_sum(t:torch.Tensor) -> torch.Tensor:
     "Sum `t` over all processes in place (a no-op without torch.distributed)."
@@ -92,11 +111,17 @@ def reduce_sum(t:torch.Tensor) -> torch.Tensor:
 
 class ValStats:
     "Integer counts over validation tiles, kept apart for negative (index 0) and positive (1) tiles."
-    def __init__(self, ignore_index:int=255, ious=OBJ_IOUS, device='cpu'):
-        self.ignore_index, self.ious = ignore_index, tuple(ious)
+    def __init__(self, ignore_index:int=255, # label value that counts nowhere
+                 ious=OBJ_IOUS, # object IoU thresholds
+                 device='cpu', # where the pixel counts live
+                 map_threshold:float=0.5, # map objects: probability above which a pixel is called a slump
+                 min_pixels:int=0, # map objects: predicted components smaller than this are dropped
+                ):
+        self.ignore_index, self.ious, self.map_threshold, self.min_pixels = ignore_index, tuple(ious), float(map_threshold), int(min_pixels)
         z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=device)
         self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS) # pix: [tile class, truth, prediction]
-        self.obj = np.zeros((2, len(self.ious), 3), np.int64) # [tile class, iou, (tp, fp, fn)]
+        self.obj = np.zeros((2, len(self.ious), 3), np.int64) # raw objects: [tile class, iou, (tp, fp, fn)]
+        self.map_obj = np.zeros_like(self.obj) # map objects, the same
 
     def update(self, logits:torch.Tensor, # (B, 1, H, W) logits
                target:torch.Tensor, # (B, H, W) labels
@@ -113,16 +138,26 @@ class ValStats:
         self.hist += torch.bincount((gp * 2 + t) * LOGIT_BINS + b, minlength=4 * LOGIT_BINS).view(2, 2, LOGIT_BINS)
         if objects:
             p, tn, gs = torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(), target.cpu().numpy(), g.tolist()
-            for i in range(len(p)): self.obj[gs[i]] += object_counts(p[i], tn[i], self.ignore_index, self.ious)
+            same = self.map_threshold == 0.5 # one labelling serves both families; the map's only filters by size
+            for i in range(len(p)):
+                tl, ntruth, valid = _truth_labels(tn[i], self.ignore_index)
+                pl, npred = ndimage.label(p[i] > 0.5)
+                raw = _counts(p[i], pl, npred, tl, ntruth, valid, self.ious)
+                self.obj[gs[i]] += raw
+                if same and self.min_pixels <= 1: self.map_obj[gs[i]] += raw; continue
+                if not same: pl, npred = ndimage.label(p[i] > self.map_threshold)
+                self.map_obj[gs[i]] += _counts(p[i], pl, npred, tl, ntruth, valid, self.ious, self.min_pixels)
 
     def reduce(self):
         "Sum the counts of all processes (call on every rank)."
-        flat = torch.cat([self.tiles, self.pix.flatten(), self.hist.flatten(), torch.as_tensor(self.obj, device=self.tiles.device).flatten()])
+        dev = self.tiles.device
+        flat = torch.cat([self.tiles, self.pix.flatten(), self.hist.flatten(),
+                          torch.as_tensor(self.obj, device=dev).flatten(), torch.as_tensor(self.map_obj, device=dev).flatten()])
         reduce_sum(flat)
-        sizes = [2, 8, 4 * LOGIT_BINS, self.obj.size]
-        a, b, c, d = flat.split(sizes)
+        sizes = [2, 8, 4 * LOGIT_BINS, self.obj.size, self.map_obj.size]
+        a, b, c, d, e = flat.split(sizes)
         self.tiles, self.pix, self.hist = a.clone(), b.view(2, 2, 2).clone(), c.view(2, 2, LOGIT_BINS).clone()
-        self.obj = d.cpu().numpy().reshape(self.obj.shape)
+        self.obj, self.map_obj = d.cpu().numpy().reshape(self.obj.shape), e.cpu().numpy().reshape(self.map_obj.shape)
         return self
 
 # %% ../nbs/08_metrics.ipynb #12ec19d8
@@ -152,21 +187,26 @@ def summarize(stats:ValStats, # reduced counts
              ) -> dict[str, float]:
     "Every metric of `stats`: as they are (`iou`, `pr_auc`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
     nan, res = float('nan'), {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
-    pix, hist, obj = (x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float) for x in (stats.pix, stats.hist, stats.obj))
+    pix, hist, obj, mobj = (x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float)
+                            for x in (stats.pix, stats.hist, stats.obj, stats.map_obj))
+    fams = (('obj', obj), ('map_obj', mobj)) # raw objects, then the map's
     for r in (None, 1, *ratios):
         w, k = ratio_weight(stats.tiles, r), _ratio_name(r)
         if w is None:
-            res.update({f'{k}{m}': nan for m in ('iou', 'pr_auc', *[f'obj_{a}{round(i * 100)}' for i in stats.ious for a in 'pr'])})
+            res.update({f'{k}{m}': nan for m in ('iou', 'pr_auc', *[f'{f}_{a}{round(i * 100)}' for f, _ in fams for i in stats.ious for a in 'pr'])})
             continue
-        p, h, o = pix[0] * w + pix[1], hist[0] * w + hist[1], obj[0] * w + obj[1]
+        p, h = pix[0] * w + pix[1], hist[0] * w + hist[1]
         tp, fp, fn = p[1, 1], p[0, 1], p[1, 0]
         res[f'{k}iou'] = tp / (tp + fp + fn) if tp + fp + fn else nan
         res[f'{k}pr_auc'] = pr_auc(h)
-        for i, iou in enumerate(stats.ious):
-            otp, ofp, ofn = o[i]
-            res[f'{k}obj_p{round(iou * 100)}'] = otp / (otp + ofp) if otp + ofp else nan
-            res[f'{k}obj_r{round(iou * 100)}'] = otp / (otp + ofn) if otp + ofn else nan
+        for f, c in fams:
+            o = c[0] * w + c[1]
+            for i, iou in enumerate(stats.ious):
+                otp, ofp, ofn = o[i]
+                res[f'{k}{f}_p{round(iou * 100)}'] = otp / (otp + ofp) if otp + ofp else nan
+                res[f'{k}{f}_r{round(iou * 100)}'] = otp / (otp + ofn) if otp + ofn else nan
     return {k: float(v) for k, v in res.items()}
+
 
 # %% ../nbs/08_metrics.ipynb #1de4077b
 def fit_temperature(hist:np.ndarray, # (2, LOGIT_BINS) pixel counts of background and slump per logit bin
@@ -207,8 +247,15 @@ class ResultMetric(Metric):
 class ValidationMetrics(Callback):
     "Accumulate `ValStats` over each validation pass, sum them over processes and compute every metric."
     order = 45 # after_validate runs before the Recorder reads the metrics
-    def __init__(self, ignore_index:int=255, ratios=(200, 500, 1000), ious=OBJ_IOUS, every:int=1):
+    def __init__(self, ignore_index:int=255, # label value that counts nowhere
+                 ratios=(200, 500, 1000), # realistic ratios (negative tiles per positive)
+                 ious=OBJ_IOUS, # object IoU thresholds
+                 every:int=1, # validate every `every` epochs (and after the last)
+                 map_threshold:float=0.5, # map objects: probability threshold of the maps (`ValStats`)
+                 min_pixels:int=0, # map objects: smallest component the maps keep (`min_pixels_for`)
+                ):
         self.ignore_index, self.ratios, self.ious, self.every = ignore_index, tuple(ratios), tuple(ious), every
+        self.map_threshold, self.min_pixels = map_threshold, min_pixels
         self.results, self.stats, self.skip = {}, None, False
 
     def names(self) -> list[str]:
@@ -228,7 +275,8 @@ class ValidationMetrics(Callback):
         # an epoch that does not validate runs no validation batch (`RtsLearner` honours `skip_valid`): the table and
         # the trackers still get a row, with no loss and NaN metrics
         self.results, self.learn.skip_valid, self.skip = {}, self.skip, False
-        self.stats = None if self.learn.skip_valid else ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu')
+        self.stats = None if self.learn.skip_valid else ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu',
+                                                                 map_threshold=self.map_threshold, min_pixels=self.min_pixels)
 
     def after_batch(self):
         if not self.training and self.stats is not None: self.stats.update(self.pred, self.yb[0])

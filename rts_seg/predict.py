@@ -20,13 +20,15 @@ import torch.nn.functional as F
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
+from .bundle import Bundle, channel_table
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
+from .io import is_remote, open_raster, valid_mask
 from .models import TTA_MODES, d4, d4_inverse
 
 # %% auto #0
 __all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'Predictor', 'blend_weights', 'write_cog',
-           'open_raster', 'predict_scenes', 'predict_scene']
+           'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(n:int, # scene size along one axis
@@ -43,45 +45,38 @@ def window_starts(n:int, # scene size along one axis
 class Predictor:
     "A model ready for inference: raw windows in, probabilities out, on any device and precision."
     def __init__(self, model:torch.nn.Module, # a segmentation model with one output logit
-                 stats:dict, # normalisation statistics (`normalization_stats.json`)
+                 bundle:Bundle|dict, # the model's bundle (what `best.pth` holds), or bare normalisation statistics
                  device:str='auto', # auto, cpu, cuda or cuda:N
                  precision:str='auto', # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
                  channels_last:bool=True, # NHWC layout on the GPU
                  compile:bool=False, # torch.compile the model
                  tta:str='none', # none, minimal, standard or full
-                 threshold:float=0.5, # default mask threshold (the calibrated one)
-                 temperature:float=1.0, # logits are divided by it before the sigmoid (temperature scaling)
-                 normalization_hash:str|None=None, # hash of `stats`; None computes it
+                 threshold:float|None=None, # default mask threshold; None = the bundle's calibrated one (else 0.5)
+                 temperature:float|None=None, # logits are divided by it before the sigmoid; None = the bundle's (else 1)
                 ):
         self.device = get_device(device)
         cuda = self.device.type == 'cuda'
         if precision == 'auto': precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
-        self.precision, self.tta, self.views, self.threshold = precision, tta, TTA_MODES[tta], threshold
-        self.temperature = float(temperature)
-        if normalization_hash is None:
-            from rts_seg.data import stats_hash # imported here: a GPU inference image needs no fastai
-            normalization_hash = stats_hash(stats)
-        self.stats, self.normalization_hash = stats, normalization_hash
-        g = stats['groups']['rgb']
-        col = lambda k: torch.tensor(g[k], dtype=torch.float32, device=self.device)[None, :, None, None]
-        self.lo, self.hi, self.mean, self.std = col('clip_low'), col('clip_high'), col('mean'), col('std')
-        self.in_channels = len(stats['channels'])
+        if not isinstance(bundle, Bundle): bundle = Bundle(model={}, channels=channel_table(bundle['channels']), normalization=bundle)
+        self.bundle, self.precision, self.tta, self.views = bundle, precision, tta, TTA_MODES[tta]
+        self.threshold = bundle.threshold if threshold is None else threshold
+        self.temperature = float(bundle.temperature if temperature is None else temperature)
+        self.normalization_hash, self.in_channels = bundle.normalization_hash, bundle.in_channels
+        self.lo, self.hi, self.mean, self.std = (t[None, :, None, None] for t in bundle.norm_columns(self.device)) # every group, in channel order
         model = model.to(self.device).eval()
         self.channels_last = channels_last and cuda
         if self.channels_last: model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
+        self.checkpoint, self.model_info = None, dict(model=bundle.model, rts_seg_version=bundle.provenance.get('rts_seg_version'),
+                                                      epoch=bundle.provenance.get('epoch'))
 
     @classmethod
     def from_checkpoint(cls, path:str|Path, **kwargs):
-        "Load a checkpoint written by `rts-seg train`, with its calibrated threshold and temperature; kwargs as for `Predictor`."
-        from rts_seg.learner import load_checkpoint
-        model, ckpt = load_checkpoint(path)
-        kwargs.setdefault('threshold', ckpt.get('threshold') or 0.5)
-        kwargs.setdefault('temperature', ckpt.get('temperature') or 1.0)
-        p = cls(model, ckpt['normalization'], **kwargs)
-        p.checkpoint, p.model_info = str(path), dict(model=ckpt['model'], rts_seg_version=ckpt.get('rts_seg_version'),
-                                                    epoch=ckpt.get('epoch'))
+        "Load a model bundle (`best.pth`) written by `rts-seg train`; kwargs as for `Predictor`."
+        b = Bundle.load(path)
+        p = cls(b.build_model(), b, **kwargs)
+        p.checkpoint = str(path)
         return p
 
     def normalize(self, x:torch.Tensor, valid:torch.Tensor) -> torch.Tensor:
@@ -211,51 +206,75 @@ class _SceneWriter:
         if not self.mems:
             for t in self.tmps.values(): t.unlink(missing_ok=True)
 
-# %% ../nbs/11_predict.ipynb #5e477a22
-def open_raster(path:str|Path):
-    "Open a raster for reading, local or remote (gs://, any fsspec URL)."
-    path = str(path)
-    if '://' in path:
-        import fsspec
-        return rasterio.open(path, opener=fsspec.core.url_to_fs(path)[0])
-    return rasterio.open(path)
-
 # %% ../nbs/11_predict.ipynb #0f8d14d9
 _BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16=torch.int32, int32=torch.int32,
                    float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
 
 @dataclass
-class _Scene:
-    "One image to predict and where its outputs go."
+class _Part:
+    "One raster of a scene: its bands to read, its nodata, and where its channels go in the model's input."
     path: str
+    bands: list
+    nodata: float|None
+    dtype: str
+    channels: slice
+
+@dataclass
+class _Scene:
+    "One image to predict (one raster, or RGB plus an aligned aux raster) and where its outputs go."
+    path: str # a stacked raster with every channel, or the RGB one (`PLANET-RGB/{tile}.tif`) when `extra` is given
     out_stem: Path
     key: str = '' # the id recorded in logs and manifests (the tile id, or the file name)
+    extra: str|None = None # the aux bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
     def __post_init__(self):
         self.key = self.key or Path(self.path).stem
 
-    def open(self, bands, tile_size, stride, in_channels):
-        "Check the georeferencing and bands; list the windows."
-        try: src = open_raster(self.path)
-        except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read scene {self.path}: {e}") from None
-        with src:
-            if src.crs is None: raise RtsSegError(f"{self.path} has no CRS; georeference it before predicting")
-            t = src.transform
-            if t.is_identity or t.a == 0 or t.e == 0 or not all(map(math.isfinite, t[:6])):
-                raise RtsSegError(f"{self.path} has an invalid geotransform {tuple(t)[:6]}; georeference it before predicting")
-            self.bands = bands or list(range(1, in_channels + 1))
-            if len(self.bands) != in_channels or max(self.bands) > src.count:
-                raise RtsSegError(f"{self.path} has {src.count} band(s); the model needs {in_channels} (choose them with bands=[...])")
-            self.profile = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
-            self.nodata, self.height, self.width = src.nodata, src.height, src.width
-            self.res = (abs(t.a), abs(t.e))
-            self.dtype = _BUF_DTYPES.get(src.dtypes[0], torch.float32)
-            self.block = src.block_shapes[0] # (rows, columns) of the file's blocks
-        self.floating = self.dtype.is_floating_point
+    def open(self, bundle:Bundle, # the model's bundle: channels and the training imagery
+             bands:list[int]|None, # 1-based bands of `path` chosen by the user (`inference.bands`)
+             tile_size:int, stride:int, # windows
+             tolerance:float=2.0, # `inference.pixel_size_tolerance`
+            ):
+        "Check the georeferencing, bands and imagery against the bundle; list the windows."
+        aux = [c for c in bundle.channels if c['source'] == 'EXTRA']
+        if self.extra is not None and not aux:
+            raise RtsSegError(f"{self.extra}: the model takes no aux bands (its channels: {', '.join(c['name'] for c in bundle.channels)}); drop --extra")
+        todo = [(self.path, bundle.channels if self.extra is None else [c for c in bundle.channels if c['source'] != 'EXTRA'], bands)]
+        if self.extra is not None: todo.append((self.extra, aux, None))
+        self.parts, c0 = [], 0
+        for path, chs, bd in todo:
+            try: src = open_raster(path)
+            except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read {path}: {e}") from None
+            with src:
+                t = src.transform
+                if not self.parts:
+                    if src.crs is None: raise RtsSegError(f"{path} has no CRS; georeference it before predicting")
+                    if t.is_identity or t.a == 0 or t.e == 0 or not all(map(math.isfinite, t[:6])):
+                        raise RtsSegError(f"{path} has an invalid geotransform {tuple(t)[:6]}; georeference it before predicting")
+                    self.profile = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
+                    self.height, self.width, self.res = src.height, src.width, (abs(t.a), abs(t.e))
+                    self.block = src.block_shapes[0] # (rows, columns) of the file's blocks
+                elif (src.crs, src.width, src.height) != (self.profile['crs'], self.width, self.height) or not t.almost_equals(self.profile['transform']):
+                    raise RtsSegError(f"{path} is not on the grid of {self.path} (CRS, transform or size differ); resample it to the scene's grid")
+                bs = bundle.check_raster(src, path, chs, bd, tolerance)
+                self.parts.append(_Part(path, bs, src.nodata, src.dtypes[0], slice(c0, c0 + len(bs))))
+                c0 += len(bs)
+        kinds = {p.dtype for p in self.parts} # raw values go to the device in their own type; mixed rasters as float32
+        self.dtype = _BUF_DTYPES.get(kinds.pop(), torch.float32) if len(kinds) == 1 else torch.float32
+        self.channels = c0
+        self.masked = any(p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts) # some pixels can be invalid
         self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
         self.windows = [(y, x, r, y == self.ys[-1] and x == self.xs[-1]) for r, y in enumerate(self.ys) for x in self.xs]
         self.row_end = {y: (self.ys[i + 1] if i + 1 < len(self.ys) else self.height) for i, y in enumerate(self.ys)}
         self.last_x = self.xs[-1]
         return self
+
+    def valid(self, a):
+        "Validity (H, W) of raw (C, H, W) values (numpy or torch): every raster valid by the one nodata rule (`valid_mask`)."
+        v = None
+        for p in self.parts:
+            pv = valid_mask(a[p.channels], p.nodata)
+            v = pv if v is None else v & pv
+        return v
 
     def chunks(self, parts:int) -> list[tuple[int, int]]:
         "Column ranges splitting a strip into about `parts` pieces of whole blocks."
@@ -265,23 +284,19 @@ class _Scene:
 
     def read(self, local:dict, r0:int, r1:int, c0:int, c1:int, pin:bool=False):
         "Raw rows `r0:r1`, columns `c0:c1` (inside the scene) as a (C, h, w) tensor (pinned: for a GPU), and their validity on the host if some pixels can be invalid."
-        a = torch.empty((len(self.bands), r1 - r0, c1 - c0), dtype=self.dtype, pin_memory=pin)
+        a = torch.empty((self.channels, r1 - r0, c1 - c0), dtype=self.dtype, pin_memory=pin)
         win = Window(c0, r0, c1 - c0, r1 - r0)
-        if '://' in self.path: # remote: a dataset per read, opened and closed in this thread
-            with open_raster(self.path) as src: src.read(self.bands, window=win, out=a.numpy())
-        else:
-            src = local.get(self.path)
+        for p in self.parts:
+            out = a[p.channels].numpy() # a view: rasterio decodes (and converts) into the tensor
+            if is_remote(p.path): # remote: a dataset per read, opened and closed in this thread
+                with open_raster(p.path) as src: src.read(p.bands, window=win, out=out)
+                continue
+            src = local.get(p.path)
             if src is None:
                 while len(local) >= 4: local.pop(next(iter(local))).close() # a few open datasets per thread
-                src = local[self.path] = open_raster(self.path)
-            src.read(self.bands, window=win, out=a.numpy())
-        return a, (_valid(a.numpy(), self.nodata, self.floating, np) if self.nodata is not None or self.floating else None)
-
-def _valid(a, nodata, floating:bool, xp):
-    "Validity of raw (C, H, W) values `a` (numpy or torch, as `xp`): finite and not nodata in every band; None: all valid."
-    v = xp.isfinite(a).all(0) if floating else None
-    if nodata is not None: v = (a != nodata).all(0) if v is None else v & (a != nodata).all(0)
-    return v
+                src = local[p.path] = open_raster(p.path)
+            src.read(p.bands, window=win, out=out)
+        return a, (self.valid(a.numpy()) if self.masked else None)
 
 class _Rows:
     "The rows of one scene that windows still need, normalised, with their validity, on the device; `pad` px of invalid margin all round."
@@ -292,19 +307,18 @@ class _Rows:
         dev = predictor.device
         self.x = torch.zeros((predictor.in_channels, 0, self.Wp), device=dev)
         self.v = torch.zeros((0, self.Wp), dtype=torch.bool, device=dev)
-        self.hv = np.zeros((0, scene.width), bool) if scene.nodata is not None or scene.floating else None # validity, on the host
+        self.hv = np.zeros((0, scene.width), bool) if scene.masked else None # validity, on the host
 
     def add(self, end:int, r0:int, r1:int, chunks:list):
         "Append rows up to scene row `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene."
         n, dev, pad, s = end - self.end, self.p.device, self.pad, self.s
-        raw = torch.zeros((len(s.bands), n, self.Wp), dtype=s.dtype, device=dev)
+        raw = torch.zeros((s.channels, n, self.Wp), dtype=s.dtype, device=dev)
         v = torch.zeros((n, self.Wp), dtype=torch.bool, device=dev)
         a = r0 - self.end # where the rows read start
         if r1 > r0:
             for c0, c1, t, _ in chunks: raw[:, a:a + r1 - r0, pad + c0:pad + c1].copy_(t, non_blocking=True)
             inner = raw[:, a:a + r1 - r0, pad:pad + s.width]
-            vi = _valid(inner, s.nodata, s.floating, torch)
-            v[a:a + r1 - r0, pad:pad + s.width] = True if vi is None else vi
+            v[a:a + r1 - r0, pad:pad + s.width] = s.valid(inner) if s.masked else True
         x = self.p.normalize(raw[None], v[None])[0]
         self.x, self.v = torch.cat([self.x, x], 1), torch.cat([self.v, v])
         if self.hv is not None:
@@ -368,11 +382,11 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
                    timings:dict|None=None, # if given, filled with the seconds spent per stage (profiling)
                   ) -> list[dict]:
     "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
-    t_start, cfg = time.perf_counter(), cfg or InferenceConfig()
+    t_start, cfg = time.perf_counter(), predictor.bundle.resolve(cfg or InferenceConfig()) # what the config leaves open: the model's
     T = cfg.tile_size; stride = cfg.stride or T // 2
     scales = sorted(cfg.scales, reverse=True)
     if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {scales}")
-    threshold = cfg.threshold if cfg.threshold is not None else predictor.threshold
+    threshold = cfg.threshold
     blend = blend_weights(T, cfg.blend_window) if cfg.merge == 'blend' else None
     dev, B = predictor.device, cfg.batch_size
     cuda = dev.type == 'cuda'
@@ -479,7 +493,7 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
         while len(opening) < B + cfg.workers:
             s = next(pending_scenes, None)
             if s is None: return
-            opening.append((s, pool.submit(s.open, cfg.bands, T, stride, predictor.in_channels)))
+            opening.append((s, pool.submit(s.open, predictor.bundle, cfg.bands, T, stride, cfg.pixel_size_tolerance)))
     def plan():
         "Before each row of windows: (scene, y, end, r0, r1): hold the scene's rows up to `end`, reading rows `r0:r1`."
         while opening:
@@ -551,8 +565,9 @@ def predict_scenes(predictor:Predictor, # model, device, precision, TTA and norm
 
 # %% ../nbs/11_predict.ipynb #064be160
 def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
-                  scene:str|Path, # GeoTIFF with the model's bands
+                  scene:str|Path, # GeoTIFF with the model's bands (RGB, and its aux bands unless `extra` holds them)
                   out_dir:str|Path, # where the outputs go
+                  extra:str|Path|None=None, # aux bands on the scene's grid, for a model trained with `data.extra_channels`
                   cfg:InferenceConfig|None=None, # the `inference` section; keyword arguments override it
                   **kwargs, # any `InferenceConfig` field, e.g. tile_size=256, tta='full'
                  ) -> dict:
@@ -562,11 +577,13 @@ def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (b
     if not isinstance(model, Predictor):
         model = Predictor.from_checkpoint(model, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
                                           compile=cfg.compile, tta=cfg.tta)
+    cfg = model.bundle.resolve(cfg)
+    for f in (scene, extra):
+        if f is not None and not Path(f).is_file(): raise RtsSegError(f"scene not found: {f}")
     scene = Path(scene)
-    if not scene.is_file(): raise RtsSegError(f"scene not found: {scene}")
-    res = predict_scenes(model, [_Scene(str(scene), Path(out_dir)/scene.stem)], cfg)[0]
-    res.update(model=getattr(model, 'checkpoint', None), normalization_hash=model.normalization_hash,
+    res = predict_scenes(model, [_Scene(str(scene), Path(out_dir)/scene.stem, extra=None if extra is None else str(extra))], cfg)[0]
+    res.update(model=model.checkpoint, normalization_hash=model.normalization_hash,
                tile_size=cfg.tile_size, stride=cfg.stride or cfg.tile_size // 2, scales=cfg.scales, tta=cfg.tta, merge=cfg.merge,
-               threshold=cfg.threshold if cfg.threshold is not None else model.threshold, temperature=model.temperature)
+               threshold=cfg.threshold, temperature=model.temperature)
     print(f"{scene.name}: {res['windows']} windows ({res['skipped_windows']} all nodata), {res['slump_pixels']} slump pixels -> {res['prob']}", flush=True)
     return res

@@ -6,25 +6,25 @@ Docs: https://rts-seg.github.io/rts_seg/train.html.md"""
 
 # %% ../nbs/10_train.ipynb #e6a4453a
 from __future__ import annotations
-import argparse, contextlib, json, logging, math, os, platform, subprocess, sys, time
+import argparse, contextlib, json, logging, math, os, platform, sys, time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from . import __version__
-from .config import Config, add_train_args, config_yaml, flat_params, load_config, save_config
+from .config import DEFAULT_MIN_AREA_M2, Config, add_train_args, config_yaml, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device, run_cli, seed_everything
 from .io import check_data_root, is_remote
-from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles, stats_hash
-from .learner import (collect_stats, find_resume, load_training_state, protocol_cbs, rank, rts_learner,
-                             save_checkpoint, unwrap)
+from .bundle import Bundle, git_commit, save_checkpoint, stats_hash, unwrap
+from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles
+from .learner import collect_stats, find_resume, load_training_state, map_objects, protocol_cbs, rank, rts_learner
 from .metrics import TrainIoU, fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
 from .synthetic import synth_dataset
 
 # %% auto #0
 __all__ = ['prepare_data', 'tracking_uri', 'system_params', 'frozen_requirements', 'mlflow_run', 'init_distributed', 'calibrate',
-           'plot_pr_curves', 'plot_examples', 'train', 'train_seeds', 'train_from_args', 'main']
+           'plot_pr_curves', 'plot_examples', 'object_metrics_note', 'train', 'train_seeds', 'train_from_args', 'main']
 
 # %% ../nbs/10_train.ipynb #46882b00
 def prepare_data(cfg:Config) -> Path|str:
@@ -42,14 +42,10 @@ def tracking_uri(cfg:Config) -> str:
     "MLflow tracking URI: environment, then config, then `sqlite:///{output_dir}/mlflow.db`."
     return os.environ.get('MLFLOW_TRACKING_URI') or cfg.mlflow.tracking_uri or f"sqlite:///{Path(cfg.output_dir).resolve()/'mlflow.db'}"
 
-def _git_commit() -> str:
-    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or 'unknown'
-    except Exception: return 'unknown'
-
 def system_params() -> dict:
     "Versions and hardware, logged with every run."
     cuda = torch.cuda.is_available()
-    return {'system.rts_seg_version': __version__, 'system.git_commit': _git_commit(), 'system.python': platform.python_version(),
+    return {'system.rts_seg_version': __version__, 'system.git_commit': git_commit(), 'system.python': platform.python_version(),
             'system.torch': torch.__version__, 'system.cuda': torch.version.cuda or 'none',
             'system.gpu': torch.cuda.get_device_name(0) if cuda else 'none', 'system.gpu_count': torch.cuda.device_count() if cuda else 0,
             'system.cudnn': torch.backends.cudnn.version() if cuda else 'none', 'system.platform': platform.platform(),
@@ -156,6 +152,15 @@ def plot_examples(learn, n:int=3, threshold:float=0.5):
 # %% ../nbs/10_train.ipynb #73e6338a
 def _finite(d:dict) -> dict: return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
+def object_metrics_note(cfg:Config, mapped:dict, threshold:float|None=None) -> dict:
+    "What the two families of object metrics count (in metrics.json and MLflow): raw `obj_*`, mapped `map_obj_*`."
+    area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
+    t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
+    when = ' (the calibrated threshold)' if threshold is not None else ' in the epochs; the final metrics use the calibrated threshold'
+    return dict(obj='every connected component of probability > 0.5',
+                map_obj=f"components of probability > {t:.3g}{when}, of at least {area:g} m2 ({mapped['min_pixels']} px): the polygons of a map",
+                min_area_m2=area, min_pixels=mapped['min_pixels'])
+
 def train(cfg:Config, # the run's config
           resume:str|None=None, # 'auto': the newest training state in output_dir (if any); or a state file
          ) -> dict:
@@ -200,7 +205,8 @@ def train(cfg:Config, # the run's config
                 mlflow.log_params({**flat_params(cfg), **system_params(), 'data.dataset_version': dataset_version(root),
                                    'data.normalization_hash': stats_hash(stats), 'data.n_train_tiles': len(tiles['train']),
                                    'data.n_val_tiles': len(tiles['val']), 'optimizer.name': 'AdamW', 'optimizer.fused': device.type == 'cuda',
-                                   'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier'})
+                                   'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier',
+                                   **{f'metrics.{k}': v for k, v in object_metrics_note(cfg, map_objects(cfg, stats)).items()}})
                 atomic_write_text(out/'requirements.txt', frozen_requirements())
                 for f in ('config.yaml', 'normalization_stats.json', 'requirements.txt'): mlflow.log_artifact(str(out/f))
         cbs = protocol_cbs(cfg, stats, state)
@@ -211,22 +217,24 @@ def train(cfg:Config, # the run's config
         # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
         best = next(c for c in cbs if type(c).__name__ == 'Checkpointer')
         st = collect_stats(learn, loss_func=learn.loss_func)
-        res, cal = summarize(st, cfg.train.val_ratios), calibrate(st, cfg)
+        cal = calibrate(st, cfg)
+        # objects as the model's maps will draw them: at the calibrated threshold, polygons of at least the minimum area
+        mapped = map_objects(cfg, stats, cal['temperature'], cal['threshold'])
+        res = summarize(collect_stats(learn, **mapped), cfg.train.val_ratios)
         tta = {}
         if cfg.train.tta_eval != 'none': tta = summarize(collect_stats(learn, tta=cfg.train.tta_eval), cfg.train.val_ratios)
         tiou = next(c for c in learn.cbs if isinstance(c, TrainIoU)).results.get('train_iou') # the last epoch's
         metrics = dict(train_iou=tiou, val_loss=st.loss, **{f'val_{k}': v for k, v in res.items()},
                        **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()}, temperature=cal['temperature'],
-                       threshold=cal['threshold'], epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
+                       threshold=cal['threshold'], object_metrics=object_metrics_note(cfg, mapped, cal['threshold']), epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
                        seconds=round(time.time() - t0, 1), device=str(device), world_size=ws, n_train_tiles=len(tiles['train']),
                        n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=uri)
         metrics = _finite(metrics)
         if r0:
             atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))
-            ckpt = torch.load(out/'best.pth', map_location='cpu', weights_only=True)
-            save_checkpoint(out/'best.pth', unwrap(learn.model), cfg, stats, **{k: v for k, v in ckpt.items() if k not in (
-                'state_dict', 'model', 'in_channels', 'normalization', 'normalization_hash', 'rts_seg_version')},
-                temperature=cal['temperature'], threshold=cal['threshold'])
+            prov = Bundle.load(out/'best.pth').provenance # the best epoch and its metric, as the Checkpointer saved them
+            save_checkpoint(out/'best.pth', unwrap(learn.model), cfg, stats, calibration=cal,
+                            **{k: v for k, v in prov.items() if k not in ('config_hash', 'dataset_version', 'rts_seg_version', 'git_commit', 'created')})
             for name, fig in (('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)), ('predictions.png', plot_examples(learn, threshold=cal['threshold']))):
                 with atomic_path(out/name) as tmp: fig.savefig(tmp, dpi=90, format='png')
             atomic_write_text(out/'metrics.json', json.dumps(metrics, indent=2))
