@@ -22,7 +22,7 @@ def child(scene, out):
     torch.manual_seed(0); torch.set_num_threads(2)
     model = smp.create_model('Unet', encoder_name='resnet18', encoder_weights=None, in_channels=3, classes=1)
     g = dict(channels=['r', 'g', 'b'], mean=[120.] * 3, std=[40.] * 3, clip_low=[0.] * 3, clip_high=[255.] * 3)
-    pred = Predictor(model, dict(channels=['r', 'g', 'b'], groups=dict(rgb=g)), device='cpu', normalization_hash='bench')
+    pred = Predictor(model, dict(channels=['r', 'g', 'b'], groups=dict(rgb=g)), device='cpu')
     cfg = InferenceConfig(tile_size=256, batch_size=4, workers=2, threshold=0.999, device='cpu')
     on_done = lambda r: vectorize(r['mask'], r['prob'], Path(out)/'scene.gpkg', r['scale'])
     res = predict_scenes(pred, [_Scene(scene, Path(out)/'pred')], cfg, on_done=on_done)[0]

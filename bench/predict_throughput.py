@@ -112,7 +112,7 @@ def main():
     g = dict(channels=['r', 'g', 'b'], mean=[120.] * 3, std=[40.] * 3, clip_low=[0.] * 3, clip_high=[255.] * 3)
     stats = dict(channels=['r', 'g', 'b'], groups=dict(rgb=g))
     pred = Predictor(model, stats, device=device, precision=a.precision, channels_last=not a.no_channels_last,
-                     compile=a.compile, normalization_hash='bench')
+                     compile=a.compile)
     dev = pred.device
     sync = torch.cuda.synchronize if dev.type == 'cuda' else (lambda: None)
     gpu = torch.cuda.get_device_name(dev) if dev.type == 'cuda' else 'cpu'
