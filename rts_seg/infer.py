@@ -15,7 +15,7 @@ import pandas as pd
 import rasterio
 import torch
 
-from .bundle import Bundle
+from .export import load_model
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
 from .io import exists, join
@@ -135,7 +135,7 @@ def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig
     return res
 
 # %% ../nbs/11c_infer.ipynb #120f60ba
-def run_inference(model:str|Path, # checkpoint from `rts-seg train`
+def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth), or an exported best.onnx / best.pt
                   out:str|Path, # output folder
                   scenes:list[str|Path]|None=None, # whole-scene mode: GeoTIFFs
                   extra:list[str|Path]|None=None, # whole-scene mode: per scene, a raster of its aux bands on its grid (models with aux bands)
@@ -149,7 +149,7 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
     t0, cfg = time.time(), cfg or InferenceConfig()
     i, n = parse_shard(shard)
     if (scenes is None) == (tile_list is None): raise RtsSegError("give either --scene or --tile-list (with --imagery)")
-    bundle = Bundle.load(model) # what the model needs: its channels and where they come from
+    net, bundle = load_model(model) # the network (a bundle's, or exported), and what it needs: its channels and where they come from
     cfg = bundle.resolve(cfg) # what the config leaves open: the model's tile size, threshold, minimum area
     aux = 'EXTRA' in bundle.sources
     tiles = None
@@ -178,7 +178,7 @@ def run_inference(model:str|Path, # checkpoint from `rts-seg train`
             for f in [*d.glob('.*.partial*'), *d.glob('.*.tmp.tif')]: f.unlink(missing_ok=True)
     done = _manifests(out)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
-    predictor = Predictor(bundle.build_model(), bundle, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
+    predictor = Predictor(net, bundle, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
                           compile=cfg.compile, tta=cfg.tta)
     threshold = cfg.threshold
     kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles

@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from .bundle import Bundle, channel_table
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
+from .export import load_model
 from .io import is_remote, open_raster, valid_mask
 from .models import TTA_MODES, d4, d4_inverse
 
@@ -73,9 +74,9 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, path:str|Path, **kwargs):
-        "Load a model bundle (`best.pth`) written by `rts-seg train`; kwargs as for `Predictor`."
-        b = Bundle.load(path)
-        p = cls(b.build_model(), b, **kwargs)
+        "Load a model bundle (`best.pth`) written by `rts-seg train`, or a model exported from one (ONNX, TorchScript); kwargs as for `Predictor`."
+        m, b = load_model(path)
+        p = cls(m, b, **kwargs)
         p.checkpoint = str(path)
         return p
 
