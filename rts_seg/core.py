@@ -35,16 +35,33 @@ def run_cli(fn, *args):
         sys.exit(2)
 
 # %% ../nbs/00_core.ipynb #a3733998
+def _umask() -> int:
+    "The process's umask; read from /proc on Linux, as setting it to read it back races with other threads."
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+def _fsync(path:str|Path):
+    "Flush a file's or a folder's contents to disk, whoever wrote them."
+    fd = os.open(path, os.O_RDONLY)
+    try: os.fsync(fd)
+    finally: os.close(fd)
+
 @contextlib.contextmanager
 def atomic_path(path:str|Path):
-    "Yield a temporary path next to `path`; rename it to `path` if the block succeeds, delete it otherwise."
+    "Yield a temporary path next to `path`; if the block succeeds it is made readable as by `open()`, synced and renamed to `path`, else deleted."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.stem}.', suffix=f'.partial{path.suffix}')
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask()) # mkstemp's 0o600 would hide the file from other users
+        _fsync(tmp)
         os.replace(tmp, path)
+        with contextlib.suppress(OSError): _fsync(path.parent) # the rename itself; not every filesystem can
     finally: Path(tmp).unlink(missing_ok=True)
 
 def atomic_write_text(path:str|Path, text:str):

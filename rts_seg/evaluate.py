@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from .config import DEFAULT_MIN_AREA_M2
 from .core import RtsSegError, atomic_path, atomic_write_text
-from .metrics import match_objects
+from .objects import match_objects
 
 # %% auto #0
 __all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
@@ -26,7 +26,7 @@ __all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
 SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')] # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
 NBINS = 1000
 
-# `match_objects` (the SPEC's greedy 1:1 matching) lives in `rts_seg.metrics`, shared with validation during training
+# `match_objects` (the SPEC's greedy 1:1 matching) lives in `rts_seg.objects`, shared with validation during training
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
 def _pairs(pred:Path, truth:Path):

@@ -33,7 +33,8 @@ from .config import DEFAULT_MIN_AREA_M2, Config
 from .core import RtsSegError, atomic_path
 from .bundle import save_checkpoint, unwrap
 from .losses import get_loss
-from .metrics import TrainIoU, ValidationMetrics, ValStats, min_pixels_for, reduce_sum
+from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum
+from .objects import min_pixels_for
 from .models import TTAModel, create_model
 
 # %% auto #0

@@ -14,10 +14,11 @@ from fastai.callback.core import Callback
 from fastai.metrics import Metric
 from scipy import ndimage
 
+from .objects import OBJ_IOUS, match_counts, object_counts, truth_labels
+
 # %% auto #0
-__all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'OBJ_IOUS', 'iou_counts', 'PixelIoU', 'match_objects', 'object_counts', 'min_pixels_for',
-           'reduce_sum', 'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc', 'summarize', 'fit_temperature',
-           'threshold_for_precision', 'ResultMetric', 'ValidationMetrics', 'TrainIoU']
+__all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'iou_counts', 'PixelIoU', 'reduce_sum', 'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc',
+           'summarize', 'fit_temperature', 'threshold_for_precision', 'ResultMetric', 'ValidationMetrics', 'TrainIoU']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
 def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
@@ -49,58 +50,6 @@ class PixelIoU(Metric):
 
 # %% ../nbs/08_metrics.ipynb #615e2b21
 LOGIT_BINS, LOGIT_MAX = 1600, 16. # logit histogram: 1600 bins of 0.02 over [-16, 16]
-OBJ_IOUS = (0.1, 0.3, 0.5) # object IoU thresholds
-
-def match_objects(pred_lab:np.ndarray, truth_lab:np.ndarray, order:list[int], n_truth:int, iou:float) -> dict[int, int]:
-    "Greedy 1:1 matching: prediction ids in `order` each take the unmatched truth id of highest IoU >= `iou`."
-    both = (pred_lab > 0) & (truth_lab > 0)
-    pairs, inter = np.unique(np.stack([pred_lab[both], truth_lab[both]]), axis=1, return_counts=True)
-    ps, ts = np.bincount(pred_lab.ravel()), np.bincount(truth_lab.ravel(), minlength=n_truth + 1)
-    cand = {}
-    for (p, t), i in zip(pairs.T, inter): cand.setdefault(int(p), []).append((i / (ps[p] + ts[t] - i), int(t)))
-    matched, used = {}, set()
-    for p in order:
-        for v, t in sorted(cand.get(p, []), reverse=True):
-            if v >= iou and t not in used: matched[p] = t; used.add(t); break
-    return matched
-
-def _counts(prob, pl, npred, tl, ntruth, valid, ious, min_pixels:int=0) -> np.ndarray:
-    "[tp, fp, fn] per IoU of the labelled prediction `pl` against the labelled truth `tl` (already 0 outside `valid`)."
-    if min_pixels > 1: # whole components, as the map has them: ignore pixels count towards the size
-        big = np.bincount(pl.ravel(), minlength=npred + 1) >= min_pixels; big[0] = False
-        pl = np.where(big[pl], pl, 0)
-    pl = np.where(valid, pl, 0)
-    psize, tsize = np.bincount(pl.ravel(), minlength=npred + 1)[1:], np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
-    mean_p = np.bincount(pl.ravel(), weights=prob.ravel(), minlength=npred + 1)[1:] / np.maximum(psize, 1)
-    order = [int(i) + 1 for i in np.argsort(-np.nan_to_num(mean_p), kind='stable') if psize[i]]
-    n_truth = int((tsize > 0).sum())
-    out = np.zeros((len(ious), 3), np.int64)
-    for k, iou in enumerate(ious):
-        m = len(match_objects(pl, tl, order, ntruth, iou))
-        out[k] = m, len(order) - m, n_truth - m
-    return out
-
-def _truth_labels(target, ignore_index):
-    valid = target != ignore_index
-    tl, ntruth = ndimage.label((target > 0.5) & valid)
-    return np.where(valid, tl, 0), ntruth, valid
-
-def object_counts(prob:np.ndarray, # (H, W) probabilities
-                  target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
-                  ignore_index:int=255, # label value that counts nowhere
-                  ious=OBJ_IOUS, # IoU thresholds
-                  threshold:float=0.5, # probability above which a pixel is called a slump
-                  min_pixels:int=0, # predicted components smaller than this are dropped before matching
-                 ) -> np.ndarray:
-    "(len(ious), 3) counts of matched predictions, unmatched predictions and missed truth objects: [tp, fp, fn]."
-    tl, ntruth, valid = _truth_labels(target, ignore_index)
-    return _counts(prob, *ndimage.label(prob > threshold), tl, ntruth, valid, ious, min_pixels)
-
-def min_pixels_for(min_area_m2:float, # polygons smaller than this are dropped from the map (`inference.min_area_m2`)
-                   pixel_size_m:float, # side of a pixel in metres
-                  ) -> int:
-    "The fewest pixels a component needs to make a polygon of at least `min_area_m2`."
-    return max(0, math.ceil(min_area_m2 / pixel_size_m**2 - 1e-9))
 
 
 # %% ../nbs/08_metrics.ipynb #7e84a5d0
@@ -140,13 +89,13 @@ class ValStats:
             p, tn, gs = torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(), target.cpu().numpy(), g.tolist()
             same = self.map_threshold == 0.5 # one labelling serves both families; the map's only filters by size
             for i in range(len(p)):
-                tl, ntruth, valid = _truth_labels(tn[i], self.ignore_index)
+                tl, ntruth, valid = truth_labels(tn[i], self.ignore_index)
                 pl, npred = ndimage.label(p[i] > 0.5)
-                raw = _counts(p[i], pl, npred, tl, ntruth, valid, self.ious)
+                raw = match_counts(p[i], pl, npred, tl, ntruth, valid, self.ious)
                 self.obj[gs[i]] += raw
                 if same and self.min_pixels <= 1: self.map_obj[gs[i]] += raw; continue
                 if not same: pl, npred = ndimage.label(p[i] > self.map_threshold)
-                self.map_obj[gs[i]] += _counts(p[i], pl, npred, tl, ntruth, valid, self.ious, self.min_pixels)
+                self.map_obj[gs[i]] += match_counts(p[i], pl, npred, tl, ntruth, valid, self.ious, self.min_pixels)
 
     def reduce(self):
         "Sum the counts of all processes (call on every rank)."

@@ -191,50 +191,110 @@ def test_image_tag_stable_and_content_addressed(tmp_path):
     (other/'README.md').write_text('# a README that changed\n')
     assert image_tag(other, 'hopper') == t
     # a changed package file, pin or Dockerfile: a new tag
-    for f in ['rts_seg/predict.py', 'docker/requirements.txt', 'docker/Dockerfile']:
+    for f in ['rts_seg/predict.py', 'docker/requirements.txt', 'docker/requirements-infer.txt', 'docker/Dockerfile']:
         c = _copy_hashed(tmp_path/f.replace('/', '_'))
         (c/f).write_text((c/f).read_text() + '\n')
         assert image_tag(c, 'hopper') != t, f
     assert image_tag(ROOT, 'ampere') != t
 
 
+def pins(path) -> dict:
+    "Package -> version of a requirement file (nested `-r` files not followed)."
+    return {n.lower(): v for n, v in re.findall(r'^([A-Za-z0-9_.-]+)==(\S+)', Path(path).read_text(), re.M)}
+
+
+def install_runs(st, target) -> list:
+    "The stages of `target` that run docker/install.sh, in build order."
+    return [n for n in reversed(chain(st, target)) if any(op == 'RUN' and 'install.sh' in a for op, a in st[n]['ops'])]
+
+
+TRAINING_ONLY = ['accelerate', 'albumentations', 'fastai', 'fastcore', 'mlflow'] # what inference must do without
+
+
+def test_infer_image_installs_only_what_inference_needs():
+    infer, train = pins(ROOT/'docker'/'requirements-infer.txt'), pins(ROOT/'docker'/'requirements.txt')
+    assert re.search(r'^-r requirements-infer\.txt$', (ROOT/'docker'/'requirements.txt').read_text(), re.M), 'the training pins add to the inference pins'
+    assert not set(infer) & set(train), f'pinned in both files: {sorted(set(infer) & set(train))}'
+    assert set(TRAINING_ONLY) <= set(train) and not set(TRAINING_ONLY) & set(infer)
+    st = stages(DOCKERFILE)
+    runs = lambda t: [a for n in install_runs(st, t) for op, a in st[n]['ops'] if op == 'RUN' and 'install.sh' in a]
+    assert len(runs('infer')) == 1 and 'docker/requirements-infer.txt' in runs('infer')[0], runs('infer')
+    assert install_runs(st, 'train')[:-1] == install_runs(st, 'infer'), 'the training image builds on the inference layers'
+    assert 'docker/requirements.txt' in runs('train')[-1], runs('train')
+
+
 @pytest.mark.venv
-def test_image_install_and_checks_in_a_fresh_venv(tmp_path):
-    """The image's Python install step, minus the base image, in a new venv; then its checks on the CPU.
+def test_image_install_and_checks_in_a_fresh_venv(tmp_path, tiny):
+    """The images' Python install steps, minus the base image, in a new venv; then their checks on the CPU.
 
     torch and torchvision stand in for the NVIDIA base image; the files are laid out as the Dockerfile's
-    COPY instructions lay them out, and its RUN line for docker/install.sh runs as written."""
-    try: _install_and_check(tmp_path)
+    COPY instructions lay them out, and its RUN lines for docker/install.sh run as written: first the inference
+    image's (a prediction runs, without fastai), then the training image's, which builds on it."""
+    try: _install_and_check(tmp_path, tiny)
     finally: shutil.rmtree(tmp_path/'venv', ignore_errors=True) # several GB (torch with its CUDA libraries)
 
 
-def _install_and_check(tmp_path):
-    st = stages(DOCKERFILE)
-    ops = st['common']['ops']
-    workdir = next(a for op, a in ops if op == 'WORKDIR')
-    ctx = tmp_path/'src'
-    for op, a in ops[:next(i for i, (op, a) in enumerate(ops) if op == 'RUN' and 'install.sh' in a)]:
+def _install_stage(stage_ops, ctx, env):
+    "Lay out the files a stage COPYs before its RUN of docker/install.sh, under `ctx` for its WORKDIR; run that RUN line."
+    k = next(i for i, (op, a) in enumerate(stage_ops) if op == 'RUN' and 'install.sh' in a)
+    workdir = next(a for op, a in stage_ops[:k] if op == 'WORKDIR')
+    for op, a in stage_ops[:k]:
         if op != 'COPY': continue
         *srcs, dest = shlex.split(a)
+        assert not dest.startswith('/'), f'COPY ... {dest}: the install step copies into its WORKDIR'
         for s in srcs:
             if (ROOT/s).is_dir(): shutil.copytree(ROOT/s, ctx/dest, ignore=shutil.ignore_patterns('__pycache__'))
             else:
                 (ctx/dest).parent.mkdir(parents=True, exist_ok=True)
                 if dest.endswith('/'): (ctx/dest).mkdir(exist_ok=True)
                 shutil.copy(ROOT/s, ctx/dest)
-    run_line = next(a for op, a in ops if op == 'RUN' and 'install.sh' in a).replace(workdir, str(ctx))
+    r = subprocess.run(['bash', '-o', 'pipefail', '-c', stage_ops[k][1].replace(workdir, str(ctx))], cwd=ctx, env=env,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    assert 'torch 2.14.1' in r.stdout and not ctx.exists() # torch kept; the sources are gone, as in the image
+
+
+def _site_packages_mb(venv) -> float:
+    "Size of the venv's installed packages, in MiB."
+    site = next((venv/'lib').glob('python*/site-packages'))
+    return sum(f.stat().st_size for f in site.rglob('*') if f.is_file() and not f.is_symlink()) / 2**20
+
+
+def _install_and_check(tmp_path, tiny):
+    st = stages(DOCKERFILE)
+    infer_runs, train_runs = install_runs(st, 'infer'), install_runs(st, 'train')
+    assert train_runs[:len(infer_runs)] == infer_runs # the training image is the inference image plus its own step
     venv = tmp_path/'venv'
     subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ('PYTHONPATH', 'MLFLOW_TRACKING_URI', 'VIRTUAL_ENV')}
     env.update(PATH=f"{venv/'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(venv))
     pip = lambda *a: subprocess.run([venv/'bin'/'python', '-m', 'pip', *a], env=env, capture_output=True, text=True, timeout=900)
+    py = lambda code: subprocess.run([venv/'bin'/'python', '-c', code], env=env, cwd=tmp_path, capture_output=True, text=True)
     r = pip('install', '-q', 'torch==2.14.1', 'torchvision==0.29.1') # the base image's torch
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run(['bash', '-o', 'pipefail', '-c', run_line], cwd=ctx, env=env, capture_output=True, text=True, timeout=1200)
-    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    assert 'torch 2.14.1' in r.stdout and not ctx.exists() # torch kept; the sources are gone, as in the image
-    r = subprocess.run([venv/'bin'/'python', '-c', 'import rts_seg, torch; print(rts_seg.__file__, torch.__version__)'],
-                       env=env, cwd=tmp_path, capture_output=True, text=True)
+    sizes = {'torch (the base image)': _site_packages_mb(venv)}
+
+    # the inference image: its packages only, and a prediction with them
+    for n in infer_runs: _install_stage(st[n]['ops'], tmp_path/'src', env)
+    sizes['inference image'] = _site_packages_mb(venv)
+    r = py('import rts_seg.predict, rts_seg.infer, rts_seg.bundle, rts_seg.evaluate, torch; print(rts_seg.__file__, torch.__version__)')
+    assert r.returncode == 0, f'an inference module needs a package the inference image lacks: {r.stderr[-3000:]}'
+    assert str(venv) in r.stdout and '2.14.1' in r.stdout, r.stdout + r.stderr
+    r = py('import fastai')
+    assert r.returncode != 0 and "No module named 'fastai'" in r.stderr, 'fastai is installed in the inference environment'
+    installed = {l.split('==')[0].lower() for l in pip('list', '--format=freeze').stdout.split()}
+    assert not installed & set(pins(ROOT/'docker'/'requirements.txt')), sorted(installed & set(pins(ROOT/'docker'/'requirements.txt')))
+    out = tmp_path/'predicted'
+    r = subprocess.run([venv/'bin'/'rts-seg', 'predict', '--model', tiny['run']/'best.pth', '--scene', tiny['data']/'scenes'/'demo_scene.tif',
+                        '--out', out, '--tile-size', '64'], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, f'rts-seg predict without the training packages: {(r.stdout + r.stderr)[-4000:]}'
+    assert all((out/f'demo_scene_{k}.tif').is_file() for k in ('prob', 'mask', 'scale')) and (out/'inference_log.json').is_file()
+
+    # the training image: the inference image plus the training packages
+    for n in train_runs[len(infer_runs):]: _install_stage(st[n]['ops'], tmp_path/'src', env)
+    sizes['training image'] = _site_packages_mb(venv)
+    print('site-packages: ' + ', '.join(f'{k} {v:,.0f} MiB' for k, v in sizes.items()))
+    r = py('import rts_seg, torch, fastai; print(rts_seg.__file__, torch.__version__)')
     assert str(venv) in r.stdout and '2.14.1' in r.stdout, r.stdout + r.stderr
     # the checks docker/validate.sh runs inside the image, here on the CPU
     r = subprocess.run([ROOT/'docker'/'validate.sh', '--local'], env={**env, 'VALIDATE_STEPS': '2'}, cwd=tmp_path,
