@@ -18,7 +18,7 @@ if TYPE_CHECKING: import torch # imported where it is used: `rts-seg --help` doe
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['RtsSegError', 'run_cli', 'atomic_path', 'atomic_write_text', 'seed_everything', 'get_device']
+__all__ = ['RtsSegError', 'run_cli', 'readable', 'atomic_path', 'atomic_write_text', 'seed_everything', 'get_device']
 
 # %% ../nbs/00_core.ipynb #697f9d41
 class RtsSegError(Exception):
@@ -43,6 +43,10 @@ def _umask() -> int:
     mask = os.umask(0o022); os.umask(mask)
     return mask
 
+def readable(path:str|Path):
+    "Give `path` the permissions a new file (or folder) gets from the umask, e.g. 0o644 (0o755) under umask 022."
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
+
 def _fsync(path:str|Path):
     "Flush a file's or a folder's contents to disk, whoever wrote them."
     fd = os.open(path, os.O_RDONLY)
@@ -58,7 +62,7 @@ def atomic_path(path:str|Path):
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask()) # mkstemp's 0o600 would hide the file from other users
+        readable(tmp) # mkstemp's 0o600 would hide the file from other users
         _fsync(tmp)
         os.replace(tmp, path)
         with contextlib.suppress(OSError): _fsync(path.parent) # the rename itself; not every filesystem can

@@ -20,7 +20,7 @@ from rasterio.features import rasterize
 from rasterio.warp import transform as warp_transform, transform_geom
 from rasterio.windows import Window
 
-from .core import RtsSegError, atomic_write_text
+from .core import RtsSegError, atomic_write_text, readable
 from .io import valid_mask, write_raster
 
 # %% auto #0
@@ -121,6 +121,7 @@ def make_dataset(images:str|Path, # folder of GeoTIFF scenes, or a glob pattern
         meta = pd.DataFrame(rows)
         meta.to_csv(work/'metadata.csv', index=False)
         atomic_write_text(work/'splits.yaml', yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True))
+        readable(work) # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
     finally: shutil.rmtree(work, ignore_errors=True)
     return out

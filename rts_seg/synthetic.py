@@ -16,7 +16,7 @@ from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
 from scipy import ndimage
 
-from .core import RtsSegError, atomic_write_text
+from .core import RtsSegError, atomic_write_text, readable
 from .io import write_raster
 
 # %% auto #0
@@ -165,6 +165,7 @@ def synth_dataset(out:str|Path, # dataset root to create
             tfm = from_origin(*REGIONS['peel_plateau']['origin'], PIXEL_M, PIXEL_M)
             write_raster(work/'scenes'/'demo_scene.tif', img, CRS, tfm)
             write_raster(work/'scenes'/'demo_scene_label.tif', lbl, CRS, tfm)
+        readable(work) # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
     finally: shutil.rmtree(work, ignore_errors=True)
     return out
