@@ -57,7 +57,8 @@ def cmd_predict(sub):
     q.add_argument('--extra', nargs='+', default=None, help='per --scene, a raster of its aux bands on its grid (a model trained with data.extra_channels)')
     q.add_argument('--out', required=True, help='output folder')
     q.add_argument('--config', default=None, help='YAML with an inference section (e.g. configs/inference.yaml)')
-    q.add_argument('--shard', default=None, help="this VM's share of the tile list, i/n (e.g. 0/8)")
+    q.add_argument('--shard', default=None, help="this VM's share of the tile list: i/n (e.g. 0/8), or auto from a batch engine's task index and count "
+                   "(Cloud Batch, Cloud Run jobs; auto/N with a Kubernetes indexed Job of N completions)")
     q.add_argument('--resume', action='store_true', help='skip tiles a manifest in --out lists as finished')
     for flag, key, typ in (('--tile-size', 'tile_size', int), ('--stride', 'stride', int), ('--batch-size', 'batch_size', int),
                            ('--threshold', 'threshold', float), ('--device', 'device', str)):

@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/infer.html.md"""
 # %% ../nbs/11c_infer.ipynb #75c1f029
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
-import datetime, json, os, shutil, signal, tempfile, threading, time
+import datetime, json, os, re, shutil, signal, tempfile, threading, time
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -23,16 +23,52 @@ from .predict import OUTPUTS, Predictor, _Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
 # %% auto #0
-__all__ = ['parse_shard', 'shard_tiles', 'OutDir', 'read_tile_list', 'write_vrt', 'build_mosaics', 'run_inference']
+__all__ = ['SHARD_ENV', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir', 'read_tile_list', 'write_vrt', 'build_mosaics',
+           'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
-def parse_shard(s:str|None) -> tuple[int, int]:
-    "`'i/n'` (0 <= i < n) as a tuple; None is the whole list, `(0, 1)`."
-    if s is None: return 0, 1
-    try: i, n = map(int, str(s).split('/'))
-    except ValueError: i, n = -1, 0
-    if not 0 <= i < n: raise RtsSegError(f"--shard {s!r} must be i/n with 0 <= i < n, e.g. 0/8")
-    return i, n
+SHARD_ENV = {'Cloud Batch': ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT'), # engine: the variables of its task index and count
+             'Cloud Run': ('CLOUD_RUN_TASK_INDEX', 'CLOUD_RUN_TASK_COUNT'), # Cloud Run jobs
+             'Kubernetes': ('JOB_COMPLETION_INDEX', None)} # an indexed Job: the count (its `completions`) is given as auto/N
+
+def _env_int(env, var:str, least:int) -> int:
+    "The integer in `env[var]`, at least `least`; else an error naming the variable and its value."
+    try: k = int(env[var])
+    except ValueError: k = least - 1
+    if k < least: raise RtsSegError(f"--shard auto: {var}={env[var]!r} must be an integer >= {least}")
+    return k
+
+def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of tasks); None: the whole list
+                  env:dict|None=None, # where 'auto' reads the engine's variables (`os.environ`)
+                 ) -> tuple[int, int, str|None]:
+    "This task's shard `(i, n)`, and what set it: '--shard', an engine of `SHARD_ENV`, or None (no shard)."
+    if s is None: return 0, 1, None
+    head, _, tail = str(s).partition('/')
+    if head != 'auto':
+        try: i, n = map(int, str(s).split('/'))
+        except ValueError: i, n = -1, 0
+        if not 0 <= i < n: raise RtsSegError(f"--shard {s!r} must be i/n with 0 <= i < n, e.g. 0/8 (or auto in a batch job)")
+        return i, n, '--shard'
+    if tail and not (tail.isdigit() and int(tail) > 0): raise RtsSegError(f"--shard {s!r} must be auto, or auto/N with N the number of tasks, e.g. auto/8")
+    count, env = int(tail) if tail else None, os.environ if env is None else env
+    engine = next((e for e, (iv, _) in SHARD_ENV.items() if iv in env), None)
+    if engine is None:
+        names = ', '.join(v for vs in SHARD_ENV.values() for v in vs if v)
+        raise RtsSegError(f"--shard {s}: none of {names} is set (Cloud Batch, Cloud Run jobs and Kubernetes indexed Jobs set them); outside such a job give --shard i/n")
+    iv, nv = SHARD_ENV[engine]
+    i = _env_int(env, iv, 0)
+    if nv and nv in env:
+        n = _env_int(env, nv, 1)
+        if count not in (None, n): raise RtsSegError(f"--shard {s} disagrees with {nv}={n} ({engine}); give --shard auto")
+        of = f'{nv}={n}'
+    elif count is None: raise RtsSegError(f"--shard auto: {iv}={i} ({engine}) gives the task index but not the number of tasks; give it as --shard auto/N" + (f", or set {nv}" if nv else " (the Job's completions)"))
+    else: n, of = count, f'--shard {s}'
+    if i >= n: raise RtsSegError(f"--shard auto: {iv}={env[iv]!r} must be below the number of tasks ({of})")
+    return i, n, engine
+
+def parse_shard(s:str|None, env:dict|None=None) -> tuple[int, int]:
+    "`(i, n)` of `--shard s` (see `resolve_shard`); None is the whole list, `(0, 1)`."
+    return resolve_shard(s, env)[:2]
 
 def shard_tiles(tile_ids:list[str], i:int, n:int) -> list[str]:
     "The tiles of shard `i` of `n`: sorted by id, every n-th from the i-th."
@@ -88,6 +124,11 @@ def _manifests(out:OutDir) -> dict[str, dict]:
             done[r['key']] = r
     return done
 
+def _partials(d:Path, stems:set[str]|None=None) -> list[Path]:
+    "Half-written files a kill left in `d` (`.{stem}.*.partial*` of `atomic_path`, `.{stem}.tmp.tif`), only of `stems` if given."
+    ms = [re.fullmatch(r'\.(.+)\.(?:[^.]+\.partial.*|tmp\.tif)', f.name) for f in d.glob('.*')] if d.exists() else []
+    return [d/m[0] for m in ms if m and (stems is None or m[1] in stems)]
+
 def _append(path:Path, rec:dict):
     "Append one JSON line and sync it to disk."
     with open(path, 'a') as f:
@@ -142,12 +183,13 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
                   tile_list:str|Path|None=None, # tile-list mode: CSV with tile_id (and RegionName)
                   imagery:str|Path|None=None, # tile-list mode: root with PLANET-RGB/{tile_id}.tif (and EXTRA/{tile_id}.tif for aux bands)
                   cfg:InferenceConfig|None=None, # the `inference` section
-                  shard:str|None=None, # 'i/n': this VM's share of the tile list
+                  shard:str|None=None, # this VM's share of the tile list: 'i/n', or 'auto' ('auto/N') from a batch engine's variables
                   resume:bool=False, # skip tiles that a manifest lists as finished
                  ) -> dict:
     "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
     t0, cfg = time.time(), cfg or InferenceConfig()
-    i, n = parse_shard(shard)
+    i, n, shard_source = resolve_shard(shard)
+    if shard_source not in (None, '--shard'): print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
     if (scenes is None) == (tile_list is None): raise RtsSegError("give either --scene or --tile-list (with --imagery)")
     net, bundle = load_model(model) # the network (a bundle's, or exported), and what it needs: its channels and where they come from
     cfg = bundle.resolve(cfg) # what the config leaves open: the model's tile size, threshold, minimum area
@@ -168,14 +210,17 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
             if f is not None and not exists(f): raise RtsSegError(f"image not found: {f}")
     out = OutDir(out)
     jobs = [_Scene(path, out.local/rel, key=key, extra=ex) for path, ex, rel, key in jobs]
-    mname = f'manifest_{i}of{n}.jsonl'
+    mname, lname = f'manifest_{i}of{n}.jsonl', 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
     manifest = out.local/mname
     out.fetch(mname)
     if manifest.exists() and not resume and tiles is None: manifest.unlink() # scenes: a new run starts afresh
     if manifest.exists() and not resume: raise RtsSegError(f"{out.uri}/{mname} holds results of an earlier run; add --resume to finish it, or choose another --out")
-    if resume: # what a killed run left half-written
-        for d in (out.local, out.local/'tiles', out.local/'mosaic'):
-            for f in [*d.glob('.*.partial*'), *d.glob('.*.tmp.tif')]: f.unlink(missing_ok=True)
+    if resume: # what a killed run of this shard left half-written; other shards may be writing theirs now
+        stems = {Path(lname).stem} | {f'{j.out_stem.name}{x}' for j in jobs for x in ['', *(f'_{k}' for k in OUTPUTS)]}
+        for d in {out.local, *(j.out_stem.parent for j in jobs)}:
+            for f in _partials(d, stems): f.unlink(missing_ok=True)
+        if n == 1: # mosaics: only a whole-list run can be sure that no other shard is building them
+            for f in _partials(out.local/'mosaic'): f.unlink(missing_ok=True)
     done = _manifests(out)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
     predictor = Predictor(net, bundle, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
@@ -211,13 +256,12 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
                stride=cfg.stride or cfg.tile_size // 2, precision=predictor.precision, batch_size=cfg.batch_size,
-               shard=f'{i}/{n}', tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
+               shard=f'{i}/{n}', shard_source=shard_source, tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
                                             all_nodata=sum(r['windows'] == r['skipped_windows'] for r in mine)),
                windows=sum(r['windows'] for r in mine), skipped_windows=sum(r['skipped_windows'] for r in mine),
                polygons=sum(r['polygons'] for r in mine), total_rts_area_m2=sum(r['rts_area_m2'] for r in mine),
                mosaics=mosaics, wall_seconds=round(time.time() - t0, 2),
                gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None, device=str(dev))
-    lname = 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
     atomic_write_text(out.local/lname, json.dumps(log, indent=2))
     out.publish(lname)
     if out.remote: shutil.rmtree(out.local, ignore_errors=True)

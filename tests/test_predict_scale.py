@@ -1,6 +1,6 @@
 """Inference at scale through the CLI: an odd-sized UTM scene with a nodata border, COGs and GeoPackages,
-polygons across window seams, tile lists killed and resumed."""
-import json, os, shutil
+polygons across window seams, tile lists killed and resumed, and sharded by a batch engine's task index."""
+import json, os, shutil, subprocess
 
 import numpy as np
 import pyogrio
@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from conftest import rts_seg
 
+ENGINE_VARS = ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT', 'CLOUD_RUN_TASK_INDEX', 'CLOUD_RUN_TASK_COUNT', 'JOB_COMPLETION_INDEX')
 FIELDS = ['rts_id', 'area_m2', 'perimeter_m', 'centroid_lat', 'centroid_lon', 'mean_prob', 'max_prob', 'detection_scale', 'tile_ids']
 
 
@@ -63,6 +64,11 @@ def test_scene_outputs_are_cogs_and_polygons_merge_across_seams(tiny, tmp_path):
     assert log['skipped_windows'] == 0 and log['windows'] > 20
 
 
+def engine_env(**v) -> dict:
+    "The environment of a batch engine's task: none of its variables but `v` (and so none when run outside one)."
+    return {**{k: x for k, x in os.environ.items() if k not in ENGINE_VARS}, **{k: str(x) for k, x in v.items()}}
+
+
 def test_tile_list_killed_and_resumed_gives_identical_files(tiny, tmp_path):
     import pandas as pd
     meta = pd.read_csv(tiny['data']/'metadata.csv')
@@ -89,6 +95,23 @@ def test_tile_list_killed_and_resumed_gives_identical_files(tiny, tmp_path):
     assert len(list((a/'mosaic').glob('*.gpkg'))) == 3 and len(list((a/'mosaic').glob('*_prob.vrt'))) == 3
     with rasterio.open(a/'mosaic'/'yamal_prob.vrt') as v, rasterio.open(a/'mosaic'/'yamal_prob.tif') as t:
         assert v.crs.to_epsg() == 3413 and (v.read(1) == t.read(1)).all()
+    # the same list as 2 Cloud Batch tasks (`--shard auto`), started at once; task 1 is killed after one of its 15 tiles, and retried
+    # (its 14 left end in a batch of 2, not of 1: on CPU a batch of one tile rounds some probabilities differently, by 1e-7)
+    c = tmp_path/'batch'
+    task = [shutil.which('rts-seg'), *map(str, args), '--out', str(c), '--shard', 'auto', '--resume'] # one command for every task
+    ps = [subprocess.Popen(task, env=engine_env(BATCH_TASK_INDEX=k, BATCH_TASK_COUNT=2, **({'RTS_SEG_KILL_AFTER': 1} if k == 1 else {})),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for k in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in ps]
+    assert [p.returncode for p in ps] == [0, -9], [e[-2000:] for e in errs]
+    assert not (c/'mosaic').exists() # task 1 is unfinished
+    r = rts_seg(*task[1:], env=engine_env(BATCH_TASK_INDEX=1, BATCH_TASK_COUNT=2)) # the engine's retry: the same command
+    assert r.returncode == 0 and 'shard 1/2, from Cloud Batch' in r.stdout, r.stderr[-2000:]
+    logs = [json.loads((c/f'inference_log_{k}of2.json').read_text()) for k in range(2)]
+    assert [(l['shard'], l['shard_source'], l['tiles']['total']) for l in logs] == [(f'{k}/2', 'Cloud Batch', 15) for k in range(2)]
+    assert (logs[0]['mosaics'], logs[1]['tiles']['resumed'], len(logs[1]['mosaics'])) == ([], 1, 3)
+    outputs = lambda d: [f for f in files(d) if not f.startswith(('manifest_', 'inference_log'))]
+    assert outputs(c) == outputs(a) # exactly the files of the unsharded run ...
+    for f in outputs(a): assert (a/f).read_bytes() == (c/f).read_bytes(), f # ... to the byte
 
 
 def test_bad_georeferencing_and_shards_are_clear_errors(tiny, tmp_path):
@@ -100,6 +123,9 @@ def test_bad_georeferencing_and_shards_are_clear_errors(tiny, tmp_path):
     r = rts_seg('predict', '--model', tiny['run']/'best.pth', '--tile-list', tmp_path/'t.csv', '--imagery', tiny['data'],
                 '--out', tmp_path/'o', '--shard', '3/2')
     assert r.returncode == 2 and '--shard' in r.stderr
+    r = rts_seg('predict', '--model', tiny['run']/'best.pth', '--tile-list', tmp_path/'t.csv', '--imagery', tiny['data'],
+                '--out', tmp_path/'o', '--shard', 'auto', env=engine_env()) # outside a batch job
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and all(w in r.stderr for w in ('BATCH_TASK_INDEX', 'JOB_COMPLETION_INDEX', '--shard i/n')), r.stderr
 
 
 def test_tile_list_on_gcs_emulator(tiny, tmp_path):
