@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | evaluate | export | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | evaluate | export | serve | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
@@ -14,7 +14,7 @@ from .core import run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
-           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'parser', 'main']
+           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'cmd_serve', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -192,8 +192,25 @@ def cmd_export(sub):
         print(f'wrote {path} and {path}.json')
     e.set_defaults(fn=fn)
 
+# %% ../nbs/13_cli.ipynb #d77adf1a
+def cmd_serve(sub):
+    "rts-seg serve: the model behind an HTTP API (FastAPI + uvicorn)."
+    import os
+    s = sub.add_parser('serve', help='serve a model over HTTP: GET /health, POST /predict (GeoTIFF in, GeoJSON polygons out)')
+    s.add_argument('--model', default=os.environ.get('MODEL_PATH'), help='model bundle (best.pth) or export, a path or gs:// URI (default $MODEL_PATH)')
+    s.add_argument('--host', default='127.0.0.1', help='interface to listen on (0.0.0.0 in a container)')
+    s.add_argument('--port', type=int, default=8080, help='TCP port (default 8080)')
+    s.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    s.add_argument('--max-mb', type=float, default=512, help='largest request in MiB; larger ones get 413 (default 512)')
+    def fn(a):
+        from rts_seg.core import RtsSegError
+        if not a.model: raise RtsSegError("rts-seg serve needs --model PATH_OR_URI, or MODEL_PATH set to one")
+        from rts_seg.serve import serve
+        serve(a.model, a.host, a.port, a.device, a.max_mb)
+    s.set_defaults(fn=fn)
+
 # %% ../nbs/13_cli.ipynb #de63d9c5
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_serve, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."

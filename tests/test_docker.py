@@ -1,6 +1,6 @@
 """The Docker images without a Docker engine: lint the Dockerfile, check what it copies, runs and installs,
 and run its install step and its checks outside Docker, in a fresh virtual environment."""
-import importlib.util, os, re, shlex, shutil, stat, subprocess, sys
+import argparse, importlib.util, os, re, shlex, shutil, stat, subprocess, sys
 from pathlib import Path
 
 import pytest, yaml
@@ -113,7 +113,7 @@ def test_stages_users_and_gpu_generations():
         env = ' '.join(a for op, a in st[f'arch-{arch}']['ops'] if op == 'ENV')
         assert f'RTS_SEG_GPU_ARCH={arch}' in env and f'TORCH_CUDA_ARCH_LIST="{v["cuda_arch_list"]}"' in env
         assert f'RTS_SEG_MIXED_PRECISION={v["mixed_precision"]}' in env
-    for target in ('train', 'infer'):
+    for target in ('train', 'infer', 'serve'):
         ops = [op for n in reversed(chain(st, target)) for op in st[n]['ops']]
         users = [a for op, a in ops if op == 'USER']
         assert users and users[-1].split(':')[0] not in ('root', '0'), f'{target}: the final USER must not be root'
@@ -142,6 +142,24 @@ def test_entry_points_exist():
     cfg = cmd[cmd.index('--config') + 1]
     conf_dir = next(d for d in dest_of if cfg.startswith(d))
     load_config(ROOT/dest_of[conf_dir]/Path(cfg).relative_to(conf_dir), cmd[cmd.index('--config') + 2:])
+
+
+def test_serve_target(monkeypatch):
+    "`rts-seg serve` on every interface at the port it exposes; its model mounted or named by MODEL_PATH, never copied in."
+    st = stages(DOCKERFILE)
+    ops = [op for n in reversed(chain(st, 'serve')) for op in st[n]['ops']]
+    ep = exec_form(next(a for op, a in st['serve']['ops'] if op == 'ENTRYPOINT'))
+    assert ep[:2] == ['rts-seg', 'serve'] and ep[ep.index('--host') + 1] == '0.0.0.0', ep
+    port = ep[ep.index('--port') + 1]
+    assert [a for op, a in st['serve']['ops'] if op == 'EXPOSE'] == [port]
+    assert '--model' not in ep and re.search(r'(^|\s)MODEL_PATH=/models/', ' '.join(a for op, a in ops if op == 'ENV'))
+    for srcs, _ in copies(DOCKERFILE): # no model in any layer
+        assert not any(re.search(r'\.(pth|pt|onnx|ckpt|safetensors)$|best|runs', s) for s in srcs), srcs
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if 'serve' not in sub.choices: pytest.skip('rts-seg serve is not a command of rts_seg.cli yet')
+    monkeypatch.setenv('MODEL_PATH', '/models/best.pth')
+    a = parser().parse_args(ep[1:])
+    assert (a.model, a.host, str(a.port)) == ('/models/best.pth', '0.0.0.0', port)
 
 
 def test_build_dry_run_uses_the_tag(tmp_path):
@@ -221,6 +239,13 @@ def test_infer_image_installs_only_what_inference_needs():
     assert len(runs('infer')) == 1 and 'docker/requirements-infer.txt' in runs('infer')[0], runs('infer')
     assert install_runs(st, 'train')[:-1] == install_runs(st, 'infer'), 'the training image builds on the inference layers'
     assert 'docker/requirements.txt' in runs('train')[-1], runs('train')
+    # serving: the inference layers plus the HTTP server, no training package
+    serve = pins(ROOT/'docker'/'requirements-serve.txt')
+    assert re.search(r'^-r requirements-infer\.txt$', (ROOT/'docker'/'requirements-serve.txt').read_text(), re.M), 'the serving pins add to the inference pins'
+    assert not set(serve) & set(infer), f'pinned in both files: {sorted(set(serve) & set(infer))}'
+    assert {'fastapi', 'uvicorn', 'python-multipart'} <= set(serve) and not set(TRAINING_ONLY) & set(serve)
+    assert install_runs(st, 'serve')[:-1] == install_runs(st, 'infer'), 'the serving image builds on the inference layers'
+    assert 'docker/requirements-serve.txt' in runs('serve')[-1], runs('serve')
 
 
 @pytest.mark.venv
@@ -229,7 +254,7 @@ def test_image_install_and_checks_in_a_fresh_venv(tmp_path, tiny):
 
     torch and torchvision stand in for the NVIDIA base image; the files are laid out as the Dockerfile's
     COPY instructions lay them out, and its RUN lines for docker/install.sh run as written: first the inference
-    image's (a prediction runs, without fastai), then the training image's, which builds on it."""
+    image's (a prediction runs, without fastai), then the serving image's and the training image's, which build on it."""
     try: _install_and_check(tmp_path, tiny)
     finally: shutil.rmtree(tmp_path/'venv', ignore_errors=True) # several GB (torch with its CUDA libraries)
 
@@ -289,6 +314,15 @@ def _install_and_check(tmp_path, tiny):
                         '--out', out, '--tile-size', '64'], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, f'rts-seg predict without the training packages: {(r.stdout + r.stderr)[-4000:]}'
     assert all((out/f'demo_scene_{k}.tif').is_file() for k in ('prob', 'mask', 'scale')) and (out/'inference_log.json').is_file()
+
+    # the serving image: the inference image plus the HTTP server; the app loads the model, without fastai
+    serve_runs = install_runs(st, 'serve')
+    assert serve_runs[:len(infer_runs)] == infer_runs
+    for n in serve_runs[len(infer_runs):]: _install_stage(st[n]['ops'], tmp_path/'src', env)
+    sizes['serving image'] = _site_packages_mb(venv)
+    r = py(f"import sys; sys.modules['fastai'] = None; from rts_seg.serve import create_app; "
+           f"app = create_app({str(tiny['run']/'best.pth')!r}, device='cpu'); print(sorted(r.path for r in app.routes), app.state.health['tile_size'])")
+    assert r.returncode == 0 and "'/health'" in r.stdout and "'/predict'" in r.stdout, f'rts_seg.serve in the serving image: {(r.stdout + r.stderr)[-3000:]}'
 
     # the training image: the inference image plus the training packages
     for n in train_runs[len(infer_runs):]: _install_stage(st[n]['ops'], tmp_path/'src', env)
