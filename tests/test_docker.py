@@ -180,6 +180,32 @@ def test_build_dry_run_uses_the_tag(tmp_path):
     assert r.returncode == 2 and 'hopper' in r.stderr
 
 
+def test_build_from_git_leaves_uncommitted_changes_out(tmp_path):
+    "build.sh --source git: a clean export of the branch's commit is the context and makes the tag, which names the branch."
+    repo = _copy_hashed(tmp_path/'repo')
+    shutil.copy(ROOT/'docker'/'build.sh', repo/'docker'/'build.sh')
+    git = lambda *a: subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *a], cwd=repo, check=True, capture_output=True, text=True)
+    git('init', '-q', '-b', 'main'); git('add', '-A'); git('commit', '-qm', 'c1'); git('checkout', '-qb', 'feat/x')
+    clean = image_tag(repo, 'hopper')
+    core = repo/'rts_seg'/'core.py'
+    core.write_text(core.read_text() + '\nUNCOMMITTED = 1\n'); (repo/'rts_seg'/'untracked.py').write_text('x = 1\n')
+    build = lambda *a: subprocess.run([repo/'docker'/'build.sh', '--arch', 'hopper', '--dry-run', '--registry', 'r/x', *a], cwd=repo, capture_output=True, text=True)
+    r = build('--source', 'git', '--branch', 'feat/x', '--context', tmp_path/'ctx', '--cloud-build')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == f'r/x/rts-seg-train:{clean}-hopper-feat-x' # the commit's content hash, and the branch
+    assert lines[0].startswith('git archive --format=tar ') and f'--config {tmp_path}/ctx/docker/cloudbuild.yaml' in lines[1]
+    ctx = tmp_path/'ctx'
+    assert 'UNCOMMITTED' not in (ctx/'rts_seg'/'core.py').read_text() and not (ctx/'rts_seg'/'untracked.py').exists()
+    assert (ctx/'docker'/'Dockerfile').is_file() and not (ctx/'.git').exists()
+    local = build().stdout.strip().splitlines()[-1] # the working tree: the change is in, so another tag
+    assert local.startswith('r/x/rts-seg-train:') and local != lines[-1] and clean not in local
+    r = build('--source', 'git', '--branch', 'no-such-branch')
+    assert r.returncode == 2 and "no branch or commit 'no-such-branch'" in r.stderr
+    r = build('--branch', 'feat/x')
+    assert r.returncode == 2 and '--source git' in r.stderr
+
+
 def test_cloudbuild_takes_the_tag():
     cb = yaml.safe_load((ROOT/'docker'/'cloudbuild.yaml').read_text())
     assert {'_IMAGE', '_TAG', '_TARGET', '_GPU_ARCH', '_BASE_IMAGE'} <= set(cb['substitutions'])
