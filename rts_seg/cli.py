@@ -49,7 +49,7 @@ def cmd_train(sub):
 def cmd_predict(sub):
     "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
     q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
-    q.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar')
+    q.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar; a path or gs:// URI (downloaded once)')
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
     src.add_argument('--tile-list', help='CSV with tile_id (and RegionName) of tiles under --imagery')

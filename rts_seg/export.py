@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/export.html.md"""
 # %% ../nbs/06b_export.ipynb #84896938
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
-import datetime, importlib, json, warnings, zipfile
+import datetime, hashlib, importlib, json, os, warnings, zipfile
 from pathlib import Path
 
 import torch
@@ -15,10 +15,11 @@ import torch
 from . import __version__
 from .bundle import Bundle, _from_dict, load_checkpoint
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device
+from .io import exists, get_fs, is_remote, retry
 
 # %% auto #0
 __all__ = ['FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'DEFAULT_OPSET', 'CHECK_TOL', 'EXPORTERS', 'EXPORTER_CALLS', 'sidecar_path',
-           'export_model', 'OnnxModel', 'read_sidecar', 'load_model']
+           'export_model', 'OnnxModel', 'fetch_model', 'read_sidecar', 'load_model']
 
 # %% ../nbs/06b_export.ipynb #729c6493
 FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'} # export format -> file suffix
@@ -171,6 +172,30 @@ class OnnxModel(torch.nn.Module):
 
     def extra_repr(self) -> str: return f"{self.path.name}, providers={self.session.get_providers()}"
 
+# %% ../nbs/06b_export.ipynb #6d7c3fc0
+def _cache_root() -> Path:
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'rts_seg'/'models'
+
+def fetch_model(model:str|Path, # a local path, or a URI such as gs://bucket/run/best.pth
+                cache:str|Path|None=None, # where downloaded models are kept; None = $XDG_CACHE_HOME/rts_seg/models
+               ) -> Path:
+    "A local path of `model`: a remote one is downloaded once per version of the object (with an export's sidecar)."
+    if not is_remote(model): return Path(model)
+    model = str(model)
+    fs, p = get_fs(model)
+    info = retry(lambda: fs.info(p), model)
+    if info.get('type') != 'file': raise RtsSegError(f"model not found: {model} is not a file")
+    version = json.dumps({k: str(info.get(k)) for k in ('size', 'generation', 'md5Hash', 'etag', 'ETag', 'mtime', 'created', 'LastModified')})
+    d = Path(cache or _cache_root())/hashlib.sha256(f'{model}\n{version}'.encode()).hexdigest()[:16]
+    dst = d/Path(p).name
+    if not dst.is_file():
+        side = f'{model}.json' # `sidecar_path` of a URI (a Path would fold its '//')
+        if Path(p).suffix.lower() in ('.onnx', '.pt') and exists(side):
+            with atomic_path(sidecar_path(dst)) as tmp: retry(lambda: fs.get_file(get_fs(side)[1], str(tmp)), side)
+        with atomic_path(dst) as tmp: retry(lambda: fs.get_file(p, str(tmp)), model)
+    return dst
+
+
 # %% ../nbs/06b_export.ipynb #f580b0d0
 def read_sidecar(path:str|Path, # an exported model (best.onnx, best.pt); its sidecar is `sidecar_path(path)`
                 ) -> Bundle:
@@ -189,11 +214,12 @@ def _is_torchscript(path:Path) -> bool:
         with zipfile.ZipFile(path) as z: return any('/code/' in n for n in z.namelist())
     except (zipfile.BadZipFile, OSError): return False
 
-def load_model(path:str|Path, # best.pth (a bundle), best.onnx or best.pt (exports, with their sidecars)
+def load_model(path:str|Path, # best.pth (a bundle), best.onnx or best.pt (exports, with their sidecars); a path or URI (gs://...)
                device='cpu', # cpu, cuda, cuda:N or auto
+               cache:str|Path|None=None, # where a remote model is downloaded (`fetch_model`)
               ) -> tuple[torch.nn.Module, Bundle]:
     "The model in eval mode and its bundle, from a checkpoint, an ONNX export or a TorchScript export."
-    path, device = Path(path), get_device(device) if device == 'auto' else torch.device(device)
+    path, device = fetch_model(path, cache), get_device(device) if device == 'auto' else torch.device(device)
     if not path.is_file(): raise RtsSegError(f"model not found: {path}")
     if path.suffix.lower() == '.onnx':
         b = read_sidecar(path)

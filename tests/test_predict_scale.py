@@ -160,8 +160,13 @@ def test_tile_list_on_gcs_emulator(tiny, tmp_path):
             assert p.crs.to_epsg() == 3413 and p.tags(ns='IMAGE_STRUCTURE')['LAYOUT'] == 'COG'
         log = json.loads(fs.cat('rts-infer/out/inference_log.json'))
         assert log['tiles'] == dict(total=3, predicted=3, resumed=0, all_nodata=0)
-        r = rts_seg(*args, '--resume', env=env)
+        # as a Cloud Batch task runs it (rts-seg launch predict): the model from the bucket, the shard from the engine
+        fs.put(str(tiny['run']/'best.pth'), 'rts-infer/models/best.pth')
+        args[2] = 'gs://rts-infer/models/best.pth'
+        batch = {**env, 'BATCH_TASK_INDEX': '0', 'BATCH_TASK_COUNT': '1', 'XDG_CACHE_HOME': str(tmp_path/'cache')}
+        r = rts_seg(*args, '--shard', 'auto', '--resume', env=batch)
         assert r.returncode == 0 and '0 predicted, 3 already done' in r.stdout, r.stderr[-2000:]
+        assert [p.name for p in (tmp_path/'cache').rglob('*.pth')] == ['best.pth'] # downloaded once, into the cache
     finally:
         for k in ('STORAGE_EMULATOR_HOST', 'FSSPEC_GS_TOKEN', 'GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT'): os.environ.pop(k, None)
         emu.terminate(); emu.wait(10)
