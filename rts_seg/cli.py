@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | evaluate | export | serve | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | evaluate | export | serve | launch | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
@@ -14,7 +14,8 @@ from .core import run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
-           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'cmd_serve', 'parser', 'main']
+           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'cmd_serve', 'cmd_launch', 'parser',
+           'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -209,8 +210,66 @@ def cmd_serve(sub):
         serve(a.model, a.host, a.port, a.device, a.max_mb)
     s.set_defaults(fn=fn)
 
+# %% ../nbs/13_cli.ipynb #4b75d3de
+def cmd_launch(sub):
+    "rts-seg launch: train on Vertex AI or predict on Cloud Batch, building the image only when its content hash is new."
+    import os
+    s = sub.add_parser('launch', help='train on Vertex AI or predict on Cloud Batch (image built only when its content hash is new)')
+    kinds = s.add_subparsers(dest='kind', required=True)
+    def common(p, machine):
+        p.add_argument('--registry', default=os.environ.get('RTS_SEG_REGISTRY'), help='HOST/PATH of the images, e.g. us-central1-docker.pkg.dev/PROJECT/REPO (default $RTS_SEG_REGISTRY)')
+        p.add_argument('--region', required=True, help='region of the job, e.g. us-central1')
+        p.add_argument('--project', default=None, help="Google Cloud project (default: the registry's, else gcloud's)")
+        p.add_argument('--machine', default=machine, help=f'machine type (default {machine})')
+        p.add_argument('--gpus', type=int, default=None, help='GPUs per machine (must match the machine type; required with n1-*)')
+        p.add_argument('--accelerator', default=None, help='t4 or v100, with n1-* machine types')
+        p.add_argument('--source', default='local', choices=['local', 'git'], help='build from the working tree (local) or a clean export of --branch (git)')
+        p.add_argument('--branch', default=None, help='with --source git: the branch or commit (default: the current branch)')
+        p.add_argument('--name', default=None, help='job name (default rts-train-/rts-predict-DATE-TIME)')
+        p.add_argument('--env', action='append', default=[], metavar='NAME=VALUE', help='environment variable of the job (no secrets); repeat for more')
+        p.add_argument('--service-account', default=None, help="the job's identity (e-mail of a service account)")
+        p.add_argument('--image', default='rts-seg', help='image name (default rts-seg)')
+        p.add_argument('--root', default='.', help='repository root, or a folder inside it (default: here)')
+        p.add_argument('--dry-run', action='store_true', help='print the commands and the job JSON; build and submit nothing')
+    t = kinds.add_parser('train', help='a Vertex AI custom job on one machine with all its GPUs')
+    t.add_argument('--config', required=True, help="run config, a YAML file in the repository's configs/")
+    t.add_argument('--output', required=True, help='gs:// folder of the run (checkpoints, metrics, training state)')
+    t.add_argument('--spot', action='store_true', help='spot VMs (preempted at times: the job restarts and resumes)')
+    t.add_argument('--mlflow-uri', default=None, help="MLflow tracking server for the run (default: the image's store, inside the job)")
+    t.add_argument('--timeout-hours', type=float, default=None, help='longest run (default: 7 days)')
+    t.add_argument('--disk-gb', type=int, default=None, help='boot disk size in GB')
+    common(t, 'a3-highgpu-8g')
+    t.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. data.root=gs://BUCKET/data train.epochs=60')
+    q = kinds.add_parser('predict', help='a Cloud Batch job: one task per shard of a tile list, on spot GPU VMs')
+    q.add_argument('--model', required=True, help='gs:// URI of best.pth (or an export with its sidecar)')
+    q.add_argument('--tile-list', required=True, help='gs:// URI of the tile list (CSV with tile_id, RegionName)')
+    q.add_argument('--imagery', required=True, help='gs:// imagery root (PLANET-RGB/, EXTRA/)')
+    q.add_argument('--out', required=True, help='gs:// output folder')
+    q.add_argument('--tasks', type=int, default=64, help='tasks, one shard of the tile list each (default 64)')
+    q.add_argument('--parallelism', type=int, default=None, help='tasks at once, one VM each (default: tasks, at most 32)')
+    q.add_argument('--no-spot', dest='spot', action='store_false', help='standard VMs instead of spot ones')
+    q.add_argument('--spot', dest='spot', action='store_true', default=True, help='spot VMs (the default)')
+    q.add_argument('--retries', type=int, default=3, help='retries of a task whose VM was preempted or lost (default 3)')
+    q.add_argument('--max-run-hours', type=float, default=24, help='longest run of one task (default 24)')
+    q.add_argument('--secret', action='append', default=[], metavar='NAME=projects/P/secrets/S/versions/V', help='a Secret Manager version as an environment variable of the tasks')
+    common(q, 'g2-standard-8')
+    q.add_argument('overrides', nargs='*', metavar='key=value', help='inference overrides for every task, e.g. inference.tta=full')
+    def fn(a):
+        from rts_seg.image import find_root
+        from rts_seg.launch import launch_predict, launch_train
+        kw = dict(registry=a.registry, region=a.region, machine=a.machine, gpus=a.gpus, accelerator=a.accelerator, project=a.project,
+                  spot=a.spot, source=a.source, branch=a.branch, name=a.name, env=a.env, service_account=a.service_account,
+                  image=a.image, dry_run=a.dry_run)
+        root = find_root(a.root)
+        if a.kind == 'train':
+            launch_train(root, a.config, a.overrides, output=a.output, mlflow_uri=a.mlflow_uri, timeout_hours=a.timeout_hours, disk_gb=a.disk_gb, **kw)
+        else:
+            launch_predict(root, a.model, a.tile_list, a.imagery, a.out, tasks=a.tasks, parallelism=a.parallelism, retries=a.retries,
+                           max_run_hours=a.max_run_hours, overrides=a.overrides, secrets=a.secret, **kw)
+    s.set_defaults(fn=fn)
+
 # %% ../nbs/13_cli.ipynb #de63d9c5
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_serve, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_serve, cmd_launch, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."
