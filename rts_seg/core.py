@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #7992b6f3
 from __future__ import annotations
-import contextlib, os, random, sys, tempfile, warnings
+import contextlib, os, random, re, sys, tempfile, warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING: import torch # imported where it is used: `rts-seg --help` doe
 warnings.filterwarnings('ignore', message='`torch.jit.script` is deprecated', category=FutureWarning)
 
 # %% auto #0
-__all__ = ['RtsSegError', 'run_cli', 'readable', 'atomic_path', 'atomic_write_text', 'seed_everything', 'get_device']
+__all__ = ['RtsSegError', 'run_cli', 'redact_url', 'readable', 'atomic_path', 'atomic_write_text', 'seed_everything',
+           'get_device']
 
 # %% ../nbs/00_core.ipynb #697f9d41
 class RtsSegError(Exception):
@@ -33,6 +34,17 @@ def run_cli(fn, *args):
         if 'Original Traceback' in msg: msg = msg.splitlines()[-1].split('RtsSegError: ', 1)[-1] # raised in a DataLoader worker
         print(f'rts-seg: error: {msg}', file=sys.stderr)
         sys.exit(2)
+
+# %% ../nbs/00_core.ipynb #5d255315
+def redact_url(url:str|None) -> str|None:
+    "`url` without a password or user name, or the values of query parameters that look like secrets."
+    if not url or '://' not in str(url): return url
+    from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+    u = urlsplit(str(url))
+    if '@' not in u.netloc and not u.query: return url
+    netloc = ('***@' if '@' in u.netloc else '') + u.netloc.rsplit('@', 1)[-1]
+    q = urlencode([(k, '***' if re.search(r'token|secret|key|password|sig|auth', k, re.I) else v) for k, v in parse_qsl(u.query, keep_blank_values=True)], safe='*')
+    return urlunsplit((u.scheme, netloc, u.path, q, u.fragment))
 
 # %% ../nbs/00_core.ipynb #a3733998
 def _umask() -> int:

@@ -14,7 +14,7 @@ import torch
 
 from . import __version__
 from .config import DEFAULT_MIN_AREA_M2, Config, add_train_args, config_yaml, flat_params, load_config, save_config
-from .core import RtsSegError, atomic_path, atomic_write_text, get_device, run_cli, seed_everything
+from .core import RtsSegError, atomic_path, atomic_write_text, get_device, redact_url, run_cli, seed_everything
 from .io import check_data_root, is_remote
 from .bundle import Bundle, git_commit, save_checkpoint, stats_hash, unwrap
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles
@@ -228,7 +228,7 @@ def train(cfg:Config, # the run's config
                        **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()}, temperature=cal['temperature'],
                        threshold=cal['threshold'], object_metrics=object_metrics_note(cfg, mapped, cal['threshold']), epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
                        seconds=round(time.time() - t0, 1), device=str(device), world_size=ws, n_train_tiles=len(tiles['train']),
-                       n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=uri)
+                       n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=redact_url(uri))
         metrics = _finite(metrics)
         if r0:
             atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))

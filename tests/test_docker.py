@@ -1,6 +1,6 @@
 """The Docker images without a Docker engine: lint the Dockerfile, check what it copies, runs and installs,
 and run its install step and its checks outside Docker, in a fresh virtual environment."""
-import argparse, importlib.util, os, re, shlex, shutil, stat, subprocess, sys
+import argparse, importlib.util, json, os, re, shlex, shutil, stat, subprocess, sys
 from pathlib import Path
 
 import pytest, yaml
@@ -119,7 +119,23 @@ def test_stages_users_and_gpu_generations():
         assert users and users[-1].split(':')[0] not in ('root', '0'), f'{target}: the final USER must not be root'
         env = ' '.join(a for op, a in ops if op == 'ENV')
         assert 'MLFLOW_TRACKING_URI=sqlite:////outputs/mlflow.db' in env
+        for v in ('XDG_CACHE_HOME=/cache', 'TORCH_HOME=/cache/torch', 'HF_HOME=/cache/huggingface'): assert v in env, v # downloads: once per /cache volume
+        run = ' '.join(a for op, a in ops if op == 'RUN')
+        assert 'mkdir -p /data /outputs /cache' in run and 'chmod 1777 /outputs /cache' in run # any --user can write the cache
         assert not re.search(r'(SECRET|TOKEN|PASSWORD|CREDENTIALS|API_KEY)\w*=', env + ' '.join(a for op, a in ops if op == 'ARG'), re.I), 'no credentials in a layer'
+
+
+def test_downloads_go_to_the_cache_volume(tmp_path):
+    "With the images' variables, torch hub (torchvision-style encoder weights), the Hugging Face hub (smp and timm weights) and rts_seg's model cache all lie under /cache."
+    st = stages(DOCKERFILE)
+    env = dict(kv.split('=', 1) for op, a in st['runtime']['ops'] if op == 'ENV' for kv in a.split())
+    cache = tmp_path/'cache'
+    env = {k: v.replace('/cache', str(cache)) for k, v in env.items() if k in ('XDG_CACHE_HOME', 'TORCH_HOME', 'HF_HOME')}
+    code = ("import json, torch.hub, huggingface_hub.constants as c, rts_seg.export as e; "
+            "print(json.dumps([torch.hub.get_dir(), c.HF_HUB_CACHE, str(e._cache_root())]))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, **env})
+    assert r.returncode == 0, r.stderr
+    for d in json.loads(r.stdout.strip().splitlines()[-1]): assert Path(d).is_relative_to(cache), d
 
 
 def test_entry_points_exist():
