@@ -161,7 +161,7 @@ def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig
     res = []
     for region, df in tiles.groupby('RegionName', sort=True):
         recs = [done[t] for t in sorted(df.tile_id)]
-        if out.remote: out.fetch(f'tiles/*_[pms]*.tif')
+        if out.remote: out.fetch('tiles/*_[pms]*.tif')
         d, L = out.local/'mosaic', out.local
         paths = {k: write_vrt([L/r[k] for r in recs], d/f'{region}_{k}.vrt') for k in OUTPUTS}
         cogs = {k: write_cog(paths[k], d/f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}

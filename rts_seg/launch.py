@@ -6,12 +6,11 @@ Docs: https://rts-seg.github.io/rts_seg/launch.html.md"""
 
 # %% ../nbs/12a_launch.ipynb #e452368b
 from __future__ import annotations
-import base64, datetime, json, os, re, shlex, shutil, subprocess, urllib.error, urllib.parse, urllib.request
+import base64, datetime, json, re, shlex, shutil, subprocess, urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from .core import RtsSegError, atomic_write_text
-from .image import GPU_ARCHS
 
 # %% auto #0
 __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 'REQUIRED', 'RETRY_EXIT_CODES', 'SECRET_NAME',
@@ -366,7 +365,7 @@ def launch_train(root:str|Path, # repository root (the image is built from it)
     "Train on a Vertex AI custom job, building the image first only if its content hash is new."
     from rts_seg.config import load_config
     root, config = Path(root).resolve(), Path(config).resolve()
-    if not (root/'configs') in config.parents: raise RtsSegError(f"--config {config} is not in {root/'configs'}: the job reads configs from the image; copy it there (it then counts for the image tag)")
+    if (root/'configs') not in config.parents: raise RtsSegError(f"--config {config} is not in {root/'configs'}: the job reads configs from the image; copy it there (it then counts for the image tag)")
     if any(o.split('=', 1)[0] == 'output_dir' for o in overrides): raise RtsSegError("give the run's folder as --output gs://..., not output_dir=")
     m = gpu_machine(machine, gpus, accelerator)
     out = fuse_path(output)

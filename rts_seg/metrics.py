@@ -14,7 +14,7 @@ from fastai.callback.core import Callback
 from fastai.metrics import Metric
 from scipy import ndimage
 
-from .objects import OBJ_IOUS, match_counts, object_counts, truth_labels
+from .objects import OBJ_IOUS, match_counts, truth_labels
 
 # %% auto #0
 __all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'iou_counts', 'PixelIoU', 'reduce_sum', 'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc',

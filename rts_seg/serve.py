@@ -9,7 +9,7 @@ __all__ = ['BodyLimit', 'feature_collection', 'create_app', 'serve']
 
 # %% ../nbs/11d_serve.ipynb #961033a7
 import rts_seg.core # first: it silences a torch deprecation warning
-import base64, hashlib, importlib, json, math, os, re, shutil, tempfile, threading, time
+import base64, hashlib, importlib, json, math, re, shutil, tempfile, threading, time
 from pathlib import Path
 
 import rasterio
@@ -17,9 +17,9 @@ import shapely
 
 from . import __version__
 from .config import InferenceConfig
-from .core import RtsSegError, atomic_path
+from .core import RtsSegError
 from .export import fetch_model
-from .io import exists, get_fs, is_remote, retry
+from .io import get_fs, is_remote, retry
 from .predict import Predictor, _Scene, predict_scenes
 from .vectorize import FIELDS, vectorize
 

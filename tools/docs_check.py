@@ -302,7 +302,7 @@ def main(argv=None):
     entries = sidebar_entries()
     listed = _flat(entries)
     rels = [str(f.relative_to(NBS)) for f in nbs]
-    problems = {f'sidebar.yml': [f"{e} is in the sidebar but there is no such notebook" for e in listed if e not in rels] +
+    problems = {'sidebar.yml': [f"{e} is in the sidebar but there is no such notebook" for e in listed if e not in rels] +
                                 [f"{r} is not in the sidebar" for r in rels if r not in listed]}
     pages = page_names(nbs)
     todo = [f for f in nbs if re.search(a.only, str(f.relative_to(NBS)))]
