@@ -17,7 +17,7 @@ def child(scene, out):
     import segmentation_models_pytorch as smp
     import torch
     from rts_seg.config import InferenceConfig
-    from rts_seg.predict import Predictor, _Scene, predict_scenes
+    from rts_seg.predict import Predictor, Scene, predict_scenes
     from rts_seg.vectorize import vectorize
     torch.manual_seed(0); torch.set_num_threads(2)
     model = smp.create_model('Unet', encoder_name='resnet18', encoder_weights=None, in_channels=3, classes=1)
@@ -25,7 +25,7 @@ def child(scene, out):
     pred = Predictor(model, dict(channels=['r', 'g', 'b'], groups=dict(rgb=g)), device='cpu')
     cfg = InferenceConfig(tile_size=256, batch_size=4, workers=2, threshold=0.999, device='cpu')
     on_done = lambda r: vectorize(r['mask'], r['prob'], Path(out)/'scene.gpkg', r['scale'])
-    res = predict_scenes(pred, [_Scene(scene, Path(out)/'pred')], cfg, on_done=on_done)[0]
+    res = predict_scenes(pred, [Scene(scene, Path(out)/'pred')], cfg, on_done=on_done)[0]
     print(json.dumps(dict(windows=res['windows'], peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)))
 
 

@@ -32,7 +32,7 @@ from rasterio.transform import from_origin
 from rasterio.windows import Window
 
 from rts_seg.config import InferenceConfig
-from rts_seg.predict import Predictor, _Scene, predict_scenes
+from rts_seg.predict import Predictor, Scene, predict_scenes
 
 PAN_ARCTIC_KM2, GSD_M = 20e6, 3.0
 STAGES = dict(wait_open='main: waiting for scenes to be opened (checked)', read='readers: decoding strips (summed over threads)', read_cpu='readers: their CPU time',
@@ -99,11 +99,11 @@ def main():
         for i, q in enumerate(paths):
             if not q.exists(): make_scene(q, T, seed=i, x0=i * T)
         print(f'{a.tiles} tiles of {T}x{T} px written in {time.time() - t:.1f} s', flush=True)
-        scenes = lambda: [_Scene(str(q), out/'pred_tiles'/q.stem) for q in paths]
+        scenes = lambda: [Scene(str(q), out/'pred_tiles'/q.stem) for q in paths]
     else:
         if not scene.exists(): make_scene(scene, size)
         print(f'scene {size}x{size} px written in {time.time() - t:.1f} s', flush=True)
-        scenes = lambda: [_Scene(str(scene), out/f'pred{i}') for i in range(a.scenes)]
+        scenes = lambda: [Scene(str(scene), out/f'pred{i}') for i in range(a.scenes)]
 
     if a.model == 'tiny': # the host side alone: on the CPU, one torch thread, so "device" ops do not fight the host threads
         arch, enc, model = 'tiny', '-', Tiny()

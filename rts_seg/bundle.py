@@ -194,11 +194,12 @@ def _norm_columns(self:Bundle, device='cpu') -> tuple[torch.Tensor, ...]:
     return tuple(cols)
 
 def _resolve(self:Bundle, cfg:InferenceConfig) -> InferenceConfig:
-    "`cfg` with what it leaves open (None) taken from the bundle: tile size, threshold, minimum area, simplification."
+    "`cfg` with what it leaves open (None) taken from the bundle: tile size (and so the stride, half of it), threshold, minimum area, simplification."
     area = self.postprocess.get('min_area_m2')
     upd = dict(tile_size=self.tile_size or 512, threshold=self.threshold, min_area_m2=DEFAULT_MIN_AREA_M2 if area is None else area,
                simplify_m=self.postprocess.get('simplify_m'))
-    return cfg.model_copy(update={k: v for k, v in upd.items() if getattr(cfg, k) is None})
+    cfg = cfg.model_copy(update={k: v for k, v in upd.items() if getattr(cfg, k) is None})
+    return cfg if cfg.stride is not None else cfg.model_copy(update=dict(stride=cfg.tile_size // 2))
 
 Bundle.norm_columns, Bundle.resolve = _norm_columns, _resolve
 

@@ -19,7 +19,7 @@ from .export import load_model
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
 from .io import exists, join
-from .predict import OUTPUTS, Predictor, _Scene, predict_scenes, write_cog
+from .predict import OUTPUTS, Predictor, Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
 # %% auto #0
@@ -209,7 +209,7 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
         for f in (path, ex):
             if f is not None and not exists(f): raise RtsSegError(f"image not found: {f}")
     out = OutDir(out)
-    jobs = [_Scene(path, out.local/rel, key=key, extra=ex) for path, ex, rel, key in jobs]
+    jobs = [Scene(path, out.local/rel, key=key, extra=ex) for path, ex, rel, key in jobs]
     mname, lname = f'manifest_{i}of{n}.jsonl', 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
     manifest = out.local/mname
     out.fetch(mname)
@@ -223,8 +223,7 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
             for f in _partials(out.local/'mosaic'): f.unlink(missing_ok=True)
     done = _manifests(out)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
-    predictor = Predictor(net, bundle, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                          compile=cfg.compile, tta=cfg.tta)
+    predictor = Predictor.from_config((net, bundle), cfg)
     threshold = cfg.threshold
     kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles
     finished, lock = [], threading.Lock()
@@ -255,7 +254,7 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
                min_area_m2=cfg.min_area_m2, simplify_m=cfg.simplify_m,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
-               stride=cfg.stride or cfg.tile_size // 2, precision=predictor.precision, batch_size=cfg.batch_size,
+               stride=cfg.stride, precision=predictor.precision, batch_size=cfg.batch_size,
                shard=f'{i}/{n}', shard_source=shard_source, tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
                                             all_nodata=sum(r['windows'] == r['skipped_windows'] for r in mine)),
                windows=sum(r['windows'] for r in mine), skipped_windows=sum(r['skipped_windows'] for r in mine),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
 import collections, contextlib, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +28,9 @@ from .io import is_remote, open_raster, valid_mask
 from .models import TTA_MODES, d4, d4_inverse
 
 # %% auto #0
-__all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'Predictor', 'blend_weights', 'write_cog',
-           'predict_scenes', 'predict_scene']
+__all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'WindowPlan', 'Predictor', 'blend_weights',
+           'MergeBuffer', 'write_cog', 'SceneWriter', 'ScenePart', 'Scene', 'RowCache', 'StripReader', 'WindowJob',
+           'cut_window', 'forward_scales', 'forward_batch', 'Merger', 'SceneOutputs', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(n:int, # scene size along one axis
@@ -41,6 +42,43 @@ def window_starts(n:int, # scene size along one axis
     starts = list(range(0, n - tile + 1, stride))
     if starts[-1] != n - tile: starts.append(n - tile)
     return starts
+
+# %% ../nbs/11_predict.ipynb #6a28dc74
+@dataclass(frozen=True)
+class WindowPlan:
+    "Window size, stride and scales of a run, and what follows from them."
+    size: int # window side in pixels (T)
+    stride: int # step between windows
+    scales: tuple # largest first, e.g. (1.0, 0.5)
+
+    @classmethod
+    def from_config(cls, cfg:InferenceConfig) -> WindowPlan:
+        "The plan of a resolved `inference` config (`Bundle.resolve`: tile size and stride filled in)."
+        scales = tuple(sorted(cfg.scales, reverse=True))
+        T = cfg.tile_size
+        if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {list(scales)}")
+        return cls(T, cfg.stride, scales)
+
+    @property
+    def codes(self) -> list[int]: return [round(1 / s) for s in self.scales] # 1, 2, 4: the scale raster's values
+    @property
+    def offsets(self) -> list[int]: return [(round(self.size / s) - self.size) // 2 for s in self.scales] # context beyond the window, per scale
+    @property
+    def pad(self) -> int: return max(self.offsets)
+
+    def rows(self, ys:list[int], # top rows of the rows of windows (`window_starts`)
+             height:int, # scene height
+             block_rows:int=1, # rows per block of the file
+            ):
+        "Before each row of windows: `(y, end, r0, r1)`: hold the scene's rows up to `end`, reading rows `r0:r1` (none when equal)."
+        end, bh = -self.pad, (block_rows if block_rows <= 2 * self.size else 1)
+        for y in ys:
+            need = y + self.size + self.pad
+            if need <= end: yield y, end, 0, 0; continue
+            r0, r1 = max(end, 0), min(need, height)
+            if r1 > r0: r1 = min(height, -(-r1 // bh) * bh) # whole blocks of the file: each is decoded once
+            end = max(need, r1)
+            yield y, end, r0, max(r0, r1)
 
 # %% ../nbs/11_predict.ipynb #e36c85f5
 class Predictor:
@@ -73,6 +111,17 @@ class Predictor:
                                                       epoch=bundle.provenance.get('epoch'))
 
     @classmethod
+    def from_config(cls, model:str|Path|tuple, # best.pth or an export (path or URI), or a loaded `(network, bundle)` pair
+                    cfg:InferenceConfig|None=None, # the `inference` section: device, precision, channels_last, compile, tta
+                   ) -> Predictor:
+        "A predictor with the settings of an `inference` config."
+        cfg = cfg or InferenceConfig()
+        net, b = model if isinstance(model, tuple) else load_model(model)
+        p = cls(net, b, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, tta=cfg.tta)
+        if not isinstance(model, tuple): p.checkpoint = str(model)
+        return p
+
+    @classmethod
     def from_checkpoint(cls, path:str|Path, **kwargs):
         "Load a model bundle (`best.pth`) written by `rts-seg train`, or a model exported from one (ONNX, TorchScript); kwargs as for `Predictor`."
         m, b = load_model(path)
@@ -102,7 +151,7 @@ def blend_weights(size:int, kind:str='hann') -> np.ndarray:
     w1 = (np.hanning if kind == 'hann' else np.bartlett)(size + 2)[1:-1]
     return np.outer(w1, w1).astype(np.float32)
 
-class _Band:
+class MergeBuffer:
     "Merge buffer for `rows` x `width` pixels of one scene, from row `top` down, on the model's device."
     def __init__(self, rows, width, blend, device='cpu', code:int|None=None): # code: the scale code when there is one scale
         self.top, self.device, self.const = 0, torch.device(device), code
@@ -160,7 +209,7 @@ def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) ->
     with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
     return Path(dst)
 
-class _SceneWriter:
+class SceneWriter:
     "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
     def __init__(self, stem:Path, profile:dict):
         self.stem, self.row, self.pending = Path(stem), 0, []
@@ -178,7 +227,7 @@ class _SceneWriter:
         self.slump_pixels, self.valid_pixels = 0, 0
 
     def write(self, prob, mask, code, counts, event=None, final:bool=False):
-        "Append rows (as `_Band.pop` returns them; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
+        "Append rows (as `MergeBuffer.pop` returns them; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
         if event is not None: event.synchronize()
         self.slump_pixels += int(counts[0]); self.valid_pixels += int(counts[1])
         self.pending.append(tuple(np.asarray(a) for a in (prob, mask, code)))
@@ -212,7 +261,7 @@ _BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16
                    float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
 
 @dataclass
-class _Part:
+class ScenePart:
     "One raster of a scene: its bands to read, its nodata, and where its channels go in the model's input."
     path: str
     bands: list
@@ -221,12 +270,29 @@ class _Part:
     channels: slice
 
 @dataclass
-class _Scene:
-    "One image to predict (one raster, or RGB plus an aligned aux raster) and where its outputs go."
+class Scene:
+    "One image to predict (one raster, or RGB plus an aligned aux raster) and where its outputs go; `open` fills in the rest."
     path: str # a stacked raster with every channel, or the RGB one (`PLANET-RGB/{tile}.tif`) when `extra` is given
-    out_stem: Path
+    out_stem: Path # outputs are `{out_stem}_prob.tif`, `_mask.tif`, `_scale.tif`
     key: str = '' # the id recorded in logs and manifests (the tile id, or the file name)
     extra: str|None = None # the aux bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
+    # set by `open`:
+    parts: list = field(default_factory=list, repr=False) # `ScenePart`s: the rasters read, in channel order
+    profile: dict|None = field(default=None, repr=False) # GeoTIFF profile of the outputs (size, CRS, transform)
+    height: int = 0 # pixels
+    width: int = 0
+    res: tuple = (0., 0.) # pixel size (x, y) in CRS units
+    block: tuple = (1, 1) # (rows, columns) of the first raster's blocks
+    channels: int = 0 # channels of the model's input
+    dtype: torch.dtype = torch.float32 # raw values' type on their way to the device
+    masked: bool = False # some pixels can be invalid (a nodata value, or floats)
+    ys: list = field(default_factory=list, repr=False) # top rows of the rows of windows
+    xs: list = field(default_factory=list, repr=False) # left columns of the windows of a row
+    row_end: dict = field(default_factory=dict, repr=False) # y -> the first row the next row of windows starts at (or the height)
+
+    @property
+    def windows(self) -> int: return len(self.ys) * len(self.xs)
+
     def __post_init__(self):
         self.key = self.key or Path(self.path).stem
 
@@ -257,16 +323,14 @@ class _Scene:
                 elif (src.crs, src.width, src.height) != (self.profile['crs'], self.width, self.height) or not t.almost_equals(self.profile['transform']):
                     raise RtsSegError(f"{path} is not on the grid of {self.path} (CRS, transform or size differ); resample it to the scene's grid")
                 bs = bundle.check_raster(src, path, chs, bd, tolerance)
-                self.parts.append(_Part(path, bs, src.nodata, src.dtypes[0], slice(c0, c0 + len(bs))))
+                self.parts.append(ScenePart(path, bs, src.nodata, src.dtypes[0], slice(c0, c0 + len(bs))))
                 c0 += len(bs)
         kinds = {p.dtype for p in self.parts} # raw values go to the device in their own type; mixed rasters as float32
         self.dtype = _BUF_DTYPES.get(kinds.pop(), torch.float32) if len(kinds) == 1 else torch.float32
         self.channels = c0
         self.masked = any(p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts) # some pixels can be invalid
         self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
-        self.windows = [(y, x, r, y == self.ys[-1] and x == self.xs[-1]) for r, y in enumerate(self.ys) for x in self.xs]
         self.row_end = {y: (self.ys[i + 1] if i + 1 < len(self.ys) else self.height) for i, y in enumerate(self.ys)}
-        self.last_x = self.xs[-1]
         return self
 
     def valid(self, a):
@@ -299,9 +363,11 @@ class _Scene:
             src.read(p.bands, window=win, out=out)
         return a, (self.valid(a.numpy()) if self.masked else None)
 
-class _Rows:
+
+# %% ../nbs/11_predict.ipynb #25a4035b
+class RowCache:
     "The rows of one scene that windows still need, normalised, with their validity, on the device; `pad` px of invalid margin all round."
-    def __init__(self, scene:_Scene, predictor:Predictor, tile_size:int, pad:int):
+    def __init__(self, scene:Scene, predictor:Predictor, tile_size:int, pad:int):
         self.s, self.p, self.pad = scene, predictor, pad
         self.Wp = max(scene.width, tile_size) + 2 * pad
         self.top = self.end = -pad # scene rows top:end are held
@@ -350,17 +416,6 @@ class _Rows:
         return self.hv is not None and not self.hv[y - self.top:y - self.top + size, x:x + size].any()
 
 # %% ../nbs/11_predict.ipynb #d903a31f
-@dataclass
-class _Item:
-    scene: _Scene
-    y: int
-    x: int
-    last: bool # last window of the scene
-    row_last: bool # last window of its row of windows
-    xs: list = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
-    valid: torch.Tensor = None # (T, T) validity of the window itself, on the device
-    skip: bool = False # all nodata
-
 class _Clock(collections.defaultdict):
     "Seconds spent per stage, summed over the threads that run it (`cpu`: also the threads' CPU time)."
     def __init__(self): super().__init__(float); self.lock = threading.Lock()
@@ -374,195 +429,269 @@ class _Clock(collections.defaultdict):
                 self[key] += dt
                 if cpu: self[key + '_cpu'] += dc
 
+# %% ../nbs/11_predict.ipynb #f50f859f
+class StripReader:
+    "Scenes opened a batch ahead and their strips read in threads, a few rows of windows ahead of the model."
+    def __init__(self, scenes:list[Scene], # what to predict, in order
+                 predictor:Predictor, # normalisation and device
+                 cfg:InferenceConfig, # resolved: bands, batch size, workers, pixel size tolerance
+                 plan:WindowPlan, # windows
+                 clock:_Clock|None=None, # stage timings
+                ):
+        self.predictor, self.cfg, self.plan, self.clock = predictor, cfg, plan, _Clock() if clock is None else clock
+        self.cuda = predictor.device.type == 'cuda'
+        self.pool = ThreadPoolExecutor(cfg.workers)
+        self.local = collections.defaultdict(dict) # per reader thread: its open datasets
+        self.opening, self.scenes = collections.deque(), iter(scenes)
+        self.ahead, self.queued, self.cols, self.rows = collections.deque(), 0, {}, {} # queued: windows of the rows in `ahead`
+        self.steps = self._steps()
+
+    def _open_ahead(self):
+        "Open (check) the next scenes in the reader threads, a batch ahead."
+        while len(self.opening) < self.cfg.batch_size + self.cfg.workers:
+            s = next(self.scenes, None)
+            if s is None: return
+            self.opening.append((s, self.pool.submit(s.open, self.predictor.bundle, self.cfg.bands, self.plan.size, self.plan.stride,
+                                                     self.cfg.pixel_size_tolerance)))
+
+    def _steps(self):
+        "`(scene, y, end, r0, r1)` before each row of windows of each scene, as the scenes are opened."
+        while self.opening:
+            s, f = self.opening.popleft()
+            with self.clock('wait_open'): f.result()
+            self._open_ahead()
+            for st in self.plan.rows(s.ys, s.height, s.block[0]): yield s, *st
+
+    def _read(self, s:Scene, r0:int, r1:int, c0:int, c1:int):
+        with self.clock('read', cpu=True): a, hv = s.read(self.local[threading.get_ident()], r0, r1, c0, c1, pin=self.cuda)
+        return c0, c1, a, hv
+
+    def _fill(self):
+        "Queue reads until about two batches of windows (and two rows) are ahead."
+        while self.queued < 2 * self.cfg.batch_size + self.cfg.workers or len(self.ahead) < 2:
+            st = next(self.steps, None)
+            if st is None: return
+            s, y, end, r0, r1 = st
+            if id(s) not in self.cols: self.cols.clear(); self.cols[id(s)] = s.chunks(self.cfg.workers) # the scene being read
+            self.ahead.append((st, [self.pool.submit(self._read, s, r0, r1, c0, c1) for c0, c1 in self.cols[id(s)]] if r1 > r0 else []))
+            self.queued += len(s.xs)
+
+    def __iter__(self):
+        "`(scene, y, rows)` for each row of windows: `rows` (a `RowCache`) holds what its windows need."
+        self._open_ahead(); self._fill()
+        while self.ahead:
+            (s, y, end, r0, r1), futs = self.ahead.popleft()
+            self.queued -= len(s.xs)
+            with self.clock('wait_read'): chunks = [f.result() for f in futs]
+            self._fill()
+            with self.clock('upload'):
+                r = self.rows.get(id(s)) or self.rows.setdefault(id(s), RowCache(s, self.predictor, self.plan.size, self.plan.pad))
+                r.drop(y - self.plan.pad)
+                if end > r.end: r.add(end, r0, r1, chunks)
+            del chunks
+            yield s, y, r
+            if y == s.ys[-1]: del self.rows[id(s)]
+
+    def close(self):
+        "Stop the threads and close their datasets."
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        for local in self.local.values():
+            for src in local.values(): src.close()
+
+# %% ../nbs/11_predict.ipynb #cdf0afac
+@dataclass
+class WindowJob:
+    "One window on its way through the pipeline."
+    scene: Scene
+    y: int # top-left pixel in the scene
+    x: int
+    last: bool # the last window of the scene
+    row_last: bool # the last window of its row of windows
+    xs: list|None = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
+    valid: torch.Tensor|None = None # (T, T) validity of the window itself, on the device
+    skip: bool = False # all nodata: not sent to the model
+
+def cut_window(s:Scene, y:int, x:int, rows:RowCache, plan:WindowPlan) -> WindowJob:
+    "The window of `s` at `(y, x)`: views of `rows` for every scale, or `skip` if it is all nodata."
+    it = WindowJob(s, y, x, y == s.ys[-1] and x == s.xs[-1], x == s.xs[-1])
+    it.skip = rows.empty(y, x, plan.size)
+    if not it.skip: it.xs, it.valid = [rows.window(y - o, x - o, plan.size + 2 * o) for o in plan.offsets], rows.valid(y, x, plan.size)
+    return it
+
+# %% ../nbs/11_predict.ipynb #993ec9f4
+def forward_scales(predictor:Predictor, # model, TTA, temperature
+                   xs:list[torch.Tensor], # per scale (largest first): normalised (N, C, T*f, T*f) windows with their context
+                   plan:WindowPlan, # window size and scales
+                  ) -> tuple[torch.Tensor, torch.Tensor|int]:
+    "Probabilities (N, T, T), the highest over the scales, and the scale code that gave each (an int when there is one scale)."
+    T, best, code = plan.size, None, None
+    for x, f in zip(xs, plan.codes):
+        o = (T * f - T) // 2
+        if f > 1: x = F.avg_pool2d(x, f)
+        p = predictor(x)
+        if f > 1: p = F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T]
+        if best is None: best, code = p, (f if len(plan.codes) == 1 else torch.full_like(p, f, dtype=torch.uint8))
+        else:
+            up = p > best
+            best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
+    return best, code
+
+def forward_batch(predictor:Predictor, batch:list[WindowJob], plan:WindowPlan):
+    "Enqueue the forward pass of a batch: `(windows sent, probabilities, scale codes, validity, flag of values outside [0, 1])`, or None if all were skipped."
+    todo = [it for it in batch if not it.skip]
+    if not todo: return None
+    best, code = forward_scales(predictor, [torch.stack([it.xs[si] for it in todo]) for si in range(len(plan.codes))], plan)
+    vwin = torch.stack([it.valid for it in todo])
+    for it in todo: it.xs = it.valid = None # the rows they are views of can go
+    bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
+    cuda = predictor.device.type == 'cuda'
+    flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda) # read once the batch has run
+    return todo, best, code, vwin, flag
+
+# %% ../nbs/11_predict.ipynb #0da9233f
+class Merger:
+    "Windows' probabilities into each scene's `MergeBuffer`; finished strips `(scene, strip, summary or None)` out."
+    def __init__(self, plan:WindowPlan, # windows and scales
+                 cfg:InferenceConfig, # merge (max or blend), blend window, threshold
+                 device:torch.device, # where the buffers live
+                ):
+        self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {} # id(scene) -> (buffer, summary)
+        self.blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
+
+    def add(self, it:WindowJob, p=None, code=None, valid=None) -> tuple|None:
+        "Merge window `it` (probabilities `p`, scale `code`, validity; nothing if skipped); a finished strip when its row is complete."
+        s, T = it.scene, self.plan.size
+        if id(s) not in self.state:
+            codes = self.plan.codes
+            self.state[id(s)] = (MergeBuffer(min(T, s.height), s.width, self.blend, self.device, codes[0] if len(codes) == 1 else None),
+                                 dict(key=s.key, scene=str(s.path), windows=s.windows, skipped_windows=0, t0=time.time()))
+        band, info = self.state[id(s)]
+        h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
+        if it.skip: info['skipped_windows'] += 1
+        else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
+        if not it.row_last: return None
+        strip, end = band.pop(s.row_end[it.y] - band.top, self.threshold), None
+        if it.last:
+            info['seconds'] = round(time.time() - info.pop('t0'), 3)
+            end = info; del self.state[id(s)]
+        return s, strip, end
+
+    def add_batch(self, batch:list[WindowJob], out) -> list[tuple]:
+        "Merge a batch as `forward_batch` returned it (once it has run); the finished strips."
+        k = {}
+        if out is not None:
+            todo, best, code, vwin, flag = out
+            if flag.item(): raise RtsSegError(f"probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken")
+            k = {id(it): i for i, it in enumerate(todo)}
+        strips = []
+        for it in batch:
+            i = k.get(id(it))
+            r = self.add(it) if i is None else self.add(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
+            if r is not None: strips.append(r)
+        return strips
+
+# %% ../nbs/11_predict.ipynb #acd59e2b
+class SceneOutputs:
+    "A writer thread appending strips per scene, and threads finishing scenes' COGs; results in the order of the scenes."
+    def __init__(self, workers:int, # finishing threads
+                 order:dict, # id(scene) -> its position, for the order of the results
+                 on_done=None, # called with each scene's summary once its COGs are final (from a finishing thread)
+                 clock:_Clock|None=None, # stage timings
+                ):
+        self.order, self.on_done, self.clock, self.n = order, on_done, _Clock() if clock is None else clock, workers
+        self.jobs, self.finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2 * workers)
+        self.results, self.errors = [], []
+        self.threads = [threading.Thread(target=f, daemon=True) for f in (self._write, *[self._finish] * workers)]
+        for t in self.threads: t.start()
+
+    def _write(self):
+        ws = {} # id(scene) -> SceneWriter, for the scenes being written
+        while (job := self.jobs.get()) is not None:
+            s, strip, end = job
+            if self.errors:
+                if id(s) in ws: ws.pop(id(s)).abort()
+                continue
+            try:
+                if id(s) not in ws: ws[id(s)] = SceneWriter(s.out_stem, s.profile)
+                with self.clock('write', cpu=True): ws[id(s)].write(*strip, final=end is not None)
+                if end: self.finished.put((ws.pop(id(s)), s, end))
+            except BaseException as e:
+                self.errors.append(e)
+                if id(s) in ws: ws.pop(id(s)).abort()
+        for w in ws.values(): w.abort() # scenes left unfinished
+        for _ in range(self.n): self.finished.put(None)
+
+    def _finish(self):
+        while (job := self.finished.get()) is not None:
+            w, s, info = job
+            if self.errors: w.abort(); continue
+            try:
+                with self.clock('cog'): cogs = w.close()
+                res = dict(info, **{k: str(v) for k, v in cogs.items()}, slump_pixels=w.slump_pixels,
+                           valid_pixels=w.valid_pixels, pixel_area_m2=s.res[0] * s.res[1])
+                if self.on_done:
+                    with self.clock('on_done'): self.on_done(res)
+                self.results.append((self.order[id(s)], res))
+            except BaseException as e: self.errors.append(e)
+
+    def put(self, strips:list[tuple]):
+        "Hand finished strips to the writer, raising the first error of the threads."
+        for job in strips:
+            if self.errors: raise self.errors[0]
+            self.jobs.put(job)
+        if self.errors: raise self.errors[0]
+
+    def close(self):
+        "Let the threads finish what they were given, and stop them."
+        self.jobs.put(None)
+        for t in self.threads: t.join()
+
+    def summaries(self) -> list[dict]:
+        "The scenes' summaries in their order, or the first error of the threads."
+        if self.errors: raise self.errors[0]
+        return [r for _, r in sorted(self.results, key=lambda r: r[0])]
+
 # %% ../nbs/11_predict.ipynb #d97c022e
 @torch.no_grad()
 def predict_scenes(predictor:Predictor, # model, device, precision, TTA and normalisation
-                   scenes:list[_Scene], # what to predict, in order
+                   scenes:list[Scene], # what to predict, in order
                    cfg:InferenceConfig|None=None, # windows, scales, merge, batch size, threshold
                    on_done=None, # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
                    timings:dict|None=None, # if given, filled with the seconds spent per stage (profiling)
                   ) -> list[dict]:
     "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
     t_start, cfg = time.perf_counter(), predictor.bundle.resolve(cfg or InferenceConfig()) # what the config leaves open: the model's
-    T = cfg.tile_size; stride = cfg.stride or T // 2
-    scales = sorted(cfg.scales, reverse=True)
-    if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {scales}")
-    threshold = cfg.threshold
-    blend = blend_weights(T, cfg.blend_window) if cfg.merge == 'blend' else None
-    dev, B = predictor.device, cfg.batch_size
-    cuda = dev.type == 'cuda'
-    codes = [round(1 / s) for s in scales] # 1, 2, 4: also the scale raster's values
-    offs = [(round(T / s) - T) // 2 for s in scales] # how far each scale's window reaches beyond the window
-    pad = max(offs)
-    index = {id(s): i for i, s in enumerate(scenes)}
-    results, errors, clock = [], [], _Clock()
-    # the writer thread appends strips, in order; finishing threads make a finished scene's COGs and call on_done
-    n_fin = cfg.workers
-    jobs, finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2 * n_fin)
-    def writer():
-        ws = {} # id(scene) -> _SceneWriter, for the scenes being written
-        while (job := jobs.get()) is not None:
-            s, strip, end = job
-            if errors:
-                if id(s) in ws: ws.pop(id(s)).abort()
-                continue
-            try:
-                if id(s) not in ws: ws[id(s)] = _SceneWriter(s.out_stem, s.profile)
-                with clock('write', cpu=True): ws[id(s)].write(*strip, final=end is not None)
-                if end: finished.put((ws.pop(id(s)), s, end))
-            except BaseException as e:
-                errors.append(e)
-                if id(s) in ws: ws.pop(id(s)).abort()
-        for w in ws.values(): w.abort() # scenes left unfinished
-        for _ in range(n_fin): finished.put(None)
-    def finisher():
-        while (job := finished.get()) is not None:
-            w, s, info = job
-            if errors: w.abort(); continue
-            try:
-                with clock('cog'): cogs = w.close()
-                res = dict(info, **{k: str(v) for k, v in cogs.items()}, slump_pixels=w.slump_pixels,
-                           valid_pixels=w.valid_pixels, pixel_area_m2=s.res[0] * s.res[1])
-                if on_done:
-                    with clock('on_done'): on_done(res)
-                results.append((index[id(s)], res))
-            except BaseException as e: errors.append(e)
-    threads = [threading.Thread(target=f, daemon=True) for f in (writer, *[finisher] * n_fin)]
-    for t in threads: t.start()
-    state, outbox = {}, [] # id(scene) -> (band, info); strips for the writer
-    def merge(it, p=None, code=None, valid=None):
-        s = it.scene
-        if id(s) not in state:
-            state[id(s)] = (_Band(min(T, s.height), s.width, blend, dev, codes[0] if len(codes) == 1 else None),
-                            dict(key=s.key, scene=str(s.path), windows=len(s.windows), skipped_windows=0, t0=time.time()))
-        band, info = state[id(s)]
-        h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
-        if it.skip: info['skipped_windows'] += 1
-        else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
-        if it.row_last:
-            strip, end = band.pop(s.row_end[it.y] - band.top, threshold), None
-            if it.last:
-                info['seconds'] = round(time.time() - info.pop('t0'), 3)
-                end = info; del state[id(s)]
-            outbox.append((s, strip, end))
-    def forward(batch):
-        "Enqueue the forward pass of a batch; returns the device tensors (prob, code, validity) and a flag of bad values."
-        todo = [it for it in batch if not it.skip]
-        if not todo: return None
-        best = code = None
-        for si, f in enumerate(codes):
-            x = torch.stack([it.xs[si] for it in todo])
-            o = (T * f - T) // 2
-            if f > 1: x = F.avg_pool2d(x, f)
-            p = predictor(x)
-            if f > 1: p = F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T]
-            if best is None: best, code = p, (f if len(codes) == 1 else torch.full_like(p, f, dtype=torch.uint8))
-            else:
-                up = p > best
-                best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
-        vwin = torch.stack([it.valid for it in todo])
-        for it in todo: it.xs = it.valid = None # the rows they are views of can go
-        bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
-        flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda)
-        return todo, best, code, vwin, flag
+    plan, clock, cuda = WindowPlan.from_config(cfg), _Clock(), predictor.device.type == 'cuda'
+    merger = Merger(plan, cfg, predictor.device)
+    outputs = SceneOutputs(cfg.workers, {id(s): i for i, s in enumerate(scenes)}, on_done, clock)
+    reader, batch, pending = StripReader(scenes, predictor, cfg, plan, clock), [], None
     def finish(batch, out, event):
-        "Check a batch's probabilities and merge them (on the device) once its flag has arrived; hand finished strips to the writer."
+        "Merge a batch once its flag has arrived (the next batch is already running); hand finished strips to the writer."
         if event is not None:
-            with clock('wait_device'): event.synchronize() # this batch's flag; the next batch is already running
-        with clock('merge'):
-            k = {}
-            if out is not None:
-                todo, best, code, vwin, flag = out
-                if flag.item(): raise RtsSegError(f"probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken")
-                k = {id(it): i for i, it in enumerate(todo)}
-            for it in batch:
-                i = k.get(id(it))
-                if i is None: merge(it)
-                else: merge(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
-        with clock('wait_writer'):
-            while outbox:
-                if errors: raise errors[0]
-                jobs.put(outbox.pop(0))
-        if errors: raise errors[0]
-    local_by_thread = collections.defaultdict(dict)
-    def read(s, r0, r1, c0, c1):
-        with clock('read', cpu=True): a, hv = s.read(local_by_thread[threading.get_ident()], r0, r1, c0, c1, pin=cuda)
-        return c0, c1, a, hv
-    opening, pending_scenes = collections.deque(), iter(scenes)
-    def open_ahead():
-        "Open (check) the next scenes in the reader threads, a batch ahead."
-        while len(opening) < B + cfg.workers:
-            s = next(pending_scenes, None)
-            if s is None: return
-            opening.append((s, pool.submit(s.open, predictor.bundle, cfg.bands, T, stride, cfg.pixel_size_tolerance)))
-    def plan():
-        "Before each row of windows: (scene, y, end, r0, r1): hold the scene's rows up to `end`, reading rows `r0:r1`."
-        while opening:
-            s, f = opening.popleft()
-            with clock('wait_open'): f.result()
-            open_ahead()
-            end, bh = -pad, (s.block[0] if s.block[0] <= 2 * T else 1)
-            for y in s.ys:
-                need = y + T + pad
-                if need <= end: yield s, y, end, 0, 0; continue
-                r0, r1 = max(end, 0), min(need, s.height)
-                if r1 > r0: r1 = min(s.height, -(-r1 // bh) * bh) # whole blocks of the file: each is decoded once
-                end = max(need, r1)
-                yield s, y, end, r0, max(r0, r1)
-    pool = ThreadPoolExecutor(cfg.workers)
+            with clock('wait_device'): event.synchronize()
+        with clock('merge'): strips = merger.add_batch(batch, out)
+        with clock('wait_writer'): outputs.put(strips)
+    def run(batch):
+        "Queue `batch` on the device, then merge the previous one."
+        nonlocal pending
+        with clock('forward'): out = forward_batch(predictor, batch, plan)
+        ev = None
+        if cuda: ev = torch.cuda.Event(); ev.record()
+        if pending: finish(*pending)
+        pending = (batch, out, ev)
     try:
-        open_ahead()
-        ahead, steps, cols, queued = collections.deque(), plan(), {}, 0 # queued: windows of the rows in `ahead`
-        def fill():
-            nonlocal queued
-            while queued < 2 * B + cfg.workers or len(ahead) < 2:
-                st = next(steps, None)
-                if st is None: return
-                s, y, end, r0, r1 = st
-                if id(s) not in cols: cols.clear(); cols[id(s)] = s.chunks(cfg.workers) # the scene being read
-                ahead.append((st, [pool.submit(read, s, r0, r1, c0, c1) for c0, c1 in cols[id(s)]] if r1 > r0 else []))
-                queued += len(s.xs)
-        rows, batch, pending = {}, [], None # rows: id(scene) -> _Rows
-        def run(batch):
-            "Enqueue `batch`, then merge the previous one (its flag has arrived by the time this one is queued)."
-            nonlocal pending
-            with clock('forward'): out = forward(batch)
-            ev = None
-            if cuda: ev = torch.cuda.Event(); ev.record()
-            if pending: finish(*pending)
-            pending = (batch, out, ev)
-        fill()
-        while ahead:
-            (s, y, end, r0, r1), futs = ahead.popleft()
-            queued -= len(s.xs)
-            with clock('wait_read'): chunks = [f.result() for f in futs]
-            fill()
-            with clock('upload'):
-                r = rows.get(id(s)) or rows.setdefault(id(s), _Rows(s, predictor, T, pad))
-                r.drop(y - pad)
-                if end > r.end: r.add(end, r0, r1, chunks)
-            del chunks
+        for s, y, rows in reader: # each row of windows, with the rows it needs on the device
             for x in s.xs:
-                with clock('cut'):
-                    it = _Item(s, y, x, y == s.ys[-1] and x == s.last_x, x == s.last_x)
-                    it.skip = r.empty(y, x, T)
-                    if not it.skip: it.xs, it.valid = [r.window(y - o, x - o, T + 2 * o) for o in offs], r.valid(y, x, T)
-                batch.append(it)
-                if len(batch) == B: run(batch); batch = []
-            if y == s.ys[-1]: del rows[id(s)]
+                with clock('cut'): batch.append(cut_window(s, y, x, rows, plan))
+                if len(batch) == cfg.batch_size: run(batch); batch = []
         if batch: run(batch)
         if pending: finish(*pending)
         clock['main'] = time.perf_counter() - t_start
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        for local in local_by_thread.values(): # the readers' open datasets
-            for src in local.values(): src.close()
-        jobs.put(None)
-        for t in threads: t.join()
+        reader.close(); outputs.close()
         clock['wall'] = time.perf_counter() - t_start
-        if timings is not None: timings.update(clock, windows=sum(len(getattr(s, 'windows', ())) for s in scenes))
-    if errors: raise errors[0]
-    return [r for _, r in sorted(results, key=lambda r: r[0])]
+        if timings is not None: timings.update(clock, windows=sum(s.windows for s in scenes))
+    return outputs.summaries()
 
 # %% ../nbs/11_predict.ipynb #064be160
 def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
@@ -575,16 +704,14 @@ def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (b
     "Predict slump probability over a whole scene; write `{scene}_prob.tif`, `_mask.tif` and `_scale.tif` COGs."
     cfg = (cfg or InferenceConfig()).model_copy(update=kwargs)
     cfg = InferenceConfig(**cfg.model_dump()) # validate the overrides
-    if not isinstance(model, Predictor):
-        model = Predictor.from_checkpoint(model, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                          compile=cfg.compile, tta=cfg.tta)
+    if not isinstance(model, Predictor): model = Predictor.from_config(model, cfg)
     cfg = model.bundle.resolve(cfg)
     for f in (scene, extra):
         if f is not None and not Path(f).is_file(): raise RtsSegError(f"scene not found: {f}")
     scene = Path(scene)
-    res = predict_scenes(model, [_Scene(str(scene), Path(out_dir)/scene.stem, extra=None if extra is None else str(extra))], cfg)[0]
+    res = predict_scenes(model, [Scene(str(scene), Path(out_dir)/scene.stem, extra=None if extra is None else str(extra))], cfg)[0]
     res.update(model=model.checkpoint, normalization_hash=model.normalization_hash,
-               tile_size=cfg.tile_size, stride=cfg.stride or cfg.tile_size // 2, scales=cfg.scales, tta=cfg.tta, merge=cfg.merge,
+               tile_size=cfg.tile_size, stride=cfg.stride, scales=cfg.scales, tta=cfg.tta, merge=cfg.merge,
                threshold=cfg.threshold, temperature=model.temperature)
     print(f"{scene.name}: {res['windows']} windows ({res['skipped_windows']} all nodata), {res['slump_pixels']} slump pixels -> {res['prob']}", flush=True)
     return res

@@ -20,7 +20,7 @@ from .config import InferenceConfig
 from .core import RtsSegError
 from .export import fetch_model
 from .io import get_fs, is_remote, retry
-from .predict import Predictor, _Scene, predict_scenes
+from .predict import Predictor, Scene, predict_scenes
 from .vectorize import FIELDS, vectorize
 
 # %% ../nbs/11d_serve.ipynb #0f43e1db
@@ -134,8 +134,7 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
     cfg = cfg or InferenceConfig()
     if device != 'auto': cfg = cfg.model_copy(update=dict(device=device))
     path = fetch_model(model, cache)
-    predictor = Predictor.from_checkpoint(path, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last,
-                                          compile=cfg.compile, tta=cfg.tta)
+    predictor = Predictor.from_config(path, cfg)
     bundle, cfg = predictor.bundle, predictor.bundle.resolve(cfg)
     max_bytes, lock = int(max_mb * 2**20), threading.Lock()
     h = hashlib.sha256()
@@ -199,8 +198,8 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
             except rasterio.errors.RasterioIOError as e: raise HTTPException(400, f"{shown} is not a readable GeoTIFF ({hide(_first_line(e))})") from None
             if H * W > max_px: raise HTTPException(413, f"{shown} has {W} x {H} pixels; this server predicts scenes up to {max_px:,} pixels: split it")
             c = cfg if bands is None else cfg.model_copy(update=dict(bands=bands))
-            s = _Scene(str(path), tmp/'out'/name, key=name)
-            try: s.open(bundle, c.bands, c.tile_size, c.stride or c.tile_size // 2, c.pixel_size_tolerance)
+            s = Scene(str(path), tmp/'out'/name, key=name)
+            try: s.open(bundle, c.bands, c.tile_size, c.stride, c.pixel_size_tolerance)
             except RtsSegError as e: raise HTTPException(422, hide(str(e))) from None
             t0 = time.time()
             try:
