@@ -31,23 +31,33 @@ def is_remote(path:str|Path) -> bool:
     "Whether `path` is a URL (gs://, s3://, http://...) rather than a local path."
     return '://' in str(path) and not str(path).startswith('file://')
 
+
+# %% ../nbs/02_io.ipynb #e1a2700b
 def join(root:str|Path, *parts:str) -> str:
     "`root/part/...` for a local folder or a URL."
     return '/'.join([str(root).rstrip('/'), *parts])
 
+
+# %% ../nbs/02_io.ipynb #318d7697
 _CACHE_DIR = None
 def set_cache_dir(d:str|Path|None):
     "Cache remote files in the local folder `d` (None switches the cache off)."
     global _CACHE_DIR
     _CACHE_DIR = None if d is None else str(d)
 
-def get_fs(path:str|Path):
+
+# %% ../nbs/02_io.ipynb #70d83ecb
+def get_fs(path:str|Path, # a local path or a URL
+           cache:bool=True, # read through the cache folder, if one is set (`set_cache_dir`); False for writing
+          ):
     "The fsspec filesystem of `path` and the path inside it."
     if not is_remote(path): return fsspec.filesystem('file'), str(path)
     proto = str(path).split('://')[0]
-    if _CACHE_DIR: return fsspec.filesystem('filecache', target_protocol=proto, cache_storage=_CACHE_DIR, same_names=False), str(path)
+    if cache and _CACHE_DIR: return fsspec.filesystem('filecache', target_protocol=proto, cache_storage=_CACHE_DIR, same_names=False), str(path)
     return fsspec.core.url_to_fs(str(path))
 
+
+# %% ../nbs/02_io.ipynb #7ed1f16d
 _AUTH_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run "
               "`gcloud auth application-default login`; public buckets need no credentials")
 
@@ -70,6 +80,8 @@ def retry(fn, # function of no arguments that reads `path`
             if i == tries - 1 or not is_remote(path): raise RtsSegError(f"cannot read {path}: {type(e).__name__}: {msg.splitlines()[0] if msg else ''}") from None
             time.sleep(wait * 2**i)
 
+
+# %% ../nbs/02_io.ipynb #551c1bb0
 def exists(path:str|Path) -> bool:
     "Whether the file `path` exists; access denied is an error, not a missing file."
     fs, p = get_fs(path)
@@ -78,12 +90,18 @@ def exists(path:str|Path) -> bool:
         except FileNotFoundError: return False
     return retry(isfile, path)
 
+
+# %% ../nbs/02_io.ipynb #fe6dc04e
 def read_bytes(path:str|Path) -> bytes:
     "The content of `path`."
     fs, p = get_fs(path)
     return retry(lambda: fs.cat_file(p), path)
 
-def list_names(folder:str|Path, suffix:str='') -> list[str]:
+
+# %% ../nbs/02_io.ipynb #f3f51232
+def list_names(folder:str|Path, # a local folder or a URL prefix
+               suffix:str='', # keep names ending with it, e.g. '.tif'
+              ) -> list[str]:
     "Sorted names of the files in `folder` ending with `suffix` (empty when the folder is missing)."
     fs, p = get_fs(folder)
     try: names = retry(lambda: fs.ls(p, detail=False), folder)
@@ -92,11 +110,14 @@ def list_names(folder:str|Path, suffix:str='') -> list[str]:
         return []
     return sorted(n.rstrip('/').rsplit('/', 1)[-1] for n in names if n.endswith(suffix))
 
+
+# %% ../nbs/02_io.ipynb #322c52d0
 def open_raster(path:str|Path):
     "`rasterio.open` for a local path or a URL (read through fsspec)."
     if not is_remote(path): return rasterio.open(path)
     fs, p = get_fs(path)
     return rasterio.open(str(path), opener=fs.open)
+
 
 # %% ../nbs/02_io.ipynb #5d7e2c41
 def check_data_root(root:str|Path, # `data.root`: a local folder or a URL
@@ -125,6 +146,8 @@ def write_raster(path:str|Path, # destination .tif
         with rasterio.open(tmp, 'w', **prof) as dst: dst.write(arr)
     return Path(path)
 
+
+# %% ../nbs/02_io.ipynb #23b2c205
 def read_raster(path:str|Path, # a GeoTIFF (or any raster GDAL reads), local or a URL such as gs://...
                 window=None, # optional `rasterio.windows.Window`
                ) -> tuple[np.ndarray, dict]:
