@@ -7,6 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/evaluate.html.md"""
 # %% ../nbs/11b_evaluate.ipynb #adbfbd56
 from __future__ import annotations
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +23,10 @@ from .objects import match_objects
 # %% auto #0
 __all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
 
-# %% ../nbs/11b_evaluate.ipynb #eaf139de
-SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')] # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
-NBINS = 1000
-
-# `match_objects` (the SPEC's greedy 1:1 matching) lives in `rts_seg.objects`, shared with validation during training
-
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
+SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')] # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
+NBINS = 1000 # histogram bins of the probabilities (PR-AUC, PR curve)
+
 def _pairs(pred:Path, truth:Path):
     "(name, prob, mask, truth source) for each prediction under `pred` (and `pred/tiles`)."
     probs = sorted([*pred.glob('*_prob.tif'), *pred.glob('tiles/*_prob.tif')])
@@ -86,7 +84,7 @@ def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
 
 def evaluate(pred:str|Path, # output folder of `rts-seg predict`
              truth:str|Path, # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
-             ious:list[float]=(0.1, 0.3, 0.5), # object IoU thresholds
+             ious:Sequence[float]=(0.1, 0.3, 0.5), # object IoU thresholds
              out:str|Path|None=None, # where evaluation.json and pr_curve.png go; default `pred`
              min_area_m2:float|None=None, # mapped objects: smallest component kept; None: the prediction's, from inference_log.json
             ) -> dict:

@@ -8,6 +8,7 @@ Docs: https://rts-seg.github.io/rts_seg/image.html.md"""
 from __future__ import annotations
 import contextlib, hashlib, importlib, os, tempfile
 from pathlib import Path
+from typing import Any
 
 import rts_seg.core
 from .core import RtsSegError
@@ -16,7 +17,7 @@ from .core import RtsSegError
 __all__ = ['GPU_ARCHS', 'MANIFEST', 'IMPORTS', 'arch_of', 'find_root', 'image_files', 'image_tag', 'image_checks', 'run_checks']
 
 # %% ../nbs/12_image.ipynb #f7aee2ba
-GPU_ARCHS = {  # GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
+GPU_ARCHS: dict[str, dict[str, Any]] = {  # GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
     'pre-ampere': dict(cuda_arch_list='7.0 7.5', mixed_precision='fp16', capability=((7, 0), (8, 0))), # V100, T4
     'ampere': dict(cuda_arch_list='8.0 8.6 8.9', mixed_precision='bf16', capability=((8, 0), (9, 0))), # A100, A10, L4
     'hopper': dict(cuda_arch_list='9.0', mixed_precision='bf16', capability=((9, 0), (10, 0))), # H100, H200
@@ -36,13 +37,14 @@ def find_root(start:str|Path='.') -> Path:
         if (d/MANIFEST).is_file(): return d
     raise RtsSegError(f"no {MANIFEST} in {start} or its parents; run from the rts_seg repository or pass --root")
 
+# %% ../nbs/12_image.ipynb #c52f6ba8
 def image_files(root:str|Path='.', # repository root
                 manifest:str=MANIFEST, # manifest path, relative to `root`
                ) -> list[str]:
     "Sorted, `/`-separated paths (relative to `root`) of the files the manifest lists."
     root = Path(root)
     if not (root/manifest).is_file(): raise RtsSegError(f"image manifest not found: {root/manifest}")
-    files = set()
+    files: set[str] = set()
     for ln in (root/manifest).read_text().splitlines():
         pat = ln.split('#', 1)[0].strip()
         if not pat: continue
@@ -126,6 +128,7 @@ def image_checks(arch:str|None=None, # expected GPU generation; None: `RTS_SEG_G
     try: yield 'train', 'PASS', _train_steps(steps, mp)
     except Exception as e: yield 'train', 'FAIL', f'{type(e).__name__}: {e}'
 
+# %% ../nbs/12_image.ipynb #3d60309c
 def run_checks(checks) -> bool:
     "Print one `STATUS check: detail` line per check as it ends; True if none failed."
     ok = True

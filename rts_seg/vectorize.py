@@ -22,13 +22,11 @@ from .core import RtsSegError, atomic_path
 __all__ = ['FIELDS', 'mask_polygons', 'vectorize']
 
 # %% ../nbs/11a_vectorize.ipynb #6b7ace8d
-FIELDS = ['rts_id', 'area_m2', 'perimeter_m', 'centroid_lat', 'centroid_lon', 'mean_prob', 'max_prob', 'detection_scale', 'tile_ids']
-
 def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_mask.tif` or a VRT mosaic
                   strip_rows:int=1024, # rows read at a time
                  ) -> list[shapely.Polygon]:
     "Polygons of the slump pixels (4-connected), read strip by strip and merged across strip seams."
-    pieces, seam = [], []
+    pieces: list[shapely.Polygon] = []; seam: list[shapely.Polygon] = []
     try: src = rasterio.open(mask_path)
     except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read mask {mask_path}: {e}") from None
     with src:
@@ -46,6 +44,8 @@ def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_ma
     return pieces
 
 # %% ../nbs/11a_vectorize.ipynb #ac9e7ca9
+FIELDS = ['rts_id', 'area_m2', 'perimeter_m', 'centroid_lat', 'centroid_lon', 'mean_prob', 'max_prob', 'detection_scale', 'tile_ids']
+
 def _metric(geoms, crs):
     "Geometries in a metric CRS: as they are when projected, else in EPSG:3413 (the Arctic basemaps' CRS)."
     if not crs.is_geographic: return geoms, crs.linear_units_factor[1]
