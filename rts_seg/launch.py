@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64, datetime, json, re, shlex, shutil, subprocess, urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .core import RtsSegError, atomic_write_text
 
@@ -18,6 +19,16 @@ __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 
            'vertex_job', 'batch_job', 'parse_env', 'parse_secrets', 'Launch', 'launch_train', 'launch_predict']
 
 # %% ../nbs/12a_launch.ipynb #b1919cbe
+@dataclass(frozen=True)
+class Machine:
+    "A machine type with GPUs, in the words of Vertex AI and Cloud Batch."
+    name: str # Compute Engine machine type, e.g. a3-highgpu-8g
+    gpus: int # GPUs per machine
+    vertex: str # Vertex AI acceleratorType
+    batch: str # Cloud Batch (Compute Engine) accelerator type
+    arch: str # GPU generation: the image variant (`GPU_ARCHS`)
+
+# %% ../nbs/12a_launch.ipynb #3c135f9b
 GPUS = { # accelerator -> (Vertex AI acceleratorType, Compute Engine / Cloud Batch type, GPU generation of the image)
     'h200': ('NVIDIA_H200_141GB', 'nvidia-h200-141gb', 'hopper'),
     'h100-mega': ('NVIDIA_H100_MEGA_80GB', 'nvidia-h100-mega-80gb', 'hopper'),
@@ -33,15 +44,6 @@ FAMILIES = [ # accelerator-optimized machine types -> the GPU they come with (th
     (r'a2-ultragpu-(\d+)g', 'a100-80gb'), (r'a2-(?:high|mega)gpu-(\d+)g', 'a100'), (r'g2-standard-(\d+)', 'l4'),
 ]
 G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8} # g2-standard-N -> L4 GPUs
-
-@dataclass(frozen=True)
-class Machine:
-    "A machine type with GPUs, in the words of Vertex AI and Cloud Batch."
-    name: str # Compute Engine machine type, e.g. a3-highgpu-8g
-    gpus: int # GPUs per machine
-    vertex: str # Vertex AI acceleratorType
-    batch: str # Cloud Batch (Compute Engine) accelerator type
-    arch: str # GPU generation: the image variant (`GPU_ARCHS`)
 
 def gpu_machine(name:str, # machine type: a3-highgpu-8g, a2-ultragpu-1g, g2-standard-8, n1-standard-8 ...
                 gpus:int|None=None, # GPUs asked for; must match an accelerator-optimized type, required with N1
@@ -65,12 +67,6 @@ def gpu_machine(name:str, # machine type: a3-highgpu-8g, a2-ultragpu-1g, g2-stan
                       "a2-highgpu-Ng or a2-ultragpu-Ng (A100), g2-standard-N (L4), or n1-* with --accelerator t4|v100")
 
 # %% ../nbs/12a_launch.ipynb #5f41c1e9
-MANIFEST_TYPES = ', '.join(['application/vnd.oci.image.index.v1+json', 'application/vnd.oci.image.manifest.v1+json',
-                            'application/vnd.docker.distribution.manifest.list.v2+json',
-                            'application/vnd.docker.distribution.manifest.v2+json'])
-AUTH_HINT = ("run `gcloud auth login` and `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS) "
-             "as someone who may read the repository (role Artifact Registry Reader)")
-
 def parse_ref(ref:str) -> tuple[str, str, str]:
     "`(host, name, tag)` of an image reference `host/name:tag`."
     m = re.fullmatch(r'([^/]+)/([a-z0-9._/-]+):([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})', ref)
@@ -78,8 +74,7 @@ def parse_ref(ref:str) -> tuple[str, str, str]:
         raise RtsSegError(f"image {ref!r} names no registry; give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts)")
     return m[1], m[2], m[3]
 
-def _loopback(host:str) -> bool: return host.rsplit(':', 1)[0] in ('localhost', '127.0.0.1', '[::1]')
-
+# %% ../nbs/12a_launch.ipynb #2a4bdf16
 def gcp_token() -> str|None:
     "An access token for the caller's Google credentials (Application Default Credentials, else gcloud's); None without either."
     try:
@@ -92,6 +87,15 @@ def gcp_token() -> str|None:
         r = subprocess.run(['gcloud', 'auth', 'print-access-token'], capture_output=True, text=True)
         if r.returncode == 0 and r.stdout.strip(): return r.stdout.strip()
     return None
+
+# %% ../nbs/12a_launch.ipynb #db258c40
+MANIFEST_TYPES = ', '.join(['application/vnd.oci.image.index.v1+json', 'application/vnd.oci.image.manifest.v1+json',
+                            'application/vnd.docker.distribution.manifest.list.v2+json',
+                            'application/vnd.docker.distribution.manifest.v2+json'])
+AUTH_HINT = ("run `gcloud auth login` and `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS) "
+             "as someone who may read the repository (role Artifact Registry Reader)")
+
+def _loopback(host:str) -> bool: return host.rsplit(':', 1)[0] in ('localhost', '127.0.0.1', '[::1]')
 
 def registry_has(ref:str, # image reference HOST/PATH/NAME:TAG
                  token:str|None=None, # Google access token (`gcp_token`) for Artifact Registry; None: anonymous
@@ -143,7 +147,7 @@ def build_plan(root:str|Path, # repository root (`image.find_root`)
 
 # %% ../nbs/12a_launch.ipynb #0b99a3c8
 _DUR = 'duration'
-API = { # message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
+API: dict[str, dict[str, Any]] = { # message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
         # a set (enum values) or [type] (a list). Fields not listed are not written by rts_seg.
     # Vertex AI v1: projects.locations.customJobs
     'CustomJob': dict(displayName='str', jobSpec='CustomJobSpec', labels='map'),
@@ -180,7 +184,7 @@ REQUIRED = {'CustomJob': ['displayName', 'jobSpec'], 'CustomJobSpec': ['workerPo
             'Job': ['taskGroups'], 'TaskGroup': ['taskSpec'], 'TaskSpec': ['runnables'], 'Container': ['imageUri'], 'LifecyclePolicy': ['action']}
 
 def check_api(obj, # a job spec, as JSON-ready dictionaries
-              kind:str, # the API message it is (a key of `API`): CustomJob, CustomJobSpec or Job
+              kind:str|list|set, # the API message it is (a key of `API`): CustomJob, CustomJobSpec or Job; inside, a field's type
               where:str='', # its path, for the messages
              ) -> list[str]:
     "Where `obj` departs from the documented fields of `kind`: unknown or missing fields, wrong types, values outside an enum."
@@ -204,6 +208,7 @@ def fuse_path(uri:str) -> str:
     if not str(uri).startswith('gs://'): raise RtsSegError(f"--output must be a gs:// folder (the job writes there), not {uri}")
     return '/gcs/' + str(uri)[5:].strip('/')
 
+# %% ../nbs/12a_launch.ipynb #8bad4339
 def vertex_job(image:str, # image reference (the train target)
                machine:Machine, # machine type and GPUs (`gpu_machine`)
                args:list[str], # arguments of the image's entry point (docker/train.sh)
@@ -217,8 +222,8 @@ def vertex_job(image:str, # image reference (the train target)
                labels:dict|None=None, # job labels
               ) -> dict:
     "A Vertex AI `CustomJob`: one machine with all its GPUs running the training image."
-    pool = dict(machineSpec=dict(machineType=machine.name, acceleratorType=machine.vertex, acceleratorCount=machine.gpus),
-                replicaCount=1, containerSpec=dict(imageUri=image, args=list(args)))
+    pool: dict[str, Any] = dict(machineSpec=dict(machineType=machine.name, acceleratorType=machine.vertex, acceleratorCount=machine.gpus),
+                                replicaCount=1, containerSpec=dict(imageUri=image, args=list(args)))
     if env: pool['containerSpec']['env'] = [dict(name=k, value=str(v)) for k, v in env.items()]
     if disk_gb: pool['diskSpec'] = dict(bootDiskType='pd-ssd', bootDiskSizeGb=int(disk_gb))
     sched = dict(restartJobOnWorkerRestart=True, strategy='SPOT' if spot else 'STANDARD')
@@ -275,6 +280,7 @@ def parse_env(pairs:list[str]|None, # NAME=VALUE strings (--env)
         env[k] = v
     return env
 
+# %% ../nbs/12a_launch.ipynb #124f40c4
 def parse_secrets(pairs:list[str]|None, # NAME=projects/P/secrets/S/versions/V strings (--secret)
                  ) -> dict:
     "Secret Manager references for a Cloud Batch job's environment."
@@ -287,20 +293,6 @@ def parse_secrets(pairs:list[str]|None, # NAME=projects/P/secrets/S/versions/V s
     return out
 
 # %% ../nbs/12a_launch.ipynb #59b71105
-def _name(prefix:str, name:str|None) -> str:
-    "A job name Cloud Batch and Vertex AI both accept: lowercase letters, digits and hyphens, a letter first, 63 at most."
-    n = name or f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
-    if not re.fullmatch(r'[a-z]([a-z0-9-]{0,61}[a-z0-9])?', n): raise RtsSegError(f"--name {n!r}: use lowercase letters, digits and hyphens, a letter first, 63 at most")
-    return n
-
-def _label(v:str) -> str: return re.sub(r'[^a-z0-9_-]', '-', v.lower())[:63]
-
-def _project(registry:str, project:str|None) -> str|None:
-    "--project, else the project of an Artifact Registry path (HOST/PROJECT/REPO)."
-    if project: return project
-    host, _, rest = registry.partition('/')
-    return rest.split('/')[0] if host.endswith('docker.pkg.dev') and rest else None
-
 @dataclass
 class Launch:
     "What a launch did or would do."
@@ -317,6 +309,21 @@ class Launch:
         lines += [q(c) for c in self.build] + [f'# job spec ({self.job_file}):', json.dumps(self.job, indent=2), q(self.submit)]
         return '\n'.join(lines)
 
+# %% ../nbs/12a_launch.ipynb #0584fde9
+def _name(prefix:str, name:str|None) -> str:
+    "A job name Cloud Batch and Vertex AI both accept: lowercase letters, digits and hyphens, a letter first, 63 at most."
+    n = name or f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
+    if not re.fullmatch(r'[a-z]([a-z0-9-]{0,61}[a-z0-9])?', n): raise RtsSegError(f"--name {n!r}: use lowercase letters, digits and hyphens, a letter first, 63 at most")
+    return n
+
+def _label(v:str) -> str: return re.sub(r'[^a-z0-9_-]', '-', v.lower())[:63]
+
+def _project(registry:str, project:str|None) -> str|None:
+    "--project, else the project of an Artifact Registry path (HOST/PROJECT/REPO)."
+    if project: return project
+    host, _, rest = registry.partition('/')
+    return rest.split('/')[0] if host.endswith('docker.pkg.dev') and rest else None
+
 def _go(plan:Launch, build_args:list, dry_run:bool, token:str|None) -> Launch:
     "Print the plan; unless `dry_run`, build the image if needed, write the job spec and submit it."
     print(plan, flush=True)
@@ -329,8 +336,6 @@ def _go(plan:Launch, build_args:list, dry_run:bool, token:str|None) -> Launch:
     atomic_write_text(plan.job_file, json.dumps(spec, indent=2) + '\n')
     if subprocess.run(plan.submit).returncode: raise RtsSegError(f"gcloud refused the job; its message is above (spec: {plan.job_file})")
     return plan
-
-# %% ../nbs/12a_launch.ipynb #0584fde9
 def _image(root, machine, target, registry, source, branch, image) -> tuple[str, bool, list, list, str|None]:
     "The image reference, whether the registry has it, the build commands and arguments, and the token used."
     if not registry: raise RtsSegError("give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts), or set RTS_SEG_REGISTRY")
@@ -386,6 +391,7 @@ def launch_train(root:str|Path, # repository root (the image is built from it)
               f'--display-name={n}', f'--labels=app=rts-seg,image-tag={_label(parse_ref(ref)[2])}', f'--config={f}']
     return _go(Launch(ref, have, cmds, job, f, submit), build_args, dry_run, token)
 
+# %% ../nbs/12a_launch.ipynb #4b336600
 def launch_predict(root:str|Path, # repository root (the image is built from it)
                    model:str, # gs:// URI of the model (best.pth, or an export with its sidecar)
                    tile_list:str, # gs:// URI of the tile list (CSV with tile_id, RegionName)
