@@ -45,12 +45,16 @@ class AffineElastic(A.DualTransform):
                  grid:int=16, # elastic field: random displacements on a grid of this many cells per side, smoothly (bicubic) interpolated
                  p_affine:float=0.5, # probability of shift-scale-rotate-shear
                  p_elastic:float=0.25, # probability of the elastic warp
-                 p:float=1.0):
+                 p:float=1.0, # probability of applying the transform at all
+                ):
         super().__init__(p=p)
         self.shift, self.scale, self.rotate, self.shear, self.alpha, self.grid = shift, scale, rotate, shear, alpha, grid
         self.p_affine, self.p_elastic = p_affine, p_elastic
 
-    def get_params_dependent_on_data(self, params, data):
+    def get_params_dependent_on_data(self, params:dict, # albumentations' parameters of this call; `shape` is used
+                                     data:dict, # the targets of this call (unused)
+                                    ) -> dict:
+        "Draw the inverse affine `matrix` or the remap `maps` (or neither) for one call."
         h, w = params['shape'][:2]
         r = self.random_generator
         aff, ela = r.random() < self.p_affine, r.random() < self.p_elastic
@@ -74,8 +78,14 @@ class AffineElastic(A.DualTransform):
         else: return img
         return out.reshape(img.shape) # cv2 drops a trailing axis of size 1
 
-    def apply(self, img, matrix=None, maps=None, **kw): return self._warp(img, matrix, maps, cv2.INTER_LINEAR, 0)
-    def apply_to_mask(self, mask, matrix=None, maps=None, **kw): return self._warp(mask, matrix, maps, cv2.INTER_NEAREST, 255)
+    def apply(self, img:np.ndarray, # (H, W, C) image
+              matrix:np.ndarray|None=None, # inverse affine map, from `get_params_dependent_on_data`
+              maps:np.ndarray|None=None, # (H, W, 2) source coordinates, from `get_params_dependent_on_data`
+              **kw): return self._warp(img, matrix, maps, cv2.INTER_LINEAR, 0)
+    def apply_to_mask(self, mask:np.ndarray, # (H, W) label; pixels from outside the tile become 255
+                      matrix:np.ndarray|None=None, # inverse affine map, as for `apply`
+                      maps:np.ndarray|None=None, # source coordinates, as for `apply`
+                      **kw): return self._warp(mask, matrix, maps, cv2.INTER_NEAREST, 255)
 
     def get_transform_init_args_names(self): return ('shift', 'scale', 'rotate', 'shear', 'alpha', 'grid', 'p_affine', 'p_elastic')
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from rasterio.crs import CRS
 
 from .config import EXTRA_BANDS, DataConfig
 from .core import RtsSegError, atomic_path
@@ -37,9 +39,13 @@ def _profile(path):
     return retry(rd, path)
 
 # %% ../nbs/05a_checks.ipynb #4bf68525
-def check_tile(root:str, tile_id:str, train_class:str, extra:bool) -> tuple[list[Problem], object]:
+def check_tile(root:str, # dataset root (a folder or gs:// URL)
+               tile_id:str, # the tile
+               train_class:str, # its `TrainClass` in metadata.csv: Positive or Negative
+               extra:bool, # also check its aux bands (EXTRA/)
+              ) -> tuple[list[Problem], CRS|None]:
     "Problems of one tile, and its CRS (None when unreadable)."
-    probs, crs = [], None
+    probs:list[Problem] = []; crs = None
     f = {g: join(root, d, f'{tile_id}.tif') for g, d in (('rgb', 'PLANET-RGB'), ('label', 'labels'), ('extra', 'EXTRA'))}
     got = {}
     for g in ('rgb', 'label') + (('extra',) if extra else ()):
@@ -98,7 +104,7 @@ def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
         for t in sorted(files[d] - set(ids)): probs.append(Problem(t, join(root, d, f'{t}.tif'), "file not listed in metadata.csv"))
     for r in sorted(set(meta.RegionName) - set(regions)):
         if regions: probs.append(Problem('-', join(root, 'splits.yaml'), f"region '{r}' of metadata.csv is in no split: its tiles would never be used"))
-    crss = {}
+    crss:dict[str, list[str]] = {}
     for i, row in enumerate(meta.itertuples()):
         if row.tile_id not in files['PLANET-RGB'] or row.tile_id not in files['labels']: continue
         p, crs = check_tile(root, row.tile_id, row.TrainClass, extra and row.tile_id in files['EXTRA'])
@@ -113,7 +119,12 @@ def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
     return probs
 
 # %% ../nbs/05a_checks.ipynb #15fd5fa5
-def show_batch(xb, yb, path:str|Path, n:int=8, ignore_index:int=255):
+def show_batch(xb:torch.Tensor, # (B, C, H, W) images, RGB first
+               yb:torch.Tensor, # (B, H, W) labels
+               path:str|Path, # picture to write (png unless the suffix says otherwise)
+               n:int=8, # most tiles to show
+               ignore_index:int=255, # label value drawn grey
+              ):
     "Save a picture of a batch: the RGB image, the label overlaid (red) and ignored pixels (grey)."
     from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
     n = min(n, len(xb))
@@ -133,7 +144,10 @@ def show_batch(xb, yb, path:str|Path, n:int=8, ignore_index:int=255):
     path = Path(path)
     with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
 
-def check_loader(cfg:DataConfig, picture:str|Path, n_batches:int=2) -> list[Problem]:
+def check_loader(cfg:DataConfig, # data settings of the DataLoader
+                 picture:str|Path, # where to save the picture of the first batch
+                 n_batches:int=2, # batches to draw
+                ) -> list[Problem]:
     "Run the training DataLoader for `n_batches` batches and save a picture of the first one."
     try:
         tiles = split_tiles(cfg.root)

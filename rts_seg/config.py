@@ -119,7 +119,7 @@ class InferenceConfig(Section):
     stride: Optional[int] = None # step between windows; None = half a window (50 % overlap)
     merge: Literal['max', 'blend'] = 'max' # overlapping windows: maximum, or a weighted blend that removes seams
     blend_window: Literal['hann', 'linear'] = 'hann' # weights of the blend, highest at the window centre
-    scales: list[Literal[1.0, 0.5, 0.25]] = [1.0] # 0.5 reads a 2x larger window, downsamples, predicts, upsamples
+    scales: list[Literal[1.0, 0.5, 0.25]] = [1.0] # type: ignore[valid-type] # pydantic validates float literals, PEP 586 has none; 0.5 reads a 2x larger window, downsamples, predicts, upsamples
     tta: Literal['none', 'minimal', 'standard', 'full'] = 'none' # minimal: +hflip; standard: +vflip, rot180; full: D4
     batch_size: int = Field(16, ge=1) # windows per forward pass (64-128 on a GPU)
     device: str = 'auto' # auto, cpu, cuda or cuda:N
@@ -139,9 +139,9 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig) # type: ignore[arg-type] # pydantic's stub types a Field(1, ge=1) model's factory as Never
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig) # type: ignore[arg-type] # as for train
 
 # %% ../nbs/01_config.ipynb #fba7e7c2
 def _fields(model_cls, loc):
@@ -182,9 +182,9 @@ def load_yaml(text:str|bytes):
     "Parse YAML as configs and `splits.yaml` are read: `train.mixed_precision: no` is the string 'no', not False."
     return yaml.load(text, Loader=_Yaml12Loader)
 
-def parse_overrides(overrides:list[str]) -> dict:
+def parse_overrides(overrides:list[str]|None) -> dict[str, Any]:
     "Nested dict from `key.sub=value` strings; values are parsed as YAML (`load_yaml`)."
-    res = {}
+    res:dict[str, Any] = {}
     for o in overrides or []:
         k, sep, v = o.partition('=')
         if not sep or not k: raise ConfigError(f"override '{o}' must look like key=value, e.g. train.epochs=2")
@@ -214,7 +214,7 @@ def load_config(path:str|Path|None=None, # YAML file; None starts from the defau
                 overrides:list[str]|None=None, # `key.sub=value` strings, applied after the file
                ) -> Config:
     "Load and validate a run config, refusing unknown keys and wrong types with one clear line."
-    d, source = {}, 'defaults'
+    d:dict[str, Any] = {}; source = 'defaults'
     if path is not None:
         path, source = Path(path), str(path)
         if not path.is_file(): raise ConfigError(f"config file not found: {path}")
@@ -241,7 +241,9 @@ def config_yaml(cfg:Config) -> str:
     "The resolved `cfg` as YAML text, every key with its value."
     return yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False)
 
-def save_config(cfg:Config, path:str|Path):
+def save_config(cfg:Config, # the resolved config
+                path:str|Path, # YAML file to write
+               ):
     "Save the resolved `cfg` as YAML."
     atomic_write_text(path, config_yaml(cfg))
 

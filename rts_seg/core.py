@@ -59,6 +59,8 @@ def readable(path:str|Path):
     "Give `path` the permissions a new file (or folder) gets from the umask, e.g. 0o644 (0o755) under umask 022."
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
 
+
+# %% ../nbs/00_core.ipynb #0c98e227
 def _fsync(path:str|Path):
     "Flush a file's or a folder's contents to disk, whoever wrote them."
     fd = os.open(path, os.O_RDONLY)
@@ -80,9 +82,14 @@ def atomic_path(path:str|Path):
         with contextlib.suppress(OSError): _fsync(path.parent) # the rename itself; not every filesystem can
     finally: Path(tmp).unlink(missing_ok=True)
 
-def atomic_write_text(path:str|Path, text:str):
+
+# %% ../nbs/00_core.ipynb #ab263fae
+def atomic_write_text(path:str|Path, # file to write
+                      text:str, # its whole content
+                     ):
     "Write `text` to `path` atomically."
     with atomic_path(path) as tmp: tmp.write_text(text)
+
 
 # %% ../nbs/00_core.ipynb #d2351163
 def seed_everything(seed:int):
@@ -90,6 +97,8 @@ def seed_everything(seed:int):
     import torch
     random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
+
+# %% ../nbs/00_core.ipynb #d2a48fcf
 def get_device(name:str='auto') -> torch.device:
     "`auto` picks the GPU when there is one; otherwise the named device."
     import torch
@@ -98,3 +107,4 @@ def get_device(name:str='auto') -> torch.device:
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise RtsSegError(f"train.device is '{name}' but no CUDA GPU is visible; use train.device=auto or cpu")
     return dev
+

@@ -48,7 +48,7 @@ def read_splits(root:str|Path) -> dict[str, list[str]]:
     d = load_yaml(read_bytes(fn)) or {}
     bad = [k for k in d if k not in SPLITS]
     if bad: raise RtsSegError(f"{fn}: unknown split(s) {bad}; use {', '.join(SPLITS)}")
-    seen = {}
+    seen:dict[str, str] = {}
     for s, regions in d.items():
         for r in regions or []:
             if r in seen: raise RtsSegError(f"{fn}: region '{r}' is in both '{seen[r]}' and '{s}'; a region belongs to one split")
@@ -64,7 +64,7 @@ def split_tiles(root:str|Path) -> dict[str, list[str]]:
 def _percentile_from_hist(hist:np.ndarray, edges:np.ndarray, q:float) -> float:
     "The `q`th percentile of the values binned in `hist` (the lower edge of its bin)."
     cdf = np.cumsum(hist) / max(hist.sum(), 1)
-    return float(edges[min(np.searchsorted(cdf, q / 100), len(hist) - 1)])
+    return float(edges[min(int(np.searchsorted(cdf, q / 100)), len(hist) - 1)])
 
 def dataset_version(root:str|Path) -> str:
     "A short hash of `metadata.csv` and `splits.yaml`: it changes whenever the tile list or the splits do."
@@ -73,7 +73,7 @@ def dataset_version(root:str|Path) -> str:
     return h.hexdigest()[:12]
 
 # %% ../nbs/05_data.ipynb #37e65abb
-def channel_names(extra_channels:list[str]=()) -> list[str]:
+def channel_names(extra_channels:list[str]|tuple[str, ...]=()) -> list[str]:
     "All input channels, RGB first, then the named aux bands."
     bad = [c for c in extra_channels if c not in EXTRA_BANDS]
     if bad: raise RtsSegError(f"unknown channel(s) {bad} in data.extra_channels; choose from {', '.join(EXTRA_BANDS)}")
@@ -82,7 +82,7 @@ def channel_names(extra_channels:list[str]=()) -> list[str]:
 def read_group(root:str|Path, # dataset root
                tile_id:str, # the tile
                group:str='rgb', # 'rgb' (PLANET-RGB), 'extra' (EXTRA) or 'label' (labels)
-               extra_channels:list[str]=(), # aux bands to keep (group 'extra')
+               extra_channels:list[str]|tuple[str, ...]=(), # aux bands to keep (group 'extra')
               ) -> tuple[np.ndarray, np.ndarray, dict]:
     "Bands (C, H, W), valid-pixel mask (H, W) and profile of one group of a tile, checked against the contract."
     folder, n = dict(rgb=('PLANET-RGB', 3), extra=('EXTRA', len(EXTRA_BANDS)), label=('labels', 1))[group]
@@ -124,7 +124,7 @@ def imagery_facts(profiles:dict, # rasterio profiles of one tile's rasters, by g
 def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
                   tile_ids:list[str], # tiles to use (the training split)
                   clip:tuple[float, float]=(1., 99.), # percentiles to clip each channel at
-                  extra_channels:list[str]=(), # aux bands, by name
+                  extra_channels:list[str]|tuple[str, ...]=(), # aux bands, by name
                   bins:int=4096, # histogram bins of each aux band
                  ) -> dict:
     "Per-channel clip bounds, mean and std over `tile_ids`, streaming over tiles."
@@ -133,7 +133,8 @@ def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
     channel_names(extra_channels)
     names = dict(rgb=RGB, extra=extra_channels)
     rd = lambda t, g: read_group(root, t, g, extra_channels)
-    hist, lo, hi, profiles = {}, {}, {}, {}
+    hist, lo, hi = {}, {}, {}
+    profiles:dict[str, dict] = {}
     rng = dict(extra=[np.full(len(extra_channels), np.inf), np.full(len(extra_channels), -np.inf)])
     for t in tile_ids: # pass 1: exact RGB histograms, aux ranges
         for g in groups:
@@ -168,7 +169,9 @@ def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
                         for g in groups},
                 imagery=imagery_facts(profiles))
 
-def save_stats(stats:dict, path:str|Path):
+def save_stats(stats:dict, # from `compute_stats`
+               path:str|Path, # the JSON file, normally `normalization_stats.json`
+              ):
     "Write `normalization_stats.json` atomically."
     atomic_write_text(path, json.dumps(stats, indent=2))
 
@@ -223,7 +226,7 @@ class RTSDataset(torch.utils.data.Dataset):
                  tile_ids:list[str], # tiles of this split
                  norm:Normalizer, # normalisation applied after augmentation
                  tfms=None, # `rts_seg.augment.Augment` (or any callable of image, mask, extra)
-                 extra_channels:list[str]=(), # aux bands stacked after RGB
+                 extra_channels:list[str]|tuple[str, ...]=(), # aux bands stacked after RGB
                  boundary:str='none', # none | ignore | soft_labels
                  boundary_width:int=3, # band width around label edges
                  soft_label_value:float=0.05, # soft_labels: value of the band's background side
@@ -264,7 +267,7 @@ class RTSDataset(torch.utils.data.Dataset):
         if self.tfms is not None:
             if seed is not None: # the same tile at the same place of an epoch gets the same augmentation
                 for c in (self.tfms, getattr(self.tfms, 'geom', None), getattr(self.tfms, 'color', None)):
-                    if hasattr(c, 'set_random_seed'): c.set_random_seed(seed)
+                    if c is not None and hasattr(c, 'set_random_seed'): c.set_random_seed(seed)
             r = self.tfms(image=img, mask=lbl, extra=ex)
             img, lbl, ex = r['image'], r['mask'], r.get('extra')
         x = self.norm.hwc(img if ex is None else np.concatenate([img.astype(np.float32), ex], -1))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
 import datetime, hashlib, importlib, json, os, warnings, zipfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -72,8 +73,8 @@ def _torchscript(net, x, path, opset=None):
     with torch.no_grad(): ts = torch.jit.trace(net, x, check_trace=False)
     torch.jit.save(ts, str(path))
 
-EXPORTERS = {'onnx': {'legacy': _onnx_legacy, 'dynamo': _onnx_dynamo}, # tried in this order
-             'torchscript': {'trace': _torchscript}}
+EXPORTERS:dict[str, dict[str, Callable[..., None]]] = {'onnx': {'legacy': _onnx_legacy, 'dynamo': _onnx_dynamo}, # tried in this order
+                                                    'torchscript': {'trace': _torchscript}}
 EXPORTER_CALLS = {'legacy': 'torch.onnx.export(dynamo=False)', 'dynamo': 'torch.onnx.export(dynamo=True)', 'trace': 'torch.jit.trace'}
 
 def _jit_load(path, device='cpu') -> torch.nn.Module:

@@ -35,7 +35,9 @@ class FocalLoss(_Binary):
         super().__init__()
         self.alpha, self.gamma, self.ignore_index = alpha, gamma, ignore_index
 
-    def forward(self, logits:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
+    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
+                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+               ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
         p_t = torch.exp(-bce) # probability given to the true class
@@ -54,7 +56,9 @@ class TverskyLoss(_Binary):
         super().__init__()
         self.alpha, self.beta, self.ignore_index, self.eps = alpha, beta, ignore_index, eps
 
-    def forward(self, logits:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
+    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
+                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+               ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         p, v = torch.sigmoid(x) * valid, valid.float()
         tp, fp, fn = (p * t).sum(), (p * (1 - t) * v).sum(), ((1 - p) * t * v).sum()
@@ -66,7 +70,9 @@ class BalancedBCELoss(_Binary):
         super().__init__()
         self.ignore_index = ignore_index
 
-    def forward(self, logits:torch.Tensor, target:torch.Tensor) -> torch.Tensor:
+    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
+                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+               ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         v = valid.float()
         n = v.sum().clamp_min(1)
@@ -74,7 +80,9 @@ class BalancedBCELoss(_Binary):
         w = (1 - pos) * t + pos * (1 - t)
         return (w * F.binary_cross_entropy_with_logits(x, t, reduction='none') * v).sum() / n
 
-def get_loss(cfg:LossConfig, ignore_index:int=255) -> nn.Module:
+def get_loss(cfg:LossConfig, # the `loss` config section
+             ignore_index:int=255, # label value that counts nowhere (`data.ignore_index`)
+            ) -> nn.Module:
     "The loss named in the config."
     if cfg.name == 'focal': return FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
     if cfg.name == 'tversky': return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, ignore_index)

@@ -28,7 +28,7 @@ __all__ = ['read_polygons', 'scene_files', 'make_dataset']
 
 # %% ../nbs/05c_make_dataset.ipynb #ffdde696
 def read_polygons(path:str|Path, # GeoJSON, GeoPackage, shapefile: anything OGR reads
-                  columns:list[str]=(), # attribute columns to keep (missing ones are an error)
+                  columns:list[str]|tuple[str, ...]=(), # attribute columns to keep (missing ones are an error)
                  ) -> tuple[np.ndarray, dict, str]:
     "Polygons as shapely geometries, the requested attribute columns, and their CRS."
     path = Path(path)
@@ -54,9 +54,9 @@ def _to_crs(geoms, src, dst):
     if rasterio.crs.CRS.from_user_input(src) == dst: return geoms
     return shapely.from_geojson([__import__('json').dumps(g) for g in transform_geom(src, dst, [shapely.geometry.mapping(x) for x in geoms])])
 
-def _split_regions(counts:Counter) -> dict:
+def _split_regions(counts:Counter) -> dict[str, list[str]]:
     "Regions spread over train/val/test: of every five (by name), three train, one val, one test."
-    splits = dict(train=[], val=[], test=[])
+    splits:dict[str, list[str]] = dict(train=[], val=[], test=[])
     for i, r in enumerate(sorted(counts)): splits[{1: 'val', 2: 'test'}.get(i % 5, 'train')].append(r)
     return splits
 
@@ -67,7 +67,7 @@ def make_dataset(images:str|Path, # folder of GeoTIFF scenes, or a glob pattern
                  region_column:str='RegionName', # polygon attribute naming the region
                  uid_column:str|None='UID', # polygon attribute with a slump's id (None: row numbers)
                  min_inside:float=0.5, # share of a slump's area that must lie in a tile for label 1; else 255
-                 bands:list[int]=(1, 2, 3), # 1-based scene bands holding R, G, B
+                 bands:list[int]|tuple[int, ...]=(1, 2, 3), # 1-based scene bands holding R, G, B
                 ) -> Path:
     "Build a dataset in the data-contract layout from scenes and polygons; written in a temporary folder, then renamed."
     out = Path(out)

@@ -34,7 +34,9 @@ def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
 
 class PixelIoU(Metric):
     "IoU of the slump class over all validation pixels (a fastai metric)."
-    def __init__(self, ignore_index:int=255, threshold:float=0.5):
+    def __init__(self, ignore_index:int=255, # label value that counts nowhere
+                 threshold:float=0.5, # probability above which a pixel is called a slump
+                ):
         self.ignore_index, self.threshold = ignore_index, threshold
         self.reset()
     def reset(self): self.counts = 0
@@ -89,13 +91,13 @@ class ValStats:
             p, tn, gs = torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(), target.cpu().numpy(), g.tolist()
             same = self.map_threshold == 0.5 # one labelling serves both families; the map's only filters by size
             for i in range(len(p)):
-                tl, ntruth, valid = truth_labels(tn[i], self.ignore_index)
+                tl, ntruth, ok = truth_labels(tn[i], self.ignore_index)
                 pl, npred = ndimage.label(p[i] > 0.5)
-                raw = match_counts(p[i], pl, npred, tl, ntruth, valid, self.ious)
+                raw = match_counts(p[i], pl, npred, tl, ntruth, ok, self.ious)
                 self.obj[gs[i]] += raw
                 if same and self.min_pixels <= 1: self.map_obj[gs[i]] += raw; continue
                 if not same: pl, npred = ndimage.label(p[i] > self.map_threshold)
-                self.map_obj[gs[i]] += match_counts(p[i], pl, npred, tl, ntruth, valid, self.ious, self.min_pixels)
+                self.map_obj[gs[i]] += match_counts(p[i], pl, npred, tl, ntruth, ok, self.ious, self.min_pixels)
 
     def reduce(self):
         "Sum the counts of all processes (call on every rank)."
@@ -110,7 +112,9 @@ class ValStats:
         return self
 
 # %% ../nbs/08_metrics.ipynb #12ec19d8
-def ratio_weight(tiles, ratio:float|None) -> float|None:
+def ratio_weight(tiles:torch.Tensor|np.ndarray, # tiles counted, [negative, positive] (`ValStats.tiles`)
+                 ratio:float|None, # negatives per positive to weight to; None: as they are
+                ) -> float|None:
     "Weight of the negative tiles' counts for `ratio` negatives per positive (None: as they are); None if a class is missing."
     n_neg, n_pos = (int(v) for v in tiles)
     if ratio is None: return 1.
@@ -135,7 +139,7 @@ def summarize(stats:ValStats, # reduced counts
               ratios=(200, 500, 1000), # realistic ratios (negative tiles per positive); balanced (1) is always added
              ) -> dict[str, float]:
     "Every metric of `stats`: as they are (`iou`, `pr_auc`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
-    nan, res = float('nan'), {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
+    nan = float('nan'); res:dict[str, float] = {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
     pix, hist, obj, mobj = (x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float)
                             for x in (stats.pix, stats.hist, stats.obj, stats.map_obj))
     fams = (('obj', obj), ('map_obj', mobj)) # raw objects, then the map's
@@ -185,7 +189,9 @@ def threshold_for_precision(hist:np.ndarray, # (2, LOGIT_BINS) (weighted) counts
 # %% ../nbs/08_metrics.ipynb #2e8a6a47
 class ResultMetric(Metric):
     "A fastai metric showing one result of a `ValidationMetrics` callback."
-    def __init__(self, source, name:str): self.source, self._name = source, name
+    def __init__(self, source:Callback, # has the `results` dict: `ValidationMetrics` or `TrainIoU`
+                 name:str, # the result to show, e.g. 'r500_pr_auc'
+                ): self.source, self._name = source, name
     def reset(self): pass
     def accumulate(self, learn): pass
     @property
@@ -205,7 +211,7 @@ class ValidationMetrics(Callback):
                 ):
         self.ignore_index, self.ratios, self.ious, self.every = ignore_index, tuple(ratios), tuple(ious), every
         self.map_threshold, self.min_pixels = map_threshold, min_pixels
-        self.results, self.stats, self.skip = {}, None, False
+        self.results:dict[str, float] = {}; self.stats, self.skip = None, False
 
     def names(self) -> list[str]:
         "Every metric name this callback computes."
@@ -244,7 +250,7 @@ class ValidationMetrics(Callback):
 class TrainIoU(Callback):
     "Pixel IoU of the slump class over each epoch's training batches, summed over processes (the `train_iou` column)."
     order = 45
-    def __init__(self, ignore_index:int=255): self.ignore_index, self.counts, self.carry, self.results = ignore_index, None, None, {}
+    def __init__(self, ignore_index:int=255): self.ignore_index, self.counts, self.carry = ignore_index, None, None; self.results:dict[str, float] = {}
     def before_fit(self): self.results = {} # `validate` alone shows no training IoU
     def before_train(self): self.counts, self.carry = self.carry, None # counts of an interrupted epoch, else none
     def after_loss(self):

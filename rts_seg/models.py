@@ -42,19 +42,27 @@ TTA_MODES = {'none': [(0, False)],
              'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
              'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
 
-def d4(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
+def d4(x:torch.Tensor, # (..., H, W)
+       k:int, # quarter turns (counter-clockwise, `torch.rot90`)
+       flip:bool, # flip the last axis first
+      ) -> torch.Tensor:
     "Flip (last axis) if `flip`, then rotate by `k` quarter turns, on (..., H, W)."
     if flip: x = x.flip(-1)
     return torch.rot90(x, k, (-2, -1)) if k else x
 
-def d4_inverse(x:torch.Tensor, k:int, flip:bool) -> torch.Tensor:
+def d4_inverse(x:torch.Tensor, # (..., H, W), as `d4` returned it
+               k:int, # the quarter turns given to `d4`
+               flip:bool, # the flip given to `d4`
+              ) -> torch.Tensor:
     "Undo `d4(x, k, flip)`."
     if k: x = torch.rot90(x, -k, (-2, -1))
     return x.flip(-1) if flip else x
 
 class TTAModel(nn.Module):
     "Wrap a model so that it returns the logit of its probability averaged over the views of a `TTA_MODES` entry."
-    def __init__(self, model:nn.Module, mode:str='standard'):
+    def __init__(self, model:nn.Module, # returns (B, 1, H, W) logits
+                 mode:str='standard', # a key of `TTA_MODES`
+                ):
         super().__init__()
         if mode not in TTA_MODES: raise RtsSegError(f"TTA mode '{mode}' is unknown; choose one of {', '.join(TTA_MODES)}")
         self.model, self.views = model, TTA_MODES[mode]

@@ -66,7 +66,9 @@ class AsyncToDevice:
     def after_batch(self, b):
         return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
 
-def rank_world(rank:int|None=None, world_size:int|None=None) -> tuple[int, int]:
+def rank_world(rank:int|None=None, # this process's rank; None: $RANK (else 0)
+               world_size:int|None=None, # number of processes; None: $WORLD_SIZE (else 1)
+              ) -> tuple[int, int]:
     "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
     return (int(os.environ.get('RANK', 0)) if rank is None else rank, int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size)
 
@@ -114,7 +116,10 @@ class BalancedDL(AsyncToDevice, DataLoader):
 
 class ShardDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
-    def __init__(self, dataset, rank:int|None=None, world_size:int|None=None, **kwargs):
+    def __init__(self, dataset, # a map-style dataset
+                 rank:int|None=None, # this process's rank (`rank_world`)
+                 world_size:int|None=None, # number of processes (`rank_world`)
+                 **kwargs): # passed to fastai's `DataLoader` (bs, num_workers, ...)
         self.rank, self.world_size = rank_world(rank, world_size)
         if 1 < self.world_size and len(dataset) < self.world_size: # a rank without items would skip the collectives of validation: a hang
             raise RtsSegError(f"validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs "

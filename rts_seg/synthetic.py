@@ -8,6 +8,7 @@ Docs: https://rts-seg.github.io/rts_seg/synthetic.html.md"""
 from __future__ import annotations
 import shutil, tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,7 +27,7 @@ __all__ = ['CRS', 'PIXEL_M', 'REGIONS', 'make_tile', 'extra_bands', 'synth_datas
 CRS = 'EPSG:3413'
 PIXEL_M = 3.0 # metres per pixel, as in the PlanetScope basemaps
 
-REGIONS = {
+REGIONS:dict[str, dict[str, Any]] = {
     'banks_island': dict(split='train', origin=(-1_250_000., -650_000.), tundra=(118, 112, 84), moist=(80, 92, 62)),
     'peel_plateau': dict(split='val', origin=(-2_150_000., 250_000.), tundra=(104, 110, 78), moist=(70, 86, 60)),
     'yamal': dict(split='test', origin=(1_950_000., 700_000.), tundra=(126, 118, 92), moist=(88, 96, 70)),
@@ -96,7 +97,7 @@ def make_tile(rng:np.random.Generator, # source of randomness
               region:str='banks_island', # palette from `REGIONS`
              ) -> tuple[np.ndarray, np.ndarray]:
     "One synthetic tile: RGB uint8 (3, H, W) and label uint8 (H, W) with 0, 1 and 255."
-    size = (size, size) if isinstance(size, int) else tuple(size)
+    size = (size, size) if isinstance(size, int) else (size[0], size[1])
     img = _background(rng, size, REGIONS[region])
     label = np.zeros(size, np.uint8)
     for _ in range(rng.poisson(0.6)): _lake(rng, img, size)
