@@ -29,6 +29,8 @@ class Section(BaseModel):
     "A config section: unknown keys and wrong types are errors."
     model_config = ConfigDict(extra='forbid', validate_assignment=True, protected_namespaces=())
 
+
+# %% ../nbs/01_config.ipynb #b6b93809
 class SynthConfig(Section):
     "How to generate a synthetic dataset when `data.root` does not exist yet."
     tiles: int = 240 # tiles over all three regions
@@ -36,6 +38,8 @@ class SynthConfig(Section):
     seed: int = 0 # same seed, same dataset
     positive_fraction: float = 0.5 # share of tiles holding at least one slump
 
+
+# %% ../nbs/01_config.ipynb #71c54398
 EXTRA_BANDS = ('ndvi', 'nir', 're', 'sr') # the one registry of aux channels: their band order in EXTRA/{tile_id}.tif
 
 class DataConfig(Section):
@@ -63,6 +67,8 @@ class DataConfig(Section):
         if len(set(v)) != len(v): raise ValueError(f"channel listed twice in {v}")
         return v
 
+
+# %% ../nbs/01_config.ipynb #8f0dbe67
 class ModelConfig(Section):
     "Any segmentation-models-pytorch architecture and encoder, by name."
     arch: str = 'UnetPlusPlus' # smp architecture, e.g. Unet, UnetPlusPlus, FPN, DeepLabV3Plus
@@ -70,6 +76,8 @@ class ModelConfig(Section):
     encoder_weights: Optional[str] = 'imagenet' # pretrained weights; null when offline
     decoder_channels: Optional[list[int]] = None # decoder widths (Unet-like archs); None = smp default
 
+
+# %% ../nbs/01_config.ipynb #6e122db9
 class LossConfig(Section):
     "The training loss; labels equal to `data.ignore_index` never count."
     name: Literal['focal', 'tversky', 'bce_balanced'] = 'focal'
@@ -78,6 +86,8 @@ class LossConfig(Section):
     tversky_alpha: float = 0.3 # tversky: weight of false positives
     tversky_beta: float = 0.7 # tversky: weight of false negatives
 
+
+# %% ../nbs/01_config.ipynb #e52a6a89
 class TrainConfig(Section):
     "The training loop."
     epochs: int = 300 # passes over the training tiles
@@ -105,12 +115,16 @@ class TrainConfig(Section):
     target_precision: float = Field(0.8, gt=0, le=1) # after training: threshold reaching this precision, per ratio
     tta_eval: Literal['none', 'minimal', 'standard', 'full'] = 'standard' # after training: evaluate with this TTA too
 
+
+# %% ../nbs/01_config.ipynb #60f12817
 class MlflowConfig(Section):
     "Experiment tracking; `MLFLOW_TRACKING_URI` wins over `tracking_uri`."
     tracking_uri: Optional[str] = None # None: sqlite store in output_dir
     experiment: str = 'rts_seg' # experiment name
     artifact_location: Optional[str] = None # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
 
+
+# %% ../nbs/01_config.ipynb #4bcfac61
 DEFAULT_MIN_AREA_M2 = 100.0 # polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
 
 class InferenceConfig(Section):
@@ -133,6 +147,8 @@ class InferenceConfig(Section):
     min_area_m2: Optional[float] = None # polygons smaller than this are dropped; None = the model's (100 by default)
     simplify_m: Optional[float] = None # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 
+
+# %% ../nbs/01_config.ipynb #332b8647
 class Config(Section):
     "All settings of a run."
     output_dir: str = 'runs/baseline' # checkpoints, metrics, resolved config and the default MLflow store
@@ -142,6 +158,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig) # type: ignore[arg-type] # pydantic's stub types a Field(1, ge=1) model's factory as Never
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig) # type: ignore[arg-type] # as for train
+
 
 # %% ../nbs/01_config.ipynb #fba7e7c2
 def _fields(model_cls, loc):
@@ -182,6 +199,8 @@ def load_yaml(text:str|bytes):
     "Parse YAML as configs and `splits.yaml` are read: `train.mixed_precision: no` is the string 'no', not False."
     return yaml.load(text, Loader=_Yaml12Loader)
 
+
+# %% ../nbs/01_config.ipynb #4e3528da
 def parse_overrides(overrides:list[str]|None) -> dict[str, Any]:
     "Nested dict from `key.sub=value` strings; values are parsed as YAML (`load_yaml`)."
     res:dict[str, Any] = {}
@@ -208,6 +227,7 @@ def _dotted(d:dict, prefix='') -> dict:
         if isinstance(v, dict) and v: res.update(_dotted(v, f'{prefix}{k}.'))
         else: res[f'{prefix}{k}'] = v
     return res
+
 
 # %% ../nbs/01_config.ipynb #98bc0506
 def load_config(path:str|Path|None=None, # YAML file; None starts from the defaults
@@ -241,12 +261,17 @@ def config_yaml(cfg:Config) -> str:
     "The resolved `cfg` as YAML text, every key with its value."
     return yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False)
 
+
+# %% ../nbs/01_config.ipynb #a0fa1039
 def save_config(cfg:Config, # the resolved config
                 path:str|Path, # YAML file to write
                ):
     "Save the resolved `cfg` as YAML."
     atomic_write_text(path, config_yaml(cfg))
 
+
+# %% ../nbs/01_config.ipynb #219c9c9e
 def flat_params(cfg:Config) -> dict[str, Any]:
     "The config as `{'train.epochs': 300, ...}`, the names used on the command line and in MLflow."
     return _dotted(cfg.model_dump(mode='json'))
+
