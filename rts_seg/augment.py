@@ -30,6 +30,8 @@ class Augment:
         if self.color is not None: r['image'] = self.color(image=r['image'])['image']
         return r
 
+
+# %% ../nbs/04_augment.ipynb #c8291f6b
 @functools.lru_cache(8)
 def _grid(h:int, w:int) -> np.ndarray:
     "(h, w, 2) float32 pixel coordinates (x, y)."
@@ -89,6 +91,8 @@ class AffineElastic(A.DualTransform):
 
     def get_transform_init_args_names(self): return ('shift', 'scale', 'rotate', 'shear', 'alpha', 'grid', 'p_affine', 'p_elastic')
 
+
+# %% ../nbs/04_augment.ipynb #fa00b456
 def train_transforms(p_color:float=0.5, # probability of brightness/contrast/saturation jitter
                      p_affine:float=0.5, # probability of the shift-scale-rotate-shear warp
                      p_elastic:float=0.25, # probability of the elastic warp
@@ -99,3 +103,4 @@ def train_transforms(p_color:float=0.5, # probability of brightness/contrast/sat
                      additional_targets={'extra': 'image'})
     color = A.Compose([A.ColorJitter(brightness=color_limit, contrast=color_limit, saturation=color_limit, hue=0, p=p_color)])
     return Augment(geom, color)
+

@@ -66,12 +66,16 @@ class AsyncToDevice:
     def after_batch(self, b):
         return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
 
+
+# %% ../nbs/04b_sampling.ipynb #2a5ee86d
 def rank_world(rank:int|None=None, # this process's rank; None: $RANK (else 0)
                world_size:int|None=None, # number of processes; None: $WORLD_SIZE (else 1)
               ) -> tuple[int, int]:
     "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
     return (int(os.environ.get('RANK', 0)) if rank is None else rank, int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size)
 
+
+# %% ../nbs/04b_sampling.ipynb #8b81fc22
 class BalancedDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` whose batches hold a set share of positive tiles, following a curriculum per epoch."
     def __init__(self, dataset, # a map-style dataset
@@ -114,6 +118,8 @@ class BalancedDL(AsyncToDevice, DataLoader):
         b, seeds = b[self.rank::self.world_size][self.skip:], seeds[self.rank::self.world_size][self.skip:]
         return list(zip(b.reshape(-1).tolist(), seeds.reshape(-1).tolist())) if self.keyed else b.reshape(-1).tolist()
 
+
+# %% ../nbs/04b_sampling.ipynb #a5946c64
 class ShardDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
     def __init__(self, dataset, # a map-style dataset
@@ -127,9 +133,12 @@ class ShardDL(AsyncToDevice, DataLoader):
         super().__init__(dataset, shuffle=False, drop_last=False, n=len(range(self.rank, len(dataset), self.world_size)), **kwargs)
     def get_idxs(self): return list(range(self.rank, len(self.dataset), self.world_size))
 
+
+# %% ../nbs/04b_sampling.ipynb #2b32e3b2
 class SamplerEpoch(Callback):
     "Tell the training loader which epoch begins, so that the curriculum follows the Learner's epochs exactly."
     order = 0
     def before_epoch(self):
         dl = self.learn.dls.train
         if hasattr(dl, 'set_epoch'): dl.set_epoch(self.epoch)
+
