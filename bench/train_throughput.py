@@ -27,7 +27,8 @@ from fastai.callback.core import Callback
 
 from rts_seg.config import load_config
 from rts_seg.data import compute_stats, get_dls, split_tiles
-from rts_seg.learner import protocol_cbs, rts_learner, unwrap
+from accelerate.utils import extract_model_from_parallel
+from rts_seg.learner import protocol_cbs, rts_learner
 from rts_seg.synthetic import synth_dataset
 
 TFLOP_PER_IMG_512 = 3.0 # UNet++/EfficientNet-B7, forward + backward, from the SPEC
@@ -119,7 +120,7 @@ def rts_seg_step(a, dev, tmp):
     stats = compute_stats(root, split_tiles(root)['train'])
     dls = get_dls(cfg.data, stats, dev)
     learn = rts_learner(dls, cfg, text_progress=True)
-    if a.plain_swish and hasattr(unwrap(learn.model).encoder, 'set_swish'): unwrap(learn.model).encoder.set_swish(memory_efficient=False)
+    if a.plain_swish and hasattr(extract_model_from_parallel(learn.model, keep_torch_compile=False).encoder, "set_swish"): extract_model_from_parallel(learn.model, keep_torch_compile=False).encoder.set_swish(memory_efficient=False)
     timer = Timer(a.warmup)
     if dev.type == 'cuda': torch.cuda.reset_peak_memory_stats()
     t = time.time()

@@ -21,7 +21,7 @@ from .io import grid_units
 from .models import create_model
 
 # %% auto #0
-__all__ = ['NODATA_RULE', 'BUNDLE_FORMAT', 'channel_table', 'stats_hash', 'config_hash', 'git_commit', 'unwrap', 'Bundle',
+__all__ = ['NODATA_RULE', 'BUNDLE_FORMAT', 'channel_table', 'stats_hash', 'config_hash', 'git_commit', 'Bundle',
            'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/06a_bundle.ipynb #b069f21e
@@ -49,12 +49,6 @@ def git_commit() -> str:
     try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or 'unknown'
     except Exception: return 'unknown'
 
-def unwrap(model:torch.nn.Module) -> torch.nn.Module:
-    "The network inside `torch.compile` and `DistributedDataParallel` wrappers."
-    while True:
-        inner = getattr(model, '_orig_mod', None) or (model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else None)
-        if inner is None: return model
-        model = inner
 
 # %% ../nbs/06a_bundle.ipynb #b4c62479
 NODATA_RULE = ('a pixel is nodata where every band of its raster equals the nodata value, or any band is NaN or infinite; '
@@ -102,7 +96,7 @@ class Bundle:
 
 # %% ../nbs/06a_bundle.ipynb #5b2046e4
 def save_checkpoint(path:str|Path, # destination .pth
-                    model:torch.nn.Module, # the network (wrappers are removed)
+                    model:torch.nn.Module, # the bare network (training passes accelerate's `extract_model_from_parallel(learn.model)`)
                     cfg:Config, # the run's config: model section, postprocessing defaults, config hash
                     stats:dict, # normalisation statistics (`rts_seg.data.compute_stats`), with what the imagery was
                     calibration:dict|None=None, # temperature and thresholds (`rts_seg.train.calibrate`)
@@ -115,7 +109,7 @@ def save_checkpoint(path:str|Path, # destination .pth
                imagery=dict(stats.get('imagery') or {}), calibration=dict(calibration or {}),
                postprocess=dict(min_area_m2=DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2,
                                 simplify_m=cfg.inference.simplify_m), provenance=prov,
-               state_dict={k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()})
+               state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
     return b.save(path)
 
 # %% ../nbs/06a_bundle.ipynb #ddba5d9c

@@ -9,16 +9,17 @@ from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
 import datetime, json, os, re, shutil, signal, tempfile, threading, time
 from pathlib import Path
-from xml.sax.saxutils import escape
+from xml.etree import ElementTree as ET
 
 import pandas as pd
 import rasterio
+from rasterio.dtypes import dtype_rev, typename_fwd
 import torch
 
 from .export import load_model
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
-from .io import exists, join
+from .io import exists, get_fs, is_remote, join
 from .predict import OUTPUTS, Predictor, Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
@@ -79,10 +80,9 @@ class OutDir:
     "An output folder, local or remote: files are made under `local`, then `publish`ed to `uri`."
     def __init__(self, uri:str|Path):
         self.uri = str(uri).rstrip('/')
-        self.remote = '://' in self.uri
+        self.remote = is_remote(self.uri)
         if self.remote:
-            import fsspec
-            self.fs = fsspec.core.url_to_fs(self.uri)[0]
+            self.fs = get_fs(self.uri, cache=False)[0] # outputs are written: never through the read cache
             self.local = Path(tempfile.mkdtemp(prefix='rts_seg_out_'))
         else:
             self.local = Path(uri); self.local.mkdir(parents=True, exist_ok=True)
@@ -92,16 +92,16 @@ class OutDir:
         "Upload files (paths relative to the folder) of a remote folder; remove the local copies unless `keep`."
         if not self.remote: return
         for rel in rels:
-            self.fs.put(str(self.local/rel), f'{self.uri}/{rel}')
+            self.fs.put(str(self.local/rel), join(self.uri, rel))
             if not keep: (self.local/rel).unlink()
 
     def fetch(self, pattern:str) -> list[str]:
         "Download the files matching `pattern` (relative glob) of a remote folder; their relative paths."
         if not self.remote: return sorted(str(p.relative_to(self.local)) for p in self.local.glob(pattern))
-        rels = [u[len(self.fs._strip_protocol(self.uri)) + 1:] for u in sorted(self.fs.glob(f'{self.uri}/{pattern}'))]
+        rels = [u[len(self.fs._strip_protocol(self.uri)) + 1:] for u in sorted(self.fs.glob(join(self.uri, pattern)))]
         for r in rels:
             (self.local/r).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(f'{self.uri}/{r}', str(self.local/r))
+            self.fs.get(join(self.uri, r), str(self.local/r))
         return rels
 
 # %% ../nbs/11c_infer.ipynb #d7f9ca53
@@ -135,27 +135,37 @@ def _append(path:Path, rec:dict):
         f.write(json.dumps(rec, sort_keys=True) + '\n'); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/11c_infer.ipynb #5e07a778
-def write_vrt(paths:list[str|Path], dst:str|Path) -> Path:
-    "A VRT mosaic of single-band rasters on one grid (same CRS and resolution), with paths relative to the VRT."
+def write_vrt(paths:list[str|Path], # single-band rasters on one grid (same CRS, resolution and data type), any data type
+              dst:str|Path, # the VRT to write; it names its sources relative to itself
+             ) -> Path:
+    "A VRT mosaic of `paths`, which GDAL reads as one raster: where rasters overlap, a later one wins unless it holds nodata."
     infos = []
     for p in paths:
-        with rasterio.open(p) as s: infos.append((os.path.relpath(Path(p).resolve(), Path(dst).resolve().parent), s.bounds, s.res, s.crs, s.width, s.height, s.dtypes[0], s.nodata))
-    crs, (rx, ry) = infos[0][3], infos[0][2]
-    if any(i[3] != crs or i[2] != (rx, ry) for i in infos): raise RtsSegError(f"tiles of {dst} differ in CRS or resolution; cannot mosaic them")
-    left, top = min(i[1].left for i in infos), max(i[1].top for i in infos)
-    W = round((max(i[1].right for i in infos) - left) / rx); H = round((top - min(i[1].bottom for i in infos)) / ry)
-    dtype, nodata = infos[0][6], infos[0][7]
-    gdt = {'float32': 'Float32', 'uint8': 'Byte'}[dtype]
-    src = ''.join(f'<ComplexSource><SourceFilename relativeToVRT="1">{escape(p)}</SourceFilename><SourceBand>1</SourceBand>'
-                  f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
-                  f'<DstRect xOff="{round((b.left - left) / rx)}" yOff="{round((top - b.top) / ry)}" xSize="{w}" ySize="{h}"/>'
-                  f'<NODATA>{nd}</NODATA></ComplexSource>' for p, b, _, _, w, h, _, nd in infos)
-    xml = (f'<VRTDataset rasterXSize="{W}" rasterYSize="{H}"><SRS>{escape(crs.to_wkt())}</SRS>'
-           f'<GeoTransform>{left}, {rx}, 0, {top}, 0, {-ry}</GeoTransform>'
-           f'<VRTRasterBand dataType="{gdt}" band="1"><NoDataValue>{nodata}</NoDataValue>{src}</VRTRasterBand></VRTDataset>')
-    atomic_write_text(dst, xml)
+        with rasterio.open(p) as s: infos.append(dict(path=os.path.relpath(Path(p).resolve(), Path(dst).resolve().parent), bounds=s.bounds,
+                                                      res=s.res, crs=s.crs, width=s.width, height=s.height, dtype=s.dtypes[0], nodata=s.nodata))
+    first = infos[0]
+    if any((i['crs'], i['res'], i['dtype']) != (first['crs'], first['res'], first['dtype']) for i in infos):
+        raise RtsSegError(f"tiles of {dst} differ in CRS, resolution or data type; cannot mosaic them")
+    (rx, ry), left, top = first['res'], min(i['bounds'].left for i in infos), max(i['bounds'].top for i in infos)
+    W, H = round((max(i['bounds'].right for i in infos) - left) / rx), round((top - min(i['bounds'].bottom for i in infos)) / ry)
+    vrt = ET.Element('VRTDataset', rasterXSize=str(W), rasterYSize=str(H))
+    ET.SubElement(vrt, 'SRS').text = first['crs'].to_wkt()
+    ET.SubElement(vrt, 'GeoTransform').text = f'{left}, {rx}, 0, {top}, 0, {-ry}'
+    band = ET.SubElement(vrt, 'VRTRasterBand', dataType=typename_fwd[dtype_rev[first['dtype']]], band='1') # GDAL's name of the type
+    if first['nodata'] is not None: ET.SubElement(band, 'NoDataValue').text = str(first['nodata'])
+    for i in infos:
+        src = ET.SubElement(band, 'ComplexSource')
+        ET.SubElement(src, 'SourceFilename', relativeToVRT='1').text = i['path']
+        ET.SubElement(src, 'SourceBand').text = '1'
+        ET.SubElement(src, 'SrcRect', xOff='0', yOff='0', xSize=str(i['width']), ySize=str(i['height']))
+        ET.SubElement(src, 'DstRect', xOff=str(round((i['bounds'].left - left) / rx)), yOff=str(round((top - i['bounds'].top) / ry)),
+                      xSize=str(i['width']), ySize=str(i['height']))
+        if i['nodata'] is not None: ET.SubElement(src, 'NODATA').text = str(i['nodata'])
+    atomic_write_text(dst, ET.tostring(vrt, encoding='unicode'))
     return Path(dst)
 
+
+# %% ../nbs/11c_infer.ipynb #2bb24d2a
 def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig) -> list[dict]:
     "Per region: VRTs, mosaic COGs and polygons merged across tile seams."
     res = []

@@ -8,6 +8,7 @@ Docs: https://rts-seg.github.io/rts_seg/learner.html.md"""
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
 import math, random, re, signal, sys, threading, time
+import contextlib
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -25,29 +26,25 @@ from fastai.learner import AvgSmoothLoss, Learner
 from fastai.optimizer import OptimWrapper
 from fastai.imports import noop # the noop that fastai's no_logging() installs
 from fastcore.imports import in_notebook
-from fastai.torch_core import find_bs
+from fastai.torch_core import find_bs, rank_distrib
+from fastai.callback.fp16 import MixedPrecision
+from accelerate.utils import extract_model_from_parallel
 from fastprogress.core import format_time
 
 from . import __version__
 from .config import DEFAULT_MIN_AREA_M2, Config
 from .core import RtsSegError, atomic_path
-from .bundle import save_checkpoint, unwrap
+from .bundle import save_checkpoint
 from .losses import get_loss
 from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum
 from .objects import min_pixels_for
 from .models import TTAModel, create_model
 
 # %% auto #0
-__all__ = ['STATE_RE', 'rank', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput', 'lr_at', 'ProtocolSchedule',
-           'splitter', 'adamw', 'RtsLearner', 'DDP', 'map_objects', 'rts_learner', 'state_path', 'find_resume',
+__all__ = ['STATE_RE', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter',
+           'adamw', 'RtsLearner', 'DDP', 'map_objects', 'rts_learner', 'state_path', 'find_resume',
            'save_training_state', 'load_training_state', 'Resume', 'Checkpointer', 'DeviceSmoothLoss', 'protocol_cbs',
            'collect_stats']
-
-# %% ../nbs/09_learner.ipynb #405def62
-def rank() -> int:
-    "This process's rank (0 without torch.distributed)."
-    return torch.distributed.get_rank() if torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-
 
 # %% ../nbs/09_learner.ipynb #c7553885
 class MLflowLogger(Callback):
@@ -55,7 +52,7 @@ class MLflowLogger(Callback):
     order = 60 # after the Recorder
     def after_epoch(self):
         mlflow = sys.modules.get('mlflow') # not imported: no run can be active
-        if mlflow is None or rank() or mlflow.active_run() is None: return
+        if mlflow is None or rank_distrib() or mlflow.active_run() is None: return
         names = self.recorder.metric_names[1:-1] if self.recorder.add_time else self.recorder.metric_names[1:]
         vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
         vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
@@ -71,7 +68,7 @@ class TextProgress(Callback):
     def __init__(self, every:float=60.): self.every = every # seconds between lines within an epoch
     def before_fit(self): # `validate` also fires before_fit, under fastai's no_logging: then stay silent
         self.old, self.t_fit, self.first = self.learn.logger, time.time(), getattr(self.learn, 'resume_epoch', 0)
-        if self.old is not noop: self.learn.logger = self._log if rank() == 0 else noop
+        if self.old is not noop: self.learn.logger = self._log if rank_distrib() == 0 else noop
     def after_fit(self): self.learn.logger = self.old
     def before_train(self): self.t0 = self.t_last = time.time(); self.n_img = 0
     def after_train(self): self.rate = self.n_img / max(time.time() - self.t0, 1e-9)
@@ -82,7 +79,7 @@ class TextProgress(Callback):
     def after_batch(self):
         if not self.training: return
         self.n_img += find_bs(self.yb)
-        if time.time() - self.t_last >= self.every and rank() == 0:
+        if time.time() - self.t_last >= self.every and rank_distrib() == 0:
             self.t_last = time.time()
             rate = self.n_img / (self.t_last - self.t0)
             print(f"epoch {self.epoch + 1}/{self.n_epoch}  step {self.iter + 1}/{self.n_iter}  loss {float(self.smooth_loss):.4f}  "
@@ -101,7 +98,7 @@ class EMA(Callback):
     def __init__(self, decay:float=0.999): self.decay = decay
 
     def _live(self):
-        m = unwrap(self.model)
+        m = extract_model_from_parallel(self.model, keep_torch_compile=False)
         return [p.detach() for p in m.parameters()] + [b for b in m.buffers() if b.dtype.is_floating_point]
 
     def before_fit(self):
@@ -209,7 +206,7 @@ class DDP(Callback):
     order = 11
     def before_fit(self):
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
-        dev = next(unwrap(self.model).parameters()).device
+        dev = next(extract_model_from_parallel(self.model, keep_torch_compile=False).parameters()).device
         self.learn.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
     def after_fit(self):
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel): self.learn.model = self.model.module
@@ -249,7 +246,7 @@ def rts_learner(dls:DataLoaders, # from `get_dls`
                        path=cfg.output_dir, model_dir='models', cbs=cbs)
     if text_progress is None: text_progress = not (sys.stdout.isatty() or in_notebook()) # fastai's bars in Jupyter and Colab
     if text_progress: learn.remove_cb(ProgressCallback).add_cb(TextProgress())
-    elif rank(): learn.remove_cb(ProgressCallback) # bars from rank 0 only
+    elif rank_distrib(): learn.remove_cb(ProgressCallback) # bars from rank 0 only
     mp = t.mixed_precision
     if cuda and mp != 'no':
         learn = learn.to_bf16() if mp == 'bf16' or (mp == 'auto' and torch.cuda.is_bf16_supported()) else learn.to_fp16()
@@ -289,8 +286,8 @@ def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, ep
                        ) -> Path:
     "Save everything needed to resume `learn` at `epoch` (completed epochs), after `it` batches of the next."
     ema = next((c for c in learn.cbs if isinstance(c, EMA)), None)
-    m = unwrap(learn.model)
-    with (ema.live_weights() if ema is not None else contextmanager(lambda: (yield))()):
+    m = extract_model_from_parallel(learn.model, keep_torch_compile=False)
+    with (ema.live_weights() if ema is not None else contextlib.nullcontext()):
         sd = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
     trackers = {type(c).__name__: dict(best=float(c.best), wait=int(getattr(c, 'wait', 0)), best_epoch=getattr(c, 'best_epoch', None))
                 for c in learn.cbs if isinstance(c, TrackerCallback)}
@@ -318,7 +315,7 @@ class Resume(Callback):
     order = 65 # before_fit after the schedule froze the encoder, EMA took its copy and the trackers reset
     def __init__(self, state:dict): self.state = state
     def before_fit(self):
-        st, m = self.state, unwrap(self.model)
+        st, m = self.state, extract_model_from_parallel(self.model, keep_torch_compile=False)
         m.load_state_dict(st['model_state'])
         ema = next((c for c in self.learn.cbs if isinstance(c, EMA)), None)
         if ema is not None and st['ema'] is not None: ema.load_state(st['ema'])
@@ -333,7 +330,7 @@ class Resume(Callback):
         _set_rng_state(st['rng'])
         sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
         if st.get('smooth_loss') and sl is not None: sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
-        if st['iter'] and st.get('train_iou') is not None and rank() == 0: # the counts are the sum over all processes: rank 0 carries them
+        if st['iter'] and st.get('train_iou') is not None and rank_distrib() == 0: # the counts are the sum over all processes: rank 0 carries them
             for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)): c.carry = st['train_iou'].to(self.dls.device or 'cpu')
         self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
     def after_fit(self): self.learn.resume_epoch = self.learn.resume_iter = 0
@@ -366,7 +363,7 @@ class Checkpointer(TrackerCallback):
     def _preempt(self, epoch:int, it:int):
         tiou = next(iter(self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU))), None)
         counts = tiou.totals() if tiou is not None and it else None # on every rank: a collective
-        if rank() == 0:
+        if rank_distrib() == 0:
             p = save_training_state(state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it, train_iou=counts)
             print(f'rts-seg: SIGTERM: saved the training state to {p}; continue with --resume auto', file=sys.stderr, flush=True)
         if self.dist: torch.distributed.barrier(group=self.group)
@@ -380,9 +377,9 @@ class Checkpointer(TrackerCallback):
         super().after_epoch()
         if self.new_best:
             self.best_epoch = self.epoch
-            if rank() == 0: save_checkpoint(self.best_path, self.model, self.cfg, self.stats, epoch=self.epoch, **{f'val_{self.monitor}': float(self.best)})
+            if rank_distrib() == 0: save_checkpoint(self.best_path, extract_model_from_parallel(self.model, keep_torch_compile=False), self.cfg, self.stats, epoch=self.epoch, **{f'val_{self.monitor}': float(self.best)})
             self.saved_best = True
-        if (self.epoch + 1) % self.every == 0 and rank() == 0:
+        if (self.epoch + 1) % self.every == 0 and rank_distrib() == 0:
             save_training_state(state_path(self.out, self.epoch + 1), self.learn, self.cfg, self.stats, self.epoch + 1)
             olds = sorted(p for p in self.out.glob('state-epoch*.pth') if (m := STATE_RE.match(p.name)) and not m[2])
             for p in olds[:-self.keep]: p.unlink(missing_ok=True)
@@ -391,13 +388,13 @@ class Checkpointer(TrackerCallback):
     def after_fit(self):
         if self.old_handler is not None: signal.signal(signal.SIGTERM, self.old_handler)
         if self.learn.preempted: return
-        if rank() == 0:
+        if rank_distrib() == 0:
             save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
             if not self.saved_best and not self.best_path.is_file(): # the monitor was never finite (e.g. no negative tiles)
                 print(f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights", file=sys.stderr)
-                save_checkpoint(self.best_path, self.model, self.cfg, self.stats, epoch=self.epoch)
+                save_checkpoint(self.best_path, extract_model_from_parallel(self.model, keep_torch_compile=False), self.cfg, self.stats, epoch=self.epoch)
         if self.dist: torch.distributed.barrier(group=self.group)
-        if self.best_path.is_file(): unwrap(self.model).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
+        if self.best_path.is_file(): extract_model_from_parallel(self.model, keep_torch_compile=False).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
 
 class _DeviceAvgSmoothLoss(AvgSmoothLoss):
     "fastai's smoothed training loss, kept on the device: no host-device synchronisation per step."
@@ -441,11 +438,11 @@ def collect_stats(learn:Learner, # a trained learner
                  ) -> ValStats:
     "Validation counts of `learn`'s model over `dl`, summed over processes."
     dl = dl if dl is not None else learn.dls.valid
-    model = unwrap(learn.model).eval()
+    model = extract_model_from_parallel(learn.model, keep_torch_compile=False).eval()
     if tta != 'none': model = TTAModel(model, tta)
-    dev = next(unwrap(learn.model).parameters()).device
+    dev = next(extract_model_from_parallel(learn.model, keep_torch_compile=False).parameters()).device
     st = ValStats(ignore_index, device=dev, map_threshold=map_threshold, min_pixels=min_pixels)
-    mp = next((c for c in learn.cbs if type(c).__name__ == 'MixedPrecision'), None)
+    mp = next((c for c in learn.cbs if isinstance(c, MixedPrecision)), None)
     amp = torch.autocast('cuda', dtype=torch.bfloat16 if str(mp.amp_mode.value) == 'bf16' else torch.float16) if mp is not None and dev.type == 'cuda' else torch.autocast(dev.type, enabled=False)
     cl = any(isinstance(c, ChannelsLastInput) for c in learn.cbs)
     loss = torch.zeros(2, dtype=torch.float64, device=dev)

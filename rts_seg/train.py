@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.utils import extract_model_from_parallel
+from fastai.torch_core import num_distrib, rank_distrib
 
 from . import __version__
 from .config import DEFAULT_MIN_AREA_M2, Config, add_train_args, config_yaml, flat_params, load_config, save_config
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device, redact_url, run_cli, seed_everything
 from .io import check_data_root, is_remote
-from .bundle import Bundle, git_commit, save_checkpoint, stats_hash, unwrap
+from .bundle import Bundle, git_commit, save_checkpoint, stats_hash
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles
-from .learner import collect_stats, find_resume, load_training_state, map_objects, protocol_cbs, rank, rts_learner
+from .learner import Checkpointer, collect_stats, find_resume, load_training_state, map_objects, protocol_cbs, rts_learner
 from .metrics import TrainIoU, fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
 from .synthetic import synth_dataset
 
@@ -130,7 +132,7 @@ def plot_examples(learn, n:int=3, threshold:float=0.5):
     "The first `n` positive and `n` negative validation tiles: image, truth over it, predicted probability."
     from matplotlib.figure import Figure
     ds = learn.dls.valid.dataset
-    model = unwrap(learn.model).eval()
+    model = extract_model_from_parallel(learn.model, keep_torch_compile=False).eval()
     dev = next(model.parameters()).device
     pos = ds.positive
     picks = [i for i in range(len(ds)) if pos[i]][:n] + [i for i in range(len(ds)) if not pos[i]][:n]
@@ -168,7 +170,7 @@ def train(cfg:Config, # the run's config
     t0 = time.time()
     out = Path(cfg.output_dir)
     device = init_distributed(cfg.train.device)
-    r0, ws = rank() == 0, int(os.environ.get('WORLD_SIZE', 1))
+    r0, ws = rank_distrib() == 0, num_distrib() or 1
     state = None
     if resume is not None:
         path = find_resume(out) if resume == 'auto' else Path(resume)
@@ -215,7 +217,7 @@ def train(cfg:Config, # the run's config
             if r0: mlflow.end_run('KILLED')
             return dict(preempted=True, output_dir=str(out))
         # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
-        best = next(c for c in cbs if type(c).__name__ == 'Checkpointer')
+        best = next(c for c in cbs if isinstance(c, Checkpointer))
         st = collect_stats(learn, loss_func=learn.loss_func)
         cal = calibrate(st, cfg)
         # objects as the model's maps will draw them: at the calibrated threshold, polygons of at least the minimum area
@@ -233,7 +235,7 @@ def train(cfg:Config, # the run's config
         if r0:
             atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))
             prov = Bundle.load(out/'best.pth').provenance # the best epoch and its metric, as the Checkpointer saved them
-            save_checkpoint(out/'best.pth', unwrap(learn.model), cfg, stats, calibration=cal,
+            save_checkpoint(out/'best.pth', extract_model_from_parallel(learn.model, keep_torch_compile=False), cfg, stats, calibration=cal,
                             **{k: v for k, v in prov.items() if k not in ('config_hash', 'dataset_version', 'rts_seg_version', 'git_commit', 'created')})
             for name, fig in (('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)), ('predictions.png', plot_examples(learn, threshold=cal['threshold']))):
                 with atomic_path(out/name) as tmp: fig.savefig(tmp, dpi=90, format='png')
@@ -260,7 +262,7 @@ def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
     summary = {k: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0., values=v)
                for k in keys if None not in (v := [runs[sd].get(k) for sd in seeds])}
     res = dict(seeds=list(seeds), runs={str(k): str(Path(cfg.output_dir)/f'seed{k}') for k in seeds}, metrics=summary)
-    if rank() == 0:
+    if rank_distrib() == 0:
         atomic_write_text(Path(cfg.output_dir)/'seeds_summary.json', json.dumps(res, indent=2))
         for k in ('val_iou', f'val_{cfg.train.monitor}'):
             if k in summary: print(f"{k} {summary[k]['mean']:.4f} +/- {summary[k]['std']:.4f} over seeds {', '.join(map(str, seeds))}", flush=True)
