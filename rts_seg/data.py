@@ -41,6 +41,8 @@ def read_metadata(root:str|Path) -> pd.DataFrame:
     if missing: raise RtsSegError(f"{fn}: missing column(s) {', '.join(missing)}; expected {', '.join(META_COLUMNS)}")
     return df
 
+
+# %% ../nbs/05_data.ipynb #aeb4e91b
 def read_splits(root:str|Path) -> dict[str, list[str]]:
     "Region names per split from `splits.yaml`; a region in two splits is an error."
     fn = join(root, 'splits.yaml')
@@ -55,10 +57,13 @@ def read_splits(root:str|Path) -> dict[str, list[str]]:
             seen[r] = s
     return {s: list(d.get(s) or []) for s in SPLITS}
 
+
+# %% ../nbs/05_data.ipynb #3fb69d8a
 def split_tiles(root:str|Path) -> dict[str, list[str]]:
     "Tile ids per split, by region."
     meta, splits = read_metadata(root), read_splits(root)
     return {s: meta.tile_id[meta.RegionName.isin(r)].tolist() for s, r in splits.items()}
+
 
 # %% ../nbs/05_data.ipynb #e6fa6e60
 def _percentile_from_hist(hist:np.ndarray, edges:np.ndarray, q:float) -> float:
@@ -79,6 +84,8 @@ def channel_names(extra_channels:list[str]|tuple[str, ...]=()) -> list[str]:
     if bad: raise RtsSegError(f"unknown channel(s) {bad} in data.extra_channels; choose from {', '.join(EXTRA_BANDS)}")
     return RGB + list(extra_channels)
 
+
+# %% ../nbs/05_data.ipynb #d4853d3c
 def read_group(root:str|Path, # dataset root
                tile_id:str, # the tile
                group:str='rgb', # 'rgb' (PLANET-RGB), 'extra' (EXTRA) or 'label' (labels)
@@ -96,7 +103,20 @@ def read_group(root:str|Path, # dataset root
         return a[0], np.ones(a.shape[1:], bool), prof
     return a, valid_mask(a, prof['nodata']), prof # the one nodata rule (`rts_seg.io.valid_mask`)
 
+
 # %% ../nbs/05_data.ipynb #f42cf497
+SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA') # the data contract's folder of each channel group
+
+def imagery_facts(profiles:dict, # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
+                 ) -> dict:
+    "What the training imagery is: tile size, CRS and its unit, pixel size, dtype and nodata per source."
+    p = profiles['rgb']
+    unit, px = grid_units(p['crs'], p['transform'])
+    return dict(tile_size=max(p['height'], p['width']), crs=p['crs'].to_string() if p['crs'] else None, crs_units=unit, pixel_size_m=px,
+                dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()}, nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()})
+
+
+# %% ../nbs/05_data.ipynb #d9b0017e
 class _Moments:
     "Streaming mean and variance per channel (Chan/Welford merge of batches)."
     def __init__(self, c): self.n, self.mean, self.m2 = 0, np.zeros(c), np.zeros(c)
@@ -110,16 +130,6 @@ class _Moments:
         self.n += nb
     @property
     def std(self): return np.sqrt(self.m2 / max(self.n - 1, 1))
-
-SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA') # the data contract's folder of each channel group
-
-def imagery_facts(profiles:dict, # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
-                 ) -> dict:
-    "What the training imagery is: tile size, CRS and its unit, pixel size, dtype and nodata per source."
-    p = profiles['rgb']
-    unit, px = grid_units(p['crs'], p['transform'])
-    return dict(tile_size=max(p['height'], p['width']), crs=p['crs'].to_string() if p['crs'] else None, crs_units=unit, pixel_size_m=px,
-                dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()}, nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()})
 
 def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
                   tile_ids:list[str], # tiles to use (the training split)
@@ -169,12 +179,16 @@ def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
                         for g in groups},
                 imagery=imagery_facts(profiles))
 
+
+# %% ../nbs/05_data.ipynb #2062cabc
 def save_stats(stats:dict, # from `compute_stats`
                path:str|Path, # the JSON file, normally `normalization_stats.json`
               ):
     "Write `normalization_stats.json` atomically."
     atomic_write_text(path, json.dumps(stats, indent=2))
 
+
+# %% ../nbs/05_data.ipynb #e3b2e24d
 def load_stats(path:str|Path) -> dict:
     "Read `normalization_stats.json`."
     return json.loads(Path(path).read_text())
