@@ -155,9 +155,9 @@ class Config(Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    train: TrainConfig = Field(default_factory=TrainConfig) # type: ignore[arg-type] # pydantic's stub types a Field(1, ge=1) model's factory as Never
+    train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
-    inference: InferenceConfig = Field(default_factory=InferenceConfig) # type: ignore[arg-type] # as for train
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
 
 # %% ../nbs/01_config.ipynb #fba7e7c2
