@@ -64,6 +64,8 @@ class TverskyLoss(_Binary):
         tp, fp, fn = (p * t).sum(), (p * (1 - t) * v).sum(), ((1 - p) * t * v).sum()
         return 1 - (tp + self.eps) / (tp + self.alpha * fp + self.beta * fn + self.eps)
 
+
+# %% ../nbs/07_losses.ipynb #6215e854
 class BalancedBCELoss(_Binary):
     "BCE with each class weighted by the other class's share of the counted pixels in the batch."
     def __init__(self, ignore_index:int=255): # label value that counts nowhere
@@ -80,6 +82,8 @@ class BalancedBCELoss(_Binary):
         w = (1 - pos) * t + pos * (1 - t)
         return (w * F.binary_cross_entropy_with_logits(x, t, reduction='none') * v).sum() / n
 
+
+# %% ../nbs/07_losses.ipynb #cdb2b02e
 def get_loss(cfg:LossConfig, # the `loss` config section
              ignore_index:int=255, # label value that counts nowhere (`data.ignore_index`)
             ) -> nn.Module:
@@ -87,3 +91,4 @@ def get_loss(cfg:LossConfig, # the `loss` config section
     if cfg.name == 'focal': return FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
     if cfg.name == 'tversky': return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, ignore_index)
     return BalancedBCELoss(ignore_index)
+
