@@ -37,11 +37,6 @@ def create_model(cfg:ModelConfig, # the `model` section of the config
                           "offline, set model.encoder_weights=null") from None
 
 # %% ../nbs/06_models.ipynb #369144bb
-TTA_MODES = {'none': [(0, False)],
-             'minimal': [(0, False), (0, True)], # identity, hflip
-             'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
-             'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
-
 def d4(x:torch.Tensor, # (..., H, W)
        k:int, # quarter turns (counter-clockwise, `torch.rot90`)
        flip:bool, # flip the last axis first
@@ -50,6 +45,8 @@ def d4(x:torch.Tensor, # (..., H, W)
     if flip: x = x.flip(-1)
     return torch.rot90(x, k, (-2, -1)) if k else x
 
+
+# %% ../nbs/06_models.ipynb #2940ef8c
 def d4_inverse(x:torch.Tensor, # (..., H, W), as `d4` returned it
                k:int, # the quarter turns given to `d4`
                flip:bool, # the flip given to `d4`
@@ -57,6 +54,13 @@ def d4_inverse(x:torch.Tensor, # (..., H, W), as `d4` returned it
     "Undo `d4(x, k, flip)`."
     if k: x = torch.rot90(x, -k, (-2, -1))
     return x.flip(-1) if flip else x
+
+
+# %% ../nbs/06_models.ipynb #b86cb095
+TTA_MODES = {'none': [(0, False)],
+             'minimal': [(0, False), (0, True)], # identity, hflip
+             'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
+             'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
 
 class TTAModel(nn.Module):
     "Wrap a model so that it returns the logit of its probability averaged over the views of a `TTA_MODES` entry."
@@ -69,3 +73,4 @@ class TTAModel(nn.Module):
     def forward(self, x):
         p = sum(torch.sigmoid(d4_inverse(self.model(d4(x, k, f)).float(), k, f)) for k, f in self.views) / len(self.views)
         return torch.logit(p, eps=1e-6)
+
