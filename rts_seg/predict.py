@@ -55,9 +55,10 @@ class WindowPlan:
     def from_config(cls, cfg:InferenceConfig) -> WindowPlan:
         "The plan of a resolved `inference` config (`Bundle.resolve`: tile size and stride filled in)."
         scales = tuple(sorted(cfg.scales, reverse=True))
-        T = cfg.tile_size
+        T, S = cfg.tile_size, cfg.stride
+        assert T is not None and S is not None, 'resolve the config first (Bundle.resolve)'
         if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {list(scales)}")
-        return cls(T, cfg.stride, scales)
+        return cls(T, S, scales)
 
     @property
     def codes(self) -> list[int]: return [round(1 / s) for s in self.scales] # 1, 2, 4: the scale raster's values
@@ -83,6 +84,7 @@ class WindowPlan:
 # %% ../nbs/11_predict.ipynb #e36c85f5
 class Predictor:
     "A model ready for inference: raw windows in, probabilities out, on any device and precision."
+    checkpoint: str|None # the model file it was loaded from; None when given a network
     def __init__(self, model:torch.nn.Module, # a segmentation model with one output logit
                  bundle:Bundle|dict, # the model's bundle (what `best.pth` holds), or bare normalisation statistics
                  device:str='auto', # auto, cpu, cuda or cuda:N
@@ -129,7 +131,9 @@ class Predictor:
         p.checkpoint = str(path)
         return p
 
-    def normalize(self, x:torch.Tensor, valid:torch.Tensor) -> torch.Tensor:
+    def normalize(self, x:torch.Tensor, # raw (B, C, H, W) values on the device
+                  valid:torch.Tensor, # (B, H, W) validity
+                 ) -> torch.Tensor:
         "Normalise raw (B, C, H, W) values on the device; invalid pixels become 0 (the mean)."
         x = (torch.clamp(x.float(), self.lo, self.hi) - self.mean) / self.std
         return torch.where(valid[:, None], x, 0.)
@@ -139,29 +143,43 @@ class Predictor:
                 ) -> torch.Tensor:
         "Slump probability (B, H, W): sigmoid(logit / temperature), averaged over the TTA views."
         if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        out = 0
+        out = torch.zeros((), device=self.device) # the sum of the views
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             for k, f in self.views:
                 out = out + d4_inverse(torch.sigmoid(self.model(d4(x, k, f)).float() / self.temperature), k, f)
         return (out / len(self.views))[:, 0]
 
 # %% ../nbs/11_predict.ipynb #a85ab72b
-def blend_weights(size:int, kind:str='hann') -> np.ndarray:
+def blend_weights(size:int, # window side in pixels
+                  kind:str='hann', # hann or linear (a Bartlett window)
+                 ) -> np.ndarray:
     "2-D weights for blending a window: highest in the centre, small but positive at the edges."
     w1 = (np.hanning if kind == 'hann' else np.bartlett)(size + 2)[1:-1]
     return np.outer(w1, w1).astype(np.float32)
 
+# %% ../nbs/11_predict.ipynb #3ce40f67
 class MergeBuffer:
     "Merge buffer for `rows` x `width` pixels of one scene, from row `top` down, on the model's device."
-    def __init__(self, rows, width, blend, device='cpu', code:int|None=None): # code: the scale code when there is one scale
-        self.top, self.device, self.const = 0, torch.device(device), code
+    acc: torch.Tensor|None; wsum: torch.Tensor|None # the weighted sum and the weights (blend); None when merging by maximum
+    def __init__(self, rows:int, # rows held: the window size (or the scene's height)
+                 width:int, # the scene's width
+                 blend:np.ndarray|None, # weights of a window (`blend_weights`); None: merge by maximum
+                 device='cpu', # where the buffer lives
+                 code:int|None=None, # the scale code when there is one scale (nothing tracked per pixel)
+                ):
+        self.top, self.device, self.const = 0, torch.device(device), code or 0
         z = lambda dt: torch.zeros((rows, width), dtype=dt, device=self.device)
         self.best, self.valid = z(torch.float32), z(torch.bool) # max probability, validity
         self.code = None if code else z(torch.uint8) # the scale of the max (0: none yet)
         self.blend = None if blend is None else torch.as_tensor(blend, device=self.device)
         self.acc, self.wsum = (z(torch.float32), z(torch.float32)) if blend is not None else (None, None)
 
-    def merge(self, y, x, p, code, valid):
+    def merge(self, y:int, # scene row of the window's top-left pixel
+              x:int, # its column
+              p:torch.Tensor, # (h, w) probabilities of the window
+              code:torch.Tensor|int, # the scale that gave them: (h, w), or one for all
+              valid:torch.Tensor, # (h, w) validity
+             ):
         "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x), their scale `code` and validity; on the device."
         h, w = p.shape
         sl = np.s_[y - self.top:y - self.top + h, x:x + w]
@@ -171,21 +189,24 @@ class MergeBuffer:
             cd.copy_(torch.where((p > best) | (cd == 0), code, cd))
         torch.maximum(best, p, out=best)
         self.valid[sl] |= valid
-        if self.blend is not None:
+        if self.blend is not None and self.acc is not None and self.wsum is not None:
             wt = self.blend[:h, :w]
             self.acc[sl] += wt * p; self.wsum[sl] += wt
 
-    def pop(self, n:int, threshold:float):
+    def pop(self, n:int, # rows to pop
+            threshold:float, # of the mask
+           ):
         "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, and a CUDA event to wait for."
         valid = self.valid[:n]
-        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if self.blend is not None else self.best[:n].clone()
+        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if self.acc is not None and self.wsum is not None else self.best[:n].clone()
         prob.masked_fill_(~valid, -1)
         mask = (prob > threshold).to(torch.uint8).masked_fill_(~valid, 255)
-        code = valid.to(torch.uint8) * self.const if self.const else self.code[:n].masked_fill(~valid, 0)
+        code = self.code[:n].masked_fill(~valid, 0) if self.code is not None else valid.to(torch.uint8) * self.const
         counts = torch.stack([(mask == 1).sum(), valid.sum()])
-        out, ev = (prob, mask, code, counts), None
+        out: tuple[torch.Tensor, ...] = (prob, mask, code, counts)
+        ev = None
         if self.device.type == 'cuda':
-            out = [torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out]
+            out = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out)
             ev = torch.cuda.Event(); ev.record()
         for a in (self.best, self.code, self.valid, self.acc, self.wsum):
             if a is None: continue
@@ -196,11 +217,12 @@ class MergeBuffer:
 
 # %% ../nbs/11_predict.ipynb #3b6f9e8b
 COG_OPTS = dict(driver='COG', compress='DEFLATE', blocksize=256, bigtiff='IF_SAFER', num_threads='ALL_CPUS')
-OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
-TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to write, small on disk
-IN_MEMORY_PX = 2**23 # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
 
-def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) -> Path:
+def write_cog(src:str|Path, # a GeoTIFF (or an open MemoryFile's name)
+              dst:str|Path, # the COG to write
+              resampling:str='NEAREST', # of the overviews: NEAREST for classes, AVERAGE for probabilities
+              **kwargs, # GDAL creation options over `COG_OPTS`
+             ) -> Path:
     "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews; on all cores), atomically."
     opts = {**COG_OPTS, 'overview_resampling': resampling, **kwargs}
     with rasterio.open(src) as s: floating = s.dtypes[0] in ('float32', 'float64')
@@ -209,9 +231,17 @@ def write_cog(src:str|Path, dst:str|Path, resampling:str='NEAREST', **kwargs) ->
     with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
     return Path(dst)
 
+# %% ../nbs/11_predict.ipynb #5e4c7627
+OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
+TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to write, small on disk
+IN_MEMORY_PX = 2**23 # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
+
 class SceneWriter:
     "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
-    def __init__(self, stem:Path, profile:dict):
+    pending: list[tuple] # rows not written yet (less than a block), as (prob, mask, code)
+    def __init__(self, stem:Path, # outputs are `{stem}_prob.tif`, `_mask.tif`, `_scale.tif`
+                 profile:dict, # GeoTIFF profile of the scene: size, CRS, transform
+                ):
         self.stem, self.row, self.pending = Path(stem), 0, []
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self.dsts, self.tmps, self.mems = {}, {}, {}
@@ -226,7 +256,13 @@ class SceneWriter:
         self.height, self.width = profile['height'], profile['width']
         self.slump_pixels, self.valid_pixels = 0, 0
 
-    def write(self, prob, mask, code, counts, event=None, final:bool=False):
+    def write(self, prob, # (rows, width) probabilities
+              mask, # (rows, width) mask
+              code, # (rows, width) scale codes
+              counts, # (slump, valid) pixels of these rows
+              event=None, # a CUDA event: wait for the rows' copy from the GPU
+              final:bool=False, # the scene's last rows: write what is left
+             ):
         "Append rows (as `MergeBuffer.pop` returns them; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
         if event is not None: event.synchronize()
         self.slump_pixels += int(counts[0]); self.valid_pixels += int(counts[1])
@@ -257,17 +293,18 @@ class SceneWriter:
             for t in self.tmps.values(): t.unlink(missing_ok=True)
 
 # %% ../nbs/11_predict.ipynb #0f8d14d9
-_BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16=torch.int32, int32=torch.int32,
-                   float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
-
 @dataclass
 class ScenePart:
     "One raster of a scene: its bands to read, its nodata, and where its channels go in the model's input."
-    path: str
-    bands: list
-    nodata: float|None
-    dtype: str
-    channels: slice
+    path: str # the raster
+    bands: list # its 1-based bands to read, in channel order
+    nodata: float|None # its nodata value
+    dtype: str # its data type
+    channels: slice # where its bands go among the model's input channels
+
+# %% ../nbs/11_predict.ipynb #76b16f83
+_BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16=torch.int32, int32=torch.int32,
+                   float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
 
 @dataclass
 class Scene:
@@ -298,7 +335,8 @@ class Scene:
 
     def open(self, bundle:Bundle, # the model's bundle: channels and the training imagery
              bands:list[int]|None, # 1-based bands of `path` chosen by the user (`inference.bands`)
-             tile_size:int, stride:int, # windows
+             tile_size:int, # window side in pixels
+             stride:int, # step between windows
              tolerance:float=2.0, # `inference.pixel_size_tolerance`
             ):
         "Check the georeferencing, bands and imagery against the bundle; list the windows."
@@ -317,10 +355,10 @@ class Scene:
                     if src.crs is None: raise RtsSegError(f"{path} has no CRS; georeference it before predicting")
                     if t.is_identity or t.a == 0 or t.e == 0 or not all(map(math.isfinite, t[:6])):
                         raise RtsSegError(f"{path} has an invalid geotransform {tuple(t)[:6]}; georeference it before predicting")
-                    self.profile = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
+                    self.profile = prof = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
                     self.height, self.width, self.res = src.height, src.width, (abs(t.a), abs(t.e))
                     self.block = src.block_shapes[0] # (rows, columns) of the file's blocks
-                elif (src.crs, src.width, src.height) != (self.profile['crs'], self.width, self.height) or not t.almost_equals(self.profile['transform']):
+                elif (src.crs, src.width, src.height) != (prof['crs'], self.width, self.height) or not t.almost_equals(prof['transform']):
                     raise RtsSegError(f"{path} is not on the grid of {self.path} (CRS, transform or size differ); resample it to the scene's grid")
                 bs = bundle.check_raster(src, path, chs, bd, tolerance)
                 self.parts.append(ScenePart(path, bs, src.nodata, src.dtypes[0], slice(c0, c0 + len(bs))))
@@ -347,7 +385,13 @@ class Scene:
         w = max(1, math.ceil(self.width / parts / bw)) * bw
         return [(c, min(c + w, self.width)) for c in range(0, self.width, w)]
 
-    def read(self, local:dict, r0:int, r1:int, c0:int, c1:int, pin:bool=False):
+    def read(self, local:dict, # this thread's open datasets, by path
+             r0:int, # first row
+             r1:int, # row after the last
+             c0:int, # first column
+             c1:int, # column after the last
+             pin:bool=False, # pinned memory, for a copy to the GPU
+            ):
         "Raw rows `r0:r1`, columns `c0:c1` (inside the scene) as a (C, h, w) tensor (pinned: for a GPU), and their validity on the host if some pixels can be invalid."
         a = torch.empty((self.channels, r1 - r0, c1 - c0), dtype=self.dtype, pin_memory=pin)
         win = Window(c0, r0, c1 - c0, r1 - r0)
@@ -363,11 +407,14 @@ class Scene:
             src.read(p.bands, window=win, out=out)
         return a, (self.valid(a.numpy()) if self.masked else None)
 
-
 # %% ../nbs/11_predict.ipynb #25a4035b
 class RowCache:
     "The rows of one scene that windows still need, normalised, with their validity, on the device; `pad` px of invalid margin all round."
-    def __init__(self, scene:Scene, predictor:Predictor, tile_size:int, pad:int):
+    def __init__(self, scene:Scene, # the scene, opened
+                 predictor:Predictor, # normalisation and device
+                 tile_size:int, # window side in pixels
+                 pad:int, # context beyond the scene's edges (`WindowPlan.pad`)
+                ):
         self.s, self.p, self.pad = scene, predictor, pad
         self.Wp = max(scene.width, tile_size) + 2 * pad
         self.top = self.end = -pad # scene rows top:end are held
@@ -376,7 +423,11 @@ class RowCache:
         self.v = torch.zeros((0, self.Wp), dtype=torch.bool, device=dev)
         self.hv = np.zeros((0, scene.width), bool) if scene.masked else None # validity, on the host
 
-    def add(self, end:int, r0:int, r1:int, chunks:list):
+    def add(self, end:int, # hold scene rows up to this one
+            r0:int, # first row read
+            r1:int, # row after the last read (the rest are outside the scene)
+            chunks:list, # [(c0, c1, raw, host validity)] as `Scene.read` gave them
+           ):
         "Append rows up to scene row `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene."
         n, dev, pad, s = end - self.end, self.p.device, self.pad, self.s
         raw = torch.zeros((s.channels, n, self.Wp), dtype=s.dtype, device=dev)
@@ -403,15 +454,24 @@ class RowCache:
         if self.hv is not None: self.hv = self.hv[d:]
         self.top = row
 
-    def window(self, y:int, x:int, size:int):
+    def window(self, y:int, # scene row of the window's top-left pixel
+               x:int, # its column
+               size:int, # its side in pixels
+              ):
         "Normalised values (C, size, size) of the window whose top-left pixel is scene (y, x): a view."
         return self.x[:, y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
 
-    def valid(self, y:int, x:int, size:int):
+    def valid(self, y:int, # scene row of the window's top-left pixel
+              x:int, # its column
+              size:int, # its side in pixels
+             ):
         "Validity (size, size) of the window at scene (y, x): a view."
         return self.v[y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
 
-    def empty(self, y:int, x:int, size:int) -> bool:
+    def empty(self, y:int, # scene row of the window's top-left pixel
+              x:int, # its column
+              size:int, # its side in pixels
+             ) -> bool:
         "Whether the window at scene (y, x) is all nodata (checked on the host)."
         return self.hv is not None and not self.hv[y - self.top:y - self.top + size, x:x + size].any()
 
@@ -432,6 +492,7 @@ class _Clock(collections.defaultdict):
 # %% ../nbs/11_predict.ipynb #f50f859f
 class StripReader:
     "Scenes opened a batch ahead and their strips read in threads, a few rows of windows ahead of the model."
+    local: collections.defaultdict[int, dict]; opening: collections.deque; ahead: collections.deque; cols: dict[int, list]; rows: dict[int, RowCache]
     def __init__(self, scenes:list[Scene], # what to predict, in order
                  predictor:Predictor, # normalisation and device
                  cfg:InferenceConfig, # resolved: bands, batch size, workers, pixel size tolerance
@@ -507,11 +568,22 @@ class WindowJob:
     x: int
     last: bool # the last window of the scene
     row_last: bool # the last window of its row of windows
-    xs: list|None = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
+    xs: list[torch.Tensor]|None = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
     valid: torch.Tensor|None = None # (T, T) validity of the window itself, on the device
     skip: bool = False # all nodata: not sent to the model
 
-def cut_window(s:Scene, y:int, x:int, rows:RowCache, plan:WindowPlan) -> WindowJob:
+    def views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
+        "Its values per scale and its validity, for the model: a window neither skipped nor sent yet."
+        if self.xs is None or self.valid is None: raise RuntimeError(f"window ({self.y}, {self.x}) of {self.scene.key} has no values: skipped or sent")
+        return self.xs, self.valid
+
+# %% ../nbs/11_predict.ipynb #9c1473fa
+def cut_window(s:Scene, # the scene
+               y:int, # scene row of the window's top-left pixel
+               x:int, # its column
+               rows:RowCache, # the scene's rows the window needs
+               plan:WindowPlan, # window size and scales
+              ) -> WindowJob:
     "The window of `s` at `(y, x)`: views of `rows` for every scale, or `skip` if it is all nodata."
     it = WindowJob(s, y, x, y == s.ys[-1] and x == s.xs[-1], x == s.xs[-1])
     it.skip = rows.empty(y, x, plan.size)
@@ -524,24 +596,33 @@ def forward_scales(predictor:Predictor, # model, TTA, temperature
                    plan:WindowPlan, # window size and scales
                   ) -> tuple[torch.Tensor, torch.Tensor|int]:
     "Probabilities (N, T, T), the highest over the scales, and the scale code that gave each (an int when there is one scale)."
-    T, best, code = plan.size, None, None
-    for x, f in zip(xs, plan.codes):
+    T = plan.size
+    def at(x, f): # probabilities at scale 1/f, cropped to the window
         o = (T * f - T) // 2
         if f > 1: x = F.avg_pool2d(x, f)
         p = predictor(x)
-        if f > 1: p = F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T]
-        if best is None: best, code = p, (f if len(plan.codes) == 1 else torch.full_like(p, f, dtype=torch.uint8))
-        else:
-            up = p > best
-            best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
+        return F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T] if f > 1 else p
+    (x0, *rest), (f0, *fs) = xs, plan.codes
+    best = at(x0, f0)
+    if len(plan.codes) == 1: return best, f0
+    code = torch.full_like(best, f0, dtype=torch.uint8)
+    for x, f in zip(rest, fs):
+        p = at(x, f)
+        up = p > best
+        best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
     return best, code
 
-def forward_batch(predictor:Predictor, batch:list[WindowJob], plan:WindowPlan):
+# %% ../nbs/11_predict.ipynb #a70a1506
+def forward_batch(predictor:Predictor, # model, TTA, temperature
+                  batch:list[WindowJob], # windows cut, some maybe skipped
+                  plan:WindowPlan, # window size and scales
+                 ):
     "Enqueue the forward pass of a batch: `(windows sent, probabilities, scale codes, validity, flag of values outside [0, 1])`, or None if all were skipped."
     todo = [it for it in batch if not it.skip]
     if not todo: return None
-    best, code = forward_scales(predictor, [torch.stack([it.xs[si] for it in todo]) for si in range(len(plan.codes))], plan)
-    vwin = torch.stack([it.valid for it in todo])
+    views = [it.views() for it in todo]
+    best, code = forward_scales(predictor, [torch.stack([xs[si] for xs, _ in views]) for si in range(len(plan.codes))], plan)
+    vwin = torch.stack([v for _, v in views])
     for it in todo: it.xs = it.valid = None # the rows they are views of can go
     bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
     cuda = predictor.device.type == 'cuda'
@@ -551,14 +632,20 @@ def forward_batch(predictor:Predictor, batch:list[WindowJob], plan:WindowPlan):
 # %% ../nbs/11_predict.ipynb #0da9233f
 class Merger:
     "Windows' probabilities into each scene's `MergeBuffer`; finished strips `(scene, strip, summary or None)` out."
+    state: dict[int, tuple[MergeBuffer, dict]] # id(scene) -> its buffer and summary, for the scenes being merged
     def __init__(self, plan:WindowPlan, # windows and scales
                  cfg:InferenceConfig, # merge (max or blend), blend window, threshold
                  device:torch.device, # where the buffers live
                 ):
-        self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {} # id(scene) -> (buffer, summary)
+        assert cfg.threshold is not None, 'resolve the config first (Bundle.resolve)'
+        self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {}
         self.blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
 
-    def add(self, it:WindowJob, p=None, code=None, valid=None) -> tuple|None:
+    def add(self, it:WindowJob, # the window
+            p=None, # its (T, T) probabilities; None when skipped
+            code=None, # the scale that gave them: (T, T), or one int
+            valid=None, # its (T, T) validity
+           ) -> tuple|None:
         "Merge window `it` (probabilities `p`, scale `code`, validity; nothing if skipped); a finished strip when its row is complete."
         s, T = it.scene, self.plan.size
         if id(s) not in self.state:
@@ -576,7 +663,9 @@ class Merger:
             end = info; del self.state[id(s)]
         return s, strip, end
 
-    def add_batch(self, batch:list[WindowJob], out) -> list[tuple]:
+    def add_batch(self, batch:list[WindowJob], # the windows of the batch, in order
+                  out, # what `forward_batch` returned for it
+                 ) -> list[tuple]:
         "Merge a batch as `forward_batch` returned it (once it has run); the finished strips."
         k = {}
         if out is not None:
@@ -593,6 +682,7 @@ class Merger:
 # %% ../nbs/11_predict.ipynb #acd59e2b
 class SceneOutputs:
     "A writer thread appending strips per scene, and threads finishing scenes' COGs; results in the order of the scenes."
+    jobs: queue.Queue; finished: queue.Queue; results: list[tuple[int, dict]]; errors: list[BaseException]
     def __init__(self, workers:int, # finishing threads
                  order:dict, # id(scene) -> its position, for the order of the results
                  on_done=None, # called with each scene's summary once its COGs are final (from a finishing thread)
