@@ -20,7 +20,7 @@ from .config import InferenceConfig
 from .core import RtsSegError
 from .export import fetch_model
 from .io import get_fs, is_remote, retry
-from .predict import Predictor, Scene, predict_scenes
+from .predict import Predictor, Scene, WindowPlan, predict_scenes
 from .vectorize import FIELDS, vectorize
 
 # %% ../nbs/11d_serve.ipynb #0f43e1db
@@ -43,7 +43,9 @@ async def _send_detail(send, status:int, detail:str):
 
 class BodyLimit:
     "ASGI middleware: a request body over `max_bytes` gets 413 and one line, before or while it is read."
-    def __init__(self, app, max_bytes:int): self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, # the ASGI app it guards
+                 max_bytes:int, # largest request body
+                ): self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
         if scope['type'] != 'http': return await self.app(scope, receive, send)
@@ -136,6 +138,8 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
     path = fetch_model(model, cache)
     predictor = Predictor.from_config(path, cfg)
     bundle, cfg = predictor.bundle, predictor.bundle.resolve(cfg)
+    plan, min_area = WindowPlan.from_config(cfg), cfg.min_area_m2 # windows and polygons as the bundle resolved them
+    assert min_area is not None, 'Bundle.resolve fills in min_area_m2'
     max_bytes, lock = int(max_mb * 2**20), threading.Lock()
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -191,7 +195,8 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
             if fileobj is not None:
                 name = _stem(filename); path = tmp/f'{name}.tif'; shown = Path(filename or name).name
                 with open(path, 'wb') as f: shutil.copyfileobj(fileobj, f, 2**20)
-            else: (path, name), shown = scene_from_uri(uri, tmp), uri
+            elif uri: (path, name), shown = scene_from_uri(uri, tmp), uri
+            else: raise HTTPException(400, "no scene: send a file or a uri")
             hide = lambda m: m.replace(str(path), shown).replace('--bands (inference.bands)', 'the query parameter bands, e.g. ?bands=3,2,1')
             try:
                 with rasterio.open(path, driver='GTiff') as src: H, W = src.height, src.width # GTiff only: no VRT pointing elsewhere
@@ -199,7 +204,7 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
             if H * W > max_px: raise HTTPException(413, f"{shown} has {W} x {H} pixels; this server predicts scenes up to {max_px:,} pixels: split it")
             c = cfg if bands is None else cfg.model_copy(update=dict(bands=bands))
             s = Scene(str(path), tmp/'out'/name, key=name)
-            try: s.open(bundle, c.bands, c.tile_size, c.stride, c.pixel_size_tolerance)
+            try: s.open(bundle, c.bands, plan.size, plan.stride, c.pixel_size_tolerance)
             except RtsSegError as e: raise HTTPException(422, hide(str(e))) from None
             t0 = time.time()
             try:
@@ -207,7 +212,7 @@ def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a lo
             except rasterio.errors.RasterioIOError:
                 if (bad := _unreadable(path)): raise HTTPException(400, f"{shown} is cut short or corrupt: its pixels cannot be read ({hide(bad)})") from None
                 raise # not the scene's fault
-            v = vectorize(r['mask'], r['prob'], tmp/'out'/f'{name}.gpkg', r['scale'], c.min_area_m2, c.simplify_m)
+            v = vectorize(r['mask'], r['prob'], tmp/'out'/f'{name}.gpkg', r['scale'], min_area, c.simplify_m)
             fc = feature_collection(v['gpkg'])
             fc['rts_seg'] = dict(scene=shown, polygons=v['polygons'], total_area_m2=v['total_area_m2'], windows=r['windows'],
                                  skipped_windows=r['skipped_windows'], slump_pixels=r['slump_pixels'], valid_pixels=r['valid_pixels'],
