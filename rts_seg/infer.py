@@ -8,7 +8,9 @@ Docs: https://rts-seg.github.io/rts_seg/infer.html.md"""
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
 import datetime, json, os, re, shutil, signal, tempfile, threading, time
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree as ET
 
 import pandas as pd
@@ -32,7 +34,7 @@ SHARD_ENV = {'Cloud Batch': ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT'), # engine: 
              'Cloud Run': ('CLOUD_RUN_TASK_INDEX', 'CLOUD_RUN_TASK_COUNT'), # Cloud Run jobs
              'Kubernetes': ('JOB_COMPLETION_INDEX', None)} # an indexed Job: the count (its `completions`) is given as auto/N
 
-def _env_int(env, var:str, least:int) -> int:
+def _env_int(env:Mapping[str, str], var:str, least:int) -> int:
     "The integer in `env[var]`, at least `least`; else an error naming the variable and its value."
     try: k = int(env[var])
     except ValueError: k = least - 1
@@ -40,7 +42,7 @@ def _env_int(env, var:str, least:int) -> int:
     return k
 
 def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of tasks); None: the whole list
-                  env:dict|None=None, # where 'auto' reads the engine's variables (`os.environ`)
+                  env:Mapping[str, str]|None=None, # where 'auto' reads the engine's variables (`os.environ`)
                  ) -> tuple[int, int, str|None]:
     "This task's shard `(i, n)`, and what set it: '--shard', an engine of `SHARD_ENV`, or None (no shard)."
     if s is None: return 0, 1, None
@@ -51,7 +53,8 @@ def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of task
         if not 0 <= i < n: raise RtsSegError(f"--shard {s!r} must be i/n with 0 <= i < n, e.g. 0/8 (or auto in a batch job)")
         return i, n, '--shard'
     if tail and not (tail.isdigit() and int(tail) > 0): raise RtsSegError(f"--shard {s!r} must be auto, or auto/N with N the number of tasks, e.g. auto/8")
-    count, env = int(tail) if tail else None, os.environ if env is None else env
+    count = int(tail) if tail else None
+    if env is None: env = os.environ
     engine = next((e for e, (iv, _) in SHARD_ENV.items() if iv in env), None)
     if engine is None:
         names = ', '.join(v for vs in SHARD_ENV.values() for v in vs if v)
@@ -67,7 +70,9 @@ def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of task
     if i >= n: raise RtsSegError(f"--shard auto: {iv}={env[iv]!r} must be below the number of tasks ({of})")
     return i, n, engine
 
-def parse_shard(s:str|None, env:dict|None=None) -> tuple[int, int]:
+def parse_shard(s:str|None, # 'i/n', 'auto' or 'auto/N'; None: the whole list
+                env:Mapping[str, str]|None=None, # where 'auto' reads the engine's variables (`os.environ`)
+               ) -> tuple[int, int]:
     "`(i, n)` of `--shard s` (see `resolve_shard`); None is the whole list, `(0, 1)`."
     return resolve_shard(s, env)[:2]
 
@@ -178,7 +183,7 @@ def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig
         bounds = []
         for r in recs:
             with rasterio.open(L/r['prob']) as s: bounds.append((r['key'], tuple(s.bounds)))
-        v = vectorize(cogs['mask'], cogs['prob'], d/f'{region}.gpkg', cogs['scale'], cfg.min_area_m2, cfg.simplify_m, tiles=bounds)
+        v = vectorize(cogs['mask'], cogs['prob'], d/f'{region}.gpkg', cogs['scale'], cfg.min_area_m2 or 0., cfg.simplify_m, tiles=bounds)
         names = [f'{region}_{k}.vrt' for k in OUTPUTS] + [f'{region}_{k}.tif' for k in OUTPUTS] + [f'{region}.gpkg']
         out.publish(*[f'mosaic/{n}' for n in names], keep=True)
         res.append(dict(region=region, tiles=len(recs), **{k: f'{out.uri}/mosaic/{region}_{k}.tif' for k in OUTPUTS},
@@ -210,70 +215,73 @@ def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth)
         if extra: raise RtsSegError("--extra goes with --scene; with --tile-list the aux bands are read from --imagery's EXTRA/ folder")
         tiles = read_tile_list(tile_list)
         mine = shard_tiles(list(tiles.tile_id), i, n)
-        jobs = [(join(imagery, 'PLANET-RGB', f'{t}.tif'), join(imagery, 'EXTRA', f'{t}.tif') if aux else None, f'tiles/{t}', t) for t in mine]
+        plan = [(join(imagery, 'PLANET-RGB', f'{t}.tif'), join(imagery, 'EXTRA', f'{t}.tif') if aux else None, f'tiles/{t}', t) for t in mine]
     else:
         if n != 1: raise RtsSegError("--shard splits a tile list; with --scene give each VM its own scenes")
+        assert scenes is not None
         if extra and len(extra) != len(scenes): raise RtsSegError(f"--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order")
-        jobs = [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extra or [None] * len(scenes))]
-    for path, ex, _, _ in jobs:
-        for f in (path, ex):
-            if f is not None and not exists(f): raise RtsSegError(f"image not found: {f}")
-    out = OutDir(out)
-    jobs = [Scene(path, out.local/rel, key=key, extra=ex) for path, ex, rel, key in jobs]
+        extras: list[str|Path|None] = list(extra) if extra else [None] * len(scenes)
+        plan = [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extras)]
+    for path, ex, _, _ in plan:
+        for p in (path, ex):
+            if p is not None and not exists(p): raise RtsSegError(f"image not found: {p}")
+    dst = OutDir(out)
+    jobs = [Scene(path, dst.local/rel, key=key, extra=ex) for path, ex, rel, key in plan]
     mname, lname = f'manifest_{i}of{n}.jsonl', 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
-    manifest = out.local/mname
-    out.fetch(mname)
+    manifest = dst.local/mname
+    dst.fetch(mname)
     if manifest.exists() and not resume and tiles is None: manifest.unlink() # scenes: a new run starts afresh
-    if manifest.exists() and not resume: raise RtsSegError(f"{out.uri}/{mname} holds results of an earlier run; add --resume to finish it, or choose another --out")
+    if manifest.exists() and not resume: raise RtsSegError(f"{dst.uri}/{mname} holds results of an earlier run; add --resume to finish it, or choose another --out")
     if resume: # what a killed run of this shard left half-written; other shards may be writing theirs now
         stems = {Path(lname).stem} | {f'{j.out_stem.name}{x}' for j in jobs for x in ['', *(f'_{k}' for k in OUTPUTS)]}
-        for d in {out.local, *(j.out_stem.parent for j in jobs)}:
+        for d in {dst.local, *(j.out_stem.parent for j in jobs)}:
             for f in _partials(d, stems): f.unlink(missing_ok=True)
         if n == 1: # mosaics: only a whole-list run can be sure that no other shard is building them
-            for f in _partials(out.local/'mosaic'): f.unlink(missing_ok=True)
-    done = _manifests(out)
+            for f in _partials(dst.local/'mosaic'): f.unlink(missing_ok=True)
+    done = _manifests(dst)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
     predictor = Predictor.from_config((net, bundle), cfg)
     threshold = cfg.threshold
     kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles
-    finished, lock = [], threading.Lock()
+    finished: list[dict] = []
+    lock = threading.Lock()
     def on_done(r):
         gpkg = Path(r['prob']).with_name(f"{r['key']}.gpkg")
-        v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2, cfg.simplify_m, tiles=None)
-        rel = lambda f: str(Path(f).relative_to(out.local))
+        v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2 or 0., cfg.simplify_m, tiles=None)
+        rel = lambda f: str(Path(f).relative_to(dst.local))
         rec = {k: rel(r[k]) for k in OUTPUTS}
         rec.update({k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
                    gpkg=rel(gpkg), polygons=v['polygons'], rts_area_m2=v['total_area_m2'])
-        out.publish(*[rec[k] for k in OUTPUTS], rec['gpkg']) # files first, then the manifest that lists them
+        dst.publish(*[rec[k] for k in OUTPUTS], rec['gpkg']) # files first, then the manifest that lists them
         with lock: # tiles finish on several threads at once
             _append(manifest, rec); done[r['key']] = rec; finished.append(rec)
-            if out.remote and time.time() - out.last > 30: out.publish(mname, keep=True); out.last = time.time()
+            if dst.remote and time.time() - dst.last > 30: dst.publish(mname, keep=True); dst.last = time.time()
             if r['windows'] == r['skipped_windows']: print(f"{r['key']}: all nodata, skipped", flush=True)
             if kill_after and len(finished) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
     if todo: predict_scenes(predictor, todo, cfg, on_done=on_done)
-    if manifest.exists(): out.publish(mname, keep=True)
-    mosaics = []
+    if manifest.exists(): dst.publish(mname, keep=True)
+    mosaics: list[dict] = []
     if tiles is not None:
-        done = _manifests(out)
-        if set(tiles.tile_id) <= set(done): mosaics = build_mosaics(out, tiles, done, cfg)
+        done = _manifests(dst)
+        if set(tiles.tile_id) <= set(done): mosaics = build_mosaics(dst, tiles, done, cfg)
         else: print(f"{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later", flush=True)
-    mine = [done[j.key] for j in jobs]
+    recs = [done[j.key] for j in jobs]
     dev = predictor.device
-    log = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
+    log: dict[str, Any] = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
                channels=[c['name'] for c in bundle.channels], provenance=bundle.provenance,
                min_area_m2=cfg.min_area_m2, simplify_m=cfg.simplify_m,
                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
                scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
                stride=cfg.stride, precision=predictor.precision, batch_size=cfg.batch_size,
                shard=f'{i}/{n}', shard_source=shard_source, tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
-                                            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in mine)),
-               windows=sum(r['windows'] for r in mine), skipped_windows=sum(r['skipped_windows'] for r in mine),
-               polygons=sum(r['polygons'] for r in mine), total_rts_area_m2=sum(r['rts_area_m2'] for r in mine),
+                                            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs)),
+               windows=sum(r['windows'] for r in recs), skipped_windows=sum(r['skipped_windows'] for r in recs),
+               polygons=sum(r['polygons'] for r in recs), total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
                mosaics=mosaics, wall_seconds=round(time.time() - t0, 2),
                gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None, device=str(dev))
-    atomic_write_text(out.local/lname, json.dumps(log, indent=2))
-    out.publish(lname)
-    if out.remote: shutil.rmtree(out.local, ignore_errors=True)
+    atomic_write_text(dst.local/lname, json.dumps(log, indent=2))
+    dst.publish(lname)
+    if dst.remote: shutil.rmtree(dst.local, ignore_errors=True)
     print(f"{len(finished)} predicted, {len(jobs) - len(todo)} already done, {log['polygons']} polygons, "
-          f"{log['total_rts_area_m2'] / 1e6:.3f} km2 of RTS in {log['wall_seconds']} s -> {out.uri}", flush=True)
+          f"{log['total_rts_area_m2'] / 1e6:.3f} km2 of RTS in {log['wall_seconds']} s -> {dst.uri}", flush=True)
     return log

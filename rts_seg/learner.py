@@ -12,6 +12,7 @@ import contextlib
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -266,7 +267,7 @@ def find_resume(out:str|Path) -> Path|None:
     return max(found)[2] if found else None
 
 def _rng_state() -> dict:
-    keys, pos = np.random.get_state()[1:3]
+    keys, pos = cast(tuple, np.random.get_state())[1:3] # the legacy tuple: ('MT19937', keys, pos, ...)
     st = dict(python=list(random.getstate()[1]), numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos), torch=torch.get_rng_state())
     if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
     return st

@@ -8,6 +8,7 @@ Docs: https://rts-seg.github.io/rts_seg/train.html.md"""
 from __future__ import annotations
 import argparse, contextlib, json, logging, math, os, platform, sys, time
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,8 +36,10 @@ def prepare_data(cfg:Config) -> Path|str:
     if is_remote(cfg.data.root): return cfg.data.root # gs://bucket/prefix: read in place
     root = Path(cfg.data.root)
     if not root.exists():
-        print(f'generating synthetic dataset at {root} ({cfg.data.synth.tiles} tiles of {cfg.data.synth.size} px)', flush=True)
-        synth_dataset(root, **cfg.data.synth.model_dump())
+        synth = cfg.data.synth
+        assert synth is not None # check_data_root refused a missing root without it
+        print(f'generating synthetic dataset at {root} ({synth.tiles} tiles of {synth.size} px)', flush=True)
+        synth_dataset(root, **synth.model_dump())
     return root
 
 # %% ../nbs/10_train.ipynb #3b1d2d37
@@ -75,7 +78,7 @@ def mlflow_run(cfg:Config, run_id:str|None=None):
             try: mlflow.get_run(run_id)
             except Exception: run_id = None # not in this store: a new run
         with mlflow.start_run(run_id=run_id, run_name=None if run_id else Path(cfg.output_dir).name) as run: yield run
-    finally: mlflow.set_tracking_uri(env)
+    finally: mlflow.set_tracking_uri(env) # type: ignore[arg-type] # None: back to MLflow's default, as before the run
 
 # %% ../nbs/10_train.ipynb #ee1bdecc
 def init_distributed(device:str='auto') -> torch.device:
@@ -102,7 +105,7 @@ def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
     t = cfg.train
     hist = st.hist.cpu().double().numpy()
     T = fit_temperature(hist.sum(0))
-    out = dict(temperature=T, target_precision=t.target_precision, monitor=t.monitor, ratios={})
+    out: dict[str, Any] = dict(temperature=T, target_precision=t.target_precision, monitor=t.monitor, ratios={})
     for r in (None, 1, *t.val_ratios):
         w = ratio_weight(st.tiles, r)
         name = 'as_is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'
@@ -199,9 +202,10 @@ def train(cfg:Config, # the run's config
     dls = get_dls(cfg.data, stats, device, seed=cfg.train.seed)
     learn = rts_learner(dls, cfg)
     uri = tracking_uri(cfg)
-    with (mlflow_run(cfg, state and state.get('mlflow_run_id')) if r0 else contextlib.nullcontext()) as run:
+    with (mlflow_run(cfg, state.get('mlflow_run_id') if state else None) if r0 else contextlib.nullcontext()) as run:
         import mlflow
         if r0:
+            assert run is not None
             learn.mlflow_run_id = run.info.run_id
             if state is None:
                 mlflow.log_params({**flat_params(cfg), **system_params(), 'data.dataset_version': dataset_version(root),
@@ -260,7 +264,7 @@ def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
         if runs[sd].get('preempted'): return dict(preempted=True, output_dir=c.output_dir)
     keys = [k for k, v in runs[seeds[0]].items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)]
     summary = {k: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0., values=v)
-               for k in keys if None not in (v := [runs[sd].get(k) for sd in seeds])}
+               for k in keys if None not in (v := cast(list[float], [runs[sd].get(k) for sd in seeds]))}
     res = dict(seeds=list(seeds), runs={str(k): str(Path(cfg.output_dir)/f'seed{k}') for k in seeds}, metrics=summary)
     if rank_distrib() == 0:
         atomic_write_text(Path(cfg.output_dir)/'seeds_summary.json', json.dumps(res, indent=2))
