@@ -147,6 +147,7 @@ def cmd_image_tag(sub):
         print(image_tag(root, a.arch))
     s.set_defaults(fn=fn)
 
+# %% ../nbs/13_cli.ipynb #bc6d8b70
 def cmd_image_check(sub):
     "rts-seg image-check: the checks docker/validate.sh runs inside an image."
     s = sub.add_parser('image-check', help='check GPU, image variant, imports and a few training steps')
@@ -278,6 +279,7 @@ def parser() -> argparse.ArgumentParser:
     for cmd in COMMANDS: cmd(sub)
     return p
 
+# %% ../nbs/13_cli.ipynb #13ffbfde
 def main(argv:list[str]|None=None):
     "Run `rts-seg`."
     a = parser().parse_args(argv)
