@@ -21,7 +21,7 @@ from .data import (channel_names, compute_stats, get_dls, read_group, read_metad
 from .io import join, list_names, open_raster, retry
 
 # %% auto #0
-__all__ = ['Problem', 'check_tile', 'check_data', 'show_batch', 'check_loader', 'torch_finite']
+__all__ = ['Problem', 'check_tile', 'show_batch', 'check_loader', 'check_data']
 
 # %% ../nbs/05a_checks.ipynb #1f67b395
 @dataclass
@@ -32,13 +32,13 @@ class Problem:
     problem:str # what is wrong
     def __str__(self): return f"{self.tile_id}: {self.file}: {self.problem}"
 
+# %% ../nbs/05a_checks.ipynb #4bf68525
 def _profile(path):
     "(count, dtype, shape, crs, transform, nodata) of a raster, read from its header only."
     def rd():
         with open_raster(path) as s: return s.count, s.dtypes[0], s.shape, s.crs, s.transform, s.nodata
     return retry(rd, path)
 
-# %% ../nbs/05a_checks.ipynb #4bf68525
 def check_tile(root:str, # dataset root (a folder or gs:// URL)
                tile_id:str, # the tile
                train_class:str, # its `TrainClass` in metadata.csv: Positive or Negative
@@ -77,6 +77,50 @@ def check_tile(root:str, # dataset root (a folder or gs:// URL)
             names = [EXTRA_BANDS[i] for i in np.flatnonzero(bad.any((1, 2)))]
             probs.append(Problem(tile_id, f['extra'], f"{int(bad.sum())} NaN/inf value(s) in aux band(s) {', '.join(names)}"))
     return probs, crs
+
+# %% ../nbs/05a_checks.ipynb #15fd5fa5
+def show_batch(xb:torch.Tensor, # (B, C, H, W) images, RGB first
+               yb:torch.Tensor, # (B, H, W) labels
+               path:str|Path, # picture to write (png unless the suffix says otherwise)
+               n:int=8, # most tiles to show
+               ignore_index:int=255, # label value drawn grey
+              ):
+    "Save a picture of a batch: the RGB image, the label overlaid (red) and ignored pixels (grey)."
+    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+    n = min(n, len(xb))
+    fig = Figure(figsize=(2.2 * n, 4.6))
+    axs = fig.subplots(2, n, squeeze=False)
+    for i in range(n):
+        rgb = xb[i, :3].float().cpu().numpy().transpose(1, 2, 0)
+        rgb = (rgb - rgb.min((0, 1))) / (np.ptp(rgb, (0, 1)) + 1e-6)
+        y = yb[i].float().cpu().numpy()
+        ov = rgb.copy()
+        ov[(y > 0.5) & (y != ignore_index)] = 0.5 * ov[(y > 0.5) & (y != ignore_index)] + [0.5, 0, 0]
+        ov[y == ignore_index] = 0.5
+        axs[0, i].imshow(rgb); axs[1, i].imshow(ov)
+        for ax in axs[:, i]: ax.axis('off')
+    axs[0, 0].set_title('image', loc='left'); axs[1, 0].set_title('label (red), ignore (grey)', loc='left')
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
+
+# %% ../nbs/05a_checks.ipynb #f84c4701
+def check_loader(cfg:DataConfig, # data settings of the DataLoader
+                 picture:str|Path, # where to save the picture of the first batch
+                 n_batches:int=2, # batches to draw
+                ) -> list[Problem]:
+    "Run the training DataLoader for `n_batches` batches and save a picture of the first one."
+    try:
+        tiles = split_tiles(cfg.root)
+        stats = compute_stats(cfg.root, tiles['train'][:32], cfg.clip_percentiles, cfg.extra_channels)
+        dls = get_dls(cfg.model_copy(update=dict(batch_size=min(cfg.batch_size, 8))), stats)
+        for i, (xb, yb) in enumerate(dls.train):
+            c = len(channel_names(cfg.extra_channels))
+            if xb.shape[1] != c or not xb.isfinite().all(): return [Problem('-', 'DataLoader', f"batch {i}: shape {tuple(xb.shape)} or non-finite values (expected {c} channels)")]
+            if i == 0: show_batch(xb, yb, picture, ignore_index=cfg.ignore_index)
+            if i + 1 >= n_batches: break
+    except RtsSegError as e: return [Problem('-', 'DataLoader', str(e))]
+    return []
 
 # %% ../nbs/05a_checks.ipynb #7b4f7c0f
 def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
@@ -117,48 +161,3 @@ def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
             if c != main: probs += [Problem(t, join(root, 'PLANET-RGB', f'{t}.tif'), f"CRS {c} differs from the rest of the dataset ({main})") for t in ts]
     if picture is not None and not probs: probs += check_loader(cfg, picture, n_batches)
     return probs
-
-# %% ../nbs/05a_checks.ipynb #15fd5fa5
-def show_batch(xb:torch.Tensor, # (B, C, H, W) images, RGB first
-               yb:torch.Tensor, # (B, H, W) labels
-               path:str|Path, # picture to write (png unless the suffix says otherwise)
-               n:int=8, # most tiles to show
-               ignore_index:int=255, # label value drawn grey
-              ):
-    "Save a picture of a batch: the RGB image, the label overlaid (red) and ignored pixels (grey)."
-    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
-    n = min(n, len(xb))
-    fig = Figure(figsize=(2.2 * n, 4.6))
-    axs = fig.subplots(2, n, squeeze=False)
-    for i in range(n):
-        rgb = xb[i, :3].float().cpu().numpy().transpose(1, 2, 0)
-        rgb = (rgb - rgb.min((0, 1))) / (np.ptp(rgb, (0, 1)) + 1e-6)
-        y = yb[i].float().cpu().numpy()
-        ov = rgb.copy()
-        ov[(y > 0.5) & (y != ignore_index)] = 0.5 * ov[(y > 0.5) & (y != ignore_index)] + [0.5, 0, 0]
-        ov[y == ignore_index] = 0.5
-        axs[0, i].imshow(rgb); axs[1, i].imshow(ov)
-        for ax in axs[:, i]: ax.axis('off')
-    axs[0, 0].set_title('image', loc='left'); axs[1, 0].set_title('label (red), ignore (grey)', loc='left')
-    fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
-
-def check_loader(cfg:DataConfig, # data settings of the DataLoader
-                 picture:str|Path, # where to save the picture of the first batch
-                 n_batches:int=2, # batches to draw
-                ) -> list[Problem]:
-    "Run the training DataLoader for `n_batches` batches and save a picture of the first one."
-    try:
-        tiles = split_tiles(cfg.root)
-        stats = compute_stats(cfg.root, tiles['train'][:32], cfg.clip_percentiles, cfg.extra_channels)
-        dls = get_dls(cfg.model_copy(update=dict(batch_size=min(cfg.batch_size, 8))), stats)
-        for i, (xb, yb) in enumerate(dls.train):
-            c = len(channel_names(cfg.extra_channels))
-            if xb.shape[1] != c or not torch_finite(xb): return [Problem('-', 'DataLoader', f"batch {i}: shape {tuple(xb.shape)} or non-finite values (expected {c} channels)")]
-            if i == 0: show_batch(xb, yb, picture, ignore_index=cfg.ignore_index)
-            if i + 1 >= n_batches: break
-    except RtsSegError as e: return [Problem('-', 'DataLoader', str(e))]
-    return []
-
-def torch_finite(x) -> bool: return bool(x.isfinite().all())
