@@ -41,6 +41,7 @@ def read_polygons(path:str|Path, # GeoJSON, GeoPackage, shapefile: anything OGR 
     if meta['crs'] is None: raise RtsSegError(f"{path} has no CRS; define it (e.g. with ogr2ogr -a_srs) before building a dataset")
     return shapely.from_wkb(geom), {c: fields[names.index(c)] for c in columns if c}, meta['crs']
 
+# %% ../nbs/05c_make_dataset.ipynb #00626fe5
 def scene_files(images:str|Path) -> list[Path]:
     "The GeoTIFFs of a folder or a glob pattern."
     p = Path(images)
