@@ -209,6 +209,7 @@ def read_sidecar(path:str|Path, # an exported model (best.onnx, best.pt); its si
         raise RtsSegError(f"{s} is not the sidecar of an rts_seg export (no model, channels or normalization in it)")
     return _from_dict(dict(d, state_dict=None))
 
+# %% ../nbs/06b_export.ipynb #b91c0715
 def _is_torchscript(path:Path) -> bool:
     "A TorchScript archive (torch.jit.save) holds code; a checkpoint (torch.save) does not."
     try:
