@@ -32,6 +32,7 @@ def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
     truth = (target > 0.5) & valid # soft labels count on the side they lean to
     return torch.stack([(pred & truth).sum(), (pred | truth).sum()])
 
+# %% ../nbs/08_metrics.ipynb #86107df5
 class PixelIoU(Metric):
     "IoU of the slump class over all validation pixels (a fastai metric)."
     def __init__(self, ignore_index:int=255, # label value that counts nowhere
@@ -60,6 +61,7 @@ def reduce_sum(t:torch.Tensor) -> torch.Tensor:
     if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(t)
     return t
 
+# %% ../nbs/08_metrics.ipynb #64650002
 class ValStats:
     "Integer counts over validation tiles, kept apart for negative (index 0) and positive (1) tiles."
     def __init__(self, ignore_index:int=255, # label value that counts nowhere
@@ -73,6 +75,7 @@ class ValStats:
         self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS) # pix: [tile class, truth, prediction]
         self.obj = np.zeros((2, len(self.ious), 3), np.int64) # raw objects: [tile class, iou, (tp, fp, fn)]
         self.map_obj = np.zeros_like(self.obj) # map objects, the same
+        self.loss:float|None = None # mean loss per tile, set by `collect_stats` when given a loss function
 
     def update(self, logits:torch.Tensor, # (B, 1, H, W) logits
                target:torch.Tensor, # (B, H, W) labels
@@ -120,6 +123,7 @@ def ratio_weight(tiles:torch.Tensor|np.ndarray, # tiles counted, [negative, posi
     if ratio is None: return 1.
     return ratio * n_pos / n_neg if n_neg and n_pos else None
 
+# %% ../nbs/08_metrics.ipynb #3c6715f9
 def pr_curve(hist:np.ndarray, # (2, LOGIT_BINS) counts of background and slump pixels per logit bin
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Precision, recall and the logit threshold (bin lower edge) of each point, from the highest threshold down."
@@ -127,12 +131,14 @@ def pr_curve(hist:np.ndarray, # (2, LOGIT_BINS) counts of background and slump p
     edges = (np.arange(LOGIT_BINS)[::-1] * (2 * LOGIT_MAX / LOGIT_BINS)) - LOGIT_MAX
     return tp / np.maximum(tp + fp, 1e-12), tp / max(hist[1].sum(), 1e-12), edges
 
+# %% ../nbs/08_metrics.ipynb #006ca96a
 def pr_auc(hist:np.ndarray) -> float:
     "Area under the PR curve (average precision) from a (2, LOGIT_BINS) histogram."
     if hist[1].sum() <= 0: return float('nan')
     prec, rec, _ = pr_curve(hist)
     return float(np.sum(np.diff(np.concatenate([[0], rec])) * prec))
 
+# %% ../nbs/08_metrics.ipynb #6e809a8a
 def _ratio_name(r): return '' if r is None else 'bal_' if r == 1 else f'r{r:g}_'
 
 def summarize(stats:ValStats, # reduced counts
@@ -160,7 +166,6 @@ def summarize(stats:ValStats, # reduced counts
                 res[f'{k}{f}_r{round(iou * 100)}'] = otp / (otp + ofn) if otp + ofn else nan
     return {k: float(v) for k, v in res.items()}
 
-
 # %% ../nbs/08_metrics.ipynb #1de4077b
 def fit_temperature(hist:np.ndarray, # (2, LOGIT_BINS) pixel counts of background and slump per logit bin
                    ) -> float:
@@ -174,6 +179,7 @@ def fit_temperature(hist:np.ndarray, # (2, LOGIT_BINS) pixel counts of backgroun
         return float((h[1] * np.logaddexp(0, -x)).sum() + (h[0] * np.logaddexp(0, x)).sum())
     return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.)), method='bounded').x))
 
+# %% ../nbs/08_metrics.ipynb #b44b5efe
 def threshold_for_precision(hist:np.ndarray, # (2, LOGIT_BINS) (weighted) counts
                             target:float=0.8, # precision to reach
                             temperature:float=1., # from `fit_temperature`
@@ -199,6 +205,7 @@ class ResultMetric(Metric):
     @property
     def name(self): return self._name
 
+# %% ../nbs/08_metrics.ipynb #cf1da34a
 class ValidationMetrics(Callback):
     "Accumulate `ValStats` over each validation pass, sum them over processes and compute every metric."
     order = 45 # after_validate runs before the Recorder reads the metrics
