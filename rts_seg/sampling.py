@@ -7,18 +7,16 @@ Docs: https://rts-seg.github.io/rts_seg/sampling.html.md"""
 # %% ../nbs/04b_sampling.ipynb #2acd28e7
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
-import os
 
 import numpy as np
 from fastai.callback.core import Callback
 from fastai.data.load import DataLoader
-from fastai.torch_core import to_device
+from fastai.torch_core import num_distrib, rank_distrib, to_device
 
 from .core import RtsSegError
 
 # %% auto #0
-__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'AsyncToDevice', 'rank_world', 'BalancedDL', 'ShardDL',
-           'SamplerEpoch']
+__all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'AsyncToDevice', 'BalancedDL', 'ShardDL', 'SamplerEpoch']
 
 # %% ../nbs/04b_sampling.ipynb #6b12b022
 SPEC_CURRICULUM = [(10, 1.), (30, 5.), (50, 10.), (100, 15.), (120, 20.)] # (1-based epoch, negatives per positive)
@@ -67,14 +65,6 @@ class AsyncToDevice:
         return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
 
 
-# %% ../nbs/04b_sampling.ipynb #2a5ee86d
-def rank_world(rank:int|None=None, # this process's rank; None: $RANK (else 0)
-               world_size:int|None=None, # number of processes; None: $WORLD_SIZE (else 1)
-              ) -> tuple[int, int]:
-    "This process's rank and the number of processes: the arguments, else the RANK and WORLD_SIZE that launchers set."
-    return (int(os.environ.get('RANK', 0)) if rank is None else rank, int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size)
-
-
 # %% ../nbs/04b_sampling.ipynb #8b81fc22
 class BalancedDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` whose batches hold a set share of positive tiles, following a curriculum per epoch."
@@ -85,13 +75,13 @@ class BalancedDL(AsyncToDevice, DataLoader):
                  curriculum:list[tuple[int, float]]|None=None, # (epoch, negatives per positive) breakpoints
                  seed:int=42, # same seed and epoch, same batches
                  n_batches:int|None=None, # batches per epoch over all ranks (rounded up to a multiple of world_size); default one pass's worth of tiles
-                 rank:int|None=None, # this process; default the RANK environment variable
-                 world_size:int|None=None, # processes; default WORLD_SIZE
+                 rank:int|None=None, # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
+                 world_size:int|None=None, # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
                  keyed:bool=False, # items are (index, augmentation seed) pairs instead of plain indices
                  **kwargs, # more fastai DataLoader arguments (num_workers, device, ...)
                 ):
         self.positive = np.asarray(positive, bool)
-        self.rank, self.world_size = rank_world(rank, world_size)
+        self.rank, self.world_size = rank_distrib() if rank is None else rank, (num_distrib() or 1) if world_size is None else world_size
         n = n_batches or len(dataset) // bs
         self.n_batches = max(-(-n // self.world_size), 1) * self.world_size # as many batches on every rank: DDP steps together
         self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = positive_fraction, curriculum, seed, 0, keyed
@@ -123,10 +113,10 @@ class BalancedDL(AsyncToDevice, DataLoader):
 class ShardDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
     def __init__(self, dataset, # a map-style dataset
-                 rank:int|None=None, # this process's rank (`rank_world`)
-                 world_size:int|None=None, # number of processes (`rank_world`)
+                 rank:int|None=None, # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
+                 world_size:int|None=None, # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
                  **kwargs): # passed to fastai's `DataLoader` (bs, num_workers, ...)
-        self.rank, self.world_size = rank_world(rank, world_size)
+        self.rank, self.world_size = rank_distrib() if rank is None else rank, (num_distrib() or 1) if world_size is None else world_size
         if 1 < self.world_size and len(dataset) < self.world_size: # a rank without items would skip the collectives of validation: a hang
             raise RtsSegError(f"validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs "
                               "at least one: move a region to the validation split (splits.yaml) or run fewer processes")
