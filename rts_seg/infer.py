@@ -70,13 +70,18 @@ def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of task
     if i >= n: raise RtsSegError(f"--shard auto: {iv}={env[iv]!r} must be below the number of tasks ({of})")
     return i, n, engine
 
+# %% ../nbs/11c_infer.ipynb #7a81435b
 def parse_shard(s:str|None, # 'i/n', 'auto' or 'auto/N'; None: the whole list
                 env:Mapping[str, str]|None=None, # where 'auto' reads the engine's variables (`os.environ`)
                ) -> tuple[int, int]:
     "`(i, n)` of `--shard s` (see `resolve_shard`); None is the whole list, `(0, 1)`."
     return resolve_shard(s, env)[:2]
 
-def shard_tiles(tile_ids:list[str], i:int, n:int) -> list[str]:
+# %% ../nbs/11c_infer.ipynb #c3d43c4d
+def shard_tiles(tile_ids:list[str], # every tile of the list
+                i:int, # this shard
+                n:int, # number of shards
+               ) -> list[str]:
     "The tiles of shard `i` of `n`: sorted by id, every n-th from the i-th."
     return sorted(tile_ids)[i::n]
 
@@ -171,7 +176,11 @@ def write_vrt(paths:list[str|Path], # single-band rasters on one grid (same CRS,
 
 
 # %% ../nbs/11c_infer.ipynb #2bb24d2a
-def build_mosaics(out:OutDir, tiles:pd.DataFrame, done:dict, cfg:InferenceConfig) -> list[dict]:
+def build_mosaics(out:OutDir, # the run's output folder
+                  tiles:pd.DataFrame, # the tile list (tile_id, RegionName)
+                  done:dict, # finished tiles' records, by tile id (the manifests)
+                  cfg:InferenceConfig, # minimum area and simplification of the merged polygons
+                 ) -> list[dict]:
     "Per region: VRTs, mosaic COGs and polygons merged across tile seams."
     res = []
     for region, df in tiles.groupby('RegionName', sort=True):

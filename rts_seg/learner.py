@@ -63,6 +63,7 @@ class MLflowLogger(Callback):
         vals = {k: float(v) for k, v in vals.items() if isinstance(v, (int, float, np.number)) and math.isfinite(v)}
         mlflow.log_metrics(vals, step=self.epoch + 1)
 
+# %% ../nbs/09_learner.ipynb #679f1276
 class TextProgress(Callback):
     "Plain progress lines for logs without a terminal: one per epoch, and one every `every` seconds within an epoch."
     order = 70
@@ -139,6 +140,7 @@ class EMA(Callback):
         torch._foreach_copy_(self.avg, [t.to(a.device) for t, a in zip(st['avg'], self.avg)])
         self.steps, self.backup = st['steps'], None
 
+# %% ../nbs/09_learner.ipynb #d6e938bb
 class ChannelsLastInput(Callback):
     "Send image batches in channels-last memory format, to match a channels-last model."
     order = ChannelsLast.order
@@ -160,6 +162,7 @@ def lr_at(pos:float, # position in training, in epochs (e.g. 3.5 = half-way thro
         s = (t.min_lr + (t.base_lr - t.min_lr) * (1 + math.cos(math.pi * q)) / 2) / t.base_lr
     return t.base_lr * t.backbone_lr_multiplier * s, t.base_lr * s
 
+# %% ../nbs/09_learner.ipynb #abba4d63
 class ProtocolSchedule(Callback):
     "Set the per-group learning rates of `lr_at` before every training batch; freeze the encoder at first."
     order = 5
@@ -180,10 +183,16 @@ def splitter(model) -> list:
     ids = {id(p) for p in enc}
     return [enc, [p for p in model.parameters() if id(p) not in ids]]
 
-def adamw(params, lr, fused:bool=False, **kw):
+# %% ../nbs/09_learner.ipynb #2d9f14c4
+def adamw(params, # parameter groups, as fastai's `Learner` passes them
+          lr, # learning rate (fastai's schedules set it per group)
+          fused:bool=False, # torch's fused kernel (CUDA only)
+          **kw, # other `torch.optim.AdamW` arguments, e.g. weight_decay
+         ):
     "torch's AdamW (fused on the GPU) wrapped for fastai's schedules."
     return OptimWrapper(params, opt=partial(torch.optim.AdamW, fused=True) if fused else torch.optim.AdamW, lr=lr, **kw)
 
+# %% ../nbs/09_learner.ipynb #9e5ddc7a
 class RtsLearner(Learner):
     "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
     resume_epoch, resume_iter, preempted, skip_valid = 0, 0, False, False
@@ -202,6 +211,7 @@ class RtsLearner(Learner):
         finally:
             if k: self.dl.skip_batches(0); self.resume_iter = 0
 
+# %% ../nbs/09_learner.ipynb #f85504da
 class DDP(Callback):
     "Wrap the model in DistributedDataParallel while fitting, when torch.distributed is initialised."
     order = 11
@@ -212,6 +222,7 @@ class DDP(Callback):
     def after_fit(self):
         if isinstance(self.model, torch.nn.parallel.DistributedDataParallel): self.learn.model = self.model.module
 
+# %% ../nbs/09_learner.ipynb #7cfdbd15
 def map_objects(cfg:Config, # the run's config: `inference.threshold` and `inference.min_area_m2`
                 stats:dict, # normalisation statistics, which record the training tiles' pixel size
                 temperature:float=1., # the calibrated temperature, once known (the threshold applies to sigmoid(logit / T))
@@ -224,6 +235,7 @@ def map_objects(cfg:Config, # the run's config: `inference.threshold` and `infer
     return dict(map_threshold=float(1 / (1 + math.exp(-temperature * math.log(t / (1 - t))))), # on the raw logits
                 min_pixels=min_pixels_for(area, px) if px else 0)
 
+# %% ../nbs/09_learner.ipynb #845aa7dd
 def rts_learner(dls:DataLoaders, # from `get_dls`
                 cfg:Config, # the run's config
                 text_progress:bool|None=None, # one line per epoch instead of bars; None: outside terminals and notebooks
@@ -257,15 +269,20 @@ def rts_learner(dls:DataLoaders, # from `get_dls`
 # %% ../nbs/09_learner.ipynb #4ac9d2c4
 STATE_RE = re.compile(r'^state-epoch(\d+)(?:-iter(\d+))?\.pth$')
 
-def state_path(out:str|Path, epoch:int, it:int=0) -> Path:
+def state_path(out:str|Path, # the run's output folder
+               epoch:int, # completed epochs
+               it:int=0, # batches done of the next epoch (0: at an epoch's end)
+              ) -> Path:
     "Where the training state at `epoch` (completed epochs) and `it` (batches of the next one) goes."
     return Path(out)/(f'state-epoch{epoch:04d}' + (f'-iter{it:06d}' if it else '') + '.pth')
 
+# %% ../nbs/09_learner.ipynb #549913b8
 def find_resume(out:str|Path) -> Path|None:
     "The newest training state in `out`, or None."
     found = [(int(m[1]), int(m[2] or 0), p) for p in Path(out).glob('state-*.pth') if (m := STATE_RE.match(p.name))]
     return max(found)[2] if found else None
 
+# %% ../nbs/09_learner.ipynb #0c7fceb4
 def _rng_state() -> dict:
     keys, pos = cast(tuple, np.random.get_state())[1:3] # the legacy tuple: ('MT19937', keys, pos, ...)
     st = dict(python=list(random.getstate()[1]), numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos), torch=torch.get_rng_state())
@@ -282,7 +299,12 @@ def _smooth_state(learn) -> dict|None: # fastai's running train loss, so that re
     sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
     return None if sl is None or not torch.is_tensor(getattr(sl, 'val', None)) else dict(count=int(sl.count), val=sl.val.detach().cpu().float())
 
-def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, epoch:int, it:int=0,
+def save_training_state(path:str|Path, # the state file (`state_path`)
+                        learn:Learner, # the learner: model, EMA, optimizer, scaler, trackers
+                        cfg:Config, # the run's config, checked on resume
+                        stats:dict, # normalisation statistics
+                        epoch:int, # completed epochs
+                        it:int=0, # batches done of the next epoch
                         train_iou:torch.Tensor|None=None, # the interrupted epoch's `TrainIoU` counts, summed over processes
                        ) -> Path:
     "Save everything needed to resume `learn` at `epoch` (completed epochs), after `it` batches of the next."
@@ -301,6 +323,7 @@ def save_training_state(path:str|Path, learn:Learner, cfg:Config, stats:dict, ep
     with atomic_path(path) as tmp: torch.save(st, tmp)
     return Path(path)
 
+# %% ../nbs/09_learner.ipynb #fa51a1ea
 def load_training_state(path:str|Path) -> dict:
     "A training state saved by `save_training_state`, with a clear error for anything else."
     path = Path(path)
@@ -311,6 +334,7 @@ def load_training_state(path:str|Path) -> dict:
         raise RtsSegError(f"{path} is not a training state (best.pth holds weights only); resume from a state-epoch*.pth file")
     return st
 
+# %% ../nbs/09_learner.ipynb #deef7d3e
 class Resume(Callback):
     "Load a training state into the Learner when the fit starts: it goes on from there."
     order = 65 # before_fit after the schedule froze the encoder, EMA took its copy and the trackers reset
@@ -336,10 +360,17 @@ class Resume(Callback):
         self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
     def after_fit(self): self.learn.resume_epoch = self.learn.resume_iter = 0
 
+# %% ../nbs/09_learner.ipynb #142475a5
 class Checkpointer(TrackerCallback):
     "Best model by `monitor`, training states every `every` epochs (keeping `keep`), and a clean save-and-stop on SIGTERM."
     order = TrackerCallback.order + 1
-    def __init__(self, out:str|Path, cfg:Config, stats:dict, monitor:str='r500_pr_auc', every:int=10, keep:int=3):
+    def __init__(self, out:str|Path, # the run's output folder
+                 cfg:Config, # the run's config, saved in the bundle
+                 stats:dict, # normalisation statistics, saved in the bundle
+                 monitor:str='r500_pr_auc', # validation metric that picks the best epoch (higher is better)
+                 every:int=10, # a training state every this many epochs
+                 keep:int=3, # training states kept (the newest)
+                ):
         super().__init__(monitor=monitor, comp=np.greater)
         self.out, self.cfg, self.stats, self.every, self.keep, self.best_epoch = Path(out), cfg, stats, every, keep, None
         self.best_path, self.last_path, self.saved_best = self.out/'best.pth', self.out/'last.pth', False
@@ -397,6 +428,7 @@ class Checkpointer(TrackerCallback):
         if self.dist: torch.distributed.barrier(group=self.group)
         if self.best_path.is_file(): extract_model_from_parallel(self.model, keep_torch_compile=False).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
 
+# %% ../nbs/09_learner.ipynb #e3b2d1ac
 class _DeviceAvgSmoothLoss(AvgSmoothLoss):
     "fastai's smoothed training loss, kept on the device: no host-device synchronisation per step."
     def accumulate(self, learn):
@@ -417,7 +449,11 @@ class DeviceSmoothLoss(Callback):
         self.old.count, self.old.val = self.rec.smooth_loss.count, self.rec.smooth_loss.val.cpu()
         self.rec.smooth_loss, self.rec.losses = self.old, type(self.rec.losses)(float(x) for x in self.rec.losses)
 
-def protocol_cbs(cfg:Config, stats:dict, resume:dict|None=None) -> list[Callback]:
+# %% ../nbs/09_learner.ipynb #8fffc27b
+def protocol_cbs(cfg:Config, # the run's config (`train` section)
+                 stats:dict, # normalisation statistics (the checkpoints carry them)
+                 resume:dict|None=None, # a training state to continue from (`load_training_state`)
+                ) -> list[Callback]:
     "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
     from rts_seg.sampling import SamplerEpoch
     t = cfg.train
@@ -432,7 +468,7 @@ def protocol_cbs(cfg:Config, stats:dict, resume:dict|None=None) -> list[Callback
 def collect_stats(learn:Learner, # a trained learner
                   dl=None, # a loader of (image, label) batches; default the validation loader
                   tta:str='none', # a `TTA_MODES` name
-                  ignore_index:int=255,
+                  ignore_index:int=255, # label value that counts nowhere
                   loss_func=None, # also the mean loss per tile, as `.loss`
                   map_threshold:float=0.5, # mapped objects: probability threshold on the raw logits (`map_objects`)
                   min_pixels:int=0, # mapped objects: smallest component kept

@@ -47,6 +47,7 @@ def tracking_uri(cfg:Config) -> str:
     "MLflow tracking URI: environment, then config, then `sqlite:///{output_dir}/mlflow.db`."
     return os.environ.get('MLFLOW_TRACKING_URI') or cfg.mlflow.tracking_uri or f"sqlite:///{Path(cfg.output_dir).resolve()/'mlflow.db'}"
 
+# %% ../nbs/10_train.ipynb #1ea22ce9
 def system_params() -> dict:
     "Versions and hardware, logged with every run."
     cuda = torch.cuda.is_available()
@@ -56,13 +57,17 @@ def system_params() -> dict:
             'system.cudnn': torch.backends.cudnn.version() if cuda else 'none', 'system.platform': platform.platform(),
             'system.world_size': int(os.environ.get('WORLD_SIZE', 1))}
 
+# %% ../nbs/10_train.ipynb #9f847e76
 def frozen_requirements() -> str:
     "`name==version` of every installed distribution, like `pip freeze`."
     from importlib.metadata import distributions
     return '\n'.join(sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata['Name']}, key=str.lower)) + '\n'
 
+# %% ../nbs/10_train.ipynb #15f23870
 @contextlib.contextmanager
-def mlflow_run(cfg:Config, run_id:str|None=None):
+def mlflow_run(cfg:Config, # the run's config: output_dir, mlflow section
+               run_id:str|None=None, # an earlier run to continue (a resumed training); None: a new run
+              ):
     "An MLflow run for `cfg` (or the run `run_id`, continued); MLflow's global tracking URI (and `MLFLOW_TRACKING_URI`) are put back afterwards."
     import mlflow
     logging.getLogger('mlflow').setLevel(logging.WARNING) # not its INFO lines about creating database tables
@@ -99,7 +104,7 @@ def _barrier():
 
 # %% ../nbs/10_train.ipynb #aa492a4d
 def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
-              cfg:Config,
+              cfg:Config, # the run's config: target precision, monitor, validation ratios
              ) -> dict:
     "Temperature and, per ratio, the threshold reaching `train.target_precision`."
     t = cfg.train
@@ -115,7 +120,10 @@ def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
     out['threshold'] = pick['threshold'] if pick and pick['threshold'] is not None else 0.5
     return out
 
-def plot_pr_curves(st, ratios=(200, 500, 1000)):
+# %% ../nbs/10_train.ipynb #c191d180
+def plot_pr_curves(st, # reduced `ValStats`
+                   ratios=(200, 500, 1000), # negative:positive ratios to draw besides as-is and balanced
+                  ):
     "Precision-recall curves of reduced `ValStats`, as they are, balanced and at each ratio."
     from matplotlib.figure import Figure # not pyplot: a notebook's backend stays as it is
     hist = st.hist.cpu().double().numpy()
@@ -131,7 +139,11 @@ def plot_pr_curves(st, ratios=(200, 500, 1000)):
     ax.legend(fontsize=8); fig.tight_layout()
     return fig
 
-def plot_examples(learn, n:int=3, threshold:float=0.5):
+# %% ../nbs/10_train.ipynb #baca19e5
+def plot_examples(learn, # a trained learner
+                  n:int=3, # tiles of each kind
+                  threshold:float=0.5, # outline of the predicted mask
+                 ):
     "The first `n` positive and `n` negative validation tiles: image, truth over it, predicted probability."
     from matplotlib.figure import Figure
     ds = learn.dls.valid.dataset
@@ -157,7 +169,10 @@ def plot_examples(learn, n:int=3, threshold:float=0.5):
 # %% ../nbs/10_train.ipynb #73e6338a
 def _finite(d:dict) -> dict: return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
-def object_metrics_note(cfg:Config, mapped:dict, threshold:float|None=None) -> dict:
+def object_metrics_note(cfg:Config, # the run's config (minimum area)
+                        mapped:dict, # `map_objects`' threshold and minimum pixels
+                        threshold:float|None=None, # the calibrated threshold of the final metrics, if known
+                       ) -> dict:
     "What the two families of object metrics count (in metrics.json and MLflow): raw `obj_*`, mapped `map_obj_*`."
     area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
     t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
@@ -166,6 +181,7 @@ def object_metrics_note(cfg:Config, mapped:dict, threshold:float|None=None) -> d
                 map_obj=f"components of probability > {t:.3g}{when}, of at least {area:g} m2 ({mapped['min_pixels']} px): the polygons of a map",
                 min_area_m2=area, min_pixels=mapped['min_pixels'])
 
+# %% ../nbs/10_train.ipynb #bf89ab83
 def train(cfg:Config, # the run's config
           resume:str|None=None, # 'auto': the newest training state in output_dir (if any); or a state file
          ) -> dict:
@@ -254,7 +270,10 @@ def train(cfg:Config, # the run's config
     return metrics
 
 # %% ../nbs/10_train.ipynb #cc917ac3
-def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
+def train_seeds(cfg:Config, # the run's config; each seed trains in output_dir/seed<N>
+                seeds:list[int], # one training per seed
+                resume:str|None=None, # 'auto': resume each seed's run from its newest state
+               ) -> dict:
     "Train once per seed, each in `output_dir/seed<N>`, and summarise the final metrics as mean and std."
     runs = {}
     for sd in seeds:
@@ -272,6 +291,7 @@ def train_seeds(cfg:Config, seeds:list[int], resume:str|None=None) -> dict:
             if k in summary: print(f"{k} {summary[k]['mean']:.4f} +/- {summary[k]['std']:.4f} over seeds {', '.join(map(str, seeds))}", flush=True)
     return res
 
+# %% ../nbs/10_train.ipynb #e93843ae
 def train_from_args(a:argparse.Namespace, # the arguments of `add_train_args`
                     cfg:Config|None=None, # `a`'s config, when the caller has loaded it already
                    ):
@@ -284,6 +304,7 @@ def train_from_args(a:argparse.Namespace, # the arguments of `add_train_args`
     if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
     return res
 
+# %% ../nbs/10_train.ipynb #ef118f2b
 def main(argv:list[str]|None=None):
     "Train from a config file and overrides."
     p = argparse.ArgumentParser(prog='rts-seg train', description='Train a slump segmentation model.')
