@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .core import RtsSegError, atomic_write_text
+from .io import is_remote
 
 # %% auto #0
 __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 'REQUIRED', 'RETRY_EXIT_CODES', 'SECRET_NAME',
@@ -375,7 +376,7 @@ def launch_train(root:str|Path, # repository root (the image is built from it)
     m = gpu_machine(machine, gpus, accelerator)
     out = fuse_path(output)
     cfg = load_config(config, [*overrides, f'output_dir={out}']) # a mistake in the config or overrides: here, not on the VM
-    if '://' not in str(cfg.data.root) and cfg.data.synth is None:
+    if not is_remote(cfg.data.root) and cfg.data.synth is None:
         raise RtsSegError(f"data.root={cfg.data.root} is a local folder the job cannot see; give data.root=gs://BUCKET/PATH")
     ref, have, cmds, build_args, token = _image(root, m, 'train', registry, source, branch, image)
     n = _name('rts-train', name)
