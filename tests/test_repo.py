@@ -26,3 +26,9 @@ def test_configs_load():
     q, b = load_config(ROOT/'configs'/'quickstart.yaml'), load_config(ROOT/'configs'/'baseline.yaml')
     assert q.model.encoder_weights is None and q.data.synth is not None
     assert (b.model.arch, b.model.encoder, b.data.batch_size, b.model.encoder_weights) == ('UnetPlusPlus', 'efficientnet-b7', 32, 'imagenet')
+
+
+def test_public_parameters_have_docments():
+    "Every public function or method with two or more parameters documents each one (nbdev's docments)."
+    r = subprocess.run([sys.executable, ROOT/'tools'/'docments_check.py'], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout
