@@ -303,6 +303,7 @@ class Launch:
     job: dict # the job spec
     job_file: Path # where it is (or would be) written
     submit: list # the gcloud command
+    spec: dict|None = None # what the job file holds, when not the whole job (Vertex AI's --config takes the jobSpec)
 
     def __str__(self):
         q = lambda c: c if isinstance(c, str) else shlex.join(map(str, c))
@@ -333,8 +334,7 @@ def _go(plan:Launch, build_args:list, dry_run:bool, token:str|None) -> Launch:
     if not plan.in_registry:
         if subprocess.run(build_args).returncode: raise RtsSegError(f"the Cloud Build of {plan.image} failed; its log is above")
         if not registry_has(plan.image, token): raise RtsSegError(f"Cloud Build finished but the registry has no {plan.image}")
-    spec = plan.job['jobSpec'] if plan.submit[1] == 'ai' else plan.job # gcloud ai custom-jobs create --config takes the CustomJobSpec
-    atomic_write_text(plan.job_file, json.dumps(spec, indent=2) + '\n')
+    atomic_write_text(plan.job_file, json.dumps(plan.spec or plan.job, indent=2) + '\n')
     if subprocess.run(plan.submit).returncode: raise RtsSegError(f"gcloud refused the job; its message is above (spec: {plan.job_file})")
     return plan
 def _image(root, machine, target, registry, source, branch, image) -> tuple[str, bool, list, list, str|None]:
@@ -390,7 +390,7 @@ def launch_train(root:str|Path, # repository root (the image is built from it)
     p = _project(registry, project)
     submit = ['gcloud', 'ai', 'custom-jobs', 'create', f'--region={region}', *([f'--project={p}'] if p else []),
               f'--display-name={n}', f'--labels=app=rts-seg,image-tag={_label(parse_ref(ref)[2])}', f'--config={f}']
-    return _go(Launch(ref, have, cmds, job, f, submit), build_args, dry_run, token)
+    return _go(Launch(ref, have, cmds, job, f, submit, spec=job['jobSpec']), build_args, dry_run, token)
 
 # %% ../nbs/12a_launch.ipynb #4b336600
 def launch_predict(root:str|Path, # repository root (the image is built from it)

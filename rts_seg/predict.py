@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/predict.html.md"""
 # %% ../nbs/11_predict.ipynb #b6231cbd
 from __future__ import annotations
 import rts_seg.core # first: it silences a torch deprecation warning
-import collections, contextlib, math, queue, threading, time
+import collections, contextlib, functools, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,11 +60,11 @@ class WindowPlan:
         if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {list(scales)}")
         return cls(T, S, scales)
 
-    @property
+    @functools.cached_property # asked for per window and per batch: computed once
     def codes(self) -> list[int]: return [round(1 / s) for s in self.scales] # 1, 2, 4: the scale raster's values
-    @property
+    @functools.cached_property
     def offsets(self) -> list[int]: return [(round(self.size / s) - self.size) // 2 for s in self.scales] # context beyond the window, per scale
-    @property
+    @functools.cached_property
     def pad(self) -> int: return max(self.offsets)
 
     def rows(self, ys:list[int], # top rows of the rows of windows (`window_starts`)
@@ -163,7 +163,7 @@ class MergeBuffer:
     acc: torch.Tensor|None; wsum: torch.Tensor|None # the weighted sum and the weights (blend); None when merging by maximum
     def __init__(self, rows:int, # rows held: the window size (or the scene's height)
                  width:int, # the scene's width
-                 blend:np.ndarray|None, # weights of a window (`blend_weights`); None: merge by maximum
+                 blend:np.ndarray|torch.Tensor|None, # weights of a window (`blend_weights`; a tensor already on `device` is used as it is); None: merge by maximum
                  device='cpu', # where the buffer lives
                  code:int|None=None, # the scale code when there is one scale (nothing tracked per pixel)
                 ):
@@ -639,7 +639,8 @@ class Merger:
                 ):
         assert cfg.threshold is not None, 'resolve the config first (Bundle.resolve)'
         self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {}
-        self.blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
+        blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
+        self.blend = None if blend is None else torch.as_tensor(blend, device=device) # on the device once, not once per scene
 
     def add(self, it:WindowJob, # the window
             p=None, # its (T, T) probabilities; None when skipped
