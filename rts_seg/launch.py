@@ -17,7 +17,8 @@ from .io import is_remote
 # %% auto #0
 __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 'REQUIRED', 'RETRY_EXIT_CODES', 'SECRET_NAME',
            'Machine', 'gpu_machine', 'parse_ref', 'gcp_token', 'registry_has', 'build_plan', 'check_api', 'fuse_path',
-           'vertex_job', 'batch_job', 'parse_env', 'parse_secrets', 'Launch', 'launch_train', 'launch_predict']
+           'vertex_job', 'batch_job', 'batch_cost', 'parse_env', 'parse_secrets', 'Launch', 'launch_train',
+           'launch_predict']
 
 # %% ../nbs/12a_launch.ipynb #b1919cbe
 @dataclass(frozen=True)
@@ -264,6 +265,21 @@ def batch_job(image:str, # image reference (the infer target, whose entry point 
     if service_account: alloc['serviceAccount'] = dict(email=service_account)
     return dict(taskGroups=[dict(taskCount=tasks, parallelism=parallelism, taskCountPerNode=1, taskSpec=task)],
                 allocationPolicy=alloc, logsPolicy=dict(destination='CLOUD_LOGGING'), labels=dict(labels or {}))
+
+# %% ../nbs/12a_launch.ipynb #8ef5f467
+def batch_cost(tiles:int, # tiles in the list
+               rate:float, # tiles per second of one VM, end to end (a task's inference_log.json: tiles / wall_seconds)
+               tasks:int, # tasks of the job
+               parallelism:int, # tasks at once
+               start_min:float=5, # minutes a VM takes to start and pull the image
+               price_per_vm_hour:float|None=None, # the machine type's hourly price, if known
+              ) -> dict:
+    "GPU hours, hours per task and wall hours of a Cloud Batch inference job (and its cost, given a price)."
+    per_task = tiles / tasks / rate / 3600
+    r = dict(gpu_hours=round(tiles / rate / 3600 + tasks * start_min / 60, 1), hours_per_task=round(per_task, 2),
+             wall_hours=round(-(-tasks // parallelism) * (per_task + start_min / 60), 2))
+    if price_per_vm_hour: r['cost'] = round(r['gpu_hours'] * price_per_vm_hour, 2)
+    return r
 
 # %% ../nbs/12a_launch.ipynb #7775b2b3
 SECRET_NAME = re.compile(r'TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)KEY($|_)', re.I)
