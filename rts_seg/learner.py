@@ -37,7 +37,7 @@ from .config import DEFAULT_MIN_AREA_M2, Config
 from .core import RtsSegError, atomic_path
 from .bundle import save_checkpoint
 from .losses import get_loss
-from .metrics import TrainIoU, ValidationMetrics, ValStats, reduce_sum
+from .metrics import TrainIoU, ValidationMetrics, ValStats
 from .objects import min_pixels_for
 from .models import TTAModel, create_model
 
@@ -469,26 +469,16 @@ def collect_stats(learn:Learner, # a trained learner
                   dl=None, # a loader of (image, label) batches; default the validation loader
                   tta:str='none', # a `TTA_MODES` name
                   ignore_index:int=255, # label value that counts nowhere
-                  loss_func=None, # also the mean loss per tile, as `.loss`
                   map_threshold:float=0.5, # mapped objects: probability threshold on the raw logits (`map_objects`)
                   min_pixels:int=0, # mapped objects: smallest component kept
                  ) -> ValStats:
-    "Validation counts of `learn`'s model over `dl`, summed over processes."
-    dl = dl if dl is not None else learn.dls.valid
-    model = extract_model_from_parallel(learn.model, keep_torch_compile=False).eval()
-    if tta != 'none': model = TTAModel(model, tta)
-    dev = next(extract_model_from_parallel(learn.model, keep_torch_compile=False).parameters()).device
-    st = ValStats(ignore_index, device=dev, map_threshold=map_threshold, min_pixels=min_pixels)
-    mp = next((c for c in learn.cbs if isinstance(c, MixedPrecision)), None)
-    amp = torch.autocast('cuda', dtype=torch.bfloat16 if str(mp.amp_mode.value) == 'bf16' else torch.float16) if mp is not None and dev.type == 'cuda' else torch.autocast(dev.type, enabled=False)
-    cl = any(isinstance(c, ChannelsLastInput) for c in learn.cbs)
-    loss = torch.zeros(2, dtype=torch.float64, device=dev)
-    with torch.no_grad(), amp:
-        for xb, yb in dl:
-            xb, yb = xb.to(dev), yb.to(dev)
-            if cl: xb = xb.contiguous(memory_format=torch.channels_last)
-            pred = model(xb)
-            st.update(pred, yb)
-            if loss_func is not None: loss += torch.stack([loss_func(pred.float(), yb).double() * len(xb), torch.tensor(len(xb), dtype=torch.float64, device=dev)])
-    st.loss = float(reduce_sum(loss)[0] / loss[1]) if loss_func is not None and loss[1] > 0 else None
-    return st.reduce()
+    "Validation counts of `learn`'s model over `dl`, summed over processes, with the mean loss per tile as `.loss`."
+    vm, model = ValidationMetrics(ignore_index, map_threshold=map_threshold, min_pixels=min_pixels), learn.model
+    if tta != 'none': learn.model = TTAModel(model, tta)
+    try:
+        # the callbacks that keep the fit's state (its metrics, the weight average) stand aside; fastai's `validate` runs the rest
+        with learn.removed_cbs(learn.cbs.filter(lambda c: isinstance(c, (ValidationMetrics, TrainIoU, EMA)))): learn.validate(dl=dl, cbs=vm)
+    finally: learn.model = model
+    st, rl = vm.stats_last, learn.recorder.loss # the loss the Recorder averaged, summed over processes by `vm`
+    st.loss = float(rl.value) if rl.count else None
+    return st

@@ -75,7 +75,7 @@ class ValStats:
         self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS) # pix: [tile class, truth, prediction]
         self.obj = np.zeros((2, len(self.ious), 3), np.int64) # raw objects: [tile class, iou, (tp, fp, fn)]
         self.map_obj = np.zeros_like(self.obj) # map objects, the same
-        self.loss:float|None = None # mean loss per tile, set by `collect_stats` when given a loss function
+        self.loss:float|None = None # mean loss per tile, set by `collect_stats`
 
     def update(self, logits:torch.Tensor, # (B, 1, H, W) logits
                target:torch.Tensor, # (B, H, W) labels

@@ -238,7 +238,7 @@ def train(cfg:Config, # the run's config
             return dict(preempted=True, output_dir=str(out))
         # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
         best = next(c for c in cbs if isinstance(c, Checkpointer))
-        st = collect_stats(learn, loss_func=learn.loss_func)
+        st = collect_stats(learn)
         cal = calibrate(st, cfg)
         # objects as the model's maps will draw them: at the calibrated threshold, polygons of at least the minimum area
         mapped = map_objects(cfg, stats, cal['temperature'], cal['threshold'])
