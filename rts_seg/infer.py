@@ -11,23 +11,22 @@ import datetime, json, os, re, shutil, signal, tempfile, threading, time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import pandas as pd
 import rasterio
-from rasterio.dtypes import dtype_rev, typename_fwd
+from rasterio.merge import merge
 import torch
 
 from .export import load_model
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
 from .io import exists, get_fs, is_remote, join
-from .predict import OUTPUTS, Predictor, Scene, predict_scenes, write_cog
+from .predict import OUTPUTS, TMP_OPTS, Predictor, Scene, predict_scenes, write_cog
 from .vectorize import vectorize
 
 # %% auto #0
-__all__ = ['SHARD_ENV', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir', 'read_tile_list', 'write_vrt', 'build_mosaics',
-           'run_inference']
+__all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir', 'read_tile_list',
+           'write_mosaic', 'build_mosaics', 'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
 SHARD_ENV = {'Cloud Batch': ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT'), # engine: the variables of its task index and count
@@ -145,35 +144,22 @@ def _append(path:Path, rec:dict):
         f.write(json.dumps(rec, sort_keys=True) + '\n'); f.flush(); os.fsync(f.fileno())
 
 # %% ../nbs/11c_infer.ipynb #5e07a778
-def write_vrt(paths:list[str|Path], # single-band rasters on one grid (same CRS, resolution and data type), any data type
-              dst:str|Path, # the VRT to write; it names its sources relative to itself
-             ) -> Path:
-    "A VRT mosaic of `paths`, which GDAL reads as one raster: where rasters overlap, a later one wins unless it holds nodata."
-    infos = []
-    for p in paths:
-        with rasterio.open(p) as s: infos.append(dict(path=os.path.relpath(Path(p).resolve(), Path(dst).resolve().parent), bounds=s.bounds,
-                                                      res=s.res, crs=s.crs, width=s.width, height=s.height, dtype=s.dtypes[0], nodata=s.nodata))
-    first = infos[0]
-    if any((i['crs'], i['res'], i['dtype']) != (first['crs'], first['res'], first['dtype']) for i in infos):
-        raise RtsSegError(f"tiles of {dst} differ in CRS, resolution or data type; cannot mosaic them")
-    (rx, ry), left, top = first['res'], min(i['bounds'].left for i in infos), max(i['bounds'].top for i in infos)
-    W, H = round((max(i['bounds'].right for i in infos) - left) / rx), round((top - min(i['bounds'].bottom for i in infos)) / ry)
-    vrt = ET.Element('VRTDataset', rasterXSize=str(W), rasterYSize=str(H))
-    ET.SubElement(vrt, 'SRS').text = first['crs'].to_wkt()
-    ET.SubElement(vrt, 'GeoTransform').text = f'{left}, {rx}, 0, {top}, 0, {-ry}'
-    band = ET.SubElement(vrt, 'VRTRasterBand', dataType=typename_fwd[dtype_rev[first['dtype']]], band='1') # GDAL's name of the type
-    if first['nodata'] is not None: ET.SubElement(band, 'NoDataValue').text = str(first['nodata'])
-    for i in infos:
-        src = ET.SubElement(band, 'ComplexSource')
-        ET.SubElement(src, 'SourceFilename', relativeToVRT='1').text = i['path']
-        ET.SubElement(src, 'SourceBand').text = '1'
-        ET.SubElement(src, 'SrcRect', xOff='0', yOff='0', xSize=str(i['width']), ySize=str(i['height']))
-        ET.SubElement(src, 'DstRect', xOff=str(round((i['bounds'].left - left) / rx)), yOff=str(round((top - i['bounds'].top) / ry)),
-                      xSize=str(i['width']), ySize=str(i['height']))
-        if i['nodata'] is not None: ET.SubElement(src, 'NODATA').text = str(i['nodata'])
-    atomic_write_text(dst, ET.tostring(vrt, encoding='unicode'))
-    return Path(dst)
+MOSAIC_MEM_MB = 256 # `write_mosaic` merges windows of at most this many megabytes of pixels
 
+def write_mosaic(paths:list[str|Path], # single-band rasters on one grid (same CRS, resolution, data type and nodata)
+                 dst:str|Path, # the mosaic COG to write
+                 resampling:str='NEAREST', # of its overviews: NEAREST for classes, AVERAGE for probabilities
+                ) -> Path:
+    "A mosaic COG of `paths`: where rasters overlap, a later one wins unless it holds nodata; a raster without nodata wins whole."
+    grids = set()
+    for p in paths:
+        with rasterio.open(p) as s: grids.add((s.crs, s.res, s.dtypes[0], s.nodata))
+    if len(grids) != 1: raise RtsSegError(f"the rasters of {dst} differ in CRS, resolution, data type or nodata; cannot mosaic them")
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=f'.{Path(dst).stem}.') as tmp:
+        merge(paths, method='last', mem_limit=MOSAIC_MEM_MB, dst_path=Path(tmp)/'mosaic.tif',
+              dst_kwds=dict(driver='GTiff', tiled=True, blockxsize=256, blockysize=256, bigtiff='IF_SAFER', **TMP_OPTS))
+        return write_cog(Path(tmp)/'mosaic.tif', dst, resampling)
 
 # %% ../nbs/11c_infer.ipynb #2bb24d2a
 def build_mosaics(out:OutDir, # the run's output folder
@@ -181,19 +167,18 @@ def build_mosaics(out:OutDir, # the run's output folder
                   done:dict, # finished tiles' records, by tile id (the manifests)
                   cfg:InferenceConfig, # minimum area and simplification of the merged polygons
                  ) -> list[dict]:
-    "Per region: VRTs, mosaic COGs and polygons merged across tile seams."
+    "Per region: mosaic COGs and polygons merged across tile seams."
     res = []
     for region, df in tiles.groupby('RegionName', sort=True):
         recs = [done[t] for t in sorted(df.tile_id)]
         if out.remote: out.fetch('tiles/*_[pms]*.tif')
         d, L = out.local/'mosaic', out.local
-        paths = {k: write_vrt([L/r[k] for r in recs], d/f'{region}_{k}.vrt') for k in OUTPUTS}
-        cogs = {k: write_cog(paths[k], d/f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
+        cogs = {k: write_mosaic([L/r[k] for r in recs], d/f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
         bounds = []
         for r in recs:
             with rasterio.open(L/r['prob']) as s: bounds.append((r['key'], tuple(s.bounds)))
         v = vectorize(cogs['mask'], cogs['prob'], d/f'{region}.gpkg', cogs['scale'], cfg.min_area_m2 or 0., cfg.simplify_m, tiles=bounds)
-        names = [f'{region}_{k}.vrt' for k in OUTPUTS] + [f'{region}_{k}.tif' for k in OUTPUTS] + [f'{region}.gpkg']
+        names = [f'{region}_{k}.tif' for k in OUTPUTS] + [f'{region}.gpkg']
         out.publish(*[f'mosaic/{n}' for n in names], keep=True)
         res.append(dict(region=region, tiles=len(recs), **{k: f'{out.uri}/mosaic/{region}_{k}.tif' for k in OUTPUTS},
                         polygons=v['polygons'], total_area_m2=v['total_area_m2'], gpkg=f'{out.uri}/mosaic/{region}.gpkg'))

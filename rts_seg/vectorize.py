@@ -22,7 +22,7 @@ from .core import RtsSegError, atomic_path
 __all__ = ['FIELDS', 'mask_polygons', 'vectorize']
 
 # %% ../nbs/11a_vectorize.ipynb #6b7ace8d
-def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_mask.tif` or a VRT mosaic
+def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_mask.tif` or a region's mosaic
                   strip_rows:int=1024, # rows read at a time
                  ) -> list[shapely.Polygon]:
     "Polygons of the slump pixels (4-connected), read strip by strip and merged across strip seams."
