@@ -18,89 +18,147 @@ __all__ = ['Augment', 'AffineElastic', 'train_transforms']
 # %% ../nbs/04_augment.ipynb #0f143671
 class Augment:
     "Geometric transforms on the RGB image, the EXTRA bands and the mask alike; colour transforms on RGB only."
-    def __init__(self, geom:A.Compose, # geometric transforms (with an `extra` image target)
-                 color:A.Compose|None=None, # transforms of the RGB image alone
-                ): self.geom, self.color = geom, color
-    def __call__(self, image:np.ndarray, # (H, W, 3) uint8 RGB
-                 mask:np.ndarray, # (H, W) labels
-                 extra:np.ndarray|None=None, # (H, W, E) float32 aux bands, or None
-                ) -> dict:
+
+    def __init__(
+        self,
+        geom: A.Compose,  # geometric transforms (with an `extra` image target)
+        color: A.Compose | None = None,  # transforms of the RGB image alone
+    ):
+        self.geom, self.color = geom, color
+
+    def __call__(
+        self,
+        image: np.ndarray,  # (H, W, 3) uint8 RGB
+        mask: np.ndarray,  # (H, W) labels
+        extra: np.ndarray | None = None,  # (H, W, E) float32 aux bands, or None
+    ) -> dict:
         kw = dict(image=image, mask=mask) if extra is None else dict(image=image, mask=mask, extra=extra)
         r = self.geom(**kw)
-        if self.color is not None: r['image'] = self.color(image=r['image'])['image']
+        if self.color is not None:
+            r['image'] = self.color(image=r['image'])['image']
         return r
-
 
 # %% ../nbs/04_augment.ipynb #c8291f6b
 @functools.lru_cache(8)
-def _grid(h:int, w:int) -> np.ndarray:
+def _grid(h: int, w: int) -> np.ndarray:
     "(h, w, 2) float32 pixel coordinates (x, y)."
     return np.stack(np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32)), -1)
 
+
 class AffineElastic(A.DualTransform):
     "Shift-scale-rotate, shear and an elastic warp together, as one `cv2.remap` of each target."
-    def __init__(self, shift:float=0.0625, # largest shift, as a share of the tile side
-                 scale:float=0.1, # scale factor in 1 +- this
-                 rotate:float=30, # largest rotation, degrees
-                 shear:float=8, # largest shear, degrees
-                 alpha:float=0.015, # largest elastic displacement, as a share of the tile side
-                 grid:int=16, # elastic field: random displacements on a grid of this many cells per side, smoothly (bicubic) interpolated
-                 p_affine:float=0.5, # probability of shift-scale-rotate-shear
-                 p_elastic:float=0.25, # probability of the elastic warp
-                 p:float=1.0, # probability of applying the transform at all
-                ):
+
+    def __init__(
+        self,
+        shift: float = 0.0625,  # largest shift, as a share of the tile side
+        scale: float = 0.1,  # scale factor in 1 +- this
+        rotate: float = 30,  # largest rotation, degrees
+        shear: float = 8,  # largest shear, degrees
+        alpha: float = 0.015,  # largest elastic displacement, as a share of the tile side
+        grid: int = 16,  # elastic field: random displacements on a grid of this many cells per side, smoothly (bicubic) interpolated
+        p_affine: float = 0.5,  # probability of shift-scale-rotate-shear
+        p_elastic: float = 0.25,  # probability of the elastic warp
+        p: float = 1.0,  # probability of applying the transform at all
+    ):
         super().__init__(p=p)
-        self.shift, self.scale, self.rotate, self.shear, self.alpha, self.grid = shift, scale, rotate, shear, alpha, grid
+        self.shift, self.scale, self.rotate, self.shear, self.alpha, self.grid = (
+            shift,
+            scale,
+            rotate,
+            shear,
+            alpha,
+            grid,
+        )
         self.p_affine, self.p_elastic = p_affine, p_elastic
 
-    def get_params_dependent_on_data(self, params:dict, # albumentations' parameters of this call; `shape` is used
-                                     data:dict, # the targets of this call (unused)
-                                    ) -> dict:
+    def get_params_dependent_on_data(
+        self,
+        params: dict,  # albumentations' parameters of this call; `shape` is used
+        data: dict,  # the targets of this call (unused)
+    ) -> dict:
         "Draw the inverse affine `matrix` or the remap `maps` (or neither) for one call."
         h, w = params['shape'][:2]
         r = self.random_generator
         aff, ela = r.random() < self.p_affine, r.random() < self.p_elastic
-        m = np.array([[1, 0, 0], [0, 1, 0]], np.float64) # inverse affine map: output pixel -> source pixel
+        m = np.array([[1, 0, 0], [0, 1, 0]], np.float64)  # inverse affine map: output pixel -> source pixel
         if aff:
-            th, sh, sc = np.deg2rad(r.uniform(-self.rotate, self.rotate)), np.tan(np.deg2rad(r.uniform(-self.shear, self.shear))), r.uniform(1 - self.scale, 1 + self.scale)
+            th, sh, sc = (
+                np.deg2rad(r.uniform(-self.rotate, self.rotate)),
+                np.tan(np.deg2rad(r.uniform(-self.shear, self.shear))),
+                r.uniform(1 - self.scale, 1 + self.scale),
+            )
             t = r.uniform(-self.shift, self.shift, 2) * (w, h)
-            m[:, :2] = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.array([[1, sh], [0, 1]]) / sc
+            m[:, :2] = (
+                np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]) @ np.array([[1, sh], [0, 1]]) / sc
+            )
             c = np.array([(w - 1) / 2, (h - 1) / 2])
-            m[:, 2] = c - m[:, :2] @ (c + t) # about the tile centre, shifted by t
-        if not ela: return dict(matrix=m if aff else None, maps=None)
-        d = cv2.resize(r.uniform(-1, 1, (self.grid + 1, self.grid + 1, 2)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
+            m[:, 2] = c - m[:, :2] @ (c + t)  # about the tile centre, shifted by t
+        if not ela:
+            return dict(matrix=m if aff else None, maps=None)
+        d = cv2.resize(
+            r.uniform(-1, 1, (self.grid + 1, self.grid + 1, 2)).astype(np.float32),
+            (w, h),
+            interpolation=cv2.INTER_CUBIC,
+        )
         d *= np.array([self.alpha * w, self.alpha * h], np.float32)
-        base = cv2.transform(_grid(h, w), m.astype(np.float32)) # (h, w, 2) source coordinates of the affine part
+        base = cv2.transform(_grid(h, w), m.astype(np.float32))  # (h, w, 2) source coordinates of the affine part
         return dict(matrix=None, maps=base + d)
 
     def _warp(self, img, matrix, maps, interp, fill):
         if matrix is not None:
-            out = cv2.warpAffine(img, matrix, img.shape[1::-1], flags=interp | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-        elif maps is not None: out = cv2.remap(img, maps, None, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
-        else: return img
-        return out.reshape(img.shape) # cv2 drops a trailing axis of size 1
+            out = cv2.warpAffine(
+                img,
+                matrix,
+                img.shape[1::-1],
+                flags=interp | cv2.WARP_INVERSE_MAP,
+                borderMode=cv2.BORDER_CONSTANT,
+                borderValue=fill,
+            )
+        elif maps is not None:
+            out = cv2.remap(img, maps, None, interp, borderMode=cv2.BORDER_CONSTANT, borderValue=fill)
+        else:
+            return img
+        return out.reshape(img.shape)  # cv2 drops a trailing axis of size 1
 
-    def apply(self, img:np.ndarray, # (H, W, C) image
-              matrix:np.ndarray|None=None, # inverse affine map, from `get_params_dependent_on_data`
-              maps:np.ndarray|None=None, # (H, W, 2) source coordinates, from `get_params_dependent_on_data`
-              **kw): return self._warp(img, matrix, maps, cv2.INTER_LINEAR, 0)
-    def apply_to_mask(self, mask:np.ndarray, # (H, W) label; pixels from outside the tile become 255
-                      matrix:np.ndarray|None=None, # inverse affine map, as for `apply`
-                      maps:np.ndarray|None=None, # source coordinates, as for `apply`
-                      **kw): return self._warp(mask, matrix, maps, cv2.INTER_NEAREST, 255)
+    def apply(
+        self,
+        img: np.ndarray,  # (H, W, C) image
+        matrix: np.ndarray | None = None,  # inverse affine map, from `get_params_dependent_on_data`
+        maps: np.ndarray | None = None,  # (H, W, 2) source coordinates, from `get_params_dependent_on_data`
+        **kw,
+    ):
+        return self._warp(img, matrix, maps, cv2.INTER_LINEAR, 0)
 
-    def get_transform_init_args_names(self): return ('shift', 'scale', 'rotate', 'shear', 'alpha', 'grid', 'p_affine', 'p_elastic')
+    def apply_to_mask(
+        self,
+        mask: np.ndarray,  # (H, W) label; pixels from outside the tile become 255
+        matrix: np.ndarray | None = None,  # inverse affine map, as for `apply`
+        maps: np.ndarray | None = None,  # source coordinates, as for `apply`
+        **kw,
+    ):
+        return self._warp(mask, matrix, maps, cv2.INTER_NEAREST, 255)
 
+    def get_transform_init_args_names(self):
+        return ('shift', 'scale', 'rotate', 'shear', 'alpha', 'grid', 'p_affine', 'p_elastic')
 
 # %% ../nbs/04_augment.ipynb #fa00b456
-def train_transforms(p_color:float=0.5, # probability of brightness/contrast/saturation jitter
-                     p_affine:float=0.5, # probability of the shift-scale-rotate-shear warp
-                     p_elastic:float=0.25, # probability of the elastic warp
-                     color_limit:float=0.1, # brightness, contrast and saturation factors in 1 +- this
-                    ) -> Augment:
+def train_transforms(
+    p_color: float = 0.5,  # probability of brightness/contrast/saturation jitter
+    p_affine: float = 0.5,  # probability of the shift-scale-rotate-shear warp
+    p_elastic: float = 0.25,  # probability of the elastic warp
+    color_limit: float = 0.1,  # brightness, contrast and saturation factors in 1 +- this
+) -> Augment:
     "The SPEC's training augmentation: D4, shift-scale-rotate + shear + elastic (one warp), colour jitter on RGB only."
-    geom = A.Compose([A.HorizontalFlip(), A.VerticalFlip(), A.RandomRotate90(), AffineElastic(p_affine=p_affine, p_elastic=p_elastic)],
-                     additional_targets={'extra': 'image'})
-    color = A.Compose([A.ColorJitter(brightness=color_limit, contrast=color_limit, saturation=color_limit, hue=0, p=p_color)])
+    geom = A.Compose(
+        [
+            A.HorizontalFlip(),
+            A.VerticalFlip(),
+            A.RandomRotate90(),
+            AffineElastic(p_affine=p_affine, p_elastic=p_elastic),
+        ],
+        additional_targets={'extra': 'image'},
+    )
+    color = A.Compose(
+        [A.ColorJitter(brightness=color_limit, contrast=color_limit, saturation=color_limit, hue=0, p=p_color)]
+    )
     return Augment(geom, color)
-

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/bundle.html.md"""
 
 # %% ../nbs/06a_bundle.ipynb #f76df1fb
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by smp's imports
 import datetime, hashlib, json, subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,226 +26,386 @@ __all__ = ['NODATA_RULE', 'BUNDLE_FORMAT', 'channel_table', 'stats_hash', 'confi
            'save_checkpoint', 'load_checkpoint']
 
 # %% ../nbs/06a_bundle.ipynb #b069f21e
-def channel_table(channels:list[str], # input channel names in order, e.g. ['red', 'green', 'blue', 'ndvi', 're']
-                 ) -> list[dict]:
+def channel_table(
+    channels: list[str],  # input channel names in order, e.g. ['red', 'green', 'blue', 'ndvi', 're']
+) -> list[dict]:
     "Where each input channel comes from: name, source folder of the data contract, 1-based band in it, normalisation group."
     out, rgb = [], 0
     for c in channels:
-        if c in EXTRA_BANDS: out.append(dict(name=c, source='EXTRA', band=EXTRA_BANDS.index(c) + 1, group='extra'))
-        else: rgb += 1; out.append(dict(name=c, source='PLANET-RGB', band=rgb, group='rgb'))
+        if c in EXTRA_BANDS:
+            out.append(dict(name=c, source='EXTRA', band=EXTRA_BANDS.index(c) + 1, group='extra'))
+        else:
+            rgb += 1
+            out.append(dict(name=c, source='PLANET-RGB', band=rgb, group='rgb'))
     return out
 
 # %% ../nbs/06a_bundle.ipynb #ca8b98ac
-def stats_hash(stats:dict) -> str:
+def stats_hash(stats: dict) -> str:
     "Hash of the values that change predictions (not the date): logged with every run and prediction."
     return hashlib.sha256(json.dumps(stats['groups'], sort_keys=True).encode()).hexdigest()[:12]
 
 # %% ../nbs/06a_bundle.ipynb #d42644fd
-def config_hash(cfg:Config) -> str:
+def config_hash(cfg: Config) -> str:
     "Hash of the sections that shape a model (data, model, loss, train), not of where its outputs go."
     d = cfg.model_dump(mode='json')
-    return hashlib.sha256(json.dumps({k: d[k] for k in ('data', 'model', 'loss', 'train')}, sort_keys=True).encode()).hexdigest()[:12]
+    return hashlib.sha256(
+        json.dumps({k: d[k] for k in ('data', 'model', 'loss', 'train')}, sort_keys=True).encode()
+    ).hexdigest()[:12]
 
 # %% ../nbs/06a_bundle.ipynb #64e1fef4
 def git_commit() -> str:
     "The short commit of the `rts_seg` checkout in use, or 'unknown' (an installed wheel)."
-    try: return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5).stdout.strip() or 'unknown'
-    except Exception: return 'unknown'
+    try:
+        return (
+            subprocess.run(
+                ['git', 'rev-parse', '--short', 'HEAD'],
+                capture_output=True,
+                text=True,
+                cwd=Path(__file__).parent,
+                timeout=5,
+            ).stdout.strip()
+            or 'unknown'
+        )
+    except Exception:
+        return 'unknown'
 
 # %% ../nbs/06a_bundle.ipynb #b4c62479
-NODATA_RULE = ('a pixel is nodata where every band of its raster equals the nodata value, or any band is NaN or infinite; '
-               'it is valid where every raster of the tile is valid (rts_seg.io.valid_mask)')
-BUNDLE_FORMAT = 2 # 1: the checkpoints of rts_seg <= 0.x before the bundle (weights, model, normalisation, threshold)
+NODATA_RULE = (
+    'a pixel is nodata where every band of its raster equals the nodata value, or any band is NaN or infinite; '
+    'it is valid where every raster of the tile is valid (rts_seg.io.valid_mask)'
+)
+BUNDLE_FORMAT = 2  # 1: the checkpoints of rts_seg <= 0.x before the bundle (weights, model, normalisation, threshold)
+
 
 def _dtype_class(dtype) -> str:
     "Integer dtypes by name (a uint16 scene is not 8-bit imagery); every float dtype is one class (values taken as they are)."
     d = np.dtype(dtype)
     return 'float' if d.kind == 'f' else d.name
 
+
 @dataclass
 class Bundle:
     "A trained model and everything needed to apply it as it was trained: what `best.pth` holds."
-    model: dict # the `model` config section: arch, encoder, decoder_channels
-    channels: list # input channels in order: name, source, band, group (`channel_table`)
-    normalization: dict # `normalization_stats.json`: clip bounds, mean and std of every group
-    imagery: dict = field(default_factory=dict) # the training tiles: tile size, CRS unit, pixel size, dtype and nodata per source
-    calibration: dict = field(default_factory=dict) # temperature, threshold and per-ratio thresholds (`rts_seg.train.calibrate`)
-    postprocess: dict = field(default_factory=dict) # min_area_m2 and simplify_m of the polygons
-    provenance: dict = field(default_factory=dict) # config hash, dataset version, rts_seg version, git commit, epoch, metric
-    state_dict: dict|None = field(default=None, repr=False) # the (EMA) weights
+
+    model: dict  # the `model` config section: arch, encoder, decoder_channels
+    channels: list  # input channels in order: name, source, band, group (`channel_table`)
+    normalization: dict  # `normalization_stats.json`: clip bounds, mean and std of every group
+    imagery: dict = field(
+        default_factory=dict
+    )  # the training tiles: tile size, CRS unit, pixel size, dtype and nodata per source
+    calibration: dict = field(
+        default_factory=dict
+    )  # temperature, threshold and per-ratio thresholds (`rts_seg.train.calibrate`)
+    postprocess: dict = field(default_factory=dict)  # min_area_m2 and simplify_m of the polygons
+    provenance: dict = field(
+        default_factory=dict
+    )  # config hash, dataset version, rts_seg version, git commit, epoch, metric
+    state_dict: dict | None = field(default=None, repr=False)  # the (EMA) weights
     nodata_rule: str = NODATA_RULE
 
     @property
-    def in_channels(self) -> int: return len(self.channels)
+    def in_channels(self) -> int:
+        return len(self.channels)
+
     @property
-    def normalization_hash(self) -> str: return stats_hash(self.normalization)
+    def normalization_hash(self) -> str:
+        return stats_hash(self.normalization)
+
     @property
-    def tile_size(self) -> int|None: return self.imagery.get('tile_size')
+    def tile_size(self) -> int | None:
+        return self.imagery.get('tile_size')
+
     @property
-    def threshold(self) -> float: return self.calibration.get('threshold') or 0.5
+    def threshold(self) -> float:
+        return self.calibration.get('threshold') or 0.5
+
     @property
-    def temperature(self) -> float: return self.calibration.get('temperature') or 1.0
+    def temperature(self) -> float:
+        return self.calibration.get('temperature') or 1.0
+
     @property
     def sources(self) -> list[str]:
         "The rasters a tile is read from, in channel order: ['PLANET-RGB'] or ['PLANET-RGB', 'EXTRA']."
         return list(dict.fromkeys(c['source'] for c in self.channels))
 
-    if TYPE_CHECKING: # methods defined further down, each beside its prose and tests; declared here for the type checker
-        def save(self, path:str|Path) -> Path: ...
+    if (
+        TYPE_CHECKING
+    ):  # methods defined further down, each beside its prose and tests; declared here for the type checker
+
+        def save(self, path: str | Path) -> Path: ...
         @classmethod
-        def load(cls, path:str|Path) -> Bundle: ...
+        def load(cls, path: str | Path) -> Bundle: ...
         def meta(self) -> dict: ...
         def table(self) -> str: ...
         def _repr_markdown_(self) -> str: ...
         def norm_columns(self, device='cpu') -> tuple[torch.Tensor, ...]: ...
-        def resolve(self, cfg:InferenceConfig) -> InferenceConfig: ...
-        def check_raster(self, src, path:str, channels:list[dict]|None=None, bands:list[int]|None=None, tolerance:float=2.0) -> list[int]: ...
+        def resolve(self, cfg: InferenceConfig) -> InferenceConfig: ...
+        def check_raster(
+            self,
+            src,
+            path: str,
+            channels: list[dict] | None = None,
+            bands: list[int] | None = None,
+            tolerance: float = 2.0,
+        ) -> list[int]: ...
 
     def build_model(self, device='cpu') -> torch.nn.Module:
         "The network with the bundle's weights, in eval mode."
         m = create_model(ModelConfig(**self.model), self.in_channels, encoder_weights=None)
-        if self.state_dict is not None: m.load_state_dict(self.state_dict)
+        if self.state_dict is not None:
+            m.load_state_dict(self.state_dict)
         return m.to(device).eval()
 
 # %% ../nbs/06a_bundle.ipynb #5b2046e4
-def save_checkpoint(path:str|Path, # destination .pth
-                    model:torch.nn.Module, # the bare network (training passes accelerate's `extract_model_from_parallel(learn.model)`)
-                    cfg:Config, # the run's config: model section, postprocessing defaults, config hash
-                    stats:dict, # normalisation statistics (`rts_seg.data.compute_stats`), with what the imagery was
-                    calibration:dict|None=None, # temperature and thresholds (`rts_seg.train.calibrate`)
-                    **info, # provenance to record, e.g. epoch and the monitored metric
-                   ) -> Path:
+def save_checkpoint(
+    path: str | Path,  # destination .pth
+    model: torch.nn.Module,  # the bare network (training passes accelerate's `extract_model_from_parallel(learn.model)`)
+    cfg: Config,  # the run's config: model section, postprocessing defaults, config hash
+    stats: dict,  # normalisation statistics (`rts_seg.data.compute_stats`), with what the imagery was
+    calibration: dict | None = None,  # temperature and thresholds (`rts_seg.train.calibrate`)
+    **info,  # provenance to record, e.g. epoch and the monitored metric
+) -> Path:
     "Write the model bundle of a training run atomically."
-    prov = dict(config_hash=config_hash(cfg), dataset_version=stats.get('dataset_version'), rts_seg_version=__version__,
-                git_commit=git_commit(), created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'), **info)
-    b = Bundle(model=cfg.model.model_dump(mode='json'), channels=channel_table(stats['channels']), normalization=stats,
-               imagery=dict(stats.get('imagery') or {}), calibration=dict(calibration or {}),
-               postprocess=dict(min_area_m2=DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2,
-                                simplify_m=cfg.inference.simplify_m), provenance=prov,
-               state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()})
+    prov = dict(
+        config_hash=config_hash(cfg),
+        dataset_version=stats.get('dataset_version'),
+        rts_seg_version=__version__,
+        git_commit=git_commit(),
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        **info,
+    )
+    b = Bundle(
+        model=cfg.model.model_dump(mode='json'),
+        channels=channel_table(stats['channels']),
+        normalization=stats,
+        imagery=dict(stats.get('imagery') or {}),
+        calibration=dict(calibration or {}),
+        postprocess=dict(
+            min_area_m2=DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2,
+            simplify_m=cfg.inference.simplify_m,
+        ),
+        provenance=prov,
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+    )
     return b.save(path)
 
 # %% ../nbs/06a_bundle.ipynb #ddba5d9c
-def _to_dict(b:Bundle) -> dict:
+def _to_dict(b: Bundle) -> dict:
     "The file's content: the bundle's fields, and the top-level keys of earlier checkpoints."
-    d = {k: getattr(b, k) for k in ('model', 'channels', 'normalization', 'imagery', 'calibration', 'postprocess', 'provenance', 'nodata_rule')}
-    return dict(d, format=BUNDLE_FORMAT, state_dict=b.state_dict, in_channels=b.in_channels, normalization_hash=b.normalization_hash,
-                rts_seg_version=b.provenance.get('rts_seg_version'))
+    d = {
+        k: getattr(b, k)
+        for k in (
+            'model',
+            'channels',
+            'normalization',
+            'imagery',
+            'calibration',
+            'postprocess',
+            'provenance',
+            'nodata_rule',
+        )
+    }
+    return dict(
+        d,
+        format=BUNDLE_FORMAT,
+        state_dict=b.state_dict,
+        in_channels=b.in_channels,
+        normalization_hash=b.normalization_hash,
+        rts_seg_version=b.provenance.get('rts_seg_version'),
+    )
 
-def _from_dict(d:dict) -> Bundle:
+
+def _from_dict(d: dict) -> Bundle:
     "A bundle from a file's content, of this format or the one before it."
-    if d.get('format', 1) < BUNDLE_FORMAT: # weights, model, normalisation, threshold, temperature, epoch ...
-        known = ('state_dict', 'model', 'in_channels', 'normalization', 'normalization_hash', 'rts_seg_version', 'threshold', 'temperature')
-        d = dict(d, channels=channel_table(d['normalization']['channels']),
-                 calibration={k: d[k] for k in ('threshold', 'temperature') if d.get(k) is not None},
-                 provenance=dict(rts_seg_version=d.get('rts_seg_version'), **{k: v for k, v in d.items() if k not in known}))
-    return Bundle(model=d['model'], channels=d['channels'], normalization=d['normalization'], state_dict=d['state_dict'],
-                  imagery=d.get('imagery') or {}, calibration=d.get('calibration') or {}, postprocess=d.get('postprocess') or {},
-                  provenance=d.get('provenance') or {})
+    if d.get('format', 1) < BUNDLE_FORMAT:  # weights, model, normalisation, threshold, temperature, epoch ...
+        known = (
+            'state_dict',
+            'model',
+            'in_channels',
+            'normalization',
+            'normalization_hash',
+            'rts_seg_version',
+            'threshold',
+            'temperature',
+        )
+        d = dict(
+            d,
+            channels=channel_table(d['normalization']['channels']),
+            calibration={k: d[k] for k in ('threshold', 'temperature') if d.get(k) is not None},
+            provenance=dict(rts_seg_version=d.get('rts_seg_version'), **{k: v for k, v in d.items() if k not in known}),
+        )
+    return Bundle(
+        model=d['model'],
+        channels=d['channels'],
+        normalization=d['normalization'],
+        state_dict=d['state_dict'],
+        imagery=d.get('imagery') or {},
+        calibration=d.get('calibration') or {},
+        postprocess=d.get('postprocess') or {},
+        provenance=d.get('provenance') or {},
+    )
 
-def _save(self:Bundle, path:str|Path) -> Path:
+
+def _save(self: Bundle, path: str | Path) -> Path:
     "Write the bundle to `path` atomically."
-    with atomic_path(path) as tmp: torch.save(_to_dict(self), tmp)
+    with atomic_path(path) as tmp:
+        torch.save(_to_dict(self), tmp)
     return Path(path)
 
-def _load(cls, path:str|Path) -> Bundle:
+
+def _load(cls, path: str | Path) -> Bundle:
     "Read a bundle (`best.pth`) with `torch.load(weights_only=True)`; a clear error for anything else."
     path = Path(path)
-    if not path.is_file(): raise RtsSegError(f"checkpoint not found: {path}")
-    try: d = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RtsSegError(f"{path} is not a readable rts_seg checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+    if not path.is_file():
+        raise RtsSegError(f'checkpoint not found: {path}')
+    try:
+        d = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise RtsSegError(
+            f'{path} is not a readable rts_seg checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})'
+        ) from None
     if isinstance(d, dict) and d.get('kind') == 'rts_seg training state':
-        raise RtsSegError(f"{path} is a training state (for --resume); predict with best.pth or last.pth")
+        raise RtsSegError(f'{path} is a training state (for --resume); predict with best.pth or last.pth')
     if not isinstance(d, dict) or 'state_dict' not in d or 'normalization' not in d:
-        raise RtsSegError(f"{path} is not an rts_seg checkpoint (no weights or normalisation statistics in it)")
+        raise RtsSegError(f'{path} is not an rts_seg checkpoint (no weights or normalisation statistics in it)')
     return _from_dict(d)
 
-Bundle.save = _save
-Bundle.load = classmethod(_load) # type: ignore[assignment] # mypy takes a classmethod set after the class for a plain function
 
-def load_checkpoint(path:str|Path, # a bundle written by `save_checkpoint` (best.pth, last.pth)
-                    device='cpu', # where the weights go
-                   ) -> tuple[torch.nn.Module, Bundle]:
+Bundle.save = _save
+Bundle.load = classmethod(_load)  # type: ignore[assignment] # mypy takes a classmethod set after the class for a plain function
+
+
+def load_checkpoint(
+    path: str | Path,  # a bundle written by `save_checkpoint` (best.pth, last.pth)
+    device='cpu',  # where the weights go
+) -> tuple[torch.nn.Module, Bundle]:
     "The model in eval mode, and its bundle."
     b = Bundle.load(path)
     return b.build_model(device), b
 
 # %% ../nbs/06a_bundle.ipynb #b82b963f
-def _meta(self:Bundle) -> dict:
+def _meta(self: Bundle) -> dict:
     "The bundle without its weights: plain JSON (the sidecar of exported models)."
     d = {k: v for k, v in _to_dict(self).items() if k != 'state_dict'}
     return json.loads(json.dumps(d, default=str))
 
-def _table(self:Bundle) -> str:
+
+def _table(self: Bundle) -> str:
     "A Markdown table of what the bundle holds."
     g = self.normalization['groups']
-    rows = [('architecture', f"{self.model['arch']} / {self.model['encoder']}"),
-            ('channels', ', '.join(f"{c['name']} ({c['source']} band {c['band']})" for c in self.channels)),
-            ('normalisation', f"groups {', '.join(g)}; hash {self.normalization_hash}; {self.normalization.get('n_tiles_used')} training tiles"),
-            ('nodata rule', self.nodata_rule),
-            ('training imagery', ', '.join(f'{k} {v}' for k, v in self.imagery.items()) or 'not recorded (an older checkpoint)'),
-            ('tile size', self.tile_size), ('temperature', round(self.temperature, 4)), ('threshold', round(self.threshold, 4)),
-            ('thresholds per ratio', ', '.join(f"{k}: {v['threshold']:.3f}" for k, v in self.calibration.get('ratios', {}).items() if v and v.get('threshold') is not None) or '-'),
-            ('postprocessing', ', '.join(f'{k} {v}' for k, v in self.postprocess.items()) or 'defaults'),
-            ('provenance', ', '.join(f'{k} {v}' for k, v in self.provenance.items())),
-            ('weights', f"{sum(v.numel() for v in self.state_dict.values()):,} parameters" if self.state_dict else 'none')]
-    return '| field | value |\n|---|---|\n' + '\n'.join(f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows)
+    rows = [
+        ('architecture', f'{self.model["arch"]} / {self.model["encoder"]}'),
+        ('channels', ', '.join(f'{c["name"]} ({c["source"]} band {c["band"]})' for c in self.channels)),
+        (
+            'normalisation',
+            f'groups {", ".join(g)}; hash {self.normalization_hash}; {self.normalization.get("n_tiles_used")} training tiles',
+        ),
+        ('nodata rule', self.nodata_rule),
+        (
+            'training imagery',
+            ', '.join(f'{k} {v}' for k, v in self.imagery.items()) or 'not recorded (an older checkpoint)',
+        ),
+        ('tile size', self.tile_size),
+        ('temperature', round(self.temperature, 4)),
+        ('threshold', round(self.threshold, 4)),
+        (
+            'thresholds per ratio',
+            ', '.join(
+                f'{k}: {v["threshold"]:.3f}'
+                for k, v in self.calibration.get('ratios', {}).items()
+                if v and v.get('threshold') is not None
+            )
+            or '-',
+        ),
+        ('postprocessing', ', '.join(f'{k} {v}' for k, v in self.postprocess.items()) or 'defaults'),
+        ('provenance', ', '.join(f'{k} {v}' for k, v in self.provenance.items())),
+        ('weights', f'{sum(v.numel() for v in self.state_dict.values()):,} parameters' if self.state_dict else 'none'),
+    ]
+    return '| field | value |\n|---|---|\n' + '\n'.join(f'| {k} | {str(v).replace("|", "/")} |' for k, v in rows)
+
 
 Bundle.meta, Bundle.table, Bundle._repr_markdown_ = _meta, _table, _table
 
 # %% ../nbs/06a_bundle.ipynb #a2613209
-def _norm_columns(self:Bundle, device='cpu') -> tuple[torch.Tensor, ...]:
+def _norm_columns(self: Bundle, device='cpu') -> tuple[torch.Tensor, ...]:
     "Clip low, clip high, mean and std of each input channel, in channel order, as (C,) float32 tensors on `device`."
     cols = []
     for k in ('clip_low', 'clip_high', 'mean', 'std'):
-        v = [self.normalization['groups'][c['group']][k][self.normalization['groups'][c['group']]['channels'].index(c['name'])] for c in self.channels]
+        v = [
+            self.normalization['groups'][c['group']][k][
+                self.normalization['groups'][c['group']]['channels'].index(c['name'])
+            ]
+            for c in self.channels
+        ]
         cols.append(torch.tensor(v, dtype=torch.float32, device=device))
     return tuple(cols)
 
-def _resolve(self:Bundle, cfg:InferenceConfig) -> InferenceConfig:
+
+def _resolve(self: Bundle, cfg: InferenceConfig) -> InferenceConfig:
     "`cfg` with what it leaves open (None) taken from the bundle: tile size (and so the stride, half of it), threshold, minimum area, simplification."
     area = self.postprocess.get('min_area_m2')
-    upd = dict(tile_size=self.tile_size or 512, threshold=self.threshold, min_area_m2=DEFAULT_MIN_AREA_M2 if area is None else area,
-               simplify_m=self.postprocess.get('simplify_m'))
+    upd = dict(
+        tile_size=self.tile_size or 512,
+        threshold=self.threshold,
+        min_area_m2=DEFAULT_MIN_AREA_M2 if area is None else area,
+        simplify_m=self.postprocess.get('simplify_m'),
+    )
     cfg = cfg.model_copy(update={k: v for k, v in upd.items() if getattr(cfg, k) is None})
-    if cfg.stride is None and cfg.tile_size: cfg = cfg.model_copy(update=dict(stride=cfg.tile_size // 2))
+    if cfg.stride is None and cfg.tile_size:
+        cfg = cfg.model_copy(update=dict(stride=cfg.tile_size // 2))
     return cfg
+
 
 Bundle.norm_columns, Bundle.resolve = _norm_columns, _resolve
 
 # %% ../nbs/06a_bundle.ipynb #22e2e514
-def _check_raster(self:Bundle,
-                  src, # an open rasterio dataset
-                  path:str, # its path, named in errors
-                  channels:list[dict]|None=None, # the channels it must provide (`Bundle.channels` entries); None: all
-                  bands:list[int]|None=None, # 1-based bands chosen by the user (`--bands`); None: by the layout
-                  tolerance:float=2.0, # largest accepted ratio of pixel sizes (imagery vs training)
-                 ) -> list[int]:
+def _check_raster(
+    self: Bundle,
+    src,  # an open rasterio dataset
+    path: str,  # its path, named in errors
+    channels: list[dict] | None = None,  # the channels it must provide (`Bundle.channels` entries); None: all
+    bands: list[int] | None = None,  # 1-based bands chosen by the user (`--bands`); None: by the layout
+    tolerance: float = 2.0,  # largest accepted ratio of pixel sizes (imagery vs training)
+) -> list[int]:
     "The bands of `src` to read for `channels`; `RtsSegError` if the raster does not match the training imagery."
     chs = self.channels if channels is None else channels
     names = ', '.join(c['name'] for c in chs)
     extra_file = all(c['source'] == 'EXTRA' for c in chs)
     if bands is None:
-        if src.count == len(chs): bands = list(range(1, len(chs) + 1))
-        elif extra_file and src.count == len(EXTRA_BANDS): bands = [c['band'] for c in chs] # the data contract's EXTRA layout
-        else: raise RtsSegError(f"{path} has {src.count} band(s); the model needs {len(chs)} ({names})" +
-                                (f" or the {len(EXTRA_BANDS)} EXTRA bands ({', '.join(EXTRA_BANDS)})" if extra_file else '') +
-                                ": choose them with --bands (inference.bands)")
+        if src.count == len(chs):
+            bands = list(range(1, len(chs) + 1))
+        elif extra_file and src.count == len(EXTRA_BANDS):
+            bands = [c['band'] for c in chs]  # the data contract's EXTRA layout
+        else:
+            raise RtsSegError(
+                f'{path} has {src.count} band(s); the model needs {len(chs)} ({names})'
+                + (f' or the {len(EXTRA_BANDS)} EXTRA bands ({", ".join(EXTRA_BANDS)})' if extra_file else '')
+                + ': choose them with --bands (inference.bands)'
+            )
     elif len(bands) != len(chs) or not all(1 <= b <= src.count for b in bands):
-        raise RtsSegError(f"--bands {' '.join(map(str, bands))} does not pick {len(chs)} band(s) ({names}) of the {src.count} in {path}")
+        raise RtsSegError(
+            f'--bands {" ".join(map(str, bands))} does not pick {len(chs)} band(s) ({names}) of the {src.count} in {path}'
+        )
     im = self.imagery
     trained = sorted({_dtype_class(im['dtypes'][c['source']]) for c in chs if c['source'] in im.get('dtypes', {})})
     got = _dtype_class(src.dtypes[0])
     if got != 'float' and trained and trained != [got]:
-        raise RtsSegError(f"{path} is {src.dtypes[0]}; the model was trained on {'/'.join(trained)} values ({names}): "
-                          f"convert the imagery to {trained[0]} with the training data's scaling (float imagery is taken as it is)")
+        raise RtsSegError(
+            f'{path} is {src.dtypes[0]}; the model was trained on {"/".join(trained)} values ({names}): '
+            f"convert the imagery to {trained[0]} with the training data's scaling (float imagery is taken as it is)"
+        )
     unit, px = grid_units(src.crs, src.transform)
     if im.get('crs_units') and unit != im['crs_units']:
-        raise RtsSegError(f"{path} has its pixels in {unit}s ({src.crs}); the model was trained on a CRS in {im['crs_units']}s "
-                          f"({im.get('crs')}): reproject it, e.g. gdalwarp -t_srs {im.get('crs')}")
+        raise RtsSegError(
+            f'{path} has its pixels in {unit}s ({src.crs}); the model was trained on a CRS in {im["crs_units"]}s '
+            f'({im.get("crs")}): reproject it, e.g. gdalwarp -t_srs {im.get("crs")}'
+        )
     if px and im.get('pixel_size_m') and max(px / im['pixel_size_m'], im['pixel_size_m'] / px) > tolerance:
-        raise RtsSegError(f"{path} has {px:g} m pixels; the model was trained on {im['pixel_size_m']:g} m pixels: resample the imagery "
-                          f"(or raise inference.pixel_size_tolerance, now {tolerance:g})")
+        raise RtsSegError(
+            f'{path} has {px:g} m pixels; the model was trained on {im["pixel_size_m"]:g} m pixels: resample the imagery '
+            f'(or raise inference.pixel_size_tolerance, now {tolerance:g})'
+        )
     return list(bands)
+
 
 Bundle.check_raster = _check_raster

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/checks.html.md"""
 
 # %% ../nbs/05a_checks.ipynb #82c786e9
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +16,7 @@ from rasterio.crs import CRS
 
 from .config import EXTRA_BANDS, DataConfig
 from .core import RtsSegError, atomic_path
-from .data import (channel_names, compute_stats, get_dls, read_group, read_metadata,
-                          read_splits, split_tiles)
+from .data import channel_names, compute_stats, get_dls, read_group, read_metadata, read_splits, split_tiles
 from .io import join, list_names, open_raster, retry
 
 # %% auto #0
@@ -27,66 +26,108 @@ __all__ = ['Problem', 'check_tile', 'show_batch', 'check_loader', 'check_data']
 @dataclass
 class Problem:
     "One thing wrong with a dataset."
-    tile_id:str # the tile, or '-' for the dataset as a whole
-    file:str # the file concerned
-    problem:str # what is wrong
-    def __str__(self): return f"{self.tile_id}: {self.file}: {self.problem}"
+
+    tile_id: str  # the tile, or '-' for the dataset as a whole
+    file: str  # the file concerned
+    problem: str  # what is wrong
+
+    def __str__(self):
+        return f'{self.tile_id}: {self.file}: {self.problem}'
 
 # %% ../nbs/05a_checks.ipynb #4bf68525
 def _profile(path):
     "(count, dtype, shape, crs, transform, nodata) of a raster, read from its header only."
+
     def rd():
-        with open_raster(path) as s: return s.count, s.dtypes[0], s.shape, s.crs, s.transform, s.nodata
+        with open_raster(path) as s:
+            return s.count, s.dtypes[0], s.shape, s.crs, s.transform, s.nodata
+
     return retry(rd, path)
 
-def check_tile(root:str, # dataset root (a folder or gs:// URL)
-               tile_id:str, # the tile
-               train_class:str, # its `TrainClass` in metadata.csv: Positive or Negative
-               extra:bool, # also check its aux bands (EXTRA/)
-              ) -> tuple[list[Problem], CRS|None]:
+
+def check_tile(
+    root: str,  # dataset root (a folder or gs:// URL)
+    tile_id: str,  # the tile
+    train_class: str,  # its `TrainClass` in metadata.csv: Positive or Negative
+    extra: bool,  # also check its aux bands (EXTRA/)
+) -> tuple[list[Problem], CRS | None]:
     "Problems of one tile, and its CRS (None when unreadable)."
-    probs:list[Problem] = []; crs = None
-    f = {g: join(root, d, f'{tile_id}.tif') for g, d in (('rgb', 'PLANET-RGB'), ('label', 'labels'), ('extra', 'EXTRA'))}
+    probs: list[Problem] = []
+    crs = None
+    f = {
+        g: join(root, d, f'{tile_id}.tif') for g, d in (('rgb', 'PLANET-RGB'), ('label', 'labels'), ('extra', 'EXTRA'))
+    }
     got = {}
     for g in ('rgb', 'label') + (('extra',) if extra else ()):
         try:
             a, ok, _ = read_group(root, tile_id, g, list(EXTRA_BANDS))
             got[g] = (a, ok, _profile(f[g]))
-        except RtsSegError as e: probs.append(Problem(tile_id, f[g], str(e).replace(f'{f[g]}: ', '')))
+        except RtsSegError as e:
+            probs.append(Problem(tile_id, f[g], str(e).replace(f'{f[g]}: ', '')))
     if 'rgb' in got:
         a, ok, (_, dt, shape, crs, tfm, nd) = got['rgb']
-        if a.dtype.kind not in 'ui': probs.append(Problem(tile_id, f['rgb'], f"dtype {a.dtype}; RGB tiles must be integer (uint8 0-255)"))
-        if crs is None: probs.append(Problem(tile_id, f['rgb'], "no CRS"))
+        if a.dtype.kind not in 'ui':
+            probs.append(Problem(tile_id, f['rgb'], f'dtype {a.dtype}; RGB tiles must be integer (uint8 0-255)'))
+        if crs is None:
+            probs.append(Problem(tile_id, f['rgb'], 'no CRS'))
     if 'label' in got:
         lbl = got['label'][0]
-        if train_class == 'Positive' and not (lbl == 1).any(): probs.append(Problem(tile_id, f['label'], "TrainClass is Positive but the label has no RTS pixel (1)"))
-        if train_class == 'Negative' and (lbl == 1).any(): probs.append(Problem(tile_id, f['label'], f"TrainClass is Negative but the label has {int((lbl == 1).sum())} RTS pixel(s)"))
-        if train_class not in ('Positive', 'Negative'): probs.append(Problem(tile_id, join(root, 'metadata.csv'), f"TrainClass is '{train_class}'; use Positive or Negative"))
+        if train_class == 'Positive' and not (lbl == 1).any():
+            probs.append(Problem(tile_id, f['label'], 'TrainClass is Positive but the label has no RTS pixel (1)'))
+        if train_class == 'Negative' and (lbl == 1).any():
+            probs.append(
+                Problem(
+                    tile_id,
+                    f['label'],
+                    f'TrainClass is Negative but the label has {int((lbl == 1).sum())} RTS pixel(s)',
+                )
+            )
+        if train_class not in ('Positive', 'Negative'):
+            probs.append(
+                Problem(tile_id, join(root, 'metadata.csv'), f"TrainClass is '{train_class}'; use Positive or Negative")
+            )
     for g in ('label', 'extra'):
         if 'rgb' in got and g in got:
             _, _, (_, _, shape, crs, tfm, _) = got['rgb']
             _, _, (_, _, s2, c2, t2, _) = got[g]
-            if s2 != shape: probs.append(Problem(tile_id, f[g], f"size {s2[1]}x{s2[0]} differs from the image's {shape[1]}x{shape[0]}"))
-            elif c2 != crs or not t2.almost_equals(tfm): probs.append(Problem(tile_id, f[g], f"georeferencing (CRS/transform) differs from the image's: {c2} {tuple(t2)[:6]} vs {crs} {tuple(tfm)[:6]}"))
+            if s2 != shape:
+                probs.append(
+                    Problem(tile_id, f[g], f"size {s2[1]}x{s2[0]} differs from the image's {shape[1]}x{shape[0]}")
+                )
+            elif c2 != crs or not t2.almost_equals(tfm):
+                probs.append(
+                    Problem(
+                        tile_id,
+                        f[g],
+                        f"georeferencing (CRS/transform) differs from the image's: {c2} {tuple(t2)[:6]} vs {crs} {tuple(tfm)[:6]}",
+                    )
+                )
     if 'extra' in got:
         a, ok, prof = got['extra']
         nd = prof[5]
         bad = ~np.isfinite(a) & ~(np.isnan(a) if nd is not None and np.isnan(nd) else False)
-        if nd is not None and np.isfinite(nd): bad &= a != nd
+        if nd is not None and np.isfinite(nd):
+            bad &= a != nd
         if bad.any():
             names = [EXTRA_BANDS[i] for i in np.flatnonzero(bad.any((1, 2)))]
-            probs.append(Problem(tile_id, f['extra'], f"{int(bad.sum())} NaN/inf value(s) in aux band(s) {', '.join(names)}"))
+            probs.append(
+                Problem(tile_id, f['extra'], f'{int(bad.sum())} NaN/inf value(s) in aux band(s) {", ".join(names)}')
+            )
     return probs, crs
 
 # %% ../nbs/05a_checks.ipynb #15fd5fa5
-def show_batch(xb:torch.Tensor, # (B, C, H, W) images, RGB first
-               yb:torch.Tensor, # (B, H, W) labels
-               path:str|Path, # picture to write (png unless the suffix says otherwise)
-               n:int=8, # most tiles to show
-               ignore_index:int=255, # label value drawn grey
-              ):
+def show_batch(
+    xb: torch.Tensor,  # (B, C, H, W) images, RGB first
+    yb: torch.Tensor,  # (B, H, W) labels
+    path: str | Path,  # picture to write (png unless the suffix says otherwise)
+    n: int = 8,  # most tiles to show
+    ignore_index: int = 255,  # label value drawn grey
+):
     "Save a picture of a batch: the RGB image, the label overlaid (red) and ignored pixels (grey)."
-    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+    from matplotlib.figure import (
+        Figure,
+    )  # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+
     n = min(n, len(xb))
     fig = Figure(figsize=(2.2 * n, 4.6))
     axs = fig.subplots(2, n, squeeze=False)
@@ -97,18 +138,23 @@ def show_batch(xb:torch.Tensor, # (B, C, H, W) images, RGB first
         ov = rgb.copy()
         ov[(y > 0.5) & (y != ignore_index)] = 0.5 * ov[(y > 0.5) & (y != ignore_index)] + [0.5, 0, 0]
         ov[y == ignore_index] = 0.5
-        axs[0, i].imshow(rgb); axs[1, i].imshow(ov)
-        for ax in axs[:, i]: ax.axis('off')
-    axs[0, 0].set_title('image', loc='left'); axs[1, 0].set_title('label (red), ignore (grey)', loc='left')
+        axs[0, i].imshow(rgb)
+        axs[1, i].imshow(ov)
+        for ax in axs[:, i]:
+            ax.axis('off')
+    axs[0, 0].set_title('image', loc='left')
+    axs[1, 0].set_title('label (red), ignore (grey)', loc='left')
     fig.tight_layout()
     path = Path(path)
-    with atomic_path(path) as tmp: fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=path.suffix[1:] or 'png', dpi=80)
 
 # %% ../nbs/05a_checks.ipynb #f84c4701
-def check_loader(cfg:DataConfig, # data settings of the DataLoader
-                 picture:str|Path, # where to save the picture of the first batch
-                 n_batches:int=2, # batches to draw
-                ) -> list[Problem]:
+def check_loader(
+    cfg: DataConfig,  # data settings of the DataLoader
+    picture: str | Path,  # where to save the picture of the first batch
+    n_batches: int = 2,  # batches to draw
+) -> list[Problem]:
     "Run the training DataLoader for `n_batches` batches and save a picture of the first one."
     try:
         tiles = split_tiles(cfg.root)
@@ -116,48 +162,86 @@ def check_loader(cfg:DataConfig, # data settings of the DataLoader
         dls = get_dls(cfg.model_copy(update=dict(batch_size=min(cfg.batch_size, 8))), stats)
         for i, (xb, yb) in enumerate(dls.train):
             c = len(channel_names(cfg.extra_channels))
-            if xb.shape[1] != c or not xb.isfinite().all(): return [Problem('-', 'DataLoader', f"batch {i}: shape {tuple(xb.shape)} or non-finite values (expected {c} channels)")]
-            if i == 0: show_batch(xb, yb, picture, ignore_index=cfg.ignore_index)
-            if i + 1 >= n_batches: break
-    except RtsSegError as e: return [Problem('-', 'DataLoader', str(e))]
+            if xb.shape[1] != c or not xb.isfinite().all():
+                return [
+                    Problem(
+                        '-',
+                        'DataLoader',
+                        f'batch {i}: shape {tuple(xb.shape)} or non-finite values (expected {c} channels)',
+                    )
+                ]
+            if i == 0:
+                show_batch(xb, yb, picture, ignore_index=cfg.ignore_index)
+            if i + 1 >= n_batches:
+                break
+    except RtsSegError as e:
+        return [Problem('-', 'DataLoader', str(e))]
     return []
 
 # %% ../nbs/05a_checks.ipynb #7b4f7c0f
-def check_data(root:str|Path, # dataset root (a folder or gs:// URL)
-               cfg:DataConfig|None=None, # data settings used for the DataLoader run (root is replaced)
-               picture:str|Path|None=None, # where to save the picture of a batch (None: no DataLoader run)
-               n_batches:int=2, # batches to draw through the DataLoader
-               verbose:bool=False, # print progress
-              ) -> list[Problem]:
+def check_data(
+    root: str | Path,  # dataset root (a folder or gs:// URL)
+    cfg: DataConfig | None = None,  # data settings used for the DataLoader run (root is replaced)
+    picture: str | Path | None = None,  # where to save the picture of a batch (None: no DataLoader run)
+    n_batches: int = 2,  # batches to draw through the DataLoader
+    verbose: bool = False,  # print progress
+) -> list[Problem]:
     "Every problem of the dataset at `root`; an empty list when it is clean."
     root = str(root)
     cfg = (cfg or DataConfig()).model_copy(update=dict(root=root))
     probs, meta, regions = [], None, {}
-    try: meta = read_metadata(root)
-    except RtsSegError as e: probs.append(Problem('-', join(root, 'metadata.csv'), str(e)))
-    try: regions = {r: s for s, rs in read_splits(root).items() for r in rs}
-    except RtsSegError as e: probs.append(Problem('-', join(root, 'splits.yaml'), str(e)))
+    try:
+        meta = read_metadata(root)
+    except RtsSegError as e:
+        probs.append(Problem('-', join(root, 'metadata.csv'), str(e)))
+    try:
+        regions = {r: s for s, rs in read_splits(root).items() for r in rs}
+    except RtsSegError as e:
+        probs.append(Problem('-', join(root, 'splits.yaml'), str(e)))
     files = {d: {n[:-4] for n in list_names(join(root, d), '.tif')} for d in ('PLANET-RGB', 'labels', 'EXTRA')}
     extra = bool(files['EXTRA']) or bool(cfg.extra_channels)
-    if meta is None: return probs
+    if meta is None:
+        return probs
     ids = meta.tile_id.tolist()
     for t in sorted(set(ids)):
-        if ids.count(t) > 1: probs.append(Problem(t, join(root, 'metadata.csv'), f"tile_id listed {ids.count(t)} times"))
+        if ids.count(t) > 1:
+            probs.append(Problem(t, join(root, 'metadata.csv'), f'tile_id listed {ids.count(t)} times'))
     for d in ('PLANET-RGB', 'labels') + (('EXTRA',) if extra else ()):
-        for t in sorted(set(ids) - files[d]): probs.append(Problem(t, join(root, d, f'{t}.tif'), "named in metadata.csv but the file does not exist"))
-        for t in sorted(files[d] - set(ids)): probs.append(Problem(t, join(root, d, f'{t}.tif'), "file not listed in metadata.csv"))
+        for t in sorted(set(ids) - files[d]):
+            probs.append(Problem(t, join(root, d, f'{t}.tif'), 'named in metadata.csv but the file does not exist'))
+        for t in sorted(files[d] - set(ids)):
+            probs.append(Problem(t, join(root, d, f'{t}.tif'), 'file not listed in metadata.csv'))
     for r in sorted(set(meta.RegionName) - set(regions)):
-        if regions: probs.append(Problem('-', join(root, 'splits.yaml'), f"region '{r}' of metadata.csv is in no split: its tiles would never be used"))
-    crss:dict[str, list[str]] = {}
+        if regions:
+            probs.append(
+                Problem(
+                    '-',
+                    join(root, 'splits.yaml'),
+                    f"region '{r}' of metadata.csv is in no split: its tiles would never be used",
+                )
+            )
+    crss: dict[str, list[str]] = {}
     for i, row in enumerate(meta.itertuples()):
-        if row.tile_id not in files['PLANET-RGB'] or row.tile_id not in files['labels']: continue
+        if row.tile_id not in files['PLANET-RGB'] or row.tile_id not in files['labels']:
+            continue
         p, crs = check_tile(root, row.tile_id, row.TrainClass, extra and row.tile_id in files['EXTRA'])
         probs += p
-        if crs is not None: crss.setdefault(crs.to_string(), []).append(row.tile_id)
-        if verbose and i % 500 == 0: print(f'checked {i + 1}/{len(meta)} tiles', flush=True)
+        if crs is not None:
+            crss.setdefault(crs.to_string(), []).append(row.tile_id)
+        if verbose and i % 500 == 0:
+            print(f'checked {i + 1}/{len(meta)} tiles', flush=True)
     if len(crss) > 1:
         main = max(crss, key=lambda c: len(crss[c]))
         for c, ts in crss.items():
-            if c != main: probs += [Problem(t, join(root, 'PLANET-RGB', f'{t}.tif'), f"CRS {c} differs from the rest of the dataset ({main})") for t in ts]
-    if picture is not None and not probs: probs += check_loader(cfg, picture, n_batches)
+            if c != main:
+                probs += [
+                    Problem(
+                        t,
+                        join(root, 'PLANET-RGB', f'{t}.tif'),
+                        f'CRS {c} differs from the rest of the dataset ({main})',
+                    )
+                    for t in ts
+                ]
+    if picture is not None and not probs:
+        probs += check_loader(cfg, picture, n_batches)
     return probs

@@ -26,10 +26,13 @@ def cmd_synth(sub):
     s.add_argument('--size', type=int, default=128, help='tile side in pixels (default 128)')
     s.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     s.add_argument('--extra', action='store_true', help='also write EXTRA/ aux bands (ndvi, nir, re, sr)')
+
     def fn(a):
         from rts_seg.synthetic import synth_dataset
+
         root = synth_dataset(a.out, tiles=a.tiles, size=a.size, seed=a.seed, extra=a.extra)
         print(f'wrote {a.tiles} tiles of {a.size} px to {root}')
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #c0f4470b
@@ -37,42 +40,92 @@ def cmd_train(sub):
     "rts-seg train: train from a YAML config and dotted overrides."
     t = sub.add_parser('train', help='train a model from a YAML config')
     add_train_args(t)
+
     def fn(a):
-        cfg = load_config(a.config, a.overrides) # a config mistake is reported before torch and fastai load
+        cfg = load_config(a.config, a.overrides)  # a config mistake is reported before torch and fastai load
         from rts_seg.io import check_data_root
-        check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None) # so is a data.root that does not exist
-        if a.check: print(config_yaml(cfg), end=''); return
+
+        check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None)  # so is a data.root that does not exist
+        if a.check:
+            print(config_yaml(cfg), end='')
+            return
         from rts_seg.train import train_from_args
+
         train_from_args(a, cfg)
+
     t.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #863612de
 def cmd_predict(sub):
     "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
     q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
-    q.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar; a path or gs:// URI (downloaded once)')
+    q.add_argument(
+        '--model',
+        required=True,
+        help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar; a path or gs:// URI (downloaded once)',
+    )
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
     src.add_argument('--tile-list', help='CSV with tile_id (and RegionName) of tiles under --imagery')
-    q.add_argument('--imagery', help='imagery root with PLANET-RGB/{tile_id}.tif, and EXTRA/{tile_id}.tif for a model with aux bands (with --tile-list)')
-    q.add_argument('--extra', nargs='+', default=None, help='per --scene, a raster of its aux bands on its grid (a model trained with data.extra_channels)')
+    q.add_argument(
+        '--imagery',
+        help='imagery root with PLANET-RGB/{tile_id}.tif, and EXTRA/{tile_id}.tif for a model with aux bands (with --tile-list)',
+    )
+    q.add_argument(
+        '--extra',
+        nargs='+',
+        default=None,
+        help='per --scene, a raster of its aux bands on its grid (a model trained with data.extra_channels)',
+    )
     q.add_argument('--out', required=True, help='output folder')
     q.add_argument('--config', default=None, help='YAML with an inference section (e.g. configs/inference.yaml)')
-    q.add_argument('--shard', default=None, help="this VM's share of the tile list: i/n (e.g. 0/8), or auto from a batch engine's task index and count "
-                   "(Cloud Batch, Cloud Run jobs; auto/N with a Kubernetes indexed Job of N completions)")
+    q.add_argument(
+        '--shard',
+        default=None,
+        help="this VM's share of the tile list: i/n (e.g. 0/8), or auto from a batch engine's task index and count "
+        '(Cloud Batch, Cloud Run jobs; auto/N with a Kubernetes indexed Job of N completions)',
+    )
     q.add_argument('--resume', action='store_true', help='skip tiles a manifest in --out lists as finished')
-    for flag, key, typ in (('--tile-size', 'tile_size', int), ('--stride', 'stride', int), ('--batch-size', 'batch_size', int),
-                           ('--threshold', 'threshold', float), ('--device', 'device', str)):
+    for flag, key, typ in (
+        ('--tile-size', 'tile_size', int),
+        ('--stride', 'stride', int),
+        ('--batch-size', 'batch_size', int),
+        ('--threshold', 'threshold', float),
+        ('--device', 'device', str),
+    ):
         q.add_argument(flag, type=typ, default=None, help=f'shortcut for inference.{key}=...')
-    q.add_argument('--bands', type=int, nargs='+', default=None, help='1-based bands of the imagery to use, in the model\'s channel order (inference.bands)')
+    q.add_argument(
+        '--bands',
+        type=int,
+        nargs='+',
+        default=None,
+        help="1-based bands of the imagery to use, in the model's channel order (inference.bands)",
+    )
     q.add_argument('overrides', nargs='*', help='config overrides, e.g. inference.tta=full inference.scales=[1.0,0.5]')
+
     def fn(a):
         from rts_seg.infer import run_inference
-        extra = [f'inference.{k}={v}' for k in ('tile_size', 'stride', 'batch_size', 'threshold', 'device')
-                 if (v := getattr(a, k)) is not None]
-        if a.bands: extra.append(f'inference.bands=[{",".join(map(str, a.bands))}]')
+
+        extra = [
+            f'inference.{k}={v}'
+            for k in ('tile_size', 'stride', 'batch_size', 'threshold', 'device')
+            if (v := getattr(a, k)) is not None
+        ]
+        if a.bands:
+            extra.append(f'inference.bands=[{",".join(map(str, a.bands))}]')
         cfg = load_config(a.config, extra + a.overrides).inference
-        run_inference(a.model, a.out, scenes=a.scene, extra=a.extra, tile_list=a.tile_list, imagery=a.imagery, cfg=cfg, shard=a.shard, resume=a.resume)
+        run_inference(
+            a.model,
+            a.out,
+            scenes=a.scene,
+            extra=a.extra,
+            tile_list=a.tile_list,
+            imagery=a.imagery,
+            cfg=cfg,
+            shard=a.shard,
+            resume=a.resume,
+        )
+
     q.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #6200846a
@@ -80,15 +133,27 @@ def cmd_stats(sub):
     "rts-seg stats: normalisation statistics of a dataset's training tiles."
     s = sub.add_parser('stats', help='per-channel mean/std after percentile clipping (normalization_stats.json)')
     s.add_argument('--root', required=True, help='dataset root: a folder or gs://bucket/prefix')
-    s.add_argument('--split', default='train', choices=['train', 'val', 'test'], help='split whose tiles are used (default train)')
-    s.add_argument('--clip', type=float, nargs=2, default=(1., 99.), metavar=('LOW', 'HIGH'), help='percentiles to clip at (default 1 99)')
+    s.add_argument(
+        '--split', default='train', choices=['train', 'val', 'test'], help='split whose tiles are used (default train)'
+    )
+    s.add_argument(
+        '--clip',
+        type=float,
+        nargs=2,
+        default=(1.0, 99.0),
+        metavar=('LOW', 'HIGH'),
+        help='percentiles to clip at (default 1 99)',
+    )
     s.add_argument('--extra', nargs='*', default=[], help='aux channels by name (ndvi nir re sr)')
     s.add_argument('--out', required=True, help='JSON file to write')
+
     def fn(a):
         from rts_seg.data import compute_stats, save_stats, split_tiles
+
         st = compute_stats(a.root, split_tiles(a.root)[a.split], tuple(a.clip), a.extra)
         save_stats(st, a.out)
-        print(f"{st['n_tiles_used']} tiles, channels {', '.join(st['channels'])}: wrote {a.out}")
+        print(f'{st["n_tiles_used"]} tiles, channels {", ".join(st["channels"])}: wrote {a.out}')
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #6ed75fea
@@ -99,18 +164,23 @@ def cmd_check_data(sub):
     s.add_argument('--config', default=None, help='run config whose data section is used for the DataLoader run')
     s.add_argument('--report', default=None, help='also write the problems here; the batch picture goes next to it')
     s.add_argument('--batches', type=int, default=2, help='batches drawn through the DataLoader (default 2)')
+
     def fn(a):
         from pathlib import Path
         from rts_seg.checks import check_data
         from rts_seg.core import atomic_write_text
+
         cfg = load_config(a.config).data if a.config else None
         pic = Path(a.report).with_suffix('.png') if a.report else Path('check_data_batch.png')
         probs = check_data(a.root, cfg, picture=pic, n_batches=a.batches, verbose=True)
         lines = [str(p) for p in probs]
-        for l in lines: print(l)
-        if a.report: atomic_write_text(a.report, ''.join(l + '\n' for l in lines))
-        print(f"{len(probs)} problem(s) in {a.root}" + ('' if probs else f"; batch picture: {pic}"))
+        for l in lines:
+            print(l)
+        if a.report:
+            atomic_write_text(a.report, ''.join(l + '\n' for l in lines))
+        print(f'{len(probs)} problem(s) in {a.root}' + ('' if probs else f'; batch picture: {pic}'))
         return 1 if probs else 0
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #c0dcfc36
@@ -121,16 +191,32 @@ def cmd_make_dataset(sub):
     s.add_argument('--polygons', required=True, help='slump polygons: GeoJSON, GPKG or shapefile, any CRS')
     s.add_argument('--out', required=True, help='dataset root to create')
     s.add_argument('--tile-size', type=int, default=512, help='tile side in pixels (default 512)')
-    s.add_argument('--region-column', default='RegionName', help='polygon attribute naming the region (default RegionName)')
+    s.add_argument(
+        '--region-column', default='RegionName', help='polygon attribute naming the region (default RegionName)'
+    )
     s.add_argument('--uid-column', default='UID', help='polygon attribute with the slump id (default UID)')
-    s.add_argument('--min-inside', type=float, default=0.5, help='share of a slump that must lie in a tile for label 1, else 255 (default 0.5)')
-    s.add_argument('--bands', type=int, nargs=3, default=(1, 2, 3), help='1-based scene bands holding R, G, B (default 1 2 3)')
+    s.add_argument(
+        '--min-inside',
+        type=float,
+        default=0.5,
+        help='share of a slump that must lie in a tile for label 1, else 255 (default 0.5)',
+    )
+    s.add_argument(
+        '--bands', type=int, nargs=3, default=(1, 2, 3), help='1-based scene bands holding R, G, B (default 1 2 3)'
+    )
+
     def fn(a):
         import pandas as pd
         from rts_seg.make_dataset import make_dataset
-        root = make_dataset(a.images, a.polygons, a.out, a.tile_size, a.region_column, a.uid_column, a.min_inside, a.bands)
-        meta = pd.read_csv(root/'metadata.csv', keep_default_na=False)
-        print(f"wrote {len(meta)} tiles ({(meta.TrainClass == 'Positive').sum()} positive) in {meta.RegionName.nunique()} region(s) to {root}")
+
+        root = make_dataset(
+            a.images, a.polygons, a.out, a.tile_size, a.region_column, a.uid_column, a.min_inside, a.bands
+        )
+        meta = pd.read_csv(root / 'metadata.csv', keep_default_na=False)
+        print(
+            f'wrote {len(meta)} tiles ({(meta.TrainClass == "Positive").sum()} positive) in {meta.RegionName.nunique()} region(s) to {root}'
+        )
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #c6c2dc5f
@@ -140,25 +226,36 @@ def cmd_image_tag(sub):
     s.add_argument('--arch', default=None, help='GPU generation: pre-ampere, ampere or hopper (default: none)')
     s.add_argument('--root', default='.', help='repository root, or a folder inside it (default: here)')
     s.add_argument('--files', action='store_true', help='also list the hashed files')
+
     def fn(a):
         from rts_seg.image import find_root, image_files, image_tag
+
         root = find_root(a.root)
-        if a.files: print('\n'.join(image_files(root)))
+        if a.files:
+            print('\n'.join(image_files(root)))
         print(image_tag(root, a.arch))
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #bc6d8b70
 def cmd_image_check(sub):
     "rts-seg image-check: the checks docker/validate.sh runs inside an image."
     s = sub.add_parser('image-check', help='check GPU, image variant, imports and a few training steps')
-    s.add_argument('--arch', default=None, help='expected GPU generation (default: $RTS_SEG_GPU_ARCH, set in the images)')
+    s.add_argument(
+        '--arch', default=None, help='expected GPU generation (default: $RTS_SEG_GPU_ARCH, set in the images)'
+    )
     s.add_argument('--steps', type=int, default=3, help='training steps on generated data; 0 skips them (default 3)')
     s.add_argument('--require-gpu', action='store_true', help='a missing GPU fails instead of being skipped')
+
     def fn(a):
         from rts_seg.image import GPU_ARCHS, image_checks, run_checks
         from rts_seg.core import RtsSegError
-        if a.arch is not None and a.arch not in GPU_ARCHS: raise RtsSegError(f"unknown --arch '{a.arch}'; use one of {', '.join(GPU_ARCHS)}")
-        if not run_checks(image_checks(a.arch, a.steps, a.require_gpu)): raise SystemExit(1)
+
+        if a.arch is not None and a.arch not in GPU_ARCHS:
+            raise RtsSegError(f"unknown --arch '{a.arch}'; use one of {', '.join(GPU_ARCHS)}")
+        if not run_checks(image_checks(a.arch, a.steps, a.require_gpu)):
+            raise SystemExit(1)
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #bd92b02f
@@ -166,18 +263,32 @@ def cmd_evaluate(sub):
     "rts-seg evaluate: pixel IoU, PR-AUC and object scores of predictions against ground truth."
     e = sub.add_parser('evaluate', help='score predictions against label GeoTIFFs or polygons')
     e.add_argument('--pred', required=True, help='output folder of rts-seg predict')
-    e.add_argument('--truth', required=True, help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file')
-    e.add_argument('--iou', type=float, nargs='+', default=[0.1, 0.3, 0.5], help='object IoU thresholds (default 0.1 0.3 0.5)')
+    e.add_argument(
+        '--truth', required=True, help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file'
+    )
+    e.add_argument(
+        '--iou', type=float, nargs='+', default=[0.1, 0.3, 0.5], help='object IoU thresholds (default 0.1 0.3 0.5)'
+    )
     e.add_argument('--out', default=None, help='folder for evaluation.json and pr_curve.png (default --pred)')
-    e.add_argument('--min-area-m2', type=float, default=None, help="mapped objects: the smallest polygon kept (default: the prediction's, from its inference_log.json)")
+    e.add_argument(
+        '--min-area-m2',
+        type=float,
+        default=None,
+        help="mapped objects: the smallest polygon kept (default: the prediction's, from its inference_log.json)",
+    )
+
     def fn(a):
         from rts_seg.evaluate import evaluate
+
         r = evaluate(a.pred, a.truth, a.iou, a.out, a.min_area_m2)
         iou = str(a.iou[min(1, len(a.iou) - 1)])
         o, m = r['objects'][iou], r['objects_mapped'][iou]
-        print(f"{r['n_images']} image(s): pixel IoU {r['pixel_iou']:.3f}, PR-AUC {r['pr_auc']:.3f}; objects at IoU {iou}: "
-              f"as mapped (>= {r['min_area_m2']:g} m2) P {m['precision']:.3f} R {m['recall']:.3f} F1 {m['f1']:.3f}, "
-              f"raw (every component) P {o['precision']:.3f} R {o['recall']:.3f} F1 {o['f1']:.3f} -> {Path(a.out or a.pred)/'evaluation.json'}")
+        print(
+            f'{r["n_images"]} image(s): pixel IoU {r["pixel_iou"]:.3f}, PR-AUC {r["pr_auc"]:.3f}; objects at IoU {iou}: '
+            f'as mapped (>= {r["min_area_m2"]:g} m2) P {m["precision"]:.3f} R {m["recall"]:.3f} F1 {m["f1"]:.3f}, '
+            f'raw (every component) P {o["precision"]:.3f} R {o["recall"]:.3f} F1 {o["f1"]:.3f} -> {Path(a.out or a.pred) / "evaluation.json"}'
+        )
+
     e.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #6c122e5d
@@ -187,103 +298,225 @@ def cmd_export(sub):
     e.add_argument('--model', required=True, help='model bundle written by rts-seg train (best.pth)')
     e.add_argument('--format', default='onnx', help='onnx (default) or torchscript')
     e.add_argument('--out', default=None, help='file to write (default: beside --model, best.onnx or best.pt)')
-    e.add_argument('--tile-size', type=int, default=None, help="side of the example input in pixels (default: the model's tile size); any size runs")
+    e.add_argument(
+        '--tile-size',
+        type=int,
+        default=None,
+        help="side of the example input in pixels (default: the model's tile size); any size runs",
+    )
+
     def fn(a):
         from rts_seg.export import export_model
+
         path = export_model(a.model, a.format, a.out, a.tile_size)
         print(f'wrote {path} and {path}.json')
+
     e.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #d77adf1a
 def cmd_serve(sub):
     "rts-seg serve: the model behind an HTTP API (FastAPI + uvicorn)."
     import os
-    s = sub.add_parser('serve', help='serve a model over HTTP: GET /health, POST /predict (GeoTIFF in, GeoJSON polygons out)')
-    s.add_argument('--model', default=os.environ.get('MODEL_PATH'), help='model bundle (best.pth) or export, a path or gs:// URI (default $MODEL_PATH)')
+
+    s = sub.add_parser(
+        'serve', help='serve a model over HTTP: GET /health, POST /predict (GeoTIFF in, GeoJSON polygons out)'
+    )
+    s.add_argument(
+        '--model',
+        default=os.environ.get('MODEL_PATH'),
+        help='model bundle (best.pth) or export, a path or gs:// URI (default $MODEL_PATH)',
+    )
     s.add_argument('--host', default='127.0.0.1', help='interface to listen on (0.0.0.0 in a container)')
     s.add_argument('--port', type=int, default=8080, help='TCP port (default 8080)')
     s.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
-    s.add_argument('--max-mb', type=float, default=512, help='largest request in MiB; larger ones get 413 (default 512)')
+    s.add_argument(
+        '--max-mb', type=float, default=512, help='largest request in MiB; larger ones get 413 (default 512)'
+    )
+
     def fn(a):
         from rts_seg.core import RtsSegError
-        if not a.model: raise RtsSegError("rts-seg serve needs --model PATH_OR_URI, or MODEL_PATH set to one")
+
+        if not a.model:
+            raise RtsSegError('rts-seg serve needs --model PATH_OR_URI, or MODEL_PATH set to one')
         from rts_seg.serve import serve
+
         serve(a.model, a.host, a.port, a.device, a.max_mb)
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #4b75d3de
 def cmd_launch(sub):
     "rts-seg launch: train on Vertex AI or predict on Cloud Batch, building the image only when its content hash is new."
     import os
-    s = sub.add_parser('launch', help='train on Vertex AI or predict on Cloud Batch (image built only when its content hash is new)')
+
+    s = sub.add_parser(
+        'launch', help='train on Vertex AI or predict on Cloud Batch (image built only when its content hash is new)'
+    )
     kinds = s.add_subparsers(dest='kind', required=True)
+
     def common(p, machine):
-        p.add_argument('--registry', default=os.environ.get('RTS_SEG_REGISTRY'), help='HOST/PATH of the images, e.g. us-central1-docker.pkg.dev/PROJECT/REPO (default $RTS_SEG_REGISTRY)')
+        p.add_argument(
+            '--registry',
+            default=os.environ.get('RTS_SEG_REGISTRY'),
+            help='HOST/PATH of the images, e.g. us-central1-docker.pkg.dev/PROJECT/REPO (default $RTS_SEG_REGISTRY)',
+        )
         p.add_argument('--region', required=True, help='region of the job, e.g. us-central1')
         p.add_argument('--project', default=None, help="Google Cloud project (default: the registry's, else gcloud's)")
         p.add_argument('--machine', default=machine, help=f'machine type (default {machine})')
-        p.add_argument('--gpus', type=int, default=None, help='GPUs per machine (must match the machine type; required with n1-*)')
+        p.add_argument(
+            '--gpus', type=int, default=None, help='GPUs per machine (must match the machine type; required with n1-*)'
+        )
         p.add_argument('--accelerator', default=None, help='t4 or v100, with n1-* machine types')
-        p.add_argument('--source', default='local', choices=['local', 'git'], help='build from the working tree (local) or a clean export of --branch (git)')
-        p.add_argument('--branch', default=None, help='with --source git: the branch or commit (default: the current branch)')
+        p.add_argument(
+            '--source',
+            default='local',
+            choices=['local', 'git'],
+            help='build from the working tree (local) or a clean export of --branch (git)',
+        )
+        p.add_argument(
+            '--branch', default=None, help='with --source git: the branch or commit (default: the current branch)'
+        )
         p.add_argument('--name', default=None, help='job name (default rts-train-/rts-predict-DATE-TIME)')
-        p.add_argument('--env', action='append', default=[], metavar='NAME=VALUE', help='environment variable of the job (no secrets); repeat for more')
+        p.add_argument(
+            '--env',
+            action='append',
+            default=[],
+            metavar='NAME=VALUE',
+            help='environment variable of the job (no secrets); repeat for more',
+        )
         p.add_argument('--service-account', default=None, help="the job's identity (e-mail of a service account)")
         p.add_argument('--image', default='rts-seg', help='image name (default rts-seg)')
         p.add_argument('--root', default='.', help='repository root, or a folder inside it (default: here)')
-        p.add_argument('--dry-run', action='store_true', help='print the commands and the job JSON; build and submit nothing')
+        p.add_argument(
+            '--dry-run', action='store_true', help='print the commands and the job JSON; build and submit nothing'
+        )
+
     t = kinds.add_parser('train', help='a Vertex AI custom job on one machine with all its GPUs')
     t.add_argument('--config', required=True, help="run config, a YAML file in the repository's configs/")
     t.add_argument('--output', required=True, help='gs:// folder of the run (checkpoints, metrics, training state)')
     t.add_argument('--spot', action='store_true', help='spot VMs (preempted at times: the job restarts and resumes)')
-    t.add_argument('--mlflow-uri', default=None, help="MLflow tracking server for the run (default: the image's store, inside the job)")
+    t.add_argument(
+        '--mlflow-uri',
+        default=None,
+        help="MLflow tracking server for the run (default: the image's store, inside the job)",
+    )
     t.add_argument('--timeout-hours', type=float, default=None, help='longest run (default: 7 days)')
     t.add_argument('--disk-gb', type=int, default=None, help='boot disk size in GB')
     common(t, 'a3-highgpu-8g')
-    t.add_argument('overrides', nargs='*', metavar='key=value', help='config overrides, e.g. data.root=gs://BUCKET/data train.epochs=60')
+    t.add_argument(
+        'overrides',
+        nargs='*',
+        metavar='key=value',
+        help='config overrides, e.g. data.root=gs://BUCKET/data train.epochs=60',
+    )
     q = kinds.add_parser('predict', help='a Cloud Batch job: one task per shard of a tile list, on spot GPU VMs')
     q.add_argument('--model', required=True, help='gs:// URI of best.pth (or an export with its sidecar)')
     q.add_argument('--tile-list', required=True, help='gs:// URI of the tile list (CSV with tile_id, RegionName)')
     q.add_argument('--imagery', required=True, help='gs:// imagery root (PLANET-RGB/, EXTRA/)')
     q.add_argument('--out', required=True, help='gs:// output folder')
     q.add_argument('--tasks', type=int, default=64, help='tasks, one shard of the tile list each (default 64)')
-    q.add_argument('--parallelism', type=int, default=None, help='tasks at once, one VM each (default: tasks, at most 32)')
+    q.add_argument(
+        '--parallelism', type=int, default=None, help='tasks at once, one VM each (default: tasks, at most 32)'
+    )
     q.add_argument('--no-spot', dest='spot', action='store_false', help='standard VMs instead of spot ones')
     q.add_argument('--spot', dest='spot', action='store_true', default=True, help='spot VMs (the default)')
-    q.add_argument('--retries', type=int, default=3, help='retries of a task whose VM was preempted or lost (default 3)')
+    q.add_argument(
+        '--retries', type=int, default=3, help='retries of a task whose VM was preempted or lost (default 3)'
+    )
     q.add_argument('--max-run-hours', type=float, default=24, help='longest run of one task (default 24)')
-    q.add_argument('--secret', action='append', default=[], metavar='NAME=projects/P/secrets/S/versions/V', help='a Secret Manager version as an environment variable of the tasks')
+    q.add_argument(
+        '--secret',
+        action='append',
+        default=[],
+        metavar='NAME=projects/P/secrets/S/versions/V',
+        help='a Secret Manager version as an environment variable of the tasks',
+    )
     common(q, 'g2-standard-8')
-    q.add_argument('overrides', nargs='*', metavar='key=value', help='inference overrides for every task, e.g. inference.tta=full')
+    q.add_argument(
+        'overrides', nargs='*', metavar='key=value', help='inference overrides for every task, e.g. inference.tta=full'
+    )
+
     def fn(a):
         from rts_seg.image import find_root
         from rts_seg.launch import launch_predict, launch_train
-        kw = dict(registry=a.registry, region=a.region, machine=a.machine, gpus=a.gpus, accelerator=a.accelerator, project=a.project,
-                  spot=a.spot, source=a.source, branch=a.branch, name=a.name, env=a.env, service_account=a.service_account,
-                  image=a.image, dry_run=a.dry_run)
+
+        kw = dict(
+            registry=a.registry,
+            region=a.region,
+            machine=a.machine,
+            gpus=a.gpus,
+            accelerator=a.accelerator,
+            project=a.project,
+            spot=a.spot,
+            source=a.source,
+            branch=a.branch,
+            name=a.name,
+            env=a.env,
+            service_account=a.service_account,
+            image=a.image,
+            dry_run=a.dry_run,
+        )
         root = find_root(a.root)
         if a.kind == 'train':
-            launch_train(root, a.config, a.overrides, output=a.output, mlflow_uri=a.mlflow_uri, timeout_hours=a.timeout_hours, disk_gb=a.disk_gb, **kw)
+            launch_train(
+                root,
+                a.config,
+                a.overrides,
+                output=a.output,
+                mlflow_uri=a.mlflow_uri,
+                timeout_hours=a.timeout_hours,
+                disk_gb=a.disk_gb,
+                **kw,
+            )
         else:
-            launch_predict(root, a.model, a.tile_list, a.imagery, a.out, tasks=a.tasks, parallelism=a.parallelism, retries=a.retries,
-                           max_run_hours=a.max_run_hours, overrides=a.overrides, secrets=a.secret, **kw)
+            launch_predict(
+                root,
+                a.model,
+                a.tile_list,
+                a.imagery,
+                a.out,
+                tasks=a.tasks,
+                parallelism=a.parallelism,
+                retries=a.retries,
+                max_run_hours=a.max_run_hours,
+                overrides=a.overrides,
+                secrets=a.secret,
+                **kw,
+            )
+
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #de63d9c5
-COMMANDS = [cmd_synth, cmd_train, cmd_predict, cmd_evaluate, cmd_export, cmd_serve, cmd_launch, cmd_stats, cmd_check_data, cmd_make_dataset, cmd_image_tag, cmd_image_check] # in the order `rts-seg --help` lists them
+COMMANDS = [
+    cmd_synth,
+    cmd_train,
+    cmd_predict,
+    cmd_evaluate,
+    cmd_export,
+    cmd_serve,
+    cmd_launch,
+    cmd_stats,
+    cmd_check_data,
+    cmd_make_dataset,
+    cmd_image_tag,
+    cmd_image_check,
+]  # in the order `rts-seg --help` lists them
+
 
 def parser() -> argparse.ArgumentParser:
     "The `rts-seg` argument parser."
     p = argparse.ArgumentParser(prog='rts-seg', description='Map retrogressive thaw slumps in satellite imagery.')
     sub = p.add_subparsers(dest='command', required=True)
-    for cmd in COMMANDS: cmd(sub)
+    for cmd in COMMANDS:
+        cmd(sub)
     return p
 
 # %% ../nbs/13_cli.ipynb #13ffbfde
-def main(argv:list[str]|None=None):
+def main(argv: list[str] | None = None):
     "Run `rts-seg`."
     a = parser().parse_args(argv)
     return run_cli(a.fn, a)
 
 # %% ../nbs/13_cli.ipynb #5c1a7e20
-if __name__ == '__main__': main() # python -m rts_seg.cli, as docker/train.sh runs it
+if __name__ == '__main__':
+    main()  # python -m rts_seg.cli, as docker/train.sh runs it

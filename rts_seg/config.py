@@ -27,138 +27,162 @@ class ConfigError(RtsSegError):
 # %% ../nbs/01_config.ipynb #98238ab8
 class Section(BaseModel):
     "A config section: unknown keys and wrong types are errors."
-    model_config = ConfigDict(extra='forbid', validate_assignment=True, protected_namespaces=())
 
+    model_config = ConfigDict(extra='forbid', validate_assignment=True, protected_namespaces=())
 
 # %% ../nbs/01_config.ipynb #b6b93809
 class SynthConfig(Section):
     "How to generate a synthetic dataset when `data.root` does not exist yet."
-    tiles: int = 240 # tiles over all three regions
-    size: int = 128 # pixels per tile side
-    seed: int = 0 # same seed, same dataset
-    positive_fraction: float = 0.5 # share of tiles holding at least one slump
 
+    tiles: int = 240  # tiles over all three regions
+    size: int = 128  # pixels per tile side
+    seed: int = 0  # same seed, same dataset
+    positive_fraction: float = 0.5  # share of tiles holding at least one slump
 
 # %% ../nbs/01_config.ipynb #71c54398
-EXTRA_BANDS = ('ndvi', 'nir', 're', 'sr') # the one registry of aux channels: their band order in EXTRA/{tile_id}.tif
+EXTRA_BANDS = ('ndvi', 'nir', 're', 'sr')  # the one registry of aux channels: their band order in EXTRA/{tile_id}.tif
+
 
 class DataConfig(Section):
     "Where the tiles are and how they are batched."
-    root: str = 'data/rts' # dataset root in the layout of the data contract
-    synth: Optional[SynthConfig] = None # if set, generate a synthetic dataset at `root` when it is missing
-    clip_percentiles: tuple[float, float] = (1.0, 99.0) # clip each channel here before mean/std
-    ignore_index: int = 255 # label value that counts nowhere
-    batch_size: int = 32 # tiles per batch (per GPU)
-    num_workers: int = 4 # DataLoader worker processes
-    augment: bool = True # flips, rot90 and RGB brightness/contrast on training tiles
-    extra_channels: list[str] = [] # EXTRA bands stacked after RGB, by name: any of ndvi, nir, re, sr
-    cache_dir: Optional[str] = None # local folder caching files read from gs:// (None: no cache)
-    boundary: Literal['none', 'ignore', 'soft_labels'] = 'none' # what to do with a band around label edges
-    boundary_ignore_width: int = 3 # width of that band in pixels, on each side of the edge
-    soft_label_value: float = 0.05 # soft_labels: the band becomes this (background) and 1 - this (slump)
-    positive_fraction: Optional[float] = None # share of positive tiles in each training batch; None: plain shuffling
-    curriculum: Optional[list[tuple[int, float]]] = None # (epoch, negatives per positive) breakpoints, interpolated; overrides positive_fraction
+
+    root: str = 'data/rts'  # dataset root in the layout of the data contract
+    synth: Optional[SynthConfig] = None  # if set, generate a synthetic dataset at `root` when it is missing
+    clip_percentiles: tuple[float, float] = (1.0, 99.0)  # clip each channel here before mean/std
+    ignore_index: int = 255  # label value that counts nowhere
+    batch_size: int = 32  # tiles per batch (per GPU)
+    num_workers: int = 4  # DataLoader worker processes
+    augment: bool = True  # flips, rot90 and RGB brightness/contrast on training tiles
+    extra_channels: list[str] = []  # EXTRA bands stacked after RGB, by name: any of ndvi, nir, re, sr
+    cache_dir: Optional[str] = None  # local folder caching files read from gs:// (None: no cache)
+    boundary: Literal['none', 'ignore', 'soft_labels'] = 'none'  # what to do with a band around label edges
+    boundary_ignore_width: int = 3  # width of that band in pixels, on each side of the edge
+    soft_label_value: float = 0.05  # soft_labels: the band becomes this (background) and 1 - this (slump)
+    positive_fraction: Optional[float] = None  # share of positive tiles in each training batch; None: plain shuffling
+    curriculum: Optional[list[tuple[int, float]]] = (
+        None  # (epoch, negatives per positive) breakpoints, interpolated; overrides positive_fraction
+    )
 
     @field_validator('extra_channels')
     @classmethod
     def _known_channels(cls, v):
         bad = [c for c in v if c not in EXTRA_BANDS]
-        if bad: raise ValueError(f"unknown channel(s) {bad}; choose from {', '.join(EXTRA_BANDS)}")
-        if len(set(v)) != len(v): raise ValueError(f"channel listed twice in {v}")
+        if bad:
+            raise ValueError(f'unknown channel(s) {bad}; choose from {", ".join(EXTRA_BANDS)}')
+        if len(set(v)) != len(v):
+            raise ValueError(f'channel listed twice in {v}')
         return v
-
 
 # %% ../nbs/01_config.ipynb #8f0dbe67
 class ModelConfig(Section):
     "Any segmentation-models-pytorch architecture and encoder, by name."
-    arch: str = 'UnetPlusPlus' # smp architecture, e.g. Unet, UnetPlusPlus, FPN, DeepLabV3Plus
-    encoder: str = 'efficientnet-b7' # smp encoder name
-    encoder_weights: Optional[str] = 'imagenet' # pretrained weights; null when offline
-    decoder_channels: Optional[list[int]] = None # decoder widths (Unet-like archs); None = smp default
 
+    arch: str = 'UnetPlusPlus'  # smp architecture, e.g. Unet, UnetPlusPlus, FPN, DeepLabV3Plus
+    encoder: str = 'efficientnet-b7'  # smp encoder name
+    encoder_weights: Optional[str] = 'imagenet'  # pretrained weights; null when offline
+    decoder_channels: Optional[list[int]] = None  # decoder widths (Unet-like archs); None = smp default
 
 # %% ../nbs/01_config.ipynb #6e122db9
 class LossConfig(Section):
     "The training loss; labels equal to `data.ignore_index` never count."
-    name: Literal['focal', 'tversky', 'bce_balanced'] = 'focal'
-    alpha: float = 0.25 # focal: weight of the positive (slump) class (RetinaNet 0.25; DARTS tuned ~0.9)
-    gamma: float = 2.0 # focal: focusing parameter
-    tversky_alpha: float = 0.3 # tversky: weight of false positives
-    tversky_beta: float = 0.7 # tversky: weight of false negatives
 
+    name: Literal['focal', 'tversky', 'bce_balanced'] = 'focal'
+    alpha: float = 0.25  # focal: weight of the positive (slump) class (RetinaNet 0.25; DARTS tuned ~0.9)
+    gamma: float = 2.0  # focal: focusing parameter
+    tversky_alpha: float = 0.3  # tversky: weight of false positives
+    tversky_beta: float = 0.7  # tversky: weight of false negatives
 
 # %% ../nbs/01_config.ipynb #e52a6a89
 class TrainConfig(Section):
     "The training loop."
-    epochs: int = 300 # passes over the training tiles
-    base_lr: float = 1e-4 # peak learning rate of the decoder and head
-    min_lr: float = 1e-6 # where the cosine schedule ends
-    warmup_epochs: float = 5 # linear warm-up before the cosine decay
-    freeze_backbone_epochs: int = 10 # first epochs with the encoder frozen (pointless without pretrained weights)
-    frozen_lr: float = 1e-3 # learning rate of the decoder while the encoder is frozen
-    backbone_lr_multiplier: float = 0.1 # encoder learning rate = base_lr x this, once unfrozen
-    weight_decay: float = 1e-2 # decoupled (AdamW) weight decay
-    seed: int = 42 # seeds python, numpy and torch
-    device: str = 'auto' # auto, cpu, cuda or cuda:N
-    mixed_precision: Literal['auto', 'no', 'bf16', 'fp16'] = 'auto' # auto: bf16 where the GPU has it, else fp16; none on the CPU
-    ema_decay: Optional[float] = 0.999 # EMA of the weights, used for validation and saved; null turns it off
-    grad_clip_norm: Optional[float] = 1.0 # clip the gradient norm; null turns it off
-    channels_last: bool = True # channels-last memory format on the GPU (faster convolutions with mixed precision)
-    compile: bool = False # torch.compile the model (minutes to warm up; checkpoints stay loadable without it)
-    val_frequency: int = Field(1, ge=1) # validate every this many epochs (and always after the last)
-    val_ratios: list[float] = [200, 500, 1000] # realistic validation: negative tiles per positive tile (plus balanced 1:1)
-    monitor: str = 'r500_pr_auc' # metric for the best checkpoint and early stopping (higher is better)
-    early_stopping_patience: Optional[int] = 20 # epochs without improvement of `monitor` before stopping; null: never stop early
-    early_stopping_min_delta: float = 0.001 # smallest change of `monitor` that counts as an improvement
-    checkpoint_every: int = Field(10, ge=1) # full-state checkpoint every this many epochs (for --resume)
-    keep_checkpoints: int = Field(3, ge=1) # how many of those to keep, newest first
-    target_precision: float = Field(0.8, gt=0, le=1) # after training: threshold reaching this precision, per ratio
-    tta_eval: Literal['none', 'minimal', 'standard', 'full'] = 'standard' # after training: evaluate with this TTA too
 
+    epochs: int = 300  # passes over the training tiles
+    base_lr: float = 1e-4  # peak learning rate of the decoder and head
+    min_lr: float = 1e-6  # where the cosine schedule ends
+    warmup_epochs: float = 5  # linear warm-up before the cosine decay
+    freeze_backbone_epochs: int = 10  # first epochs with the encoder frozen (pointless without pretrained weights)
+    frozen_lr: float = 1e-3  # learning rate of the decoder while the encoder is frozen
+    backbone_lr_multiplier: float = 0.1  # encoder learning rate = base_lr x this, once unfrozen
+    weight_decay: float = 1e-2  # decoupled (AdamW) weight decay
+    seed: int = 42  # seeds python, numpy and torch
+    device: str = 'auto'  # auto, cpu, cuda or cuda:N
+    mixed_precision: Literal['auto', 'no', 'bf16', 'fp16'] = (
+        'auto'  # auto: bf16 where the GPU has it, else fp16; none on the CPU
+    )
+    ema_decay: Optional[float] = 0.999  # EMA of the weights, used for validation and saved; null turns it off
+    grad_clip_norm: Optional[float] = 1.0  # clip the gradient norm; null turns it off
+    channels_last: bool = True  # channels-last memory format on the GPU (faster convolutions with mixed precision)
+    compile: bool = False  # torch.compile the model (minutes to warm up; checkpoints stay loadable without it)
+    val_frequency: int = Field(1, ge=1)  # validate every this many epochs (and always after the last)
+    val_ratios: list[float] = [
+        200,
+        500,
+        1000,
+    ]  # realistic validation: negative tiles per positive tile (plus balanced 1:1)
+    monitor: str = 'r500_pr_auc'  # metric for the best checkpoint and early stopping (higher is better)
+    early_stopping_patience: Optional[int] = (
+        20  # epochs without improvement of `monitor` before stopping; null: never stop early
+    )
+    early_stopping_min_delta: float = 0.001  # smallest change of `monitor` that counts as an improvement
+    checkpoint_every: int = Field(10, ge=1)  # full-state checkpoint every this many epochs (for --resume)
+    keep_checkpoints: int = Field(3, ge=1)  # how many of those to keep, newest first
+    target_precision: float = Field(0.8, gt=0, le=1)  # after training: threshold reaching this precision, per ratio
+    tta_eval: Literal['none', 'minimal', 'standard', 'full'] = 'standard'  # after training: evaluate with this TTA too
 
 # %% ../nbs/01_config.ipynb #60f12817
 class MlflowConfig(Section):
     "Experiment tracking; `MLFLOW_TRACKING_URI` wins over `tracking_uri`."
-    tracking_uri: Optional[str] = None # None: sqlite store in output_dir
-    experiment: str = 'rts_seg' # experiment name
-    artifact_location: Optional[str] = None # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
 
+    tracking_uri: Optional[str] = None  # None: sqlite store in output_dir
+    experiment: str = 'rts_seg'  # experiment name
+    artifact_location: Optional[str] = (
+        None  # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
+    )
 
 # %% ../nbs/01_config.ipynb #4bcfac61
-DEFAULT_MIN_AREA_M2 = 100.0 # polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
+DEFAULT_MIN_AREA_M2 = (
+    100.0  # polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
+)
+
 
 class InferenceConfig(Section):
     "How `rts-seg predict` slides the model over scenes and tile lists, and what it writes."
-    tile_size: Optional[int] = Field(None, ge=32) # window side in pixels; None = the model's training tile size (its bundle)
-    stride: Optional[int] = None # step between windows; None = half a window (50 % overlap)
-    merge: Literal['max', 'blend'] = 'max' # overlapping windows: maximum, or a weighted blend that removes seams
-    blend_window: Literal['hann', 'linear'] = 'hann' # weights of the blend, highest at the window centre
-    scales: list[Literal[1.0, 0.5, 0.25]] = [1.0] # type: ignore[valid-type] # pydantic validates float literals, PEP 586 has none; 0.5 reads a 2x larger window, downsamples, predicts, upsamples
-    tta: Literal['none', 'minimal', 'standard', 'full'] = 'none' # minimal: +hflip; standard: +vflip, rot180; full: D4
-    batch_size: int = Field(16, ge=1) # windows per forward pass (64-128 on a GPU)
-    device: str = 'auto' # auto, cpu, cuda or cuda:N
-    precision: Literal['auto', 'fp32', 'bf16', 'fp16'] = 'auto' # auto: bf16 on a GPU that has it, else fp32
-    channels_last: bool = True # NHWC memory layout on the GPU (faster convolutions)
-    compile: bool = False # torch.compile the model (minutes to compile; pays off on long runs)
-    workers: int = Field(2, ge=1) # reader threads that prefetch and normalise windows
-    threshold: Optional[float] = None # mask threshold; None = the model's calibrated one (else 0.5)
-    bands: Optional[list[int]] = None # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
-    pixel_size_tolerance: float = Field(2.0, ge=1) # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
-    min_area_m2: Optional[float] = None # polygons smaller than this are dropped; None = the model's (100 by default)
-    simplify_m: Optional[float] = None # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 
+    tile_size: Optional[int] = Field(
+        None, ge=32
+    )  # window side in pixels; None = the model's training tile size (its bundle)
+    stride: Optional[int] = None  # step between windows; None = half a window (50 % overlap)
+    merge: Literal['max', 'blend'] = 'max'  # overlapping windows: maximum, or a weighted blend that removes seams
+    blend_window: Literal['hann', 'linear'] = 'hann'  # weights of the blend, highest at the window centre
+    scales: list[Literal[1.0, 0.5, 0.25]] = [1.0]  # type: ignore[valid-type] # pydantic validates float literals, PEP 586 has none; 0.5 reads a 2x larger window, downsamples, predicts, upsamples
+    tta: Literal['none', 'minimal', 'standard', 'full'] = 'none'  # minimal: +hflip; standard: +vflip, rot180; full: D4
+    batch_size: int = Field(16, ge=1)  # windows per forward pass (64-128 on a GPU)
+    device: str = 'auto'  # auto, cpu, cuda or cuda:N
+    precision: Literal['auto', 'fp32', 'bf16', 'fp16'] = 'auto'  # auto: bf16 on a GPU that has it, else fp32
+    channels_last: bool = True  # NHWC memory layout on the GPU (faster convolutions)
+    compile: bool = False  # torch.compile the model (minutes to compile; pays off on long runs)
+    workers: int = Field(2, ge=1)  # reader threads that prefetch and normalise windows
+    threshold: Optional[float] = None  # mask threshold; None = the model's calibrated one (else 0.5)
+    bands: Optional[list[int]] = (
+        None  # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
+    )
+    pixel_size_tolerance: float = Field(
+        2.0, ge=1
+    )  # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
+    min_area_m2: Optional[float] = None  # polygons smaller than this are dropped; None = the model's (100 by default)
+    simplify_m: Optional[float] = None  # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 
 # %% ../nbs/01_config.ipynb #332b8647
 class Config(Section):
     "All settings of a run."
-    output_dir: str = 'runs/baseline' # checkpoints, metrics, resolved config and the default MLflow store
+
+    output_dir: str = 'runs/baseline'  # checkpoints, metrics, resolved config and the default MLflow store
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
-
 
 # %% ../nbs/01_config.ipynb #fba7e7c2
 def _fields(model_cls, loc):
@@ -168,12 +192,14 @@ def _fields(model_cls, loc):
         ann = getattr(f, 'annotation', None)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             sub = [a for a in getattr(ann, '__args__', ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-            if not sub: return []
+            if not sub:
+                return []
             ann = sub[0]
         model_cls = ann
     return list(model_cls.model_fields)
 
-def _explain(err:ValidationError, source:str, overridden:set) -> str:
+
+def _explain(err: ValidationError, source: str, overridden: set) -> str:
     "One line for the first error of `err`."
     e = err.errors()[0]
     key = '.'.join(str(o) for o in e['loc'])
@@ -184,94 +210,132 @@ def _explain(err:ValidationError, source:str, overridden:set) -> str:
         close = difflib.get_close_matches(str(e['loc'][-1]), valid, n=1)
         hint = f"did you mean '{'.'.join([*map(str, e['loc'][:-1]), close[0]])}'? " if close else ''
         msg = f"unknown config key '{key}' {where}; {hint}valid keys here: {', '.join(valid)}"
-    else: msg = f"config key '{key}' {where}: {e['msg']}, got {e.get('input')!r}"
+    else:
+        msg = f"config key '{key}' {where}: {e['msg']}, got {e.get('input')!r}"
     more = len(err.errors()) - 1
-    return msg + (f' (and {more} more problem{"s"*(more>1)})' if more else '')
+    return msg + (f' (and {more} more problem{"s" * (more > 1)})' if more else '')
 
 # %% ../nbs/01_config.ipynb #6dfb22ed
 class _Yaml12Loader(yaml.SafeLoader):
     "PyYAML's safe loader with YAML 1.2 booleans: only true/false, so `no`, `yes`, `on` and `off` stay strings."
-_Yaml12Loader.yaml_implicit_resolvers = {k: [(tag, rx) for tag, rx in v if tag != 'tag:yaml.org,2002:bool']
-                                         for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-_Yaml12Loader.add_implicit_resolver('tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'), list('tTfF'))
 
-def load_yaml(text:str|bytes):
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != 'tag:yaml.org,2002:bool']
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    'tag:yaml.org,2002:bool', re.compile(r'^(?:true|True|TRUE|false|False|FALSE)$'), list('tTfF')
+)
+
+
+def load_yaml(text: str | bytes):
     "Parse YAML as configs and `splits.yaml` are read: `train.mixed_precision: no` is the string 'no', not False."
     return yaml.load(text, Loader=_Yaml12Loader)
 
-
 # %% ../nbs/01_config.ipynb #4e3528da
-def parse_overrides(overrides:list[str]|None) -> dict[str, Any]:
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
     "Nested dict from `key.sub=value` strings; values are parsed as YAML (`load_yaml`)."
-    res:dict[str, Any] = {}
+    res: dict[str, Any] = {}
     for o in overrides or []:
         k, sep, v = o.partition('=')
-        if not sep or not k: raise ConfigError(f"override '{o}' must look like key=value, e.g. train.epochs=2")
+        if not sep or not k:
+            raise ConfigError(f"override '{o}' must look like key=value, e.g. train.epochs=2")
         d = res
         *parents, last = k.strip().split('.')
-        for p in parents: d = d.setdefault(p, {})
-        try: d[last] = load_yaml(v)
-        except yaml.YAMLError: d[last] = v
+        for p in parents:
+            d = d.setdefault(p, {})
+        try:
+            d[last] = load_yaml(v)
+        except yaml.YAMLError:
+            d[last] = v
     return res
 
-def _merge(a:dict, b:dict) -> dict:
+
+def _merge(a: dict, b: dict) -> dict:
     "Deep merge of `b` into a copy of `a`."
     res = dict(a)
-    for k, v in b.items(): res[k] = _merge(res[k], v) if isinstance(v, dict) and isinstance(res.get(k), dict) else v
+    for k, v in b.items():
+        res[k] = _merge(res[k], v) if isinstance(v, dict) and isinstance(res.get(k), dict) else v
     return res
 
-def _dotted(d:dict, prefix='') -> dict:
+
+def _dotted(d: dict, prefix='') -> dict:
     "Flatten a nested dict to dotted keys."
     res = {}
     for k, v in d.items():
-        if isinstance(v, dict) and v: res.update(_dotted(v, f'{prefix}{k}.'))
-        else: res[f'{prefix}{k}'] = v
+        if isinstance(v, dict) and v:
+            res.update(_dotted(v, f'{prefix}{k}.'))
+        else:
+            res[f'{prefix}{k}'] = v
     return res
 
-
 # %% ../nbs/01_config.ipynb #98bc0506
-def load_config(path:str|Path|None=None, # YAML file; None starts from the defaults
-                overrides:list[str]|None=None, # `key.sub=value` strings, applied after the file
-               ) -> Config:
+def load_config(
+    path: str | Path | None = None,  # YAML file; None starts from the defaults
+    overrides: list[str] | None = None,  # `key.sub=value` strings, applied after the file
+) -> Config:
     "Load and validate a run config, refusing unknown keys and wrong types with one clear line."
-    d:dict[str, Any] = {}; source = 'defaults'
+    d: dict[str, Any] = {}
+    source = 'defaults'
     if path is not None:
         path, source = Path(path), str(path)
-        if not path.is_file(): raise ConfigError(f"config file not found: {path}")
-        try: d = load_yaml(path.read_text()) or {}
+        if not path.is_file():
+            raise ConfigError(f'config file not found: {path}')
+        try:
+            d = load_yaml(path.read_text()) or {}
         except yaml.YAMLError as e:
             mark = getattr(e, 'problem_mark', None)
-            raise ConfigError(f"{path}: not valid YAML{f' (line {mark.line+1})' if mark else ''}: {getattr(e, 'problem', e)}") from None
-        if not isinstance(d, dict): raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
+            raise ConfigError(
+                f'{path}: not valid YAML{f" (line {mark.line + 1})" if mark else ""}: {getattr(e, "problem", e)}'
+            ) from None
+        if not isinstance(d, dict):
+            raise ConfigError(f'{path}: expected a mapping of keys to values at the top level')
     ov = parse_overrides(overrides)
-    try: return Config.model_validate(_merge(d, ov))
-    except ValidationError as e: raise ConfigError(_explain(e, source, set(_dotted(ov)))) from None
+    try:
+        return Config.model_validate(_merge(d, ov))
+    except ValidationError as e:
+        raise ConfigError(_explain(e, source, set(_dotted(ov)))) from None
 
 # %% ../nbs/01_config.ipynb #30a3bac3
-def add_train_args(p:argparse.ArgumentParser):
+def add_train_args(p: argparse.ArgumentParser):
     "The training command's arguments, on parser `p`."
     p.add_argument('--config', required=True, help='YAML config file, e.g. configs/quickstart.yaml')
-    p.add_argument('--resume', metavar='auto|PATH', help="continue from the newest training state in output_dir ('auto') or from a state file")
-    p.add_argument('--seeds', type=int, nargs='+', metavar='SEED', help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides')
-    p.add_argument('--check', action='store_true', help='check the config and overrides, print the resolved config and stop (nothing is trained)')
-    p.add_argument('overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a')
+    p.add_argument(
+        '--resume',
+        metavar='auto|PATH',
+        help="continue from the newest training state in output_dir ('auto') or from a state file",
+    )
+    p.add_argument(
+        '--seeds',
+        type=int,
+        nargs='+',
+        metavar='SEED',
+        help='train once per seed (in output_dir/seed<N>) and report mean +/- std; put it after the key=value overrides',
+    )
+    p.add_argument(
+        '--check',
+        action='store_true',
+        help='check the config and overrides, print the resolved config and stop (nothing is trained)',
+    )
+    p.add_argument(
+        'overrides', nargs='*', metavar='key=value', help='dotted overrides, e.g. train.epochs=2 output_dir=runs/a'
+    )
 
 # %% ../nbs/01_config.ipynb #795d6629
-def config_yaml(cfg:Config) -> str:
+def config_yaml(cfg: Config) -> str:
     "The resolved `cfg` as YAML text, every key with its value."
     return yaml.safe_dump(cfg.model_dump(mode='json'), sort_keys=False)
 
-
 # %% ../nbs/01_config.ipynb #a0fa1039
-def save_config(cfg:Config, # the resolved config
-                path:str|Path, # YAML file to write
-               ):
+def save_config(
+    cfg: Config,  # the resolved config
+    path: str | Path,  # YAML file to write
+):
     "Save the resolved `cfg` as YAML."
     atomic_write_text(path, config_yaml(cfg))
 
-
 # %% ../nbs/01_config.ipynb #219c9c9e
-def flat_params(cfg:Config) -> dict[str, Any]:
+def flat_params(cfg: Config) -> dict[str, Any]:
     "The config as `{'train.epochs': 300, ...}`, the names used on the command line and in MLflow."
     return _dotted(cfg.model_dump(mode='json'))
-

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-if TYPE_CHECKING: import torch # imported where it is used: `rts-seg --help` does not wait for it
+
+if TYPE_CHECKING:
+    import torch  # imported where it is used: `rts-seg --help` does not wait for it
 
 # fastai and smp call torch.jit.script at import time, which torch >= 2.10 deprecates; a user cannot act
 # on it, and it would break the one-line error messages of the CLI. Modules import `rts_seg.core` first.
@@ -28,22 +30,33 @@ class RtsSegError(Exception):
 # %% ../nbs/00_core.ipynb #39023fdc
 def run_cli(fn, *args):
     "Call `fn(*args)`; turn a `RtsSegError` into one line on stderr and exit status 2."
-    try: return fn(*args)
+    try:
+        return fn(*args)
     except RtsSegError as e:
         msg = str(e).strip()
-        if 'Original Traceback' in msg: msg = msg.splitlines()[-1].split('RtsSegError: ', 1)[-1] # raised in a DataLoader worker
+        if 'Original Traceback' in msg:
+            msg = msg.splitlines()[-1].split('RtsSegError: ', 1)[-1]  # raised in a DataLoader worker
         print(f'rts-seg: error: {msg}', file=sys.stderr)
         sys.exit(2)
 
 # %% ../nbs/00_core.ipynb #5d255315
-def redact_url(url:str|None) -> str|None:
+def redact_url(url: str | None) -> str | None:
     "`url` without a password or user name, or the values of query parameters that look like secrets."
-    if not url or '://' not in str(url): return url
+    if not url or '://' not in str(url):
+        return url
     from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
     u = urlsplit(str(url))
-    if '@' not in u.netloc and not u.query: return url
+    if '@' not in u.netloc and not u.query:
+        return url
     netloc = ('***@' if '@' in u.netloc else '') + u.netloc.rsplit('@', 1)[-1]
-    q = urlencode([(k, '***' if re.search(r'token|secret|key|password|sig|auth', k, re.I) else v) for k, v in parse_qsl(u.query, keep_blank_values=True)], safe='*')
+    q = urlencode(
+        [
+            (k, '***' if re.search(r'token|secret|key|password|sig|auth', k, re.I) else v)
+            for k, v in parse_qsl(u.query, keep_blank_values=True)
+        ],
+        safe='*',
+    )
     return urlunsplit((u.scheme, netloc, u.path, q, u.fragment))
 
 # %% ../nbs/00_core.ipynb #a3733998
@@ -51,24 +64,29 @@ def _umask() -> int:
     "The process's umask; read from /proc on Linux, as setting it to read it back races with other threads."
     with contextlib.suppress(OSError, ValueError):
         for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('Umask:'): return int(line.split()[1], 8)
-    mask = os.umask(0o022); os.umask(mask)
+            if line.startswith('Umask:'):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
     return mask
 
-def readable(path:str|Path):
+
+def readable(path: str | Path):
     "Give `path` the permissions a new file (or folder) gets from the umask, e.g. 0o644 (0o755) under umask 022."
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~_umask())
 
-
 # %% ../nbs/00_core.ipynb #0c98e227
-def _fsync(path:str|Path):
+def _fsync(path: str | Path):
     "Flush a file's or a folder's contents to disk, whoever wrote them."
     fd = os.open(path, os.O_RDONLY)
-    try: os.fsync(fd)
-    finally: os.close(fd)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
-def atomic_path(path:str|Path):
+def atomic_path(path: str | Path):
     "Yield a temporary path next to `path`; if the block succeeds it is made readable as by `open()`, synced and renamed to `path`, else deleted."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,35 +94,40 @@ def atomic_path(path:str|Path):
     os.close(fd)
     try:
         yield Path(tmp)
-        readable(tmp) # mkstemp's 0o600 would hide the file from other users
+        readable(tmp)  # mkstemp's 0o600 would hide the file from other users
         _fsync(tmp)
         os.replace(tmp, path)
-        with contextlib.suppress(OSError): _fsync(path.parent) # the rename itself; not every filesystem can
-    finally: Path(tmp).unlink(missing_ok=True)
-
+        with contextlib.suppress(OSError):
+            _fsync(path.parent)  # the rename itself; not every filesystem can
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 # %% ../nbs/00_core.ipynb #ab263fae
-def atomic_write_text(path:str|Path, # file to write
-                      text:str, # its whole content
-                     ):
+def atomic_write_text(
+    path: str | Path,  # file to write
+    text: str,  # its whole content
+):
     "Write `text` to `path` atomically."
-    with atomic_path(path) as tmp: tmp.write_text(text)
-
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 # %% ../nbs/00_core.ipynb #d2351163
-def seed_everything(seed:int):
+def seed_everything(seed: int):
     "Seed python, numpy and torch (all devices)."
     import torch
-    random.seed(seed); np.random.seed(seed); torch.manual_seed(seed)
 
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #d2a48fcf
-def get_device(name:str='auto') -> torch.device:
+def get_device(name: str = 'auto') -> torch.device:
     "`auto` picks the GPU when there is one; otherwise the named device."
     import torch
-    if name == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+
+    if name == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     dev = torch.device(name)
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise RtsSegError(f"train.device is '{name}' but no CUDA GPU is visible; use train.device=auto or cpu")
     return dev
-

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/data.html.md"""
 
 # %% ../nbs/05_data.ipynb #05c77ce6
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 import datetime, hashlib, io, json
 from pathlib import Path
 
@@ -32,200 +32,260 @@ RGB = ['red', 'green', 'blue']
 META_COLUMNS = ['tile_id', 'centroid_lat', 'centroid_lon', 'TrainClass', 'RegionName', 'UIDs']
 SPLITS = ('train', 'val', 'test')
 
-def read_metadata(root:str|Path) -> pd.DataFrame:
+
+def read_metadata(root: str | Path) -> pd.DataFrame:
     "`metadata.csv` of `root` (a folder or a gs:// URL), checked for the contract's columns."
     fn = join(root, 'metadata.csv')
-    if not exists(fn): raise RtsSegError(f"{fn} not found: is data.root a dataset root (PLANET-RGB/, labels/, metadata.csv, splits.yaml)?")
-    df = pd.read_csv(io.BytesIO(read_bytes(fn)), keep_default_na=False, dtype={'tile_id': str, 'RegionName': str, 'UIDs': str})
+    if not exists(fn):
+        raise RtsSegError(
+            f'{fn} not found: is data.root a dataset root (PLANET-RGB/, labels/, metadata.csv, splits.yaml)?'
+        )
+    df = pd.read_csv(
+        io.BytesIO(read_bytes(fn)), keep_default_na=False, dtype={'tile_id': str, 'RegionName': str, 'UIDs': str}
+    )
     missing = [c for c in META_COLUMNS if c not in df.columns]
-    if missing: raise RtsSegError(f"{fn}: missing column(s) {', '.join(missing)}; expected {', '.join(META_COLUMNS)}")
+    if missing:
+        raise RtsSegError(f'{fn}: missing column(s) {", ".join(missing)}; expected {", ".join(META_COLUMNS)}')
     return df
 
-
 # %% ../nbs/05_data.ipynb #aeb4e91b
-def read_splits(root:str|Path) -> dict[str, list[str]]:
+def read_splits(root: str | Path) -> dict[str, list[str]]:
     "Region names per split from `splits.yaml`; a region in two splits is an error."
     fn = join(root, 'splits.yaml')
-    if not exists(fn): raise RtsSegError(f"{fn} not found: it lists the regions of each split (train/val/test)")
+    if not exists(fn):
+        raise RtsSegError(f'{fn} not found: it lists the regions of each split (train/val/test)')
     d = load_yaml(read_bytes(fn)) or {}
     bad = [k for k in d if k not in SPLITS]
-    if bad: raise RtsSegError(f"{fn}: unknown split(s) {bad}; use {', '.join(SPLITS)}")
-    seen:dict[str, str] = {}
+    if bad:
+        raise RtsSegError(f'{fn}: unknown split(s) {bad}; use {", ".join(SPLITS)}')
+    seen: dict[str, str] = {}
     for s, regions in d.items():
         for r in regions or []:
-            if r in seen: raise RtsSegError(f"{fn}: region '{r}' is in both '{seen[r]}' and '{s}'; a region belongs to one split")
+            if r in seen:
+                raise RtsSegError(f"{fn}: region '{r}' is in both '{seen[r]}' and '{s}'; a region belongs to one split")
             seen[r] = s
     return {s: list(d.get(s) or []) for s in SPLITS}
 
-
 # %% ../nbs/05_data.ipynb #3fb69d8a
-def split_tiles(root:str|Path) -> dict[str, list[str]]:
+def split_tiles(root: str | Path) -> dict[str, list[str]]:
     "Tile ids per split, by region."
     meta, splits = read_metadata(root), read_splits(root)
     return {s: meta.tile_id[meta.RegionName.isin(r)].tolist() for s, r in splits.items()}
 
-
 # %% ../nbs/05_data.ipynb #e6fa6e60
-def _percentile_from_hist(hist:np.ndarray, edges:np.ndarray, q:float) -> float:
+def _percentile_from_hist(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
     "The `q`th percentile of the values binned in `hist` (the lower edge of its bin)."
     cdf = np.cumsum(hist) / max(hist.sum(), 1)
     return float(edges[min(int(np.searchsorted(cdf, q / 100)), len(hist) - 1)])
 
-def dataset_version(root:str|Path) -> str:
+
+def dataset_version(root: str | Path) -> str:
     "A short hash of `metadata.csv` and `splits.yaml`: it changes whenever the tile list or the splits do."
     h = hashlib.sha256()
-    for f in ('metadata.csv', 'splits.yaml'): h.update(read_bytes(join(root, f)))
+    for f in ('metadata.csv', 'splits.yaml'):
+        h.update(read_bytes(join(root, f)))
     return h.hexdigest()[:12]
 
 # %% ../nbs/05_data.ipynb #37e65abb
-def channel_names(extra_channels:list[str]|tuple[str, ...]=()) -> list[str]:
+def channel_names(extra_channels: list[str] | tuple[str, ...] = ()) -> list[str]:
     "All input channels, RGB first, then the named aux bands."
     bad = [c for c in extra_channels if c not in EXTRA_BANDS]
-    if bad: raise RtsSegError(f"unknown channel(s) {bad} in data.extra_channels; choose from {', '.join(EXTRA_BANDS)}")
+    if bad:
+        raise RtsSegError(f'unknown channel(s) {bad} in data.extra_channels; choose from {", ".join(EXTRA_BANDS)}')
     return RGB + list(extra_channels)
 
-
 # %% ../nbs/05_data.ipynb #d4853d3c
-def read_group(root:str|Path, # dataset root
-               tile_id:str, # the tile
-               group:str='rgb', # 'rgb' (PLANET-RGB), 'extra' (EXTRA) or 'label' (labels)
-               extra_channels:list[str]|tuple[str, ...]=(), # aux bands to keep (group 'extra')
-              ) -> tuple[np.ndarray, np.ndarray, dict]:
+def read_group(
+    root: str | Path,  # dataset root
+    tile_id: str,  # the tile
+    group: str = 'rgb',  # 'rgb' (PLANET-RGB), 'extra' (EXTRA) or 'label' (labels)
+    extra_channels: list[str] | tuple[str, ...] = (),  # aux bands to keep (group 'extra')
+) -> tuple[np.ndarray, np.ndarray, dict]:
     "Bands (C, H, W), valid-pixel mask (H, W) and profile of one group of a tile, checked against the contract."
     folder, n = dict(rgb=('PLANET-RGB', 3), extra=('EXTRA', len(EXTRA_BANDS)), label=('labels', 1))[group]
     p = join(root, folder, f'{tile_id}.tif')
     a, prof = read_raster(p)
-    if a.shape[0] != n: raise RtsSegError(f"{p}: {a.shape[0]} band(s), expected {n} ({dict(rgb='R, G, B', extra=', '.join(EXTRA_BANDS), label='the label')[group]})")
-    if group == 'extra': a = a[[EXTRA_BANDS.index(c) for c in extra_channels]].astype(np.float32)
+    if a.shape[0] != n:
+        raise RtsSegError(
+            f'{p}: {a.shape[0]} band(s), expected {n} ({dict(rgb="R, G, B", extra=", ".join(EXTRA_BANDS), label="the label")[group]})'
+        )
+    if group == 'extra':
+        a = a[[EXTRA_BANDS.index(c) for c in extra_channels]].astype(np.float32)
     if group == 'label':
         bad = (a > 1) & (a != 255)
-        if bad.any(): raise RtsSegError(f"{p}: label values {sorted(np.unique(a[bad]).tolist())[:5]} outside 0, 1, 255")
+        if bad.any():
+            raise RtsSegError(f'{p}: label values {sorted(np.unique(a[bad]).tolist())[:5]} outside 0, 1, 255')
         return a[0], np.ones(a.shape[1:], bool), prof
-    return a, valid_mask(a, prof['nodata']), prof # the one nodata rule (`rts_seg.io.valid_mask`)
-
+    return a, valid_mask(a, prof['nodata']), prof  # the one nodata rule (`rts_seg.io.valid_mask`)
 
 # %% ../nbs/05_data.ipynb #f42cf497
-SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA') # the data contract's folder of each channel group
+SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA')  # the data contract's folder of each channel group
 
-def imagery_facts(profiles:dict, # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
-                 ) -> dict:
+
+def imagery_facts(
+    profiles: dict,  # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
+) -> dict:
     "What the training imagery is: tile size, CRS and its unit, pixel size, dtype and nodata per source."
     p = profiles['rgb']
     unit, px = grid_units(p['crs'], p['transform'])
-    return dict(tile_size=max(p['height'], p['width']), crs=p['crs'].to_string() if p['crs'] else None, crs_units=unit, pixel_size_m=px,
-                dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()}, nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()})
-
+    return dict(
+        tile_size=max(p['height'], p['width']),
+        crs=p['crs'].to_string() if p['crs'] else None,
+        crs_units=unit,
+        pixel_size_m=px,
+        dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()},
+        nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()},
+    )
 
 # %% ../nbs/05_data.ipynb #d9b0017e
 class _Moments:
     "Streaming mean and variance per channel (Chan/Welford merge of batches)."
-    def __init__(self, c): self.n, self.mean, self.m2 = 0, np.zeros(c), np.zeros(c)
-    def update(self, v:np.ndarray): # (C, N)
+
+    def __init__(self, c):
+        self.n, self.mean, self.m2 = 0, np.zeros(c), np.zeros(c)
+
+    def update(self, v: np.ndarray):  # (C, N)
         nb = v.shape[1]
-        if nb == 0: return
+        if nb == 0:
+            return
         mb, m2b = v.mean(1), v.var(1) * nb
         d = mb - self.mean
         self.mean = self.mean + d * nb / (self.n + nb)
         self.m2 = self.m2 + m2b + d**2 * self.n * nb / (self.n + nb)
         self.n += nb
-    @property
-    def std(self): return np.sqrt(self.m2 / max(self.n - 1, 1))
 
-def compute_stats(root:str|Path, # dataset root (a folder or gs:// URL)
-                  tile_ids:list[str], # tiles to use (the training split)
-                  clip:tuple[float, float]=(1., 99.), # percentiles to clip each channel at
-                  extra_channels:list[str]|tuple[str, ...]=(), # aux bands, by name
-                  bins:int=4096, # histogram bins of each aux band
-                 ) -> dict:
+    @property
+    def std(self):
+        return np.sqrt(self.m2 / max(self.n - 1, 1))
+
+
+def compute_stats(
+    root: str | Path,  # dataset root (a folder or gs:// URL)
+    tile_ids: list[str],  # tiles to use (the training split)
+    clip: tuple[float, float] = (1.0, 99.0),  # percentiles to clip each channel at
+    extra_channels: list[str] | tuple[str, ...] = (),  # aux bands, by name
+    bins: int = 4096,  # histogram bins of each aux band
+) -> dict:
     "Per-channel clip bounds, mean and std over `tile_ids`, streaming over tiles."
-    if not tile_ids: raise RtsSegError(f"{root}: no training tiles to compute normalisation statistics from")
+    if not tile_ids:
+        raise RtsSegError(f'{root}: no training tiles to compute normalisation statistics from')
     extra_channels, groups = list(extra_channels), ['rgb'] + (['extra'] if extra_channels else [])
     channel_names(extra_channels)
     names = dict(rgb=RGB, extra=extra_channels)
     rd = lambda t, g: read_group(root, t, g, extra_channels)
     hist, lo, hi = {}, {}, {}
-    profiles:dict[str, dict] = {}
+    profiles: dict[str, dict] = {}
     rng = dict(extra=[np.full(len(extra_channels), np.inf), np.full(len(extra_channels), -np.inf)])
-    for t in tile_ids: # pass 1: exact RGB histograms, aux ranges
+    for t in tile_ids:  # pass 1: exact RGB histograms, aux ranges
         for g in groups:
             a, ok, prof = rd(t, g)
-            profiles.setdefault(g, prof) # the first tile's: what the imagery is
+            profiles.setdefault(g, prof)  # the first tile's: what the imagery is
             v = a[:, ok]
             if g == 'rgb':
-                if a.dtype.kind not in 'ui': raise RtsSegError(f"{join(root, 'PLANET-RGB', t + '.tif')}: dtype {a.dtype}; PLANET-RGB tiles must be integer (uint8 0-255)")
-                if 'rgb' not in hist: hist['rgb'] = np.zeros((3, int(np.iinfo(a.dtype).max) + 1), np.int64)
-                for i in range(3): hist['rgb'][i] += np.bincount(v[i], minlength=hist['rgb'].shape[1])
+                if a.dtype.kind not in 'ui':
+                    raise RtsSegError(
+                        f'{join(root, "PLANET-RGB", t + ".tif")}: dtype {a.dtype}; PLANET-RGB tiles must be integer (uint8 0-255)'
+                    )
+                if 'rgb' not in hist:
+                    hist['rgb'] = np.zeros((3, int(np.iinfo(a.dtype).max) + 1), np.int64)
+                for i in range(3):
+                    hist['rgb'][i] += np.bincount(v[i], minlength=hist['rgb'].shape[1])
             elif v.shape[1]:
-                rng['extra'][0] = np.minimum(rng['extra'][0], v.min(1)); rng['extra'][1] = np.maximum(rng['extra'][1], v.max(1))
+                rng['extra'][0] = np.minimum(rng['extra'][0], v.min(1))
+                rng['extra'][1] = np.maximum(rng['extra'][1], v.max(1))
     edges = dict(rgb=[np.arange(hist['rgb'].shape[1] + 1)] * 3)
-    if 'extra' in groups: # pass 2: aux histograms over their ranges
-        if not np.isfinite(rng['extra']).all(): raise RtsSegError(f"{root}: aux band(s) {extra_channels} have no valid pixel in the training tiles")
+    if 'extra' in groups:  # pass 2: aux histograms over their ranges
+        if not np.isfinite(rng['extra']).all():
+            raise RtsSegError(f'{root}: aux band(s) {extra_channels} have no valid pixel in the training tiles')
         edges['extra'] = [np.linspace(l, h if h > l else l + 1, bins + 1) for l, h in zip(*rng['extra'])]
         hist['extra'] = np.zeros((len(extra_channels), bins), np.int64)
         for t in tile_ids:
             a, ok, _ = rd(t, 'extra')
-            for i in range(len(extra_channels)): hist['extra'][i] += np.histogram(a[i][ok], edges['extra'][i])[0]
+            for i in range(len(extra_channels)):
+                hist['extra'][i] += np.histogram(a[i][ok], edges['extra'][i])[0]
     for g in groups:
         lo[g] = np.array([_percentile_from_hist(h, e, clip[0]) for h, e in zip(hist[g], edges[g])])
         hi[g] = np.array([_percentile_from_hist(h, e, clip[1]) for h, e in zip(hist[g], edges[g])])
     mom = {g: _Moments(len(names[g])) for g in groups}
-    for t in tile_ids: # last pass: moments of the clipped values
+    for t in tile_ids:  # last pass: moments of the clipped values
         for g in groups:
             a, ok, _ = rd(t, g)
             mom[g].update(np.clip(a[:, ok].astype(np.float64), lo[g][:, None], hi[g][:, None]))
-    return dict(dataset_version=dataset_version(root), computed_date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                n_tiles_used=len(tile_ids), n_pixels_used=int(mom['rgb'].n), clip_percentiles=list(clip), channels=channel_names(extra_channels),
-                groups={g: dict(channels=list(names[g]), mean=mom[g].mean.tolist(), std=mom[g].std.tolist(), clip_low=lo[g].tolist(), clip_high=hi[g].tolist())
-                        for g in groups},
-                imagery=imagery_facts(profiles))
-
+    return dict(
+        dataset_version=dataset_version(root),
+        computed_date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        n_tiles_used=len(tile_ids),
+        n_pixels_used=int(mom['rgb'].n),
+        clip_percentiles=list(clip),
+        channels=channel_names(extra_channels),
+        groups={
+            g: dict(
+                channels=list(names[g]),
+                mean=mom[g].mean.tolist(),
+                std=mom[g].std.tolist(),
+                clip_low=lo[g].tolist(),
+                clip_high=hi[g].tolist(),
+            )
+            for g in groups
+        },
+        imagery=imagery_facts(profiles),
+    )
 
 # %% ../nbs/05_data.ipynb #2062cabc
-def save_stats(stats:dict, # from `compute_stats`
-               path:str|Path, # the JSON file, normally `normalization_stats.json`
-              ):
+def save_stats(
+    stats: dict,  # from `compute_stats`
+    path: str | Path,  # the JSON file, normally `normalization_stats.json`
+):
     "Write `normalization_stats.json` atomically."
     atomic_write_text(path, json.dumps(stats, indent=2))
 
-
 # %% ../nbs/05_data.ipynb #e3b2e24d
-def load_stats(path:str|Path) -> dict:
+def load_stats(path: str | Path) -> dict:
     "Read `normalization_stats.json`."
     return json.loads(Path(path).read_text())
-
 
 # %% ../nbs/05_data.ipynb #431f306c
 class Normalizer:
     "Clip each channel to its bounds, then standardise: the transform saved with the model."
-    def __init__(self, stats:dict):
+
+    def __init__(self, stats: dict):
         self.stats = stats
         gs = [stats['groups'][g] for g in ('rgb', 'extra') if g in stats['groups']]
         col = lambda k: np.concatenate([np.array(g[k], np.float32) for g in gs])[:, None, None]
         self.lo, self.hi, self.mean, self.std = col('clip_low'), col('clip_high'), col('mean'), col('std')
         self.inv_std = 1 / self.std
-    def __call__(self, a:np.ndarray) -> np.ndarray:
+
+    def __call__(self, a: np.ndarray) -> np.ndarray:
         "Normalise a (C, H, W) array."
         return self.hwc(a.transpose(1, 2, 0))
-    def hwc(self, a:np.ndarray) -> np.ndarray:
+
+    def hwc(self, a: np.ndarray) -> np.ndarray:
         "Normalise an (H, W, C) array (channels last, as augmentation leaves them) into a contiguous (C, H, W) float32 array."
-        x = np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32) # one copy, channels first: long inner loops below
-        np.maximum(x, self.lo, out=x); np.minimum(x, self.hi, out=x) # in place: several times faster than np.clip
-        x -= self.mean; x *= self.inv_std
+        x = np.ascontiguousarray(
+            a.transpose(2, 0, 1), dtype=np.float32
+        )  # one copy, channels first: long inner loops below
+        np.maximum(x, self.lo, out=x)
+        np.minimum(x, self.hi, out=x)  # in place: several times faster than np.clip
+        x -= self.mean
+        x *= self.inv_std
         return x
 
 # %% ../nbs/05_data.ipynb #eda0c9b1
-def apply_boundary(lbl:np.ndarray, # (H, W) labels in {0, 1, 255}
-                   mode:str='none', # none | ignore | soft_labels
-                   width:int=3, # band width in pixels, on each side of the edge
-                   soft:float=0.05, # soft_labels: the band's background value; its slump side gets 1 - soft
-                  ) -> np.ndarray:
+def apply_boundary(
+    lbl: np.ndarray,  # (H, W) labels in {0, 1, 255}
+    mode: str = 'none',  # none | ignore | soft_labels
+    width: int = 3,  # band width in pixels, on each side of the edge
+    soft: float = 0.05,  # soft_labels: the band's background value; its slump side gets 1 - soft
+) -> np.ndarray:
     "Ignore or soften a band around label edges."
-    if mode == 'none' or width <= 0: return lbl
+    if mode == 'none' or width <= 0:
+        return lbl
     pos = (lbl == 1).astype(np.uint8)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * width + 1, 2 * width + 1))
     band = (cv2.dilate(pos, k) > 0) & ~(cv2.erode(pos, k, borderType=cv2.BORDER_REPLICATE) > 0) & (lbl != 255)
     if mode == 'ignore':
-        out = lbl.copy(); out[band] = 255
+        out = lbl.copy()
+        out[band] = 255
         return out
     if mode == 'soft_labels':
         out = lbl.astype(np.float32)
@@ -236,52 +296,70 @@ def apply_boundary(lbl:np.ndarray, # (H, W) labels in {0, 1, 255}
 # %% ../nbs/05_data.ipynb #e047107d
 class RTSDataset(torch.utils.data.Dataset):
     "Image tiles (RGB, then aux bands) and labels of a dataset root, read on access (a folder or gs://)."
-    def __init__(self, root:str|Path, # dataset root
-                 tile_ids:list[str], # tiles of this split
-                 norm:Normalizer, # normalisation applied after augmentation
-                 tfms=None, # `rts_seg.augment.Augment` (or any callable of image, mask, extra)
-                 extra_channels:list[str]|tuple[str, ...]=(), # aux bands stacked after RGB
-                 boundary:str='none', # none | ignore | soft_labels
-                 boundary_width:int=3, # band width around label edges
-                 soft_label_value:float=0.05, # soft_labels: value of the band's background side
-                ):
+
+    def __init__(
+        self,
+        root: str | Path,  # dataset root
+        tile_ids: list[str],  # tiles of this split
+        norm: Normalizer,  # normalisation applied after augmentation
+        tfms=None,  # `rts_seg.augment.Augment` (or any callable of image, mask, extra)
+        extra_channels: list[str] | tuple[str, ...] = (),  # aux bands stacked after RGB
+        boundary: str = 'none',  # none | ignore | soft_labels
+        boundary_width: int = 3,  # band width around label edges
+        soft_label_value: float = 0.05,  # soft_labels: value of the band's background side
+    ):
         self.root, self.tile_ids, self.norm, self.tfms = str(root), list(tile_ids), norm, tfms
         self.extra, self.boundary, self.bw, self.soft = list(extra_channels), boundary, boundary_width, soft_label_value
         channel_names(self.extra)
 
-    def __len__(self): return len(self.tile_ids)
+    def __len__(self):
+        return len(self.tile_ids)
 
-    def paths(self, i:int) -> tuple[str, str]:
+    def paths(self, i: int) -> tuple[str, str]:
         "Image and label files of tile `i`."
         t = self.tile_ids[i]
         return join(self.root, 'PLANET-RGB', f'{t}.tif'), join(self.root, 'labels', f'{t}.tif')
 
-    def read(self, i:int) -> tuple[np.ndarray, np.ndarray|None, np.ndarray]:
+    def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         "Raw RGB (3, H, W), aux bands (E, H, W) or None, and the label (H, W) of tile `i`; nodata pixels labelled 255."
         t = self.tile_ids[i]
         img, ok, prof = read_group(self.root, t, 'rgb')
         lbl, _, lprof = read_group(self.root, t, 'label')
         ip, lp = self.paths(i)
-        if img.shape[1:] != lbl.shape: raise RtsSegError(f"{lp}: label is {lbl.shape}, image {ip} is {img.shape[1:]}")
+        if img.shape[1:] != lbl.shape:
+            raise RtsSegError(f'{lp}: label is {lbl.shape}, image {ip} is {img.shape[1:]}')
         ex = None
         if self.extra:
             ex, eok, eprof = read_group(self.root, t, 'extra', self.extra)
-            if ex.shape[1:] != lbl.shape: raise RtsSegError(f"{join(self.root, 'EXTRA', t + '.tif')}: shape {ex.shape[1:]}, image {ip} is {img.shape[1:]}")
+            if ex.shape[1:] != lbl.shape:
+                raise RtsSegError(
+                    f'{join(self.root, "EXTRA", t + ".tif")}: shape {ex.shape[1:]}, image {ip} is {img.shape[1:]}'
+                )
             bad = ~np.isfinite(ex).all(0) & ok & (True if eprof['nodata'] is None else ~(ex == eprof['nodata']).any(0))
-            if bad.any(): raise RtsSegError(f"{join(self.root, 'EXTRA', t + '.tif')}: {int(bad.sum())} NaN/inf pixel(s) in aux bands {self.extra} that are not nodata")
+            if bad.any():
+                raise RtsSegError(
+                    f'{join(self.root, "EXTRA", t + ".tif")}: {int(bad.sum())} NaN/inf pixel(s) in aux bands {self.extra} that are not nodata'
+                )
             ok = ok & eok
             ex[:, ~eok] = 0
-        if not ok.all(): lbl = np.where(ok, lbl, 255).astype(lbl.dtype)
+        if not ok.all():
+            lbl = np.where(ok, lbl, 255).astype(lbl.dtype)
         return img, ex, lbl
 
-    def __getitem__(self, key:int|tuple[int, int]): # an index, or (index, augmentation seed) from a keyed `BalancedDL`
+    def __getitem__(
+        self, key: int | tuple[int, int]
+    ):  # an index, or (index, augmentation seed) from a keyed `BalancedDL`
         i, seed = key if isinstance(key, tuple) else (key, None)
         img, ex, lbl = self.read(i)
-        img, ex = img.transpose(1, 2, 0), None if ex is None else ex.transpose(1, 2, 0) # channels last, for augmentation
+        img, ex = (
+            img.transpose(1, 2, 0),
+            None if ex is None else ex.transpose(1, 2, 0),
+        )  # channels last, for augmentation
         if self.tfms is not None:
-            if seed is not None: # the same tile at the same place of an epoch gets the same augmentation
+            if seed is not None:  # the same tile at the same place of an epoch gets the same augmentation
                 for c in (self.tfms, getattr(self.tfms, 'geom', None), getattr(self.tfms, 'color', None)):
-                    if c is not None and hasattr(c, 'set_random_seed'): c.set_random_seed(seed)
+                    if c is not None and hasattr(c, 'set_random_seed'):
+                        c.set_random_seed(seed)
             r = self.tfms(image=img, mask=lbl, extra=ex)
             img, lbl, ex = r['image'], r['mask'], r.get('extra')
         x = self.norm.hwc(img if ex is None else np.concatenate([img.astype(np.float32), ex], -1))
@@ -295,27 +373,51 @@ class RTSDataset(torch.utils.data.Dataset):
         return (meta.loc[self.tile_ids, 'TrainClass'] == 'Positive').to_numpy()
 
 # %% ../nbs/05_data.ipynb #7a366b5d
-def get_dls(cfg:DataConfig, # the `data` section of the config
-            stats:dict, # normalisation statistics (from `compute_stats`)
-            device=None, # where batches go; None leaves them on the CPU
-            seed:int=42, # seed of the balanced sampler (`data.positive_fraction` / `data.curriculum`)
-           ) -> DataLoaders:
+def get_dls(
+    cfg: DataConfig,  # the `data` section of the config
+    stats: dict,  # normalisation statistics (from `compute_stats`)
+    device=None,  # where batches go; None leaves them on the CPU
+    seed: int = 42,  # seed of the balanced sampler (`data.positive_fraction` / `data.curriculum`)
+) -> DataLoaders:
     "Training (augmented, shuffled) and validation DataLoaders over the region splits of `cfg.root`."
     set_cache_dir(cfg.cache_dir)
     tiles, norm = split_tiles(cfg.root), Normalizer(stats)
     for s in ('train', 'val'):
-        if not tiles[s]: raise RtsSegError(f"{cfg.root}: the '{s}' split has no tiles; check splits.yaml and RegionName in metadata.csv")
+        if not tiles[s]:
+            raise RtsSegError(
+                f"{cfg.root}: the '{s}' split has no tiles; check splits.yaml and RegionName in metadata.csv"
+            )
     if stats.get('channels', RGB) != channel_names(cfg.extra_channels):
-        raise RtsSegError(f"normalisation statistics are for channels {stats.get('channels')}, data.extra_channels asks for {channel_names(cfg.extra_channels)}; recompute them")
-    train_ds = RTSDataset(cfg.root, tiles['train'], norm, train_transforms() if cfg.augment else None, extra_channels=cfg.extra_channels,
-                          boundary=cfg.boundary, boundary_width=cfg.boundary_ignore_width, soft_label_value=cfg.soft_label_value)
+        raise RtsSegError(
+            f'normalisation statistics are for channels {stats.get("channels")}, data.extra_channels asks for {channel_names(cfg.extra_channels)}; recompute them'
+        )
+    train_ds = RTSDataset(
+        cfg.root,
+        tiles['train'],
+        norm,
+        train_transforms() if cfg.augment else None,
+        extra_channels=cfg.extra_channels,
+        boundary=cfg.boundary,
+        boundary_width=cfg.boundary_ignore_width,
+        soft_label_value=cfg.soft_label_value,
+    )
     valid_ds = RTSDataset(cfg.root, tiles['val'], norm, extra_channels=cfg.extra_channels)
     bs = min(cfg.batch_size, len(train_ds))
     kw = dict(num_workers=cfg.num_workers, pin_memory=device is not None and torch.device(device).type == 'cuda')
     # training: each rank its own batches of one global order per (seed, epoch), each item with its augmentation seed,
     # so that a resumed run repeats an uninterrupted one exactly. Workers are not persistent: fastai hands each
     # epoch's order to them when they start.
-    train_dl = BalancedDL(train_ds, train_ds.positive if cfg.positive_fraction is not None or cfg.curriculum else np.zeros(len(train_ds), bool),
-                          bs=bs, positive_fraction=cfg.positive_fraction, curriculum=cfg.curriculum, seed=seed, keyed=True, **kw)
-    valid_dl = ShardDL(valid_ds, bs=cfg.batch_size, persistent_workers=cfg.num_workers > 0, **kw) # every tile once, split by rank
+    train_dl = BalancedDL(
+        train_ds,
+        train_ds.positive if cfg.positive_fraction is not None or cfg.curriculum else np.zeros(len(train_ds), bool),
+        bs=bs,
+        positive_fraction=cfg.positive_fraction,
+        curriculum=cfg.curriculum,
+        seed=seed,
+        keyed=True,
+        **kw,
+    )
+    valid_dl = ShardDL(
+        valid_ds, bs=cfg.batch_size, persistent_workers=cfg.num_workers > 0, **kw
+    )  # every tile once, split by rank
     return DataLoaders(train_dl, valid_dl, device=device)

@@ -24,79 +24,111 @@ from .objects import match_objects
 __all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
-SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')] # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
-NBINS = 1000 # histogram bins of the probabilities (PR-AUC, PR curve)
+SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')]  # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
+NBINS = 1000  # histogram bins of the probabilities (PR-AUC, PR curve)
 
-def _pairs(pred:Path, truth:Path):
+
+def _pairs(pred: Path, truth: Path):
     "(name, prob, mask, truth source) for each prediction under `pred` (and `pred/tiles`)."
     probs = sorted([*pred.glob('*_prob.tif'), *pred.glob('tiles/*_prob.tif')])
-    if not probs: raise RtsSegError(f"no *_prob.tif in {pred}: point --pred at the output folder of rts-seg predict")
+    if not probs:
+        raise RtsSegError(f'no *_prob.tif in {pred}: point --pred at the output folder of rts-seg predict')
     out = []
     for p in probs:
         name = p.name.removesuffix('_prob.tif')
         if truth.is_dir():
-            t = next((c for c in (truth/f'{name}.tif', truth/f'{name}_label.tif') if c.is_file()), None)
-            if t is None: continue
-        else: t = truth
+            t = next((c for c in (truth / f'{name}.tif', truth / f'{name}_label.tif') if c.is_file()), None)
+            if t is None:
+                continue
+        else:
+            t = truth
         out.append((name, p, p.with_name(f'{name}_mask.tif'), t))
-    if not out: raise RtsSegError(f"no label in {truth} matches a prediction in {pred} (expected {truth}/<name>.tif or <name>_label.tif)")
+    if not out:
+        raise RtsSegError(
+            f'no label in {truth} matches a prediction in {pred} (expected {truth}/<name>.tif or <name>_label.tif)'
+        )
     return out
 
-def _truth_on(t:Path, src) -> np.ndarray:
+
+def _truth_on(t: Path, src) -> np.ndarray:
     "Truth (0, 1, 255) on the grid of the open raster `src`."
     if t.suffix.lower() in ('.tif', '.tiff'):
         with rasterio.open(t) as l:
             if (l.crs, l.transform, l.shape) != (src.crs, src.transform, src.shape):
-                raise RtsSegError(f"{t} is not on the grid of its prediction (CRS, transform or shape differ)")
+                raise RtsSegError(f'{t} is not on the grid of its prediction (CRS, transform or shape differ)')
             return l.read(1)
     import pyogrio.raw
+
     meta, _, geoms, _ = pyogrio.raw.read(t, read_geometry=True, columns=[])
     import shapely
+
     gs = [transform_geom(meta['crs'], src.crs, shapely.from_wkb(g).__geo_interface__) for g in geoms]
-    return rasterize(((g, 1) for g in gs), out_shape=src.shape, transform=src.transform, fill=0, dtype='uint8') if gs else np.zeros(src.shape, np.uint8)
+    return (
+        rasterize(((g, 1) for g in gs), out_shape=src.shape, transform=src.transform, fill=0, dtype='uint8')
+        if gs
+        else np.zeros(src.shape, np.uint8)
+    )
 
-def _size_bin(a): return int(np.searchsorted(SIZE_BINS, a, side='right') - 1)
 
-def _min_area(pred:Path, min_area_m2:float|None) -> tuple[float, str]:
+def _size_bin(a):
+    return int(np.searchsorted(SIZE_BINS, a, side='right') - 1)
+
+
+def _min_area(pred: Path, min_area_m2: float | None) -> tuple[float, str]:
     "The minimum polygon area of the maps, and where it came from: `argument`, `inference_log` or `default`."
-    if min_area_m2 is not None: return float(min_area_m2), 'argument'
+    if min_area_m2 is not None:
+        return float(min_area_m2), 'argument'
     default = DEFAULT_MIN_AREA_M2
-    log = next((l for l in (pred/'inference_log.json', *sorted(pred.glob('inference_log_*of*.json'))) if l.is_file()), None)
-    if log is None: return default, 'default'
-    try: v = json.loads(log.read_text()).get('min_area_m2')
+    log = next(
+        (l for l in (pred / 'inference_log.json', *sorted(pred.glob('inference_log_*of*.json'))) if l.is_file()), None
+    )
+    if log is None:
+        return default, 'default'
+    try:
+        v = json.loads(log.read_text()).get('min_area_m2')
     except (json.JSONDecodeError, AttributeError) as e:
-        raise RtsSegError(f"{log} is not an inference log ({e}); pass min_area_m2 (rts-seg evaluate --min-area-m2) instead") from None
+        raise RtsSegError(
+            f'{log} is not an inference log ({e}); pass min_area_m2 (rts-seg evaluate --min-area-m2) instead'
+        ) from None
     return (default, 'default') if v is None else (float(v), 'inference_log')
+
 
 def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
     "Add the matched and unmatched components of `pl` and the missed ones of `tl`, by size bin, to `obj`."
     pl = np.where(valid, pl, 0)
     psize = np.bincount(pl.ravel(), minlength=npred + 1)[1:]
     mean_p = ndimage.mean(prob, pl, range(1, npred + 1)) if npred else []
-    order = [int(i) + 1 for i in np.argsort(-np.nan_to_num(np.asarray(mean_p)), kind='stable') if psize[i]] if npred else []
+    order = (
+        [int(i) + 1 for i in np.argsort(-np.nan_to_num(np.asarray(mean_p)), kind='stable') if psize[i]] if npred else []
+    )
     pbin = [_size_bin(a * px) for a in psize]
     for iou in ious:
         m = match_objects(pl, tl, order, ntruth, iou)
-        for p in order: obj[iou]['tp' if p in m else 'fp'][pbin[p - 1]] += 1
+        for p in order:
+            obj[iou]['tp' if p in m else 'fp'][pbin[p - 1]] += 1
         hit = set(m.values())
         for k in range(1, ntruth + 1):
-            if k not in hit and tsize[k - 1]: obj[iou]['fn'][tbin[k - 1]] += 1
+            if k not in hit and tsize[k - 1]:
+                obj[iou]['fn'][tbin[k - 1]] += 1
 
-def evaluate(pred:str|Path, # output folder of `rts-seg predict`
-             truth:str|Path, # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
-             ious:Sequence[float]=(0.1, 0.3, 0.5), # object IoU thresholds
-             out:str|Path|None=None, # where evaluation.json and pr_curve.png go; default `pred`
-             min_area_m2:float|None=None, # mapped objects: smallest component kept; None: the prediction's, from inference_log.json
-            ) -> dict:
+
+def evaluate(
+    pred: str | Path,  # output folder of `rts-seg predict`
+    truth: str | Path,  # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
+    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
+    out: str | Path | None = None,  # where evaluation.json and pr_curve.png go; default `pred`
+    min_area_m2: float | None = None,  # mapped objects: smallest component kept; None: the prediction's
+) -> dict:
     "Pixel IoU, PR-AUC and object precision/recall/F1 (overall and by size), raw and as mapped, of predictions against truth."
     pred, truth = Path(pred), Path(truth)
-    if not truth.exists(): raise RtsSegError(f"truth not found: {truth}")
+    if not truth.exists():
+        raise RtsSegError(f'truth not found: {truth}')
     min_area_m2, min_area_source = _min_area(pred, min_area_m2)
     inter = union = 0
     hist = np.zeros((2, NBINS), np.int64)
     nb = len(SIZE_BINS) - 1
     new = lambda: {iou: dict(tp=np.zeros(nb, int), fp=np.zeros(nb, int), fn=np.zeros(nb, int)) for iou in ious}
-    obj, obj_map = new(), new() # raw: every component of the mask; mapped: those of at least min_area_m2
+    obj, obj_map = new(), new()  # raw: every component of the mask; mapped: those of at least min_area_m2
     pairs = _pairs(pred, truth)
     for name, pp, mp, t in pairs:
         with rasterio.open(pp) as ps, rasterio.open(mp) as ms:
@@ -104,40 +136,68 @@ def evaluate(pred:str|Path, # output folder of `rts-seg predict`
             px = abs(ps.transform.a * ps.transform.e)
         valid = (prob >= 0) & (y != 255)
         p1, t1 = (mask == 1) & valid, (y == 1) & valid
-        inter += int((p1 & t1).sum()); union += int((p1 | t1).sum())
+        inter += int((p1 & t1).sum())
+        union += int((p1 | t1).sum())
         b = np.minimum((prob[valid] * NBINS).astype(int), NBINS - 1)
         hist += np.stack([np.bincount(b[y[valid] == k], minlength=NBINS) for k in (0, 1)])
         # objects are whole components (an ignore band does not split them); their ignore pixels count nowhere
-        pl, npred = ndimage.label((mask == 1) & (prob >= 0)); tl, ntruth = ndimage.label(y == 1)
+        pl, npred = ndimage.label((mask == 1) & (prob >= 0))
+        tl, ntruth = ndimage.label(y == 1)
         tl = np.where(valid, tl, 0)
         tsize = np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
         tbin = [_size_bin(a * px) for a in tsize]
         _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious)
-        small = np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2 # whole components, as vectorize measures them
+        small = (
+            np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2
+        )  # whole components, as vectorize measures them
         small[0] = True
         _tally(obj_map, prob, np.where(small[pl], 0, pl), npred, tl, ntruth, tsize, tbin, valid, px, ious)
     # PR curve from the histograms: a threshold at each bin edge, from high to low
-    tp = np.cumsum(hist[1][::-1]); fp = np.cumsum(hist[0][::-1])
-    prec = tp / np.maximum(tp + fp, 1); rec = tp / max(hist[1].sum(), 1)
+    tp = np.cumsum(hist[1][::-1])
+    fp = np.cumsum(hist[0][::-1])
+    prec = tp / np.maximum(tp + fp, 1)
+    rec = tp / max(hist[1].sum(), 1)
     ap = float(np.sum(np.diff(np.concatenate([[0], rec])) * prec)) if hist[1].sum() else float('nan')
     f1 = lambda p, r: float(2 * p * r / (p + r)) if p + r else 0.0
+
     def prf(tp, fp, fn):
         p, r = (tp / (tp + fp) if tp + fp else float('nan')), (tp / (tp + fn) if tp + fn else float('nan'))
-        return dict(tp=int(tp), fp=int(fp), fn=int(fn), precision=p, recall=r, f1=f1(np.nan_to_num(p), np.nan_to_num(r)))
+        return dict(
+            tp=int(tp), fp=int(fp), fn=int(fn), precision=p, recall=r, f1=f1(np.nan_to_num(p), np.nan_to_num(r))
+        )
+
     names = [f'{lo:g}-{hi:g}' for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
-    scores = lambda obj: {str(iou): dict(**prf(o['tp'].sum(), o['fp'].sum(), o['fn'].sum()),
-                                         by_size_m2={n: prf(o['tp'][i], o['fp'][i], o['fn'][i]) for i, n in enumerate(names)})
-                          for iou, o in obj.items()}
-    res = dict(pred=str(pred), truth=str(truth), n_images=len(pairs), pixel_iou=inter / union if union else float('nan'),
-               pixel_intersection=inter, pixel_union=union, pr_auc=ap, objects=scores(obj),
-               min_area_m2=min_area_m2, min_area_source=min_area_source, objects_mapped=scores(obj_map))
+    scores = lambda obj: {
+        str(iou): dict(
+            **prf(o['tp'].sum(), o['fp'].sum(), o['fn'].sum()),
+            by_size_m2={n: prf(o['tp'][i], o['fp'][i], o['fn'][i]) for i, n in enumerate(names)},
+        )
+        for iou, o in obj.items()
+    }
+    res = dict(
+        pred=str(pred),
+        truth=str(truth),
+        n_images=len(pairs),
+        pixel_iou=inter / union if union else float('nan'),
+        pixel_intersection=inter,
+        pixel_union=union,
+        pr_auc=ap,
+        objects=scores(obj),
+        min_area_m2=min_area_m2,
+        min_area_source=min_area_source,
+        objects_mapped=scores(obj_map),
+    )
     out = Path(out or pred)
-    atomic_write_text(out/'evaluation.json', json.dumps(res, indent=2))
-    from matplotlib.figure import Figure # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+    atomic_write_text(out / 'evaluation.json', json.dumps(res, indent=2))
+    from matplotlib.figure import (
+        Figure,
+    )  # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
-    ax.plot(rec, prec); ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {ap:.3f}')
-    with atomic_path(out/'pr_curve.png') as tmp: fig.savefig(tmp, format='png', dpi=100)
-    res['pr_curve_png'] = str(out/'pr_curve.png')
+    ax.plot(rec, prec)
+    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {ap:.3f}')
+    with atomic_path(out / 'pr_curve.png') as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    res['pr_curve_png'] = str(out / 'pr_curve.png')
     return res
-

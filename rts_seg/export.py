@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/export.html.md"""
 
 # %% ../nbs/06b_export.ipynb #84896938
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by smp's imports
 import datetime, hashlib, importlib, json, os, warnings, zipfile
 from pathlib import Path
 from typing import Callable
@@ -23,59 +23,104 @@ __all__ = ['FORMATS', 'INPUT_NAME', 'OUTPUT_NAME', 'DEFAULT_OPSET', 'CHECK_TOL',
            'export_model', 'OnnxModel', 'fetch_model', 'read_sidecar', 'load_model']
 
 # %% ../nbs/06b_export.ipynb #729c6493
-FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'} # export format -> file suffix
-INPUT_NAME, OUTPUT_NAME = 'input', 'logit' # the names of the exported graph's input and output
-DEFAULT_OPSET = 18 # the lowest opset both ONNX exporters write; onnxruntime >= 1.14 runs it
-CHECK_TOL = 1e-3 # largest accepted |exported - PyTorch| logit when an export is checked
+FORMATS = {'onnx': '.onnx', 'torchscript': '.pt'}  # export format -> file suffix
+INPUT_NAME, OUTPUT_NAME = 'input', 'logit'  # the names of the exported graph's input and output
+DEFAULT_OPSET = 18  # the lowest opset both ONNX exporters write; onnxruntime >= 1.14 runs it
+CHECK_TOL = 1e-3  # largest accepted |exported - PyTorch| logit when an export is checked
 
-def sidecar_path(path:str|Path, # an exported model: best.onnx or best.pt
-                ) -> Path:
+
+def sidecar_path(
+    path: str | Path,  # an exported model: best.onnx or best.pt
+) -> Path:
     "Where the JSON sidecar of an exported model is: `best.onnx` -> `best.onnx.json`."
     return Path(f'{path}.json')
 
-def _need(module:str):
-    "Import an optional dependency of `rts-seg export`, or say how to install it."
-    try: return importlib.import_module(module)
-    except ImportError: raise RtsSegError(f'{module} is not installed; exporting to ONNX and running ONNX models need it: '
-                                          'pip install "rts-seg[export]"') from None
 
-def _session(path:str|Path, device='cpu'):
+def _need(module: str):
+    "Import an optional dependency of `rts-seg export`, or say how to install it."
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RtsSegError(
+            f'{module} is not installed; exporting to ONNX and running ONNX models need it: '
+            'pip install "rts-seg[export]"'
+        ) from None
+
+
+def _session(path: str | Path, device='cpu'):
     "An onnxruntime session on `path`: its CUDA provider first for a GPU device (onnxruntime-gpu), then the CPU."
     ort = _need('onnxruntime')
     cuda = torch.device(device).type == 'cuda' and 'CUDAExecutionProvider' in ort.get_available_providers()
-    try: return ort.InferenceSession(str(path), providers=(['CUDAExecutionProvider'] if cuda else []) + ['CPUExecutionProvider'])
-    except Exception as e: raise RtsSegError(f"{path} is not a readable ONNX model ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})") from None
+    try:
+        return ort.InferenceSession(
+            str(path), providers=(['CUDAExecutionProvider'] if cuda else []) + ['CPUExecutionProvider']
+        )
+    except Exception as e:
+        raise RtsSegError(
+            f'{path} is not a readable ONNX model ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})'
+        ) from None
 
 # %% ../nbs/06b_export.ipynb #a6aadcae
-def _stride(net:torch.nn.Module) -> int:
+def _stride(net: torch.nn.Module) -> int:
     "Side lengths the network takes are multiples of this: its smp encoder's output stride, or 1."
-    if not getattr(net, 'requires_divisible_input_shape', False) or not hasattr(net, 'encoder'): return 1
+    if not getattr(net, 'requires_divisible_input_shape', False) or not hasattr(net, 'encoder'):
+        return 1
     return int(getattr(net.encoder, 'output_stride', 32))
+
 
 def _onnx_legacy(net, x, path, opset):
     "The TorchScript-based ONNX exporter, with the batch, height and width axes dynamic."
     axes = {0: 'batch', 2: 'height', 3: 'width'}
-    torch.onnx.export(net, (x,), str(path), dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+    )
+
 
 def _onnx_dynamo(net, x, path, opset):
     "The torch.export-based ONNX exporter (needs onnxscript), sides declared multiples of the output stride."
     _need('onnxscript')
     from torch.export import Dim
+
     s = _stride(net)
     side = lambda n: s * Dim(n) if s > 1 else Dim(n)
-    torch.onnx.export(net, (x,), str(path), dynamo=True, opset_version=opset, external_data=False, verbose=False,
-                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                      dynamic_shapes=({0: Dim('batch'), 2: side('height'), 3: side('width')},))
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        dynamo=True,
+        opset_version=opset,
+        external_data=False,
+        verbose=False,
+        input_names=[INPUT_NAME],
+        output_names=[OUTPUT_NAME],
+        dynamic_shapes=({0: Dim('batch'), 2: side('height'), 3: side('width')},),
+    )
+
 
 def _torchscript(net, x, path, opset=None):
     "A traced TorchScript module."
-    with torch.no_grad(): ts = torch.jit.trace(net, x, check_trace=False)
+    with torch.no_grad():
+        ts = torch.jit.trace(net, x, check_trace=False)
     torch.jit.save(ts, str(path))
 
-EXPORTERS:dict[str, dict[str, Callable[..., None]]] = {'onnx': {'legacy': _onnx_legacy, 'dynamo': _onnx_dynamo}, # tried in this order
-                                                    'torchscript': {'trace': _torchscript}}
-EXPORTER_CALLS = {'legacy': 'torch.onnx.export(dynamo=False)', 'dynamo': 'torch.onnx.export(dynamo=True)', 'trace': 'torch.jit.trace'}
+
+EXPORTERS: dict[str, dict[str, Callable[..., None]]] = {
+    'onnx': {'legacy': _onnx_legacy, 'dynamo': _onnx_dynamo},  # tried in this order
+    'torchscript': {'trace': _torchscript},
+}
+EXPORTER_CALLS = {
+    'legacy': 'torch.onnx.export(dynamo=False)',
+    'dynamo': 'torch.onnx.export(dynamo=True)',
+    'trace': 'torch.jit.trace',
+}
+
 
 def _jit_load(path, device='cpu') -> torch.nn.Module:
     "A TorchScript file, without the deprecation warnings of torch >= 2.10."
@@ -83,76 +128,121 @@ def _jit_load(path, device='cpu') -> torch.nn.Module:
         warnings.simplefilter('ignore', FutureWarning)
         return torch.jit.load(str(path), map_location=device).eval()
 
-def _check(path, fmt:str, net:torch.nn.Module, x:torch.Tensor) -> float:
+
+def _check(path, fmt: str, net: torch.nn.Module, x: torch.Tensor) -> float:
     "Largest |exported - PyTorch| logit on `x`, running the written file as `load_model` would."
     with torch.no_grad():
         ref = net(x)
-        if fmt == 'onnx': got = torch.from_numpy(_session(path).run(None, {INPUT_NAME: x.numpy()})[0])
-        else: got = _jit_load(path)(x)
+        if fmt == 'onnx':
+            got = torch.from_numpy(_session(path).run(None, {INPUT_NAME: x.numpy()})[0])
+        else:
+            got = _jit_load(path)(x)
     return float((got - ref).abs().max()) if got.shape == ref.shape else float('inf')
 
 # %% ../nbs/06b_export.ipynb #3bb02a28
-def _first_line(e:Exception) -> str: return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+def _first_line(e: Exception) -> str:
+    return f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:200]}'
 
-def export_model(model:str|Path, # a bundle written by `rts-seg train` (best.pth)
-                 fmt:str='onnx', # onnx or torchscript
-                 out:str|Path|None=None, # the exported file; None: beside `model`, best.onnx or best.pt
-                 tile_size:int|None=None, # side of the example input; None: the bundle's tile size (else 512)
-                 opset:int|None=None, # ONNX opset; None: `DEFAULT_OPSET`
-                 exporter:str|None=None, # ONNX: legacy (TorchScript-based) or dynamo (torch.export-based); None: the first that passes the check
-                ) -> Path:
+
+def export_model(
+    model: str | Path,  # a bundle written by `rts-seg train` (best.pth)
+    fmt: str = 'onnx',  # onnx or torchscript
+    out: str | Path | None = None,  # the exported file; None: beside `model`, best.onnx or best.pt
+    tile_size: int | None = None,  # side of the example input; None: the bundle's tile size (else 512)
+    opset: int | None = None,  # ONNX opset; None: `DEFAULT_OPSET`
+    exporter: str | None = None,  # ONNX: legacy or dynamo (torch.export); None: the first that passes the check
+) -> Path:
     "Export the network of a bundle, checked against PyTorch, with the bundle as a JSON sidecar beside it; return the file."
-    if fmt not in FORMATS: raise RtsSegError(f"export format '{fmt}' is unknown; choose one of {', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise RtsSegError(f"export format '{fmt}' is unknown; choose one of {', '.join(FORMATS)}")
     tries = EXPORTERS[fmt]
     if exporter is not None:
-        if exporter not in tries: raise RtsSegError(f"{fmt} exporter '{exporter}' is unknown; choose one of {', '.join(tries)}")
+        if exporter not in tries:
+            raise RtsSegError(f"{fmt} exporter '{exporter}' is unknown; choose one of {', '.join(tries)}")
         tries = {exporter: tries[exporter]}
     model = Path(model)
     out = model.with_suffix(FORMATS[fmt]) if out is None else Path(out)
-    if out.suffix != FORMATS[fmt]: raise RtsSegError(f"{out}: a {fmt} export must end in {FORMATS[fmt]} (that is how rts-seg predict knows it)")
-    if fmt == 'onnx': _need('onnx'); _need('onnxruntime')
+    if out.suffix != FORMATS[fmt]:
+        raise RtsSegError(f'{out}: a {fmt} export must end in {FORMATS[fmt]} (that is how rts-seg predict knows it)')
+    if fmt == 'onnx':
+        _need('onnx')
+        _need('onnxruntime')
     b = Bundle.load(model)
     net = b.build_model('cpu').float()
     s, size = _stride(net), tile_size or b.tile_size or 512
     if size < s or size % s:
-        raise RtsSegError(f"tile size {size}: the {b.model.get('arch')} network takes sides that are multiples of {s}, e.g. {max(s, round(size / s) * s)}")
+        raise RtsSegError(
+            f'tile size {size}: the {b.model.get("arch")} network takes sides that are multiples of {s}, e.g. {max(s, round(size / s) * s)}'
+        )
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, b.in_channels, size, size, generator=g)
-    xc = torch.randn(2, b.in_channels, size, size + s, generator=g) # another batch and width: the axes must be dynamic
+    xc = torch.randn(2, b.in_channels, size, size + s, generator=g)  # another batch and width: the axes must be dynamic
     opset = opset or DEFAULT_OPSET
     errors = []
     for name, fn in tries.items():
         try:
-            with atomic_path(out) as tmp: # `out` is replaced only by a file that passed the check
+            with atomic_path(out) as tmp:  # `out` is replaced only by a file that passed the check
                 with warnings.catch_warnings():
-                    warnings.simplefilter('ignore') # the exporters' deprecation and tracer warnings
+                    warnings.simplefilter('ignore')  # the exporters' deprecation and tracer warnings
                     fn(net, x, tmp, opset)
                 diff = _check(tmp, fmt, net, xc)
-                if not diff <= CHECK_TOL: raise ValueError(f"its logits differ from PyTorch's by {diff:.3g} at {tuple(xc.shape)}")
+                if not diff <= CHECK_TOL:
+                    raise ValueError(f"its logits differ from PyTorch's by {diff:.3g} at {tuple(xc.shape)}")
             break
-        except Exception as e: errors.append(f'{name}: {_first_line(e)}')
-    else: raise RtsSegError(f"could not export {model} to {fmt} ({'; '.join(errors)})" + ('; try --format torchscript' if fmt == 'onnx' else ''))
+        except Exception as e:
+            errors.append(f'{name}: {_first_line(e)}')
+    else:
+        raise RtsSegError(
+            f'could not export {model} to {fmt} ({"; ".join(errors)})'
+            + ('; try --format torchscript' if fmt == 'onnx' else '')
+        )
     lo, hi, mean, std = (t.tolist() for t in b.norm_columns())
-    info = dict(format=fmt, file=out.name, source=model.name, exporter=EXPORTER_CALLS[name],
-                opset=_need('onnx').load(str(out), load_external_data=False).opset_import[0].version if fmt == 'onnx' else None,
-                torch_version=torch.__version__, rts_seg_version=__version__,
-                created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-                input=dict(name=INPUT_NAME, dtype='float32', shape=['batch', b.in_channels, 'height', 'width'], side_multiple_of=s,
-                           example_size=size, channels=[c['name'] for c in b.channels], clip_low=lo, clip_high=hi, mean=mean, std=std,
-                           normalization='(clip(raw, clip_low, clip_high) - mean) / std for each channel, in this order; 0 where a pixel is nodata (nodata_rule)'),
-                output=dict(name=OUTPUT_NAME, dtype='float32', shape=['batch', 1, 'height', 'width'], value='the slump logit',
-                            probability='sigmoid(logit / temperature)', temperature=b.temperature,
-                            mask='probability > threshold', threshold=b.threshold),
-                check=dict(input_shape=list(xc.shape), max_abs_logit_diff=diff))
+    info = dict(
+        format=fmt,
+        file=out.name,
+        source=model.name,
+        exporter=EXPORTER_CALLS[name],
+        opset=_need('onnx').load(str(out), load_external_data=False).opset_import[0].version if fmt == 'onnx' else None,
+        torch_version=torch.__version__,
+        rts_seg_version=__version__,
+        created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        input=dict(
+            name=INPUT_NAME,
+            dtype='float32',
+            shape=['batch', b.in_channels, 'height', 'width'],
+            side_multiple_of=s,
+            example_size=size,
+            channels=[c['name'] for c in b.channels],
+            clip_low=lo,
+            clip_high=hi,
+            mean=mean,
+            std=std,
+            normalization='(clip(raw, clip_low, clip_high) - mean) / std for each channel, in this order; 0 where a pixel is nodata (nodata_rule)',
+        ),
+        output=dict(
+            name=OUTPUT_NAME,
+            dtype='float32',
+            shape=['batch', 1, 'height', 'width'],
+            value='the slump logit',
+            probability='sigmoid(logit / temperature)',
+            temperature=b.temperature,
+            mask='probability > threshold',
+            threshold=b.threshold,
+        ),
+        check=dict(input_shape=list(xc.shape), max_abs_logit_diff=diff),
+    )
     atomic_write_text(sidecar_path(out), json.dumps(dict(b.meta(), export=info), indent=1) + '\n')
     return out
 
 # %% ../nbs/06b_export.ipynb #f0258722
 class OnnxModel(torch.nn.Module):
     "An exported ONNX file run by onnxruntime as a torch module: normalised (B, C, H, W) in, float32 logits (B, 1, H, W) out."
-    def __init__(self, path:str|Path, # the .onnx file
-                 device='cpu', # where its inputs and outputs live; a GPU uses onnxruntime's CUDA provider if it has one
-                ):
+
+    def __init__(
+        self,
+        path: str | Path,  # the .onnx file
+        device='cpu',  # where its inputs and outputs live; a GPU uses onnxruntime's CUDA provider if it has one
+    ):
         super().__init__()
         self.path = Path(path)
         self._open(device)
@@ -161,68 +251,89 @@ class OnnxModel(torch.nn.Module):
         self.device, self.session = torch.device(device), _session(self.path, device)
         self.input_name = self.session.get_inputs()[0].name
 
-    def forward(self, x:torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.session.run(None, {self.input_name: x.detach().to('cpu', torch.float32).contiguous().numpy()})[0]
         return torch.from_numpy(y).to(x.device)
 
     def to(self, *args, **kwargs):
         "Follow a change of device; dtypes and memory formats are ignored."
         device = torch._C._nn._parse_to(*args, **kwargs)[0]
-        if device is not None and device.type != self.device.type: self._open(device)
+        if device is not None and device.type != self.device.type:
+            self._open(device)
         return self
 
-    def extra_repr(self) -> str: return f"{self.path.name}, providers={self.session.get_providers()}"
+    def extra_repr(self) -> str:
+        return f'{self.path.name}, providers={self.session.get_providers()}'
 
 # %% ../nbs/06b_export.ipynb #6d7c3fc0
 def _cache_root() -> Path:
-    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home()/'.cache')/'rts_seg'/'models'
+    return Path(os.environ.get('XDG_CACHE_HOME') or Path.home() / '.cache') / 'rts_seg' / 'models'
 
-def fetch_model(model:str|Path, # a local path, or a URI such as gs://bucket/run/best.pth
-                cache:str|Path|None=None, # where downloaded models are kept; None = $XDG_CACHE_HOME/rts_seg/models
-               ) -> Path:
+
+def fetch_model(
+    model: str | Path,  # a local path, or a URI such as gs://bucket/run/best.pth
+    cache: str | Path | None = None,  # where downloaded models are kept; None = $XDG_CACHE_HOME/rts_seg/models
+) -> Path:
     "A local path of `model`: a remote one is downloaded once per version of the object (with an export's sidecar)."
-    if not is_remote(model): return Path(model)
+    if not is_remote(model):
+        return Path(model)
     model = str(model)
     fs, p = get_fs(model)
     info = retry(lambda: fs.info(p), model)
-    if info.get('type') != 'file': raise RtsSegError(f"model not found: {model} is not a file")
-    version = json.dumps({k: str(info.get(k)) for k in ('size', 'generation', 'md5Hash', 'etag', 'ETag', 'mtime', 'created', 'LastModified')})
-    d = Path(cache or _cache_root())/hashlib.sha256(f'{model}\n{version}'.encode()).hexdigest()[:16]
-    dst = d/Path(p).name
+    if info.get('type') != 'file':
+        raise RtsSegError(f'model not found: {model} is not a file')
+    version = json.dumps(
+        {
+            k: str(info.get(k))
+            for k in ('size', 'generation', 'md5Hash', 'etag', 'ETag', 'mtime', 'created', 'LastModified')
+        }
+    )
+    d = Path(cache or _cache_root()) / hashlib.sha256(f'{model}\n{version}'.encode()).hexdigest()[:16]
+    dst = d / Path(p).name
     if not dst.is_file():
-        side = f'{model}.json' # `sidecar_path` of a URI (a Path would fold its '//')
+        side = f'{model}.json'  # `sidecar_path` of a URI (a Path would fold its '//')
         if Path(p).suffix.lower() in ('.onnx', '.pt') and exists(side):
-            with atomic_path(sidecar_path(dst)) as tmp: retry(lambda: fs.get_file(get_fs(side)[1], str(tmp)), side)
-        with atomic_path(dst) as tmp: retry(lambda: fs.get_file(p, str(tmp)), model)
+            with atomic_path(sidecar_path(dst)) as tmp:
+                retry(lambda: fs.get_file(get_fs(side)[1], str(tmp)), side)
+        with atomic_path(dst) as tmp:
+            retry(lambda: fs.get_file(p, str(tmp)), model)
     return dst
 
-
 # %% ../nbs/06b_export.ipynb #f580b0d0
-def read_sidecar(path:str|Path, # an exported model (best.onnx, best.pt); its sidecar is `sidecar_path(path)`
-                ) -> Bundle:
+def read_sidecar(
+    path: str | Path,  # an exported model (best.onnx, best.pt); its sidecar is `sidecar_path(path)`
+) -> Bundle:
     "The bundle (without weights) from the JSON sidecar of an exported model."
     s = sidecar_path(path)
-    if not s.is_file(): raise RtsSegError(f"{s} not found: an exported model needs the JSON sidecar rts-seg export writes beside it")
-    try: d = json.loads(s.read_text())
-    except (ValueError, UnicodeDecodeError) as e: raise RtsSegError(f"{s} is not readable JSON ({_first_line(e)})") from None
+    if not s.is_file():
+        raise RtsSegError(f'{s} not found: an exported model needs the JSON sidecar rts-seg export writes beside it')
+    try:
+        d = json.loads(s.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise RtsSegError(f'{s} is not readable JSON ({_first_line(e)})') from None
     if not isinstance(d, dict) or not {'model', 'channels', 'normalization'} <= d.keys():
-        raise RtsSegError(f"{s} is not the sidecar of an rts_seg export (no model, channels or normalization in it)")
+        raise RtsSegError(f'{s} is not the sidecar of an rts_seg export (no model, channels or normalization in it)')
     return _from_dict(dict(d, state_dict=None))
 
 # %% ../nbs/06b_export.ipynb #b91c0715
-def _is_torchscript(path:Path) -> bool:
+def _is_torchscript(path: Path) -> bool:
     "A TorchScript archive (torch.jit.save) holds code; a checkpoint (torch.save) does not."
     try:
-        with zipfile.ZipFile(path) as z: return any('/code/' in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError): return False
+        with zipfile.ZipFile(path) as z:
+            return any('/code/' in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
-def load_model(path:str|Path, # best.pth (a bundle), best.onnx or best.pt (exports, with their sidecars); a path or URI (gs://...)
-               device='cpu', # cpu, cuda, cuda:N or auto
-               cache:str|Path|None=None, # where a remote model is downloaded (`fetch_model`)
-              ) -> tuple[torch.nn.Module, Bundle]:
+
+def load_model(
+    path: str | Path,  # best.pth (a bundle), best.onnx or best.pt (exports, with sidecars); path or URI
+    device='cpu',  # cpu, cuda, cuda:N or auto
+    cache: str | Path | None = None,  # where a remote model is downloaded (`fetch_model`)
+) -> tuple[torch.nn.Module, Bundle]:
     "The model in eval mode and its bundle, from a checkpoint, an ONNX export or a TorchScript export."
     path, device = fetch_model(path, cache), get_device(device) if device == 'auto' else torch.device(device)
-    if not path.is_file(): raise RtsSegError(f"model not found: {path}")
+    if not path.is_file():
+        raise RtsSegError(f'model not found: {path}')
     if path.suffix.lower() == '.onnx':
         b = read_sidecar(path)
         return OnnxModel(path, device).eval(), b

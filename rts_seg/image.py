@@ -17,116 +17,198 @@ from .core import RtsSegError
 __all__ = ['GPU_ARCHS', 'MANIFEST', 'IMPORTS', 'arch_of', 'find_root', 'image_files', 'image_tag', 'image_checks', 'run_checks']
 
 # %% ../nbs/12_image.ipynb #f7aee2ba
-GPU_ARCHS: dict[str, dict[str, Any]] = {  # GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
-    'pre-ampere': dict(cuda_arch_list='7.0 7.5', mixed_precision='fp16', capability=((7, 0), (8, 0))), # V100, T4
-    'ampere': dict(cuda_arch_list='8.0 8.6 8.9', mixed_precision='bf16', capability=((8, 0), (9, 0))), # A100, A10, L4
-    'hopper': dict(cuda_arch_list='9.0', mixed_precision='bf16', capability=((9, 0), (10, 0))), # H100, H200
+GPU_ARCHS: dict[
+    str, dict[str, Any]
+] = {  # GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
+    'pre-ampere': dict(cuda_arch_list='7.0 7.5', mixed_precision='fp16', capability=((7, 0), (8, 0))),  # V100, T4
+    'ampere': dict(cuda_arch_list='8.0 8.6 8.9', mixed_precision='bf16', capability=((8, 0), (9, 0))),  # A100, A10, L4
+    'hopper': dict(cuda_arch_list='9.0', mixed_precision='bf16', capability=((9, 0), (10, 0))),  # H100, H200
 }
 
-def arch_of(capability:tuple[int, int]) -> str|None:
+
+def arch_of(capability: tuple[int, int]) -> str | None:
     "The GPU generation of a CUDA compute capability `(major, minor)`, or None if no image fits it."
     return next((a for a, v in GPU_ARCHS.items() if v['capability'][0] <= tuple(capability) < v['capability'][1]), None)
 
 # %% ../nbs/12_image.ipynb #875b66f8
 MANIFEST = 'docker/image-files.txt'
 
-def find_root(start:str|Path='.') -> Path:
+
+def find_root(start: str | Path = '.') -> Path:
     "The repository root: the first of `start` and its parents holding the image manifest."
     start = Path(start).resolve()
     for d in [start, *start.parents]:
-        if (d/MANIFEST).is_file(): return d
-    raise RtsSegError(f"no {MANIFEST} in {start} or its parents; run from the rts_seg repository or pass --root")
+        if (d / MANIFEST).is_file():
+            return d
+    raise RtsSegError(f'no {MANIFEST} in {start} or its parents; run from the rts_seg repository or pass --root')
 
 # %% ../nbs/12_image.ipynb #c52f6ba8
-def image_files(root:str|Path='.', # repository root
-                manifest:str=MANIFEST, # manifest path, relative to `root`
-               ) -> list[str]:
+def image_files(
+    root: str | Path = '.',  # repository root
+    manifest: str = MANIFEST,  # manifest path, relative to `root`
+) -> list[str]:
     "Sorted, `/`-separated paths (relative to `root`) of the files the manifest lists."
     root = Path(root)
-    if not (root/manifest).is_file(): raise RtsSegError(f"image manifest not found: {root/manifest}")
+    if not (root / manifest).is_file():
+        raise RtsSegError(f'image manifest not found: {root / manifest}')
     files: set[str] = set()
-    for ln in (root/manifest).read_text().splitlines():
+    for ln in (root / manifest).read_text().splitlines():
         pat = ln.split('#', 1)[0].strip()
-        if not pat: continue
+        if not pat:
+            continue
         hits = [p for p in root.glob(pat) if p.is_file() and '__pycache__' not in p.parts]
-        if not hits: raise RtsSegError(f"{root/manifest}: '{pat}' matches no file; fix or remove that line")
+        if not hits:
+            raise RtsSegError(f"{root / manifest}: '{pat}' matches no file; fix or remove that line")
         files.update(p.relative_to(root).as_posix() for p in hits)
     return sorted(files)
 
 # %% ../nbs/12_image.ipynb #7e467ffd
-def image_tag(root:str|Path='.', # repository root
-              arch:str|None=None, # GPU generation (a key of `GPU_ARCHS`); None: the files alone
-              manifest:str=MANIFEST, # manifest path, relative to `root`
-              n:int=7, # hex characters kept
-             ) -> str:
+def image_tag(
+    root: str | Path = '.',  # repository root
+    arch: str | None = None,  # GPU generation (a key of `GPU_ARCHS`); None: the files alone
+    manifest: str = MANIFEST,  # manifest path, relative to `root`
+    n: int = 7,  # hex characters kept
+) -> str:
     "Short content hash of the files that go into an image (and of its GPU generation)."
-    if arch is not None and arch not in GPU_ARCHS: raise RtsSegError(f"unknown --arch '{arch}'; use one of {', '.join(GPU_ARCHS)}")
+    if arch is not None and arch not in GPU_ARCHS:
+        raise RtsSegError(f"unknown --arch '{arch}'; use one of {', '.join(GPU_ARCHS)}")
     h, root = hashlib.sha256(), Path(root)
     for f in image_files(root, manifest):
-        data = (root/f).read_bytes().replace(b'\r\n', b'\n')
-        h.update(f'{f}\0{len(data)}\0'.encode()); h.update(data)
+        data = (root / f).read_bytes().replace(b'\r\n', b'\n')
+        h.update(f'{f}\0{len(data)}\0'.encode())
+        h.update(data)
     h.update(f'arch\0{arch or ""}'.encode())
     return h.hexdigest()[:n]
 
 # %% ../nbs/12_image.ipynb #2dd4c18a
-IMPORTS = ['torch', 'torchvision', 'fastai', 'segmentation_models_pytorch', 'rasterio', 'albumentations',
-           'mlflow', 'accelerate', 'gcsfs', 'pydantic', 'shapely', 'pyogrio', 'rts_seg.train', 'rts_seg.predict']
+IMPORTS = [
+    'torch',
+    'torchvision',
+    'fastai',
+    'segmentation_models_pytorch',
+    'rasterio',
+    'albumentations',
+    'mlflow',
+    'accelerate',
+    'gcsfs',
+    'pydantic',
+    'shapely',
+    'pyogrio',
+    'rts_seg.train',
+    'rts_seg.predict',
+]
+
 
 @contextlib.contextmanager
 def _env(**kw):
     "Set environment variables for a block, then put them back."
     old = {k: os.environ.get(k) for k in kw}
     os.environ.update(kw)
-    try: yield
+    try:
+        yield
     finally:
         for k, v in old.items():
-            if v is None: os.environ.pop(k, None)
-            else: os.environ[k] = v
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
-def _train_steps(steps:int, mixed_precision:str) -> str:
+
+def _train_steps(steps: int, mixed_precision: str) -> str:
     "A few training steps of a small UNet on generated 64 px tiles, through `rts_seg.train.train`."
     from rts_seg.config import load_config
     from rts_seg.train import train
-    with tempfile.TemporaryDirectory() as d:
-        cfg = load_config(None, [f'output_dir={d}/run', f'data.root={d}/data', f'data.synth.tiles={3*4*steps}', 'data.synth.size=64',
-                                 'data.batch_size=4', 'data.num_workers=0', 'model.arch=Unet', 'model.encoder=resnet18',
-                                 'model.encoder_weights=null', 'model.decoder_channels=[32,16,16,8,8]', 'train.epochs=1',
-                                 'train.warmup_epochs=0.5', 'train.freeze_backbone_epochs=0',
-                                 f'train.mixed_precision={mixed_precision}', 'mlflow.experiment=image-check'])
-        with _env(MLFLOW_TRACKING_URI=f'sqlite:///{d}/mlflow.db'): m = train(cfg)
-    if m['val_loss'] is None: raise RuntimeError(f'validation loss is not finite: {m}')
-    return f"{steps} steps on {m['device']}, mixed precision {mixed_precision}, val_loss {m['val_loss']:.3f}, {m['seconds']:.0f} s"
 
-def image_checks(arch:str|None=None, # expected GPU generation; None: `RTS_SEG_GPU_ARCH`, if set
-                 steps:int=3, # training steps on generated data; 0 skips them
-                 require_gpu:bool=False, # a missing GPU is a FAIL, not a SKIP
-                ):
+    with tempfile.TemporaryDirectory() as d:
+        cfg = load_config(
+            None,
+            [
+                f'output_dir={d}/run',
+                f'data.root={d}/data',
+                f'data.synth.tiles={3 * 4 * steps}',
+                'data.synth.size=64',
+                'data.batch_size=4',
+                'data.num_workers=0',
+                'model.arch=Unet',
+                'model.encoder=resnet18',
+                'model.encoder_weights=null',
+                'model.decoder_channels=[32,16,16,8,8]',
+                'train.epochs=1',
+                'train.warmup_epochs=0.5',
+                'train.freeze_backbone_epochs=0',
+                f'train.mixed_precision={mixed_precision}',
+                'mlflow.experiment=image-check',
+            ],
+        )
+        with _env(MLFLOW_TRACKING_URI=f'sqlite:///{d}/mlflow.db'):
+            m = train(cfg)
+    if m['val_loss'] is None:
+        raise RuntimeError(f'validation loss is not finite: {m}')
+    return f'{steps} steps on {m["device"]}, mixed precision {mixed_precision}, val_loss {m["val_loss"]:.3f}, {m["seconds"]:.0f} s'
+
+
+def image_checks(
+    arch: str | None = None,  # expected GPU generation; None: `RTS_SEG_GPU_ARCH`, if set
+    steps: int = 3,  # training steps on generated data; 0 skips them
+    require_gpu: bool = False,  # a missing GPU is a FAIL, not a SKIP
+):
     "Yield `(check, status, detail)` for the GPU, its generation, the imports and a few training steps."
     arch = arch or os.environ.get('RTS_SEG_GPU_ARCH') or None
     import torch
+
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if n:
-        yield 'gpu', 'PASS', f"{n} x {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+        yield 'gpu', 'PASS', f'{n} x {torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}'
         caps = sorted({torch.cuda.get_device_capability(i) for i in range(n)})
         gens = {arch_of(c) for c in caps}
         ok = None not in gens and len(gens) == 1
-        yield 'capability', 'PASS' if ok else 'FAIL', f"compute capability {', '.join(f'{a}.{b}' for a, b in caps)} -> {', '.join(map(str, gens))}"
-        if arch is None: yield 'variant', 'SKIP', 'no RTS_SEG_GPU_ARCH: not inside an rts_seg image'
-        else: yield 'variant', 'PASS' if gens == {arch} else 'FAIL', f"image built for {arch}, GPU is {', '.join(map(str, gens))}" + ('' if gens == {arch} else f'; build with docker/build.sh --arch {next(iter(gens))}')
+        yield (
+            'capability',
+            'PASS' if ok else 'FAIL',
+            f'compute capability {", ".join(f"{a}.{b}" for a, b in caps)} -> {", ".join(map(str, gens))}',
+        )
+        if arch is None:
+            yield 'variant', 'SKIP', 'no RTS_SEG_GPU_ARCH: not inside an rts_seg image'
+        else:
+            yield (
+                'variant',
+                'PASS' if gens == {arch} else 'FAIL',
+                f'image built for {arch}, GPU is {", ".join(map(str, gens))}'
+                + ('' if gens == {arch} else f'; build with docker/build.sh --arch {next(iter(gens))}'),
+            )
     else:
         st = 'FAIL' if require_gpu else 'SKIP'
-        yield 'gpu', st, 'no CUDA GPU visible' + ('; run with --gpus all and check nvidia-smi on the host' if require_gpu else '')
-        for c in ('capability', 'variant'): yield c, 'SKIP', 'no GPU'
+        yield (
+            'gpu',
+            st,
+            'no CUDA GPU visible' + ('; run with --gpus all and check nvidia-smi on the host' if require_gpu else ''),
+        )
+        for c in ('capability', 'variant'):
+            yield c, 'SKIP', 'no GPU'
     bad = []
     for m in IMPORTS:
-        try: importlib.import_module(m)
-        except Exception as e: bad.append(f'{m} ({type(e).__name__}: {e})')
+        try:
+            importlib.import_module(m)
+        except Exception as e:
+            bad.append(f'{m} ({type(e).__name__}: {e})')
     import torch, fastai, segmentation_models_pytorch as smp, rts_seg
-    yield 'imports', 'FAIL' if bad else 'PASS', '; '.join(bad) or f"torch {torch.__version__}, fastai {fastai.__version__}, smp {smp.__version__}, rts_seg {rts_seg.__version__}"
-    if not steps: yield 'train', 'SKIP', 'steps=0'; return
-    mp = os.environ.get('RTS_SEG_MIXED_PRECISION') or (GPU_ARCHS[arch]['mixed_precision'] if arch in GPU_ARCHS else 'auto')
-    try: yield 'train', 'PASS', _train_steps(steps, mp)
-    except Exception as e: yield 'train', 'FAIL', f'{type(e).__name__}: {e}'
+
+    yield (
+        'imports',
+        'FAIL' if bad else 'PASS',
+        '; '.join(bad)
+        or f'torch {torch.__version__}, fastai {fastai.__version__}, smp {smp.__version__}, rts_seg {rts_seg.__version__}',
+    )
+    if not steps:
+        yield 'train', 'SKIP', 'steps=0'
+        return
+    mp = os.environ.get('RTS_SEG_MIXED_PRECISION') or (
+        GPU_ARCHS[arch]['mixed_precision'] if arch in GPU_ARCHS else 'auto'
+    )
+    try:
+        yield 'train', 'PASS', _train_steps(steps, mp)
+    except Exception as e:
+        yield 'train', 'FAIL', f'{type(e).__name__}: {e}'
 
 # %% ../nbs/12_image.ipynb #3d60309c
 def run_checks(checks) -> bool:

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/infer.html.md"""
 
 # %% ../nbs/11c_infer.ipynb #75c1f029
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning
+import rts_seg.core  # first: it silences a torch deprecation warning
 import datetime, json, os, re, shutil, signal, tempfile, threading, time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,253 +29,398 @@ __all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'resolve_shard', 'parse_shard', 'shard_
            'write_mosaic', 'build_mosaics', 'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
-SHARD_ENV = {'Cloud Batch': ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT'), # engine: the variables of its task index and count
-             'Cloud Run': ('CLOUD_RUN_TASK_INDEX', 'CLOUD_RUN_TASK_COUNT'), # Cloud Run jobs
-             'Kubernetes': ('JOB_COMPLETION_INDEX', None)} # an indexed Job: the count (its `completions`) is given as auto/N
+SHARD_ENV = {
+    'Cloud Batch': ('BATCH_TASK_INDEX', 'BATCH_TASK_COUNT'),  # engine: the variables of its task index and count
+    'Cloud Run': ('CLOUD_RUN_TASK_INDEX', 'CLOUD_RUN_TASK_COUNT'),  # Cloud Run jobs
+    'Kubernetes': ('JOB_COMPLETION_INDEX', None),
+}  # an indexed Job: the count (its `completions`) is given as auto/N
 
-def _env_int(env:Mapping[str, str], var:str, least:int) -> int:
+
+def _env_int(env: Mapping[str, str], var: str, least: int) -> int:
     "The integer in `env[var]`, at least `least`; else an error naming the variable and its value."
-    try: k = int(env[var])
-    except ValueError: k = least - 1
-    if k < least: raise RtsSegError(f"--shard auto: {var}={env[var]!r} must be an integer >= {least}")
+    try:
+        k = int(env[var])
+    except ValueError:
+        k = least - 1
+    if k < least:
+        raise RtsSegError(f'--shard auto: {var}={env[var]!r} must be an integer >= {least}')
     return k
 
-def resolve_shard(s:str|None, # 'i/n', 'auto' or 'auto/N' (N: the number of tasks); None: the whole list
-                  env:Mapping[str, str]|None=None, # where 'auto' reads the engine's variables (`os.environ`)
-                 ) -> tuple[int, int, str|None]:
+
+def resolve_shard(
+    s: str | None,  # 'i/n', 'auto' or 'auto/N' (N: the number of tasks); None: the whole list
+    env: Mapping[str, str] | None = None,  # where 'auto' reads the engine's variables (`os.environ`)
+) -> tuple[int, int, str | None]:
     "This task's shard `(i, n)`, and what set it: '--shard', an engine of `SHARD_ENV`, or None (no shard)."
-    if s is None: return 0, 1, None
+    if s is None:
+        return 0, 1, None
     head, _, tail = str(s).partition('/')
     if head != 'auto':
-        try: i, n = map(int, str(s).split('/'))
-        except ValueError: i, n = -1, 0
-        if not 0 <= i < n: raise RtsSegError(f"--shard {s!r} must be i/n with 0 <= i < n, e.g. 0/8 (or auto in a batch job)")
+        try:
+            i, n = map(int, str(s).split('/'))
+        except ValueError:
+            i, n = -1, 0
+        if not 0 <= i < n:
+            raise RtsSegError(f'--shard {s!r} must be i/n with 0 <= i < n, e.g. 0/8 (or auto in a batch job)')
         return i, n, '--shard'
-    if tail and not (tail.isdigit() and int(tail) > 0): raise RtsSegError(f"--shard {s!r} must be auto, or auto/N with N the number of tasks, e.g. auto/8")
+    if tail and not (tail.isdigit() and int(tail) > 0):
+        raise RtsSegError(f'--shard {s!r} must be auto, or auto/N with N the number of tasks, e.g. auto/8')
     count = int(tail) if tail else None
-    if env is None: env = os.environ
+    if env is None:
+        env = os.environ
     engine = next((e for e, (iv, _) in SHARD_ENV.items() if iv in env), None)
     if engine is None:
         names = ', '.join(v for vs in SHARD_ENV.values() for v in vs if v)
-        raise RtsSegError(f"--shard {s}: none of {names} is set (Cloud Batch, Cloud Run jobs and Kubernetes indexed Jobs set them); outside such a job give --shard i/n")
+        raise RtsSegError(
+            f'--shard {s}: none of {names} is set (Cloud Batch, Cloud Run jobs and Kubernetes indexed Jobs set them); outside such a job give --shard i/n'
+        )
     iv, nv = SHARD_ENV[engine]
     i = _env_int(env, iv, 0)
     if nv and nv in env:
         n = _env_int(env, nv, 1)
-        if count not in (None, n): raise RtsSegError(f"--shard {s} disagrees with {nv}={n} ({engine}); give --shard auto")
+        if count not in (None, n):
+            raise RtsSegError(f'--shard {s} disagrees with {nv}={n} ({engine}); give --shard auto')
         of = f'{nv}={n}'
-    elif count is None: raise RtsSegError(f"--shard auto: {iv}={i} ({engine}) gives the task index but not the number of tasks; give it as --shard auto/N" + (f", or set {nv}" if nv else " (the Job's completions)"))
-    else: n, of = count, f'--shard {s}'
-    if i >= n: raise RtsSegError(f"--shard auto: {iv}={env[iv]!r} must be below the number of tasks ({of})")
+    elif count is None:
+        raise RtsSegError(
+            f'--shard auto: {iv}={i} ({engine}) gives the task index but not the number of tasks; give it as --shard auto/N'
+            + (f', or set {nv}' if nv else " (the Job's completions)")
+        )
+    else:
+        n, of = count, f'--shard {s}'
+    if i >= n:
+        raise RtsSegError(f'--shard auto: {iv}={env[iv]!r} must be below the number of tasks ({of})')
     return i, n, engine
 
 # %% ../nbs/11c_infer.ipynb #7a81435b
-def parse_shard(s:str|None, # 'i/n', 'auto' or 'auto/N'; None: the whole list
-                env:Mapping[str, str]|None=None, # where 'auto' reads the engine's variables (`os.environ`)
-               ) -> tuple[int, int]:
+def parse_shard(
+    s: str | None,  # 'i/n', 'auto' or 'auto/N'; None: the whole list
+    env: Mapping[str, str] | None = None,  # where 'auto' reads the engine's variables (`os.environ`)
+) -> tuple[int, int]:
     "`(i, n)` of `--shard s` (see `resolve_shard`); None is the whole list, `(0, 1)`."
     return resolve_shard(s, env)[:2]
 
 # %% ../nbs/11c_infer.ipynb #c3d43c4d
-def shard_tiles(tile_ids:list[str], # every tile of the list
-                i:int, # this shard
-                n:int, # number of shards
-               ) -> list[str]:
+def shard_tiles(
+    tile_ids: list[str],  # every tile of the list
+    i: int,  # this shard
+    n: int,  # number of shards
+) -> list[str]:
     "The tiles of shard `i` of `n`: sorted by id, every n-th from the i-th."
     return sorted(tile_ids)[i::n]
 
 # %% ../nbs/11c_infer.ipynb #3e3f998c
 class OutDir:
     "An output folder, local or remote: files are made under `local`, then `publish`ed to `uri`."
-    def __init__(self, uri:str|Path):
+
+    def __init__(self, uri: str | Path):
         self.uri = str(uri).rstrip('/')
         self.remote = is_remote(self.uri)
         if self.remote:
-            self.fs = get_fs(self.uri, cache=False)[0] # outputs are written: never through the read cache
+            self.fs = get_fs(self.uri, cache=False)[0]  # outputs are written: never through the read cache
             self.local = Path(tempfile.mkdtemp(prefix='rts_seg_out_'))
         else:
-            self.local = Path(uri); self.local.mkdir(parents=True, exist_ok=True)
-        self.last = 0.
+            self.local = Path(uri)
+            self.local.mkdir(parents=True, exist_ok=True)
+        self.last = 0.0
 
-    def publish(self, *rels:str, keep:bool=False):
+    def publish(self, *rels: str, keep: bool = False):
         "Upload files (paths relative to the folder) of a remote folder; remove the local copies unless `keep`."
-        if not self.remote: return
+        if not self.remote:
+            return
         for rel in rels:
-            self.fs.put(str(self.local/rel), join(self.uri, rel))
-            if not keep: (self.local/rel).unlink()
+            self.fs.put(str(self.local / rel), join(self.uri, rel))
+            if not keep:
+                (self.local / rel).unlink()
 
-    def fetch(self, pattern:str) -> list[str]:
+    def fetch(self, pattern: str) -> list[str]:
         "Download the files matching `pattern` (relative glob) of a remote folder; their relative paths."
-        if not self.remote: return sorted(str(p.relative_to(self.local)) for p in self.local.glob(pattern))
-        rels = [u[len(self.fs._strip_protocol(self.uri)) + 1:] for u in sorted(self.fs.glob(join(self.uri, pattern)))]
+        if not self.remote:
+            return sorted(str(p.relative_to(self.local)) for p in self.local.glob(pattern))
+        rels = [u[len(self.fs._strip_protocol(self.uri)) + 1 :] for u in sorted(self.fs.glob(join(self.uri, pattern)))]
         for r in rels:
-            (self.local/r).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(join(self.uri, r), str(self.local/r))
+            (self.local / r).parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get(join(self.uri, r), str(self.local / r))
         return rels
 
 # %% ../nbs/11c_infer.ipynb #d7f9ca53
-def read_tile_list(path:str|Path) -> pd.DataFrame:
+def read_tile_list(path: str | Path) -> pd.DataFrame:
     "A tile list: `tile_id` (required) and `RegionName` (optional; 'all' when absent)."
-    if not exists(path): raise RtsSegError(f"tile list not found: {path}")
+    if not exists(path):
+        raise RtsSegError(f'tile list not found: {path}')
     df = pd.read_csv(str(path), dtype={'tile_id': str}, keep_default_na=False)
-    if 'tile_id' not in df.columns: raise RtsSegError(f"{path} has no tile_id column (columns: {', '.join(df.columns)})")
-    if df.tile_id.duplicated().any(): raise RtsSegError(f"{path} lists tile {df.tile_id[df.tile_id.duplicated()].iloc[0]} twice")
-    if 'RegionName' not in df.columns: df['RegionName'] = 'all'
+    if 'tile_id' not in df.columns:
+        raise RtsSegError(f'{path} has no tile_id column (columns: {", ".join(df.columns)})')
+    if df.tile_id.duplicated().any():
+        raise RtsSegError(f'{path} lists tile {df.tile_id[df.tile_id.duplicated()].iloc[0]} twice')
+    if 'RegionName' not in df.columns:
+        df['RegionName'] = 'all'
     return df
 
-def _manifests(out:OutDir) -> dict[str, dict]:
+
+def _manifests(out: OutDir) -> dict[str, dict]:
     "Finished tiles of every shard, by key."
     done = {}
     for m in out.fetch('manifest_*.jsonl'):
-        for line in (out.local/m).read_text().splitlines():
-            try: r = json.loads(line)
-            except json.JSONDecodeError: continue # a line cut by a kill
+        for line in (out.local / m).read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
             done[r['key']] = r
     return done
 
-def _partials(d:Path, stems:set[str]|None=None) -> list[Path]:
+
+def _partials(d: Path, stems: set[str] | None = None) -> list[Path]:
     "Half-written files a kill left in `d` (`.{stem}.*.partial*` of `atomic_path`, `.{stem}.tmp.tif`), only of `stems` if given."
     ms = [re.fullmatch(r'\.(.+)\.(?:[^.]+\.partial.*|tmp\.tif)', f.name) for f in d.glob('.*')] if d.exists() else []
-    return [d/m[0] for m in ms if m and (stems is None or m[1] in stems)]
+    return [d / m[0] for m in ms if m and (stems is None or m[1] in stems)]
 
-def _append(path:Path, rec:dict):
+
+def _append(path: Path, rec: dict):
     "Append one JSON line and sync it to disk."
     with open(path, 'a') as f:
-        f.write(json.dumps(rec, sort_keys=True) + '\n'); f.flush(); os.fsync(f.fileno())
+        f.write(json.dumps(rec, sort_keys=True) + '\n')
+        f.flush()
+        os.fsync(f.fileno())
 
 # %% ../nbs/11c_infer.ipynb #5e07a778
-MOSAIC_MEM_MB = 256 # `write_mosaic` merges windows of at most this many megabytes of pixels
+MOSAIC_MEM_MB = 256  # `write_mosaic` merges windows of at most this many megabytes of pixels
 
-def write_mosaic(paths:list[str|Path], # single-band rasters on one grid (same CRS, resolution, data type and nodata)
-                 dst:str|Path, # the mosaic COG to write
-                 resampling:str='NEAREST', # of its overviews: NEAREST for classes, AVERAGE for probabilities
-                ) -> Path:
+
+def write_mosaic(
+    paths: list[str | Path],  # single-band rasters on one grid (same CRS, resolution, data type and nodata)
+    dst: str | Path,  # the mosaic COG to write
+    resampling: str = 'NEAREST',  # of its overviews: NEAREST for classes, AVERAGE for probabilities
+) -> Path:
     "A mosaic COG of `paths`: where rasters overlap, a later one wins unless it holds nodata; a raster without nodata wins whole."
     grids = set()
     for p in paths:
-        with rasterio.open(p) as s: grids.add((s.crs, s.res, s.dtypes[0], s.nodata))
-    if len(grids) != 1: raise RtsSegError(f"the rasters of {dst} differ in CRS, resolution, data type or nodata; cannot mosaic them")
+        with rasterio.open(p) as s:
+            grids.add((s.crs, s.res, s.dtypes[0], s.nodata))
+    if len(grids) != 1:
+        raise RtsSegError(f'the rasters of {dst} differ in CRS, resolution, data type or nodata; cannot mosaic them')
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=f'.{Path(dst).stem}.') as tmp:
-        merge(paths, method='last', mem_limit=MOSAIC_MEM_MB, dst_path=Path(tmp)/'mosaic.tif',
-              dst_kwds=dict(driver='GTiff', tiled=True, blockxsize=256, blockysize=256, bigtiff='IF_SAFER', **TMP_OPTS))
-        return write_cog(Path(tmp)/'mosaic.tif', dst, resampling)
+        merge(
+            paths,
+            method='last',
+            mem_limit=MOSAIC_MEM_MB,
+            dst_path=Path(tmp) / 'mosaic.tif',
+            dst_kwds=dict(driver='GTiff', tiled=True, blockxsize=256, blockysize=256, bigtiff='IF_SAFER', **TMP_OPTS),
+        )
+        return write_cog(Path(tmp) / 'mosaic.tif', dst, resampling)
 
 # %% ../nbs/11c_infer.ipynb #2bb24d2a
-def build_mosaics(out:OutDir, # the run's output folder
-                  tiles:pd.DataFrame, # the tile list (tile_id, RegionName)
-                  done:dict, # finished tiles' records, by tile id (the manifests)
-                  cfg:InferenceConfig, # minimum area and simplification of the merged polygons
-                 ) -> list[dict]:
+def build_mosaics(
+    out: OutDir,  # the run's output folder
+    tiles: pd.DataFrame,  # the tile list (tile_id, RegionName)
+    done: dict,  # finished tiles' records, by tile id (the manifests)
+    cfg: InferenceConfig,  # minimum area and simplification of the merged polygons
+) -> list[dict]:
     "Per region: mosaic COGs and polygons merged across tile seams."
     res = []
     for region, df in tiles.groupby('RegionName', sort=True):
         recs = [done[t] for t in sorted(df.tile_id)]
-        if out.remote: out.fetch('tiles/*_[pms]*.tif')
-        d, L = out.local/'mosaic', out.local
-        cogs = {k: write_mosaic([L/r[k] for r in recs], d/f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
+        if out.remote:
+            out.fetch('tiles/*_[pms]*.tif')
+        d, L = out.local / 'mosaic', out.local
+        cogs = {k: write_mosaic([L / r[k] for r in recs], d / f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
         bounds = []
         for r in recs:
-            with rasterio.open(L/r['prob']) as s: bounds.append((r['key'], tuple(s.bounds)))
-        v = vectorize(cogs['mask'], cogs['prob'], d/f'{region}.gpkg', cogs['scale'], cfg.min_area_m2 or 0., cfg.simplify_m, tiles=bounds)
+            with rasterio.open(L / r['prob']) as s:
+                bounds.append((r['key'], tuple(s.bounds)))
+        v = vectorize(
+            cogs['mask'],
+            cogs['prob'],
+            d / f'{region}.gpkg',
+            cogs['scale'],
+            cfg.min_area_m2 or 0.0,
+            cfg.simplify_m,
+            tiles=bounds,
+        )
         names = [f'{region}_{k}.tif' for k in OUTPUTS] + [f'{region}.gpkg']
         out.publish(*[f'mosaic/{n}' for n in names], keep=True)
-        res.append(dict(region=region, tiles=len(recs), **{k: f'{out.uri}/mosaic/{region}_{k}.tif' for k in OUTPUTS},
-                        polygons=v['polygons'], total_area_m2=v['total_area_m2'], gpkg=f'{out.uri}/mosaic/{region}.gpkg'))
+        res.append(
+            dict(
+                region=region,
+                tiles=len(recs),
+                **{k: f'{out.uri}/mosaic/{region}_{k}.tif' for k in OUTPUTS},
+                polygons=v['polygons'],
+                total_area_m2=v['total_area_m2'],
+                gpkg=f'{out.uri}/mosaic/{region}.gpkg',
+            )
+        )
     return res
 
 # %% ../nbs/11c_infer.ipynb #120f60ba
-def run_inference(model:str|Path, # model bundle from `rts-seg train` (best.pth), or an exported best.onnx / best.pt
-                  out:str|Path, # output folder
-                  scenes:list[str|Path]|None=None, # whole-scene mode: GeoTIFFs
-                  extra:list[str|Path]|None=None, # whole-scene mode: per scene, a raster of its aux bands on its grid (models with aux bands)
-                  tile_list:str|Path|None=None, # tile-list mode: CSV with tile_id (and RegionName)
-                  imagery:str|Path|None=None, # tile-list mode: root with PLANET-RGB/{tile_id}.tif (and EXTRA/{tile_id}.tif for aux bands)
-                  cfg:InferenceConfig|None=None, # the `inference` section
-                  shard:str|None=None, # this VM's share of the tile list: 'i/n', or 'auto' ('auto/N') from a batch engine's variables
-                  resume:bool=False, # skip tiles that a manifest lists as finished
-                 ) -> dict:
+def run_inference(
+    model: str | Path,  # model bundle from `rts-seg train` (best.pth), or an exported best.onnx / best.pt
+    out: str | Path,  # output folder
+    scenes: list[str | Path] | None = None,  # whole-scene mode: GeoTIFFs
+    extra: list[str | Path] | None = None,  # whole-scene mode: per scene, a raster of its aux bands on its grid
+    tile_list: str | Path | None = None,  # tile-list mode: CSV with tile_id (and RegionName)
+    imagery: str | Path | None = None,  # tile-list mode: root of PLANET-RGB/{tile_id}.tif (and EXTRA/)
+    cfg: InferenceConfig | None = None,  # the `inference` section
+    shard: str | None = None,  # this VM's share of the tile list: 'i/n', or 'auto' from the batch engine
+    resume: bool = False,  # skip tiles that a manifest lists as finished
+) -> dict:
     "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
     t0, cfg = time.time(), cfg or InferenceConfig()
     i, n, shard_source = resolve_shard(shard)
-    if shard_source not in (None, '--shard'): print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
-    if (scenes is None) == (tile_list is None): raise RtsSegError("give either --scene or --tile-list (with --imagery)")
-    net, bundle = load_model(model) # the network (a bundle's, or exported), and what it needs: its channels and where they come from
-    cfg = bundle.resolve(cfg) # what the config leaves open: the model's tile size, threshold, minimum area
+    if shard_source not in (None, '--shard'):
+        print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
+    if (scenes is None) == (tile_list is None):
+        raise RtsSegError('give either --scene or --tile-list (with --imagery)')
+    net, bundle = load_model(
+        model
+    )  # the network (a bundle's, or exported), and what it needs: its channels and where they come from
+    cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
     aux = 'EXTRA' in bundle.sources
     tiles = None
     if tile_list is not None:
-        if imagery is None: raise RtsSegError("--tile-list needs --imagery ROOT (the folder with PLANET-RGB/" + (" and EXTRA/)" if aux else ")"))
-        if extra: raise RtsSegError("--extra goes with --scene; with --tile-list the aux bands are read from --imagery's EXTRA/ folder")
+        if imagery is None:
+            raise RtsSegError(
+                '--tile-list needs --imagery ROOT (the folder with PLANET-RGB/' + (' and EXTRA/)' if aux else ')')
+            )
+        if extra:
+            raise RtsSegError(
+                "--extra goes with --scene; with --tile-list the aux bands are read from --imagery's EXTRA/ folder"
+            )
         tiles = read_tile_list(tile_list)
         mine = shard_tiles(list(tiles.tile_id), i, n)
-        plan = [(join(imagery, 'PLANET-RGB', f'{t}.tif'), join(imagery, 'EXTRA', f'{t}.tif') if aux else None, f'tiles/{t}', t) for t in mine]
+        plan = [
+            (
+                join(imagery, 'PLANET-RGB', f'{t}.tif'),
+                join(imagery, 'EXTRA', f'{t}.tif') if aux else None,
+                f'tiles/{t}',
+                t,
+            )
+            for t in mine
+        ]
     else:
-        if n != 1: raise RtsSegError("--shard splits a tile list; with --scene give each VM its own scenes")
+        if n != 1:
+            raise RtsSegError('--shard splits a tile list; with --scene give each VM its own scenes')
         assert scenes is not None
-        if extra and len(extra) != len(scenes): raise RtsSegError(f"--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order")
-        extras: list[str|Path|None] = list(extra) if extra else [None] * len(scenes)
+        if extra and len(extra) != len(scenes):
+            raise RtsSegError(
+                f'--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order'
+            )
+        extras: list[str | Path | None] = list(extra) if extra else [None] * len(scenes)
         plan = [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extras)]
     for path, ex, _, _ in plan:
         for p in (path, ex):
-            if p is not None and not exists(p): raise RtsSegError(f"image not found: {p}")
+            if p is not None and not exists(p):
+                raise RtsSegError(f'image not found: {p}')
     dst = OutDir(out)
-    jobs = [Scene(path, dst.local/rel, key=key, extra=ex) for path, ex, rel, key in plan]
+    jobs = [Scene(path, dst.local / rel, key=key, extra=ex) for path, ex, rel, key in plan]
     mname, lname = f'manifest_{i}of{n}.jsonl', 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
-    manifest = dst.local/mname
+    manifest = dst.local / mname
     dst.fetch(mname)
-    if manifest.exists() and not resume and tiles is None: manifest.unlink() # scenes: a new run starts afresh
-    if manifest.exists() and not resume: raise RtsSegError(f"{dst.uri}/{mname} holds results of an earlier run; add --resume to finish it, or choose another --out")
-    if resume: # what a killed run of this shard left half-written; other shards may be writing theirs now
+    if manifest.exists() and not resume and tiles is None:
+        manifest.unlink()  # scenes: a new run starts afresh
+    if manifest.exists() and not resume:
+        raise RtsSegError(
+            f'{dst.uri}/{mname} holds results of an earlier run; add --resume to finish it, or choose another --out'
+        )
+    if resume:  # what a killed run of this shard left half-written; other shards may be writing theirs now
         stems = {Path(lname).stem} | {f'{j.out_stem.name}{x}' for j in jobs for x in ['', *(f'_{k}' for k in OUTPUTS)]}
         for d in {dst.local, *(j.out_stem.parent for j in jobs)}:
-            for f in _partials(d, stems): f.unlink(missing_ok=True)
-        if n == 1: # mosaics: only a whole-list run can be sure that no other shard is building them
-            for f in _partials(dst.local/'mosaic'): f.unlink(missing_ok=True)
+            for f in _partials(d, stems):
+                f.unlink(missing_ok=True)
+        if n == 1:  # mosaics: only a whole-list run can be sure that no other shard is building them
+            for f in _partials(dst.local / 'mosaic'):
+                f.unlink(missing_ok=True)
     done = _manifests(dst)
     todo = [j for j in jobs if j.key not in done] if resume else jobs
     predictor = Predictor.from_config((net, bundle), cfg)
     threshold = cfg.threshold
-    kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0)) # test hook: SIGKILL this process after N tiles
+    kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0))  # test hook: SIGKILL this process after N tiles
     finished: list[dict] = []
     lock = threading.Lock()
+
     def on_done(r):
-        gpkg = Path(r['prob']).with_name(f"{r['key']}.gpkg")
-        v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2 or 0., cfg.simplify_m, tiles=None)
+        gpkg = Path(r['prob']).with_name(f'{r["key"]}.gpkg')
+        v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2 or 0.0, cfg.simplify_m, tiles=None)
         rel = lambda f: str(Path(f).relative_to(dst.local))
         rec = {k: rel(r[k]) for k in OUTPUTS}
-        rec.update({k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
-                   gpkg=rel(gpkg), polygons=v['polygons'], rts_area_m2=v['total_area_m2'])
-        dst.publish(*[rec[k] for k in OUTPUTS], rec['gpkg']) # files first, then the manifest that lists them
-        with lock: # tiles finish on several threads at once
-            _append(manifest, rec); done[r['key']] = rec; finished.append(rec)
-            if dst.remote and time.time() - dst.last > 30: dst.publish(mname, keep=True); dst.last = time.time()
-            if r['windows'] == r['skipped_windows']: print(f"{r['key']}: all nodata, skipped", flush=True)
-            if kill_after and len(finished) >= kill_after: os.kill(os.getpid(), signal.SIGKILL)
-    if todo: predict_scenes(predictor, todo, cfg, on_done=on_done)
-    if manifest.exists(): dst.publish(mname, keep=True)
+        rec.update(
+            {k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
+            gpkg=rel(gpkg),
+            polygons=v['polygons'],
+            rts_area_m2=v['total_area_m2'],
+        )
+        dst.publish(*[rec[k] for k in OUTPUTS], rec['gpkg'])  # files first, then the manifest that lists them
+        with lock:  # tiles finish on several threads at once
+            _append(manifest, rec)
+            done[r['key']] = rec
+            finished.append(rec)
+            if dst.remote and time.time() - dst.last > 30:
+                dst.publish(mname, keep=True)
+                dst.last = time.time()
+            if r['windows'] == r['skipped_windows']:
+                print(f'{r["key"]}: all nodata, skipped', flush=True)
+            if kill_after and len(finished) >= kill_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    if todo:
+        predict_scenes(predictor, todo, cfg, on_done=on_done)
+    if manifest.exists():
+        dst.publish(mname, keep=True)
     mosaics: list[dict] = []
     if tiles is not None:
         done = _manifests(dst)
-        if set(tiles.tile_id) <= set(done): mosaics = build_mosaics(dst, tiles, done, cfg)
-        else: print(f"{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later", flush=True)
+        if set(tiles.tile_id) <= set(done):
+            mosaics = build_mosaics(dst, tiles, done, cfg)
+        else:
+            print(
+                f'{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later',
+                flush=True,
+            )
     recs = [done[j.key] for j in jobs]
     dev = predictor.device
-    log: dict[str, Any] = dict(model=predictor.model_info, checkpoint=str(model), normalization_hash=predictor.normalization_hash,
-               channels=[c['name'] for c in bundle.channels], provenance=bundle.provenance,
-               min_area_m2=cfg.min_area_m2, simplify_m=cfg.simplify_m,
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-               scales=cfg.scales, tta=cfg.tta, merge=cfg.merge, threshold=threshold, temperature=predictor.temperature, tile_size=cfg.tile_size,
-               stride=cfg.stride, precision=predictor.precision, batch_size=cfg.batch_size,
-               shard=f'{i}/{n}', shard_source=shard_source, tiles=dict(total=len(jobs), predicted=len(finished), resumed=len(jobs) - len(todo),
-                                            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs)),
-               windows=sum(r['windows'] for r in recs), skipped_windows=sum(r['skipped_windows'] for r in recs),
-               polygons=sum(r['polygons'] for r in recs), total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
-               mosaics=mosaics, wall_seconds=round(time.time() - t0, 2),
-               gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None, device=str(dev))
-    atomic_write_text(dst.local/lname, json.dumps(log, indent=2))
+    log: dict[str, Any] = dict(
+        model=predictor.model_info,
+        checkpoint=str(model),
+        normalization_hash=predictor.normalization_hash,
+        channels=[c['name'] for c in bundle.channels],
+        provenance=bundle.provenance,
+        min_area_m2=cfg.min_area_m2,
+        simplify_m=cfg.simplify_m,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        scales=cfg.scales,
+        tta=cfg.tta,
+        merge=cfg.merge,
+        threshold=threshold,
+        temperature=predictor.temperature,
+        tile_size=cfg.tile_size,
+        stride=cfg.stride,
+        precision=predictor.precision,
+        batch_size=cfg.batch_size,
+        shard=f'{i}/{n}',
+        shard_source=shard_source,
+        tiles=dict(
+            total=len(jobs),
+            predicted=len(finished),
+            resumed=len(jobs) - len(todo),
+            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs),
+        ),
+        windows=sum(r['windows'] for r in recs),
+        skipped_windows=sum(r['skipped_windows'] for r in recs),
+        polygons=sum(r['polygons'] for r in recs),
+        total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
+        mosaics=mosaics,
+        wall_seconds=round(time.time() - t0, 2),
+        gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
+        device=str(dev),
+    )
+    atomic_write_text(dst.local / lname, json.dumps(log, indent=2))
     dst.publish(lname)
-    if dst.remote: shutil.rmtree(dst.local, ignore_errors=True)
-    print(f"{len(finished)} predicted, {len(jobs) - len(todo)} already done, {log['polygons']} polygons, "
-          f"{log['total_rts_area_m2'] / 1e6:.3f} km2 of RTS in {log['wall_seconds']} s -> {dst.uri}", flush=True)
+    if dst.remote:
+        shutil.rmtree(dst.local, ignore_errors=True)
+    print(
+        f'{len(finished)} predicted, {len(jobs) - len(todo)} already done, {log["polygons"]} polygons, '
+        f'{log["total_rts_area_m2"] / 1e6:.3f} km2 of RTS in {log["wall_seconds"]} s -> {dst.uri}',
+        flush=True,
+    )
     return log

@@ -9,9 +9,11 @@ from __future__ import annotations
 import logging, math, os, time
 from pathlib import Path
 
-if os.environ.get('STORAGE_EMULATOR_HOST'): # gcsfs probes bucket types over gRPC, which an emulator does not serve
+if os.environ.get('STORAGE_EMULATOR_HOST'):  # gcsfs probes bucket types over gRPC, which an emulator does not serve
     os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
-os.environ.setdefault('GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR') # GDAL would list a tile's folder (100,000s of files) on every open
+os.environ.setdefault(
+    'GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR'
+)  # GDAL would list a tile's folder (100,000s of files) on every open
 import fsspec
 import numpy as np
 import rasterio
@@ -27,152 +29,200 @@ __all__ = ['is_remote', 'join', 'set_cache_dir', 'get_fs', 'retry', 'exists', 'r
            'check_data_root', 'write_raster', 'read_raster', 'valid_mask', 'grid_units']
 
 # %% ../nbs/02_io.ipynb #161baf02
-def is_remote(path:str|Path) -> bool:
+def is_remote(path: str | Path) -> bool:
     "Whether `path` is a URL (gs://, s3://, http://...) rather than a local path."
     return '://' in str(path) and not str(path).startswith('file://')
 
-
 # %% ../nbs/02_io.ipynb #e1a2700b
-def join(root:str|Path, *parts:str) -> str:
+def join(root: str | Path, *parts: str) -> str:
     "`root/part/...` for a local folder or a URL."
     return '/'.join([str(root).rstrip('/'), *parts])
 
-
 # %% ../nbs/02_io.ipynb #318d7697
 _CACHE_DIR = None
-def set_cache_dir(d:str|Path|None):
+
+
+def set_cache_dir(d: str | Path | None):
     "Cache remote files in the local folder `d` (None switches the cache off)."
     global _CACHE_DIR
     _CACHE_DIR = None if d is None else str(d)
 
-
 # %% ../nbs/02_io.ipynb #70d83ecb
-def get_fs(path:str|Path, # a local path or a URL
-           cache:bool=True, # read through the cache folder, if one is set (`set_cache_dir`); False for writing
-          ):
+def get_fs(
+    path: str | Path,  # a local path or a URL
+    cache: bool = True,  # read through the cache folder, if one is set (`set_cache_dir`); False for writing
+):
     "The fsspec filesystem of `path` and the path inside it."
-    if not is_remote(path): return fsspec.filesystem('file'), str(path)
+    if not is_remote(path):
+        return fsspec.filesystem('file'), str(path)
     proto = str(path).split('://')[0]
-    if cache and _CACHE_DIR: return fsspec.filesystem('filecache', target_protocol=proto, cache_storage=_CACHE_DIR, same_names=False), str(path)
+    if cache and _CACHE_DIR:
+        return fsspec.filesystem('filecache', target_protocol=proto, cache_storage=_CACHE_DIR, same_names=False), str(
+            path
+        )
     return fsspec.core.url_to_fs(str(path))
 
-
 # %% ../nbs/02_io.ipynb #7ed1f16d
-_AUTH_HINT = ("set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run "
-              "`gcloud auth application-default login`; public buckets need no credentials")
+_AUTH_HINT = (
+    'set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file, or run '
+    '`gcloud auth application-default login`; public buckets need no credentials'
+)
 
-def retry(fn, # function of no arguments that reads `path`
-          path:str|Path, # what it reads, named in errors
-          tries:int=4, # attempts for a remote path (local paths get one)
-          wait:float=0.5, # seconds before the first retry, doubled each time
-         ):
+
+def retry(
+    fn,  # function of no arguments that reads `path`
+    path: str | Path,  # what it reads, named in errors
+    tries: int = 4,  # attempts for a remote path (local paths get one)
+    wait: float = 0.5,  # seconds before the first retry, doubled each time
+):
     "Call `fn`, retrying transient errors on remote paths; a user's mistake becomes `RtsSegError`."
     for i in range(tries if is_remote(path) else 1):
-        try: return fn()
-        except RtsSegError: raise
-        except FileNotFoundError: raise RtsSegError(f"{path} not found") from None
+        try:
+            return fn()
+        except RtsSegError:
+            raise
+        except FileNotFoundError:
+            raise RtsSegError(f'{path} not found') from None
         except Exception as e:
             msg = str(e)
-            if isinstance(e, PermissionError) or any(c in msg for c in ('401', '403', 'Anonymous caller', 'credentials')):
-                raise RtsSegError(f"cannot read {path}: access denied ({msg.splitlines()[0][:120]}); {_AUTH_HINT}") from None
+            if isinstance(e, PermissionError) or any(
+                c in msg for c in ('401', '403', 'Anonymous caller', 'credentials')
+            ):
+                raise RtsSegError(
+                    f'cannot read {path}: access denied ({msg.splitlines()[0][:120]}); {_AUTH_HINT}'
+                ) from None
             if isinstance(e, RasterioIOError) and not is_remote(path) or 'not recognized as' in msg or 'TIFF' in msg:
-                raise RtsSegError(f"cannot read raster {path}: {msg.splitlines()[0]}") from None
-            if i == tries - 1 or not is_remote(path): raise RtsSegError(f"cannot read {path}: {type(e).__name__}: {msg.splitlines()[0] if msg else ''}") from None
+                raise RtsSegError(f'cannot read raster {path}: {msg.splitlines()[0]}') from None
+            if i == tries - 1 or not is_remote(path):
+                raise RtsSegError(
+                    f'cannot read {path}: {type(e).__name__}: {msg.splitlines()[0] if msg else ""}'
+                ) from None
             time.sleep(wait * 2**i)
 
-
 # %% ../nbs/02_io.ipynb #551c1bb0
-def exists(path:str|Path) -> bool:
+def exists(path: str | Path) -> bool:
     "Whether the file `path` exists; access denied is an error, not a missing file."
     fs, p = get_fs(path)
-    def isfile(): # unlike fs.isfile, fs.info raises on a refused request instead of answering False
-        try: return fs.info(p)['type'] == 'file'
-        except FileNotFoundError: return False
+
+    def isfile():  # unlike fs.isfile, fs.info raises on a refused request instead of answering False
+        try:
+            return fs.info(p)['type'] == 'file'
+        except FileNotFoundError:
+            return False
+
     return retry(isfile, path)
 
-
 # %% ../nbs/02_io.ipynb #fe6dc04e
-def read_bytes(path:str|Path) -> bytes:
+def read_bytes(path: str | Path) -> bytes:
     "The content of `path`."
     fs, p = get_fs(path)
     return retry(lambda: fs.cat_file(p), path)
 
-
 # %% ../nbs/02_io.ipynb #f3f51232
-def list_names(folder:str|Path, # a local folder or a URL prefix
-               suffix:str='', # keep names ending with it, e.g. '.tif'
-              ) -> list[str]:
+def list_names(
+    folder: str | Path,  # a local folder or a URL prefix
+    suffix: str = '',  # keep names ending with it, e.g. '.tif'
+) -> list[str]:
     "Sorted names of the files in `folder` ending with `suffix` (empty when the folder is missing)."
     fs, p = get_fs(folder)
-    try: names = retry(lambda: fs.ls(p, detail=False), folder)
+    try:
+        names = retry(lambda: fs.ls(p, detail=False), folder)
     except RtsSegError:
-        if exists(folder): raise
+        if exists(folder):
+            raise
         return []
     return sorted(n.rstrip('/').rsplit('/', 1)[-1] for n in names if n.endswith(suffix))
 
-
 # %% ../nbs/02_io.ipynb #322c52d0
-def open_raster(path:str|Path):
+def open_raster(path: str | Path):
     "`rasterio.open` for a local path or a URL (read through fsspec)."
-    if not is_remote(path): return rasterio.open(path)
+    if not is_remote(path):
+        return rasterio.open(path)
     fs, p = get_fs(path)
     return rasterio.open(str(path), opener=fs.open)
 
-
 # %% ../nbs/02_io.ipynb #5d7e2c41
-def check_data_root(root:str|Path, # `data.root`: a local folder or a URL
-                    can_generate:bool=False, # a `data.synth` section will generate it when missing
-                   ):
+def check_data_root(
+    root: str | Path,  # `data.root`: a local folder or a URL
+    can_generate: bool = False,  # a `data.synth` section will generate it when missing
+):
     "Raise `RtsSegError` if `root` is a local folder that does not exist and nothing will generate it."
-    if is_remote(root) or can_generate or Path(root).exists(): return
-    raise RtsSegError(f"data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one")
+    if is_remote(root) or can_generate or Path(root).exists():
+        return
+    raise RtsSegError(
+        f'data.root {root} does not exist; point data.root at a dataset, or add a data.synth section to generate one'
+    )
 
 # %% ../nbs/02_io.ipynb #319320b6
-def write_raster(path:str|Path, # destination .tif
-                 arr:np.ndarray, # (bands, H, W) or (H, W)
-                 crs, # anything rasterio accepts, e.g. 'EPSG:3413'
-                 transform, # affine pixel -> CRS transform
-                 nodata=None, # nodata value recorded in the file
-                 compress:str='lzw', # GeoTIFF compression
-                 **kwargs, # more creation options or tags for the rasterio profile
-                ) -> Path:
+def write_raster(
+    path: str | Path,  # destination .tif
+    arr: np.ndarray,  # (bands, H, W) or (H, W)
+    crs,  # anything rasterio accepts, e.g. 'EPSG:3413'
+    transform,  # affine pixel -> CRS transform
+    nodata=None,  # nodata value recorded in the file
+    compress: str = 'lzw',  # GeoTIFF compression
+    **kwargs,  # more creation options or tags for the rasterio profile
+) -> Path:
     "Write `arr` as a tiled, compressed GeoTIFF, atomically."
     arr = arr[None] if arr.ndim == 2 else arr
     count, h, w = arr.shape
-    prof = dict(driver='GTiff', width=w, height=h, count=count, dtype=arr.dtype, crs=crs, transform=transform,
-                nodata=nodata, compress=compress, **kwargs)
-    if h >= 256 and w >= 256: prof.update(tiled=True, blockxsize=256, blockysize=256)
+    prof = dict(
+        driver='GTiff',
+        width=w,
+        height=h,
+        count=count,
+        dtype=arr.dtype,
+        crs=crs,
+        transform=transform,
+        nodata=nodata,
+        compress=compress,
+        **kwargs,
+    )
+    if h >= 256 and w >= 256:
+        prof.update(tiled=True, blockxsize=256, blockysize=256)
     with atomic_path(path) as tmp:
-        with rasterio.open(tmp, 'w', **prof) as dst: dst.write(arr)
+        with rasterio.open(tmp, 'w', **prof) as dst:
+            dst.write(arr)
     return Path(path)
 
-
 # %% ../nbs/02_io.ipynb #23b2c205
-def read_raster(path:str|Path, # a GeoTIFF (or any raster GDAL reads), local or a URL such as gs://...
-                window=None, # optional `rasterio.windows.Window`
-               ) -> tuple[np.ndarray, dict]:
+def read_raster(
+    path: str | Path,  # a GeoTIFF (or any raster GDAL reads), local or a URL such as gs://...
+    window=None,  # optional `rasterio.windows.Window`
+) -> tuple[np.ndarray, dict]:
     "Read all bands of `path` as (bands, H, W) with its profile; a missing or corrupt file raises `RtsSegError`."
+
     def read():
-        with open_raster(path) as src: return src.read(window=window), dict(src.profile)
+        with open_raster(path) as src:
+            return src.read(window=window), dict(src.profile)
+
     return retry(read, path)
 
 # %% ../nbs/02_io.ipynb #be834e1f
-def valid_mask(a, # raw (C, H, W) values: a numpy array or a torch tensor (on any device)
-               nodata=None, # the raster's nodata value (None: none)
-              ):
+def valid_mask(
+    a,  # raw (C, H, W) values: a numpy array or a torch tensor (on any device)
+    nodata=None,  # the raster's nodata value (None: none)
+):
     "Valid pixels (H, W): no band NaN or infinite, and not every band equal to `nodata`."
-    if isinstance(a, np.ndarray): ok, floating, finite = np.ones(a.shape[1:], bool), a.dtype.kind == 'f', np.isfinite
-    else: ok, floating, finite = a.new_ones(a.shape[1:], dtype=bool), a.is_floating_point(), type(a).isfinite
-    if floating: ok = ok & finite(a).all(0)
-    if nodata is not None and math.isfinite(nodata): ok = ok & ~(a == nodata).all(0)
+    if isinstance(a, np.ndarray):
+        ok, floating, finite = np.ones(a.shape[1:], bool), a.dtype.kind == 'f', np.isfinite
+    else:
+        ok, floating, finite = a.new_ones(a.shape[1:], dtype=bool), a.is_floating_point(), type(a).isfinite
+    if floating:
+        ok = ok & finite(a).all(0)
+    if nodata is not None and math.isfinite(nodata):
+        ok = ok & ~(a == nodata).all(0)
     return ok
 
 # %% ../nbs/02_io.ipynb #4b13a6b6
-def grid_units(crs, # a rasterio CRS (or None)
-               transform, # the raster's affine transform
-              ) -> tuple[str|None, float|None]:
+def grid_units(
+    crs,  # a rasterio CRS (or None)
+    transform,  # the raster's affine transform
+) -> tuple[str | None, float | None]:
     "(linear unit of `crs`, pixel width in metres); the size is None in a geographic CRS or without one."
-    if crs is None: return None, None
-    if crs.is_geographic: return 'degree', None
+    if crs is None:
+        return None, None
+    if crs.is_geographic:
+        return 'degree', None
     unit, factor = crs.linear_units_factor
     return unit, abs(transform.a) * factor

@@ -24,14 +24,15 @@ __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 
 @dataclass(frozen=True)
 class Machine:
     "A machine type with GPUs, in the words of Vertex AI and Cloud Batch."
-    name: str # Compute Engine machine type, e.g. a3-highgpu-8g
-    gpus: int # GPUs per machine
-    vertex: str # Vertex AI acceleratorType
-    batch: str # Cloud Batch (Compute Engine) accelerator type
-    arch: str # GPU generation: the image variant (`GPU_ARCHS`)
+
+    name: str  # Compute Engine machine type, e.g. a3-highgpu-8g
+    gpus: int  # GPUs per machine
+    vertex: str  # Vertex AI acceleratorType
+    batch: str  # Cloud Batch (Compute Engine) accelerator type
+    arch: str  # GPU generation: the image variant (`GPU_ARCHS`)
 
 # %% ../nbs/12a_launch.ipynb #3c135f9b
-GPUS = { # accelerator -> (Vertex AI acceleratorType, Compute Engine / Cloud Batch type, GPU generation of the image)
+GPUS = {  # accelerator -> (Vertex AI acceleratorType, Compute Engine / Cloud Batch type, GPU generation of the image)
     'h200': ('NVIDIA_H200_141GB', 'nvidia-h200-141gb', 'hopper'),
     'h100-mega': ('NVIDIA_H100_MEGA_80GB', 'nvidia-h100-mega-80gb', 'hopper'),
     'h100': ('NVIDIA_H100_80GB', 'nvidia-h100-80gb', 'hopper'),
@@ -41,271 +42,442 @@ GPUS = { # accelerator -> (Vertex AI acceleratorType, Compute Engine / Cloud Bat
     'v100': ('NVIDIA_TESLA_V100', 'nvidia-tesla-v100', 'pre-ampere'),
     't4': ('NVIDIA_TESLA_T4', 'nvidia-tesla-t4', 'pre-ampere'),
 }
-FAMILIES = [ # accelerator-optimized machine types -> the GPU they come with (the count is in the name)
-    (r'a3-ultragpu-(\d+)g', 'h200'), (r'a3-megagpu-(\d+)g', 'h100-mega'), (r'a3-(?:high|edge)gpu-(\d+)g', 'h100'),
-    (r'a2-ultragpu-(\d+)g', 'a100-80gb'), (r'a2-(?:high|mega)gpu-(\d+)g', 'a100'), (r'g2-standard-(\d+)', 'l4'),
+FAMILIES = [  # accelerator-optimized machine types -> the GPU they come with (the count is in the name)
+    (r'a3-ultragpu-(\d+)g', 'h200'),
+    (r'a3-megagpu-(\d+)g', 'h100-mega'),
+    (r'a3-(?:high|edge)gpu-(\d+)g', 'h100'),
+    (r'a2-ultragpu-(\d+)g', 'a100-80gb'),
+    (r'a2-(?:high|mega)gpu-(\d+)g', 'a100'),
+    (r'g2-standard-(\d+)', 'l4'),
 ]
-G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8} # g2-standard-N -> L4 GPUs
+G2_GPUS = {4: 1, 8: 1, 12: 1, 16: 1, 32: 1, 24: 2, 48: 4, 96: 8}  # g2-standard-N -> L4 GPUs
 
-def gpu_machine(name:str, # machine type: a3-highgpu-8g, a2-ultragpu-1g, g2-standard-8, n1-standard-8 ...
-                gpus:int|None=None, # GPUs asked for; must match an accelerator-optimized type, required with N1
-                accelerator:str|None=None, # t4 or v100 with N1; others come with their machine type
-               ) -> Machine:
+
+def gpu_machine(
+    name: str,  # machine type: a3-highgpu-8g, a2-ultragpu-1g, g2-standard-8, n1-standard-8 ...
+    gpus: int | None = None,  # GPUs asked for; must match an accelerator-optimized type, required with N1
+    accelerator: str | None = None,  # t4 or v100 with N1; others come with their machine type
+) -> Machine:
     "The GPUs of machine type `name`, or one clear error naming the fix."
     for pat, acc in FAMILIES:
         if m := re.fullmatch(pat, name):
             n = G2_GPUS.get(int(m[1])) if acc == 'l4' else int(m[1])
-            if not n: raise RtsSegError(f"unknown machine type {name}; g2-standard- takes {', '.join(map(str, sorted(G2_GPUS)))}")
-            if accelerator not in (None, acc): raise RtsSegError(f"{name} comes with {acc} GPUs; leave out --accelerator {accelerator}")
+            if not n:
+                raise RtsSegError(
+                    f'unknown machine type {name}; g2-standard- takes {", ".join(map(str, sorted(G2_GPUS)))}'
+                )
+            if accelerator not in (None, acc):
+                raise RtsSegError(f'{name} comes with {acc} GPUs; leave out --accelerator {accelerator}')
             if gpus not in (None, n):
                 other = re.sub(r'-\d+g$', f'-{gpus}g', name) if name.endswith('g') else 'a g2-standard- size'
-                raise RtsSegError(f"{name} has {n} GPU(s), not --gpus {gpus}; choose the machine type with {gpus} (e.g. {other})")
+                raise RtsSegError(
+                    f'{name} has {n} GPU(s), not --gpus {gpus}; choose the machine type with {gpus} (e.g. {other})'
+                )
             return Machine(name, n, *GPUS[acc])
     if name.startswith('n1-'):
-        if accelerator not in ('t4', 'v100'): raise RtsSegError(f"{name} takes attached GPUs: give --accelerator t4 or v100, and --gpus N")
-        if not gpus or gpus < 1: raise RtsSegError(f"{name} with {accelerator} GPUs: give --gpus N (1, 2, 4 or 8)")
+        if accelerator not in ('t4', 'v100'):
+            raise RtsSegError(f'{name} takes attached GPUs: give --accelerator t4 or v100, and --gpus N')
+        if not gpus or gpus < 1:
+            raise RtsSegError(f'{name} with {accelerator} GPUs: give --gpus N (1, 2, 4 or 8)')
         return Machine(name, gpus, *GPUS[accelerator])
-    raise RtsSegError(f"machine type {name!r} has no GPUs rts_seg knows; use a3-highgpu-Ng (H100), a3-ultragpu-8g (H200), "
-                      "a2-highgpu-Ng or a2-ultragpu-Ng (A100), g2-standard-N (L4), or n1-* with --accelerator t4|v100")
+    raise RtsSegError(
+        f'machine type {name!r} has no GPUs rts_seg knows; use a3-highgpu-Ng (H100), a3-ultragpu-8g (H200), '
+        'a2-highgpu-Ng or a2-ultragpu-Ng (A100), g2-standard-N (L4), or n1-* with --accelerator t4|v100'
+    )
 
 # %% ../nbs/12a_launch.ipynb #5f41c1e9
-def parse_ref(ref:str) -> tuple[str, str, str]:
+def parse_ref(ref: str) -> tuple[str, str, str]:
     "`(host, name, tag)` of an image reference `host/name:tag`."
     m = re.fullmatch(r'([^/]+)/([a-z0-9._/-]+):([A-Za-z0-9_][A-Za-z0-9_.-]{0,127})', ref)
     if not m or not ('.' in m[1] or ':' in m[1] or m[1] == 'localhost'):
-        raise RtsSegError(f"image {ref!r} names no registry; give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts)")
+        raise RtsSegError(
+            f'image {ref!r} names no registry; give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts)'
+        )
     return m[1], m[2], m[3]
 
 # %% ../nbs/12a_launch.ipynb #2a4bdf16
-def gcp_token() -> str|None:
+def gcp_token() -> str | None:
     "An access token for the caller's Google credentials (Application Default Credentials, else gcloud's); None without either."
     try:
         import google.auth, google.auth.transport.requests
+
         cred, _ = google.auth.default(scopes=['https://www.googleapis.com/auth/cloud-platform'])
         cred.refresh(google.auth.transport.requests.Request())
         return cred.token
-    except Exception: pass
+    except Exception:
+        pass
     if shutil.which('gcloud'):
         r = subprocess.run(['gcloud', 'auth', 'print-access-token'], capture_output=True, text=True)
-        if r.returncode == 0 and r.stdout.strip(): return r.stdout.strip()
+        if r.returncode == 0 and r.stdout.strip():
+            return r.stdout.strip()
     return None
 
 # %% ../nbs/12a_launch.ipynb #db258c40
-MANIFEST_TYPES = ', '.join(['application/vnd.oci.image.index.v1+json', 'application/vnd.oci.image.manifest.v1+json',
-                            'application/vnd.docker.distribution.manifest.list.v2+json',
-                            'application/vnd.docker.distribution.manifest.v2+json'])
-AUTH_HINT = ("run `gcloud auth login` and `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS) "
-             "as someone who may read the repository (role Artifact Registry Reader)")
+MANIFEST_TYPES = ', '.join(
+    [
+        'application/vnd.oci.image.index.v1+json',
+        'application/vnd.oci.image.manifest.v1+json',
+        'application/vnd.docker.distribution.manifest.list.v2+json',
+        'application/vnd.docker.distribution.manifest.v2+json',
+    ]
+)
+AUTH_HINT = (
+    'run `gcloud auth login` and `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS) '
+    'as someone who may read the repository (role Artifact Registry Reader)'
+)
 
-def _loopback(host:str) -> bool: return host.rsplit(':', 1)[0] in ('localhost', '127.0.0.1', '[::1]')
 
-def registry_has(ref:str, # image reference HOST/PATH/NAME:TAG
-                 token:str|None=None, # Google access token (`gcp_token`) for Artifact Registry; None: anonymous
-                 timeout:float=20, # seconds per request
-                ) -> bool:
+def _loopback(host: str) -> bool:
+    return host.rsplit(':', 1)[0] in ('localhost', '127.0.0.1', '[::1]')
+
+
+def registry_has(
+    ref: str,  # image reference HOST/PATH/NAME:TAG
+    token: str | None = None,  # Google access token (`gcp_token`) for Artifact Registry; None: anonymous
+    timeout: float = 20,  # seconds per request
+) -> bool:
     "Whether the registry holds image `ref`: the Registry HTTP API v2's `HEAD /v2/<name>/manifests/<tag>`."
     host, name, tag = parse_ref(ref)
-    url = f"{'http' if _loopback(host) else 'https'}://{host}/v2/{name}/manifests/{tag}"
+    url = f'{"http" if _loopback(host) else "https"}://{host}/v2/{name}/manifests/{tag}'
     basic = 'Basic ' + base64.b64encode(f'oauth2accesstoken:{token}'.encode()).decode() if token else None
+
     def ask(req):
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r: return r.status, r.headers, r.read()
-        except urllib.error.HTTPError as e: return e.code, e.headers, b''
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, b''
         except (urllib.error.URLError, OSError) as e:
-            raise RtsSegError(f"registry {host} did not answer ({getattr(e, 'reason', e)}); check --registry and the network") from None
-    head = lambda auth=None: ask(urllib.request.Request(url, method='HEAD', headers={'Accept': MANIFEST_TYPES, **({'Authorization': auth} if auth else {})}))
+            raise RtsSegError(
+                f'registry {host} did not answer ({getattr(e, "reason", e)}); check --registry and the network'
+            ) from None
+
+    head = lambda auth=None: ask(
+        urllib.request.Request(
+            url, method='HEAD', headers={'Accept': MANIFEST_TYPES, **({'Authorization': auth} if auth else {})}
+        )
+    )
     status, headers, _ = head()
-    if status == 401: # a token first (Artifact Registry, Docker Hub), or basic credentials
+    if status == 401:  # a token first (Artifact Registry, Docker Hub), or basic credentials
         scheme, _, rest = (headers.get('WWW-Authenticate') or '').partition(' ')
         p = dict(re.findall(r'(\w+)="([^"]*)"', rest))
         if scheme.lower() == 'bearer' and 'realm' in p:
-            q = urllib.parse.urlencode({'service': p.get('service', host), 'scope': p.get('scope', f'repository:{name}:pull')})
-            st, _, body = ask(urllib.request.Request(f"{p['realm']}?{q}", headers={'Authorization': basic} if basic else {}))
-            if st != 200: raise RtsSegError(f"registry {host} gave no token ({st}) to read {name}; {AUTH_HINT}")
+            q = urllib.parse.urlencode(
+                {'service': p.get('service', host), 'scope': p.get('scope', f'repository:{name}:pull')}
+            )
+            st, _, body = ask(
+                urllib.request.Request(f'{p["realm"]}?{q}', headers={'Authorization': basic} if basic else {})
+            )
+            if st != 200:
+                raise RtsSegError(f'registry {host} gave no token ({st}) to read {name}; {AUTH_HINT}')
             t = json.loads(body)
-            status, headers, _ = head(f"Bearer {t.get('token') or t.get('access_token')}")
-        elif scheme.lower() == 'basic' and basic: status, headers, _ = head(basic)
-    if status == 200: return True
-    if status == 404: return False
-    if status in (401, 403): raise RtsSegError(f"registry {host} would not say whether {name}:{tag} exists ({status}); {AUTH_HINT}")
-    raise RtsSegError(f"registry {host} answered {status} to HEAD {url}")
+            status, headers, _ = head(f'Bearer {t.get("token") or t.get("access_token")}')
+        elif scheme.lower() == 'basic' and basic:
+            status, headers, _ = head(basic)
+    if status == 200:
+        return True
+    if status == 404:
+        return False
+    if status in (401, 403):
+        raise RtsSegError(f'registry {host} would not say whether {name}:{tag} exists ({status}); {AUTH_HINT}')
+    raise RtsSegError(f'registry {host} answered {status} to HEAD {url}')
 
 # %% ../nbs/12a_launch.ipynb #ad04edcb
-def build_plan(root:str|Path, # repository root (`image.find_root`)
-               arch:str, # GPU generation
-               target:str, # train, infer or serve
-               registry:str, # HOST/PATH the image is pushed to
-               source:str='local', # local: the working tree; git: a clean export of `branch`'s commit
-               branch:str|None=None, # with source git; None: the current branch
-               image:str='rts-seg', # image name; the target is appended
-              ) -> tuple[str, list[str], list[str]]:
+def build_plan(
+    root: str | Path,  # repository root (`image.find_root`)
+    arch: str,  # GPU generation
+    target: str,  # train, infer or serve
+    registry: str,  # HOST/PATH the image is pushed to
+    source: str = 'local',  # local: the working tree; git: a clean export of `branch`'s commit
+    branch: str | None = None,  # with source git; None: the current branch
+    image: str = 'rts-seg',  # image name; the target is appended
+) -> tuple[str, list[str], list[str]]:
     "The image reference `docker/build.sh` makes, the commands it would run, and the arguments that run them."
-    args = ['bash', str(Path(root)/'docker'/'build.sh'), '--arch', arch, '--target', target, '--registry', registry,
-            '--image', image, '--cloud-build', '--source', source, *(['--branch', branch] if branch else [])]
+    args = [
+        'bash',
+        str(Path(root) / 'docker' / 'build.sh'),
+        '--arch',
+        arch,
+        '--target',
+        target,
+        '--registry',
+        registry,
+        '--image',
+        image,
+        '--cloud-build',
+        '--source',
+        source,
+        *(['--branch', branch] if branch else []),
+    ]
     r = subprocess.run([*args, '--dry-run'], cwd=root, capture_output=True, text=True)
-    if r.returncode: raise RtsSegError((r.stderr.strip().splitlines() or [f'docker/build.sh failed ({r.returncode})'])[-1])
+    if r.returncode:
+        raise RtsSegError((r.stderr.strip().splitlines() or [f'docker/build.sh failed ({r.returncode})'])[-1])
     lines = r.stdout.strip().splitlines()
     return lines[-1], lines[:-1], args
 
 # %% ../nbs/12a_launch.ipynb #0b99a3c8
 _DUR = 'duration'
-API: dict[str, dict[str, Any]] = { # message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
-        # a set (enum values) or [type] (a list). Fields not listed are not written by rts_seg.
+API: dict[
+    str, dict[str, Any]
+] = {  # message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
+    # a set (enum values) or [type] (a list). Fields not listed are not written by rts_seg.
     # Vertex AI v1: projects.locations.customJobs
     'CustomJob': dict(displayName='str', jobSpec='CustomJobSpec', labels='map'),
-    'CustomJobSpec': dict(workerPoolSpecs=['WorkerPoolSpec'], scheduling='Scheduling', serviceAccount='str', network='str',
-                          baseOutputDirectory='GcsDestination', enableWebAccess='bool', tensorboard='str'),
-    'WorkerPoolSpec': dict(containerSpec='ContainerSpec', machineSpec='MachineSpec', replicaCount='int', diskSpec='DiskSpec'),
+    'CustomJobSpec': dict(
+        workerPoolSpecs=['WorkerPoolSpec'],
+        scheduling='Scheduling',
+        serviceAccount='str',
+        network='str',
+        baseOutputDirectory='GcsDestination',
+        enableWebAccess='bool',
+        tensorboard='str',
+    ),
+    'WorkerPoolSpec': dict(
+        containerSpec='ContainerSpec', machineSpec='MachineSpec', replicaCount='int', diskSpec='DiskSpec'
+    ),
     'ContainerSpec': dict(imageUri='str', command=['str'], args=['str'], env=['EnvVar']),
     'EnvVar': dict(name='str', value='str'),
     'MachineSpec': dict(machineType='str', acceleratorType={v for v, _, _ in GPUS.values()}, acceleratorCount='int'),
     'DiskSpec': dict(bootDiskType={'pd-ssd', 'pd-standard'}, bootDiskSizeGb='int'),
-    'Scheduling': dict(timeout=_DUR, restartJobOnWorkerRestart='bool', strategy={'ON_DEMAND', 'LOW_COST', 'STANDARD', 'SPOT', 'FLEX_START'},
-                       disableRetries='bool', maxWaitDuration=_DUR),
+    'Scheduling': dict(
+        timeout=_DUR,
+        restartJobOnWorkerRestart='bool',
+        strategy={'ON_DEMAND', 'LOW_COST', 'STANDARD', 'SPOT', 'FLEX_START'},
+        disableRetries='bool',
+        maxWaitDuration=_DUR,
+    ),
     'GcsDestination': dict(outputUriPrefix='gs'),
     # Cloud Batch v1: projects.locations.jobs
-    'Job': dict(priority='int', taskGroups=['TaskGroup'], allocationPolicy='AllocationPolicy', labels='map', logsPolicy='LogsPolicy'),
-    'TaskGroup': dict(taskSpec='TaskSpec', taskCount='int', parallelism='int', taskCountPerNode='int',
-                      schedulingPolicy={'AS_SOON_AS_POSSIBLE', 'IN_ORDER'}),
-    'TaskSpec': dict(runnables=['Runnable'], maxRunDuration=_DUR, maxRetryCount='int', lifecyclePolicies=['LifecyclePolicy'], environment='Environment'),
+    'Job': dict(
+        priority='int',
+        taskGroups=['TaskGroup'],
+        allocationPolicy='AllocationPolicy',
+        labels='map',
+        logsPolicy='LogsPolicy',
+    ),
+    'TaskGroup': dict(
+        taskSpec='TaskSpec',
+        taskCount='int',
+        parallelism='int',
+        taskCountPerNode='int',
+        schedulingPolicy={'AS_SOON_AS_POSSIBLE', 'IN_ORDER'},
+    ),
+    'TaskSpec': dict(
+        runnables=['Runnable'],
+        maxRunDuration=_DUR,
+        maxRetryCount='int',
+        lifecyclePolicies=['LifecyclePolicy'],
+        environment='Environment',
+    ),
     'Runnable': dict(container='Container', displayName='str', environment='Environment', timeout=_DUR),
     'Container': dict(imageUri='str', commands=['str'], entrypoint='str', options='str', volumes=['str']),
     'Environment': dict(variables='map', secretVariables='map'),
     'LifecyclePolicy': dict(action={'RETRY_TASK', 'FAIL_TASK'}, actionCondition='ActionCondition'),
     'ActionCondition': dict(exitCodes=['int']),
-    'AllocationPolicy': dict(location='LocationPolicy', instances=['InstancePolicyOrTemplate'], serviceAccount='ServiceAccount', labels='map'),
+    'AllocationPolicy': dict(
+        location='LocationPolicy', instances=['InstancePolicyOrTemplate'], serviceAccount='ServiceAccount', labels='map'
+    ),
     'LocationPolicy': dict(allowedLocations=['str']),
     'InstancePolicyOrTemplate': dict(policy='InstancePolicy', installGpuDrivers='bool'),
-    'InstancePolicy': dict(machineType='str', provisioningModel={'STANDARD', 'SPOT', 'PREEMPTIBLE'}, accelerators=['Accelerator']),
+    'InstancePolicy': dict(
+        machineType='str', provisioningModel={'STANDARD', 'SPOT', 'PREEMPTIBLE'}, accelerators=['Accelerator']
+    ),
     'Accelerator': dict(type={b for _, b, _ in GPUS.values()}, count='int'),
     'ServiceAccount': dict(email='str'),
     'LogsPolicy': dict(destination={'CLOUD_LOGGING', 'PATH'}),
 }
-REQUIRED = {'CustomJob': ['displayName', 'jobSpec'], 'CustomJobSpec': ['workerPoolSpecs'], 'WorkerPoolSpec': ['machineSpec', 'replicaCount'],
-            'ContainerSpec': ['imageUri'], 'MachineSpec': ['machineType'], 'GcsDestination': ['outputUriPrefix'], 'EnvVar': ['name', 'value'],
-            'Job': ['taskGroups'], 'TaskGroup': ['taskSpec'], 'TaskSpec': ['runnables'], 'Container': ['imageUri'], 'LifecyclePolicy': ['action']}
+REQUIRED = {
+    'CustomJob': ['displayName', 'jobSpec'],
+    'CustomJobSpec': ['workerPoolSpecs'],
+    'WorkerPoolSpec': ['machineSpec', 'replicaCount'],
+    'ContainerSpec': ['imageUri'],
+    'MachineSpec': ['machineType'],
+    'GcsDestination': ['outputUriPrefix'],
+    'EnvVar': ['name', 'value'],
+    'Job': ['taskGroups'],
+    'TaskGroup': ['taskSpec'],
+    'TaskSpec': ['runnables'],
+    'Container': ['imageUri'],
+    'LifecyclePolicy': ['action'],
+}
 
-def check_api(obj, # a job spec, as JSON-ready dictionaries
-              kind:str|list|set, # the API message it is (a key of `API`): CustomJob, CustomJobSpec or Job; inside, a field's type
-              where:str='', # its path, for the messages
-             ) -> list[str]:
+
+def check_api(
+    obj,  # a job spec, as JSON-ready dictionaries
+    kind: str | list | set,  # the API message (a key of `API`: CustomJob, CustomJobSpec, Job); inside, a field's type
+    where: str = '',  # its path, for the messages
+) -> list[str]:
     "Where `obj` departs from the documented fields of `kind`: unknown or missing fields, wrong types, values outside an enum."
     if isinstance(kind, list):
-        if not isinstance(obj, list): return [f"{where}: a list expected, got {type(obj).__name__}"]
+        if not isinstance(obj, list):
+            return [f'{where}: a list expected, got {type(obj).__name__}']
         return [p for i, o in enumerate(obj) for p in check_api(o, kind[0], f'{where}[{i}]')]
-    if isinstance(kind, set): return [] if obj in kind else [f"{where}: {obj!r} is not one of {', '.join(sorted(kind))}"]
-    ok = {'str': lambda v: isinstance(v, str) and v != '', 'int': lambda v: isinstance(v, int) and not isinstance(v, bool),
-          'bool': lambda v: isinstance(v, bool), _DUR: lambda v: isinstance(v, str) and re.fullmatch(r'\d+(\.\d+)?s', v) is not None,
-          'gs': lambda v: isinstance(v, str) and v.startswith('gs://'),
-          'map': lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())}
-    if kind in ok: return [] if ok[kind](obj) else [f"{where}: {obj!r} is not a valid {kind}"]
-    if not isinstance(obj, dict): return [f"{where}: a {kind} object expected, got {type(obj).__name__}"]
-    probs = [f"{where}.{k}: no such field in {kind}" for k in obj if k not in API[kind]]
-    probs += [f"{where}.{k}: required in {kind}" for k in REQUIRED.get(kind, []) if k not in obj]
+    if isinstance(kind, set):
+        return [] if obj in kind else [f'{where}: {obj!r} is not one of {", ".join(sorted(kind))}']
+    ok = {
+        'str': lambda v: isinstance(v, str) and v != '',
+        'int': lambda v: isinstance(v, int) and not isinstance(v, bool),
+        'bool': lambda v: isinstance(v, bool),
+        _DUR: lambda v: isinstance(v, str) and re.fullmatch(r'\d+(\.\d+)?s', v) is not None,
+        'gs': lambda v: isinstance(v, str) and v.startswith('gs://'),
+        'map': lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()),
+    }
+    if kind in ok:
+        return [] if ok[kind](obj) else [f'{where}: {obj!r} is not a valid {kind}']
+    if not isinstance(obj, dict):
+        return [f'{where}: a {kind} object expected, got {type(obj).__name__}']
+    probs = [f'{where}.{k}: no such field in {kind}' for k in obj if k not in API[kind]]
+    probs += [f'{where}.{k}: required in {kind}' for k in REQUIRED.get(kind, []) if k not in obj]
     return probs + [p for k, v in obj.items() if k in API[kind] for p in check_api(v, API[kind][k], f'{where}.{k}')]
 
 # %% ../nbs/12a_launch.ipynb #97b47877
-def fuse_path(uri:str) -> str:
+def fuse_path(uri: str) -> str:
     "Where Vertex AI mounts `gs://bucket/path` in a job: `/gcs/bucket/path`."
-    if not str(uri).startswith('gs://'): raise RtsSegError(f"--output must be a gs:// folder (the job writes there), not {uri}")
+    if not str(uri).startswith('gs://'):
+        raise RtsSegError(f'--output must be a gs:// folder (the job writes there), not {uri}')
     return '/gcs/' + str(uri)[5:].strip('/')
 
 # %% ../nbs/12a_launch.ipynb #8bad4339
-def vertex_job(image:str, # image reference (the train target)
-               machine:Machine, # machine type and GPUs (`gpu_machine`)
-               args:list[str], # arguments of the image's entry point (docker/train.sh)
-               output:str, # gs:// folder: the job's base output directory
-               name:str, # display name
-               spot:bool=False, # spot VMs (cheaper, may be preempted: the job restarts and resumes)
-               env:dict|None=None, # environment variables of the container (no secrets: the spec is stored and shown)
-               service_account:str|None=None, # the job's identity; default: Vertex AI's service agent
-               timeout_hours:float|None=None, # longest run; default: Vertex AI's (7 days)
-               disk_gb:int|None=None, # boot disk of each VM (pd-ssd)
-               labels:dict|None=None, # job labels
-              ) -> dict:
+def vertex_job(
+    image: str,  # image reference (the train target)
+    machine: Machine,  # machine type and GPUs (`gpu_machine`)
+    args: list[str],  # arguments of the image's entry point (docker/train.sh)
+    output: str,  # gs:// folder: the job's base output directory
+    name: str,  # display name
+    spot: bool = False,  # spot VMs (cheaper, may be preempted: the job restarts and resumes)
+    env: dict | None = None,  # environment variables of the container (no secrets: the spec is stored and shown)
+    service_account: str | None = None,  # the job's identity; default: Vertex AI's service agent
+    timeout_hours: float | None = None,  # longest run; default: Vertex AI's (7 days)
+    disk_gb: int | None = None,  # boot disk of each VM (pd-ssd)
+    labels: dict | None = None,  # job labels
+) -> dict:
     "A Vertex AI `CustomJob`: one machine with all its GPUs running the training image."
-    pool: dict[str, Any] = dict(machineSpec=dict(machineType=machine.name, acceleratorType=machine.vertex, acceleratorCount=machine.gpus),
-                                replicaCount=1, containerSpec=dict(imageUri=image, args=list(args)))
-    if env: pool['containerSpec']['env'] = [dict(name=k, value=str(v)) for k, v in env.items()]
-    if disk_gb: pool['diskSpec'] = dict(bootDiskType='pd-ssd', bootDiskSizeGb=int(disk_gb))
+    pool: dict[str, Any] = dict(
+        machineSpec=dict(machineType=machine.name, acceleratorType=machine.vertex, acceleratorCount=machine.gpus),
+        replicaCount=1,
+        containerSpec=dict(imageUri=image, args=list(args)),
+    )
+    if env:
+        pool['containerSpec']['env'] = [dict(name=k, value=str(v)) for k, v in env.items()]
+    if disk_gb:
+        pool['diskSpec'] = dict(bootDiskType='pd-ssd', bootDiskSizeGb=int(disk_gb))
     sched = dict(restartJobOnWorkerRestart=True, strategy='SPOT' if spot else 'STANDARD')
-    if timeout_hours: sched['timeout'] = f'{round(timeout_hours * 3600)}s'
+    if timeout_hours:
+        sched['timeout'] = f'{round(timeout_hours * 3600)}s'
     spec = dict(workerPoolSpecs=[pool], scheduling=sched, baseOutputDirectory=dict(outputUriPrefix=output.rstrip('/')))
-    if service_account: spec['serviceAccount'] = service_account
+    if service_account:
+        spec['serviceAccount'] = service_account
     return dict(displayName=name, jobSpec=spec, labels=dict(labels or {}))
 
 # %% ../nbs/12a_launch.ipynb #a3ae78bb
-RETRY_EXIT_CODES = [50001, 50002, 50003, 50004, 50006] # Cloud Batch: the VM, not the task, failed
+RETRY_EXIT_CODES = [50001, 50002, 50003, 50004, 50006]  # Cloud Batch: the VM, not the task, failed
 
-def batch_job(image:str, # image reference (the infer target, whose entry point is `rts-seg predict`)
-              machine:Machine, # machine type and GPUs of each VM
-              commands:list[str], # arguments of the entry point, the same for every task
-              tasks:int, # number of tasks (shards of the tile list)
-              parallelism:int, # tasks running at once (VMs)
-              region:str, # where the VMs run, e.g. us-central1
-              spot:bool=True, # spot VMs: about a third of the price, preempted at times (the task is retried)
-              retries:int=3, # retries of a task whose VM failed it (0-10)
-              max_run_hours:float=24, # longest run of one task
-              env:dict|None=None, # environment variables (no secrets: see `secrets`)
-              secrets:dict|None=None, # NAME -> Secret Manager version (projects/P/secrets/S/versions/V), set in the task's environment
-              service_account:str|None=None, # the VMs' identity; default: the Compute Engine default service account
-              labels:dict|None=None, # job labels
-             ) -> dict:
+
+def batch_job(
+    image: str,  # image reference (the infer target, whose entry point is `rts-seg predict`)
+    machine: Machine,  # machine type and GPUs of each VM
+    commands: list[str],  # arguments of the entry point, the same for every task
+    tasks: int,  # number of tasks (shards of the tile list)
+    parallelism: int,  # tasks running at once (VMs)
+    region: str,  # where the VMs run, e.g. us-central1
+    spot: bool = True,  # spot VMs: about a third of the price, preempted at times (the task is retried)
+    retries: int = 3,  # retries of a task whose VM failed it (0-10)
+    max_run_hours: float = 24,  # longest run of one task
+    env: dict | None = None,  # environment variables (no secrets: see `secrets`)
+    secrets: dict | None = None,  # NAME -> Secret Manager version (projects/P/secrets/S/versions/V), in the env
+    service_account: str | None = None,  # the VMs' identity; default: the Compute Engine default service account
+    labels: dict | None = None,  # job labels
+) -> dict:
     "A Cloud Batch `Job`: `tasks` tasks of the inference image on GPU VMs, retried when a VM is lost."
-    if tasks < 1: raise RtsSegError(f"--tasks must be at least 1 (got {tasks})")
-    if not 1 <= parallelism <= tasks: raise RtsSegError(f"--parallelism must be between 1 and --tasks ({tasks}); got {parallelism}")
-    if not 0 <= retries <= 10: raise RtsSegError(f"--retries must be between 0 and 10 (Cloud Batch's range); got {retries}")
-    task = dict(runnables=[dict(container=dict(imageUri=image, commands=list(commands)))], maxRetryCount=retries,
-                maxRunDuration=f'{round(max_run_hours * 3600)}s',
-                lifecyclePolicies=[dict(action='RETRY_TASK', actionCondition=dict(exitCodes=RETRY_EXIT_CODES))])
-    if env or secrets: task['environment'] = {**({'variables': dict(env)} if env else {}), **({'secretVariables': dict(secrets)} if secrets else {})}
-    inst = dict(installGpuDrivers=True, policy=dict(machineType=machine.name, provisioningModel='SPOT' if spot else 'STANDARD',
-                                                    accelerators=[dict(type=machine.batch, count=machine.gpus)]))
+    if tasks < 1:
+        raise RtsSegError(f'--tasks must be at least 1 (got {tasks})')
+    if not 1 <= parallelism <= tasks:
+        raise RtsSegError(f'--parallelism must be between 1 and --tasks ({tasks}); got {parallelism}')
+    if not 0 <= retries <= 10:
+        raise RtsSegError(f"--retries must be between 0 and 10 (Cloud Batch's range); got {retries}")
+    task = dict(
+        runnables=[dict(container=dict(imageUri=image, commands=list(commands)))],
+        maxRetryCount=retries,
+        maxRunDuration=f'{round(max_run_hours * 3600)}s',
+        lifecyclePolicies=[dict(action='RETRY_TASK', actionCondition=dict(exitCodes=RETRY_EXIT_CODES))],
+    )
+    if env or secrets:
+        task['environment'] = {
+            **({'variables': dict(env)} if env else {}),
+            **({'secretVariables': dict(secrets)} if secrets else {}),
+        }
+    inst = dict(
+        installGpuDrivers=True,
+        policy=dict(
+            machineType=machine.name,
+            provisioningModel='SPOT' if spot else 'STANDARD',
+            accelerators=[dict(type=machine.batch, count=machine.gpus)],
+        ),
+    )
     alloc = dict(instances=[inst], location=dict(allowedLocations=[f'regions/{region}']))
-    if service_account: alloc['serviceAccount'] = dict(email=service_account)
-    return dict(taskGroups=[dict(taskCount=tasks, parallelism=parallelism, taskCountPerNode=1, taskSpec=task)],
-                allocationPolicy=alloc, logsPolicy=dict(destination='CLOUD_LOGGING'), labels=dict(labels or {}))
+    if service_account:
+        alloc['serviceAccount'] = dict(email=service_account)
+    return dict(
+        taskGroups=[dict(taskCount=tasks, parallelism=parallelism, taskCountPerNode=1, taskSpec=task)],
+        allocationPolicy=alloc,
+        logsPolicy=dict(destination='CLOUD_LOGGING'),
+        labels=dict(labels or {}),
+    )
 
 # %% ../nbs/12a_launch.ipynb #8ef5f467
-def batch_cost(tiles:int, # tiles in the list
-               rate:float, # tiles per second of one VM, end to end (a task's inference_log.json: tiles / wall_seconds)
-               tasks:int, # tasks of the job
-               parallelism:int, # tasks at once
-               start_min:float=5, # minutes a VM takes to start and pull the image
-               price_per_vm_hour:float|None=None, # the machine type's hourly price, if known
-              ) -> dict:
+def batch_cost(
+    tiles: int,  # tiles in the list
+    rate: float,  # tiles per second of one VM, end to end (a task's inference_log.json: tiles / wall_seconds)
+    tasks: int,  # tasks of the job
+    parallelism: int,  # tasks at once
+    start_min: float = 5,  # minutes a VM takes to start and pull the image
+    price_per_vm_hour: float | None = None,  # the machine type's hourly price, if known
+) -> dict:
     "GPU hours, hours per task and wall hours of a Cloud Batch inference job (and its cost, given a price)."
     per_task = tiles / tasks / rate / 3600
-    r = dict(gpu_hours=round(tiles / rate / 3600 + tasks * start_min / 60, 1), hours_per_task=round(per_task, 2),
-             wall_hours=round(-(-tasks // parallelism) * (per_task + start_min / 60), 2))
-    if price_per_vm_hour: r['cost'] = round(r['gpu_hours'] * price_per_vm_hour, 2)
+    r = dict(
+        gpu_hours=round(tiles / rate / 3600 + tasks * start_min / 60, 1),
+        hours_per_task=round(per_task, 2),
+        wall_hours=round(-(-tasks // parallelism) * (per_task + start_min / 60), 2),
+    )
+    if price_per_vm_hour:
+        r['cost'] = round(r['gpu_hours'] * price_per_vm_hour, 2)
     return r
 
 # %% ../nbs/12a_launch.ipynb #7775b2b3
 SECRET_NAME = re.compile(r'TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|(^|_)KEY($|_)', re.I)
 
-def parse_env(pairs:list[str]|None, # NAME=VALUE strings (--env)
-             ) -> dict:
+
+def parse_env(
+    pairs: list[str] | None,  # NAME=VALUE strings (--env)
+) -> dict:
     "Environment variables for a job, refusing what looks like a secret."
     env = {}
     for p in pairs or []:
         k, eq, v = p.partition('=')
-        if not eq or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', k): raise RtsSegError(f"--env {p!r}: expected NAME=VALUE")
-        if SECRET_NAME.search(k): raise RtsSegError(f"--env {k}=...: secrets never go into a job spec (it is stored and shown in the console); "
-                                                    f"with launch predict give --secret {k}=projects/P/secrets/S/versions/latest (Secret Manager); "
-                                                    "a training job reaches GCS and the registry as its --service-account")
+        if not eq or not re.fullmatch(r'[A-Za-z_][A-Za-z0-9_]*', k):
+            raise RtsSegError(f'--env {p!r}: expected NAME=VALUE')
+        if SECRET_NAME.search(k):
+            raise RtsSegError(
+                f'--env {k}=...: secrets never go into a job spec (it is stored and shown in the console); '
+                f'with launch predict give --secret {k}=projects/P/secrets/S/versions/latest (Secret Manager); '
+                'a training job reaches GCS and the registry as its --service-account'
+            )
         env[k] = v
     return env
 
 # %% ../nbs/12a_launch.ipynb #124f40c4
-def parse_secrets(pairs:list[str]|None, # NAME=projects/P/secrets/S/versions/V strings (--secret)
-                 ) -> dict:
+def parse_secrets(
+    pairs: list[str] | None,  # NAME=projects/P/secrets/S/versions/V strings (--secret)
+) -> dict:
     "Secret Manager references for a Cloud Batch job's environment."
     out = {}
     for p in pairs or []:
         k, eq, v = p.partition('=')
         if not eq or not re.fullmatch(r'projects/[^/]+/secrets/[^/]+/versions/[^/]+', v):
-            raise RtsSegError(f"--secret {k or p}: expected NAME=projects/PROJECT/secrets/SECRET/versions/VERSION (a Secret Manager version, not the secret itself)")
+            raise RtsSegError(
+                f'--secret {k or p}: expected NAME=projects/PROJECT/secrets/SECRET/versions/VERSION (a Secret Manager version, not the secret itself)'
+            )
         out[k] = v
     return out
 
@@ -313,142 +485,249 @@ def parse_secrets(pairs:list[str]|None, # NAME=projects/P/secrets/S/versions/V s
 @dataclass
 class Launch:
     "What a launch did or would do."
-    image: str # image reference
-    in_registry: bool # the registry had it before the launch
-    build: list # the build commands (empty when the image was there)
-    job: dict # the job spec
-    job_file: Path # where it is (or would be) written
-    submit: list # the gcloud command
-    spec: dict|None = None # what the job file holds, when not the whole job (Vertex AI's --config takes the jobSpec)
+
+    image: str  # image reference
+    in_registry: bool  # the registry had it before the launch
+    build: list  # the build commands (empty when the image was there)
+    job: dict  # the job spec
+    job_file: Path  # where it is (or would be) written
+    submit: list  # the gcloud command
+    spec: dict | None = None  # what the job file holds, when not the whole job (Vertex AI's --config takes the jobSpec)
 
     def __str__(self):
         q = lambda c: c if isinstance(c, str) else shlex.join(map(str, c))
-        lines = [f"# image {self.image}: " + ('in the registry, no build' if self.in_registry else 'not in the registry; build it with Cloud Build:')]
-        lines += [q(c) for c in self.build] + [f'# job spec ({self.job_file}):', json.dumps(self.job, indent=2), q(self.submit)]
+        lines = [
+            f'# image {self.image}: '
+            + ('in the registry, no build' if self.in_registry else 'not in the registry; build it with Cloud Build:')
+        ]
+        lines += [q(c) for c in self.build] + [
+            f'# job spec ({self.job_file}):',
+            json.dumps(self.job, indent=2),
+            q(self.submit),
+        ]
         return '\n'.join(lines)
 
 # %% ../nbs/12a_launch.ipynb #0584fde9
-def _name(prefix:str, name:str|None) -> str:
+def _name(prefix: str, name: str | None) -> str:
     "A job name Cloud Batch and Vertex AI both accept: lowercase letters, digits and hyphens, a letter first, 63 at most."
-    n = name or f"{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}"
-    if not re.fullmatch(r'[a-z]([a-z0-9-]{0,61}[a-z0-9])?', n): raise RtsSegError(f"--name {n!r}: use lowercase letters, digits and hyphens, a letter first, 63 at most")
+    n = name or f'{prefix}-{datetime.datetime.now(datetime.timezone.utc):%Y%m%d-%H%M%S}'
+    if not re.fullmatch(r'[a-z]([a-z0-9-]{0,61}[a-z0-9])?', n):
+        raise RtsSegError(f'--name {n!r}: use lowercase letters, digits and hyphens, a letter first, 63 at most')
     return n
 
-def _label(v:str) -> str: return re.sub(r'[^a-z0-9_-]', '-', v.lower())[:63]
 
-def _project(registry:str, project:str|None) -> str|None:
+def _label(v: str) -> str:
+    return re.sub(r'[^a-z0-9_-]', '-', v.lower())[:63]
+
+
+def _project(registry: str, project: str | None) -> str | None:
     "--project, else the project of an Artifact Registry path (HOST/PROJECT/REPO)."
-    if project: return project
+    if project:
+        return project
     host, _, rest = registry.partition('/')
     return rest.split('/')[0] if host.endswith('docker.pkg.dev') and rest else None
 
-def _go(plan:Launch, build_args:list, dry_run:bool, token:str|None) -> Launch:
+
+def _go(plan: Launch, build_args: list, dry_run: bool, token: str | None) -> Launch:
     "Print the plan; unless `dry_run`, build the image if needed, write the job spec and submit it."
     print(plan, flush=True)
-    if dry_run: return plan
-    if not shutil.which('gcloud'): raise RtsSegError("gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk), or add --dry-run to see the commands")
+    if dry_run:
+        return plan
+    if not shutil.which('gcloud'):
+        raise RtsSegError(
+            'gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk), or add --dry-run to see the commands'
+        )
     if not plan.in_registry:
-        if subprocess.run(build_args).returncode: raise RtsSegError(f"the Cloud Build of {plan.image} failed; its log is above")
-        if not registry_has(plan.image, token): raise RtsSegError(f"Cloud Build finished but the registry has no {plan.image}")
+        if subprocess.run(build_args).returncode:
+            raise RtsSegError(f'the Cloud Build of {plan.image} failed; its log is above')
+        if not registry_has(plan.image, token):
+            raise RtsSegError(f'Cloud Build finished but the registry has no {plan.image}')
     atomic_write_text(plan.job_file, json.dumps(plan.spec or plan.job, indent=2) + '\n')
-    if subprocess.run(plan.submit).returncode: raise RtsSegError(f"gcloud refused the job; its message is above (spec: {plan.job_file})")
+    if subprocess.run(plan.submit).returncode:
+        raise RtsSegError(f'gcloud refused the job; its message is above (spec: {plan.job_file})')
     return plan
-def _image(root, machine, target, registry, source, branch, image) -> tuple[str, bool, list, list, str|None]:
+
+
+def _image(root, machine, target, registry, source, branch, image) -> tuple[str, bool, list, list, str | None]:
     "The image reference, whether the registry has it, the build commands and arguments, and the token used."
-    if not registry: raise RtsSegError("give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts), or set RTS_SEG_REGISTRY")
+    if not registry:
+        raise RtsSegError(
+            'give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts), or set RTS_SEG_REGISTRY'
+        )
     ref, cmds, args = build_plan(root, machine.arch, target, registry, source, branch, image)
     host = parse_ref(ref)[0]
     token = gcp_token() if host.endswith(('pkg.dev', 'gcr.io')) else None
     have = registry_has(ref, token)
     return ref, have, [] if have else cmds, args, token
 
-def launch_train(root:str|Path, # repository root (the image is built from it)
-                 config:str|Path, # run config: a YAML file in the repository's configs/ (it goes into the image)
-                 overrides:list[str], # key=value overrides, checked here
-                 registry:str, # HOST/PATH of the images, e.g. us-central1-docker.pkg.dev/my-project/rts
-                 region:str, # Vertex AI region, e.g. us-central1
-                 output:str, # gs:// folder for the run (checkpoints, metrics, state)
-                 machine:str='a3-highgpu-8g', # machine type
-                 gpus:int|None=None, # GPUs (must match the machine type; required with N1)
-                 accelerator:str|None=None, # t4 or v100 with N1
-                 project:str|None=None, # Google Cloud project; default: the registry's, else gcloud's
-                 spot:bool=False, # spot VMs: preempted at times; the job restarts and resumes
-                 source:str='local', # image from the working tree (local) or a clean export of a branch (git)
-                 branch:str|None=None, # with source git
-                 name:str|None=None, # job name; default rts-train-DATE-TIME
-                 env:list[str]|None=None, # NAME=VALUE for the container (no secrets)
-                 mlflow_uri:str|None=None, # MLflow tracking server; default: the image's (inside the job, lost with it)
-                 service_account:str|None=None, # the job's identity
-                 timeout_hours:float|None=None, # longest run
-                 disk_gb:int|None=None, # boot disk
-                 image:str='rts-seg', # image name
-                 dry_run:bool=False, # print, build and submit nothing
-                ) -> Launch:
+
+def launch_train(
+    root: str | Path,  # repository root (the image is built from it)
+    config: str | Path,  # run config: a YAML file in the repository's configs/ (it goes into the image)
+    overrides: list[str],  # key=value overrides, checked here
+    registry: str,  # HOST/PATH of the images, e.g. us-central1-docker.pkg.dev/my-project/rts
+    region: str,  # Vertex AI region, e.g. us-central1
+    output: str,  # gs:// folder for the run (checkpoints, metrics, state)
+    machine: str = 'a3-highgpu-8g',  # machine type
+    gpus: int | None = None,  # GPUs (must match the machine type; required with N1)
+    accelerator: str | None = None,  # t4 or v100 with N1
+    project: str | None = None,  # Google Cloud project; default: the registry's, else gcloud's
+    spot: bool = False,  # spot VMs: preempted at times; the job restarts and resumes
+    source: str = 'local',  # image from the working tree (local) or a clean export of a branch (git)
+    branch: str | None = None,  # with source git
+    name: str | None = None,  # job name; default rts-train-DATE-TIME
+    env: list[str] | None = None,  # NAME=VALUE for the container (no secrets)
+    mlflow_uri: str | None = None,  # MLflow tracking server; default: the image's (inside the job, lost with it)
+    service_account: str | None = None,  # the job's identity
+    timeout_hours: float | None = None,  # longest run
+    disk_gb: int | None = None,  # boot disk
+    image: str = 'rts-seg',  # image name
+    dry_run: bool = False,  # print, build and submit nothing
+) -> Launch:
     "Train on a Vertex AI custom job, building the image first only if its content hash is new."
     from rts_seg.config import load_config
+
     root, config = Path(root).resolve(), Path(config).resolve()
-    if (root/'configs') not in config.parents: raise RtsSegError(f"--config {config} is not in {root/'configs'}: the job reads configs from the image; copy it there (it then counts for the image tag)")
-    if any(o.split('=', 1)[0] == 'output_dir' for o in overrides): raise RtsSegError("give the run's folder as --output gs://..., not output_dir=")
+    if (root / 'configs') not in config.parents:
+        raise RtsSegError(
+            f'--config {config} is not in {root / "configs"}: the job reads configs from the image; copy it there (it then counts for the image tag)'
+        )
+    if any(o.split('=', 1)[0] == 'output_dir' for o in overrides):
+        raise RtsSegError("give the run's folder as --output gs://..., not output_dir=")
     m = gpu_machine(machine, gpus, accelerator)
     out = fuse_path(output)
-    cfg = load_config(config, [*overrides, f'output_dir={out}']) # a mistake in the config or overrides: here, not on the VM
+    cfg = load_config(
+        config, [*overrides, f'output_dir={out}']
+    )  # a mistake in the config or overrides: here, not on the VM
     if not is_remote(cfg.data.root) and cfg.data.synth is None:
-        raise RtsSegError(f"data.root={cfg.data.root} is a local folder the job cannot see; give data.root=gs://BUCKET/PATH")
+        raise RtsSegError(
+            f'data.root={cfg.data.root} is a local folder the job cannot see; give data.root=gs://BUCKET/PATH'
+        )
     ref, have, cmds, build_args, token = _image(root, m, 'train', registry, source, branch, image)
     n = _name('rts-train', name)
-    args = ['--config', f'/opt/rts_seg/configs/{config.relative_to(root/"configs").as_posix()}', '--resume', 'auto', *overrides, f'output_dir={out}']
+    args = [
+        '--config',
+        f'/opt/rts_seg/configs/{config.relative_to(root / "configs").as_posix()}',
+        '--resume',
+        'auto',
+        *overrides,
+        f'output_dir={out}',
+    ]
     e = parse_env(env)
-    if mlflow_uri: e['MLFLOW_TRACKING_URI'] = mlflow_uri
-    job = vertex_job(ref, m, args, output, n, spot, e, service_account, timeout_hours, disk_gb,
-                     labels={'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])})
-    if probs := check_api(job, 'CustomJob'): raise RtsSegError(f"internal: the Vertex AI job spec is not valid: {probs[0]}")
-    f = Path('launches')/f'{n}.json'
+    if mlflow_uri:
+        e['MLFLOW_TRACKING_URI'] = mlflow_uri
+    job = vertex_job(
+        ref,
+        m,
+        args,
+        output,
+        n,
+        spot,
+        e,
+        service_account,
+        timeout_hours,
+        disk_gb,
+        labels={'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])},
+    )
+    if probs := check_api(job, 'CustomJob'):
+        raise RtsSegError(f'internal: the Vertex AI job spec is not valid: {probs[0]}')
+    f = Path('launches') / f'{n}.json'
     p = _project(registry, project)
-    submit = ['gcloud', 'ai', 'custom-jobs', 'create', f'--region={region}', *([f'--project={p}'] if p else []),
-              f'--display-name={n}', f'--labels=app=rts-seg,image-tag={_label(parse_ref(ref)[2])}', f'--config={f}']
+    submit = [
+        'gcloud',
+        'ai',
+        'custom-jobs',
+        'create',
+        f'--region={region}',
+        *([f'--project={p}'] if p else []),
+        f'--display-name={n}',
+        f'--labels=app=rts-seg,image-tag={_label(parse_ref(ref)[2])}',
+        f'--config={f}',
+    ]
     return _go(Launch(ref, have, cmds, job, f, submit, spec=job['jobSpec']), build_args, dry_run, token)
 
 # %% ../nbs/12a_launch.ipynb #4b336600
-def launch_predict(root:str|Path, # repository root (the image is built from it)
-                   model:str, # gs:// URI of the model (best.pth, or an export with its sidecar)
-                   tile_list:str, # gs:// URI of the tile list (CSV with tile_id, RegionName)
-                   imagery:str, # gs:// imagery root (PLANET-RGB/, EXTRA/)
-                   out:str, # gs:// output folder
-                   registry:str, # HOST/PATH of the images
-                   region:str, # Cloud Batch region
-                   tasks:int=64, # tasks: shards of the tile list
-                   parallelism:int|None=None, # VMs at once; default min(tasks, 32)
-                   machine:str='g2-standard-8', # machine type of each VM (one L4)
-                   gpus:int|None=None, # GPUs (must match; required with N1)
-                   accelerator:str|None=None, # t4 or v100 with N1
-                   project:str|None=None, # Google Cloud project; default: the registry's, else gcloud's
-                   spot:bool=True, # spot VMs
-                   retries:int=3, # retries of a task whose VM failed it
-                   max_run_hours:float=24, # longest run of one task
-                   overrides:list[str]|None=None, # inference.* overrides, checked here and passed to every task
-                   source:str='local', # image from the working tree (local) or a clean export of a branch (git)
-                   branch:str|None=None, # with source git
-                   name:str|None=None, # job name; default rts-predict-DATE-TIME
-                   env:list[str]|None=None, # NAME=VALUE for the tasks (no secrets)
-                   secrets:list[str]|None=None, # NAME=projects/P/secrets/S/versions/V
-                   service_account:str|None=None, # the VMs' identity
-                   image:str='rts-seg', # image name
-                   dry_run:bool=False, # print, build and submit nothing
-                  ) -> Launch:
+def launch_predict(
+    root: str | Path,  # repository root (the image is built from it)
+    model: str,  # gs:// URI of the model (best.pth, or an export with its sidecar)
+    tile_list: str,  # gs:// URI of the tile list (CSV with tile_id, RegionName)
+    imagery: str,  # gs:// imagery root (PLANET-RGB/, EXTRA/)
+    out: str,  # gs:// output folder
+    registry: str,  # HOST/PATH of the images
+    region: str,  # Cloud Batch region
+    tasks: int = 64,  # tasks: shards of the tile list
+    parallelism: int | None = None,  # VMs at once; default min(tasks, 32)
+    machine: str = 'g2-standard-8',  # machine type of each VM (one L4)
+    gpus: int | None = None,  # GPUs (must match; required with N1)
+    accelerator: str | None = None,  # t4 or v100 with N1
+    project: str | None = None,  # Google Cloud project; default: the registry's, else gcloud's
+    spot: bool = True,  # spot VMs
+    retries: int = 3,  # retries of a task whose VM failed it
+    max_run_hours: float = 24,  # longest run of one task
+    overrides: list[str] | None = None,  # inference.* overrides, checked here and passed to every task
+    source: str = 'local',  # image from the working tree (local) or a clean export of a branch (git)
+    branch: str | None = None,  # with source git
+    name: str | None = None,  # job name; default rts-predict-DATE-TIME
+    env: list[str] | None = None,  # NAME=VALUE for the tasks (no secrets)
+    secrets: list[str] | None = None,  # NAME=projects/P/secrets/S/versions/V
+    service_account: str | None = None,  # the VMs' identity
+    image: str = 'rts-seg',  # image name
+    dry_run: bool = False,  # print, build and submit nothing
+) -> Launch:
     "Predict a tile list on a Cloud Batch job: one task per shard, each `rts-seg predict ... --shard auto --resume`."
     from rts_seg.config import load_config
+
     for flag, v in (('--model', model), ('--tile-list', tile_list), ('--imagery', imagery), ('--out', out)):
-        if not str(v).startswith('gs://'): raise RtsSegError(f"{flag} {v}: the tasks run on Google Cloud and read and write gs:// only; copy it to a bucket")
+        if not str(v).startswith('gs://'):
+            raise RtsSegError(
+                f'{flag} {v}: the tasks run on Google Cloud and read and write gs:// only; copy it to a bucket'
+            )
     overrides = list(overrides or [])
-    load_config(None, overrides) # a mistake: here, not in 64 tasks
+    load_config(None, overrides)  # a mistake: here, not in 64 tasks
     m = gpu_machine(machine, gpus, accelerator)
     ref, have, cmds, build_args, token = _image(Path(root).resolve(), m, 'infer', registry, source, branch, image)
     n = _name('rts-predict', name)
-    commands = ['--model', model, '--tile-list', tile_list, '--imagery', imagery, '--out', out, '--shard', 'auto', '--resume', *overrides]
-    job = batch_job(ref, m, commands, tasks, parallelism or min(tasks, 32), region, spot, retries, max_run_hours,
-                    parse_env(env), parse_secrets(secrets), service_account, labels={'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])})
-    if probs := check_api(job, 'Job'): raise RtsSegError(f"internal: the Cloud Batch job spec is not valid: {probs[0]}")
-    f = Path('launches')/f'{n}.json'
+    commands = [
+        '--model',
+        model,
+        '--tile-list',
+        tile_list,
+        '--imagery',
+        imagery,
+        '--out',
+        out,
+        '--shard',
+        'auto',
+        '--resume',
+        *overrides,
+    ]
+    job = batch_job(
+        ref,
+        m,
+        commands,
+        tasks,
+        parallelism or min(tasks, 32),
+        region,
+        spot,
+        retries,
+        max_run_hours,
+        parse_env(env),
+        parse_secrets(secrets),
+        service_account,
+        labels={'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])},
+    )
+    if probs := check_api(job, 'Job'):
+        raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
+    f = Path('launches') / f'{n}.json'
     p = _project(registry, project)
-    submit = ['gcloud', 'batch', 'jobs', 'submit', n, f'--location={region}', *([f'--project={p}'] if p else []), f'--config={f}']
+    submit = [
+        'gcloud',
+        'batch',
+        'jobs',
+        'submit',
+        n,
+        f'--location={region}',
+        *([f'--project={p}'] if p else []),
+        f'--config={f}',
+    ]
     return _go(Launch(ref, have, cmds, job, f, submit), build_args, dry_run, token)

@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/learner.html.md"""
 
 # %% ../nbs/09_learner.ipynb #d66bee3f
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 import math, random, re, signal, sys, threading, time
 import contextlib
 from contextlib import contextmanager
@@ -16,7 +16,7 @@ from typing import cast
 
 import numpy as np
 import torch
-import fastai.callback.fp16, fastai.callback.schedule # patch Learner with to_fp16/to_bf16 and fit_one_cycle
+import fastai.callback.fp16, fastai.callback.schedule  # patch Learner with to_fp16/to_bf16 and fit_one_cycle
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.training import GradientClip
 from fastai.callback.core import Callback, CancelEpochException, CancelFitException
@@ -25,7 +25,7 @@ from fastai.callback.tracker import EarlyStoppingCallback, TrackerCallback
 from fastai.data.core import DataLoaders
 from fastai.learner import AvgSmoothLoss, Learner
 from fastai.optimizer import OptimWrapper
-from fastai.imports import noop # the noop that fastai's no_logging() installs
+from fastai.imports import noop  # the noop that fastai's no_logging() installs
 from fastcore.imports import in_notebook
 from fastai.torch_core import find_bs, rank_distrib
 from fastai.callback.fp16 import MixedPrecision
@@ -50,54 +50,90 @@ __all__ = ['STATE_RE', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput
 # %% ../nbs/09_learner.ipynb #c7553885
 class MLflowLogger(Callback):
     "Log train loss and IoU, validation loss, learning rates and every validation metric of each epoch to the active MLflow run."
-    order = 60 # after the Recorder
+
+    order = 60  # after the Recorder
+
     def after_epoch(self):
-        mlflow = sys.modules.get('mlflow') # not imported: no run can be active
-        if mlflow is None or rank_distrib() or mlflow.active_run() is None: return
+        mlflow = sys.modules.get('mlflow')  # not imported: no run can be active
+        if mlflow is None or rank_distrib() or mlflow.active_run() is None:
+            return
         names = self.recorder.metric_names[1:-1] if self.recorder.add_time else self.recorder.metric_names[1:]
-        vals = {n.replace('valid', 'val'): v for n, v in zip(names, self.recorder.log[1:]) if n in ('train_loss', 'valid_loss')}
+        vals = {
+            n.replace('valid', 'val'): v
+            for n, v in zip(names, self.recorder.log[1:])
+            if n in ('train_loss', 'valid_loss')
+        }
         vm = next((c for c in self.learn.cbs if isinstance(c, ValidationMetrics)), None)
-        if vm is not None: vals.update({f'val_{k}': v for k, v in vm.results.items()})
-        for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)): vals.update(c.results)
-        if self.opt is not None: vals.update({f'lr_{g}': h['lr'] for g, h in zip(('encoder', 'decoder'), self.opt.hypers)})
+        if vm is not None:
+            vals.update({f'val_{k}': v for k, v in vm.results.items()})
+        for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)):
+            vals.update(c.results)
+        if self.opt is not None:
+            vals.update({f'lr_{g}': h['lr'] for g, h in zip(('encoder', 'decoder'), self.opt.hypers)})
         vals = {k: float(v) for k, v in vals.items() if isinstance(v, (int, float, np.number)) and math.isfinite(v)}
         mlflow.log_metrics(vals, step=self.epoch + 1)
 
 # %% ../nbs/09_learner.ipynb #679f1276
 class TextProgress(Callback):
     "Plain progress lines for logs without a terminal: one per epoch, and one every `every` seconds within an epoch."
-    order = 70
-    def __init__(self, every:float=60.): self.every = every # seconds between lines within an epoch
-    def before_fit(self): # `validate` also fires before_fit, under fastai's no_logging: then stay silent
-        self.old, self.t_fit, self.first = self.learn.logger, time.time(), getattr(self.learn, 'resume_epoch', 0)
-        if self.old is not noop: self.learn.logger = self._log if rank_distrib() == 0 else noop
-    def after_fit(self): self.learn.logger = self.old
-    def before_train(self): self.t0 = self.t_last = time.time(); self.n_img = 0
-    def after_train(self): self.rate = self.n_img / max(time.time() - self.t0, 1e-9)
 
-    def _eta(self, done:float) -> str: # done: epochs completed, fractional
+    order = 70
+
+    def __init__(self, every: float = 60.0):
+        self.every = every  # seconds between lines within an epoch
+
+    def before_fit(self):  # `validate` also fires before_fit, under fastai's no_logging: then stay silent
+        self.old, self.t_fit, self.first = self.learn.logger, time.time(), getattr(self.learn, 'resume_epoch', 0)
+        if self.old is not noop:
+            self.learn.logger = self._log if rank_distrib() == 0 else noop
+
+    def after_fit(self):
+        self.learn.logger = self.old
+
+    def before_train(self):
+        self.t0 = self.t_last = time.time()
+        self.n_img = 0
+
+    def after_train(self):
+        self.rate = self.n_img / max(time.time() - self.t0, 1e-9)
+
+    def _eta(self, done: float) -> str:  # done: epochs completed, fractional
         return format_time((time.time() - self.t_fit) / max(done - self.first, 1e-9) * (self.n_epoch - done))
 
     def after_batch(self):
-        if not self.training: return
+        if not self.training:
+            return
         self.n_img += find_bs(self.yb)
         if time.time() - self.t_last >= self.every and rank_distrib() == 0:
             self.t_last = time.time()
             rate = self.n_img / (self.t_last - self.t0)
-            print(f"epoch {self.epoch + 1}/{self.n_epoch}  step {self.iter + 1}/{self.n_iter}  loss {float(self.smooth_loss):.4f}  "
-                  f"{rate:.1f} img/s  eta {self._eta(self.epoch + (self.iter + 1) / self.n_iter)}", flush=True)
+            print(
+                f'epoch {self.epoch + 1}/{self.n_epoch}  step {self.iter + 1}/{self.n_iter}  loss {float(self.smooth_loss):.4f}  '
+                f'{rate:.1f} img/s  eta {self._eta(self.epoch + (self.iter + 1) / self.n_iter)}',
+                flush=True,
+            )
 
     def _log(self, log):
         names = self.recorder.metric_names
-        parts = [f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:]) if v is not None]
-        rate = f"  {self.rate:.1f} img/s" if getattr(self, 'n_img', 0) else '' # none when resumed after the epoch's last step
-        print(f"epoch {log[0] + 1}/{self.n_epoch}  " + '  '.join(parts) + f"{rate}  eta {self._eta(log[0] + 1)}", flush=True)
+        parts = [
+            f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:]) if v is not None
+        ]
+        rate = (
+            f'  {self.rate:.1f} img/s' if getattr(self, 'n_img', 0) else ''
+        )  # none when resumed after the epoch's last step
+        print(
+            f'epoch {log[0] + 1}/{self.n_epoch}  ' + '  '.join(parts) + f'{rate}  eta {self._eta(log[0] + 1)}',
+            flush=True,
+        )
 
 # %% ../nbs/09_learner.ipynb #6c6f3fa7
 class EMA(Callback):
     "Keep an exponential moving average of the weights; validate with it and end training with it."
-    order = TrackerCallback.order - 5 # after_fit before Checkpointer, which then loads the best (EMA) weights
-    def __init__(self, decay:float=0.999): self.decay = decay
+
+    order = TrackerCallback.order - 5  # after_fit before Checkpointer, which then loads the best (EMA) weights
+
+    def __init__(self, decay: float = 0.999):
+        self.decay = decay
 
     def _live(self):
         m = extract_model_from_parallel(self.model, keep_torch_compile=False)
@@ -108,71 +144,93 @@ class EMA(Callback):
         self.avg, self.steps, self.backup = [t.clone() for t in self.live], 0, None
 
     def after_step(self):
-        if not self.training: return
+        if not self.training:
+            return
         self.steps += 1
         d = min(self.decay, (1 + self.steps) / (10 + self.steps))
         torch._foreach_lerp_(self.avg, self.live, 1 - d)
 
-    def before_validate(self): # swap the average in; it stays for after_epoch callbacks (checkpoints, trackers)
+    def before_validate(self):  # swap the average in; it stays for after_epoch callbacks (checkpoints, trackers)
         if self.backup is None:
             self.backup = [t.clone() for t in self.live]
             torch._foreach_copy_(self.live, self.avg)
 
-    def before_train(self): # swap the live weights back before training goes on
+    def before_train(self):  # swap the live weights back before training goes on
         if self.backup is not None:
             torch._foreach_copy_(self.live, self.backup)
             self.backup = None
 
-    def after_fit(self): # end with the average
-        if self.backup is None: torch._foreach_copy_(self.live, self.avg)
+    def after_fit(self):  # end with the average
+        if self.backup is None:
+            torch._foreach_copy_(self.live, self.avg)
         self.backup = None
 
     @contextmanager
     def live_weights(self):
         "Inside this block the model holds the live (trained) weights, even while the average is swapped in."
-        if self.backup is None: yield; return
+        if self.backup is None:
+            yield
+            return
         torch._foreach_copy_(self.live, self.backup)
-        try: yield
-        finally: torch._foreach_copy_(self.live, self.avg)
+        try:
+            yield
+        finally:
+            torch._foreach_copy_(self.live, self.avg)
 
-    def state(self) -> dict: return dict(avg=[t.detach().cpu().clone() for t in self.avg], steps=self.steps)
-    def load_state(self, st:dict):
+    def state(self) -> dict:
+        return dict(avg=[t.detach().cpu().clone() for t in self.avg], steps=self.steps)
+
+    def load_state(self, st: dict):
         torch._foreach_copy_(self.avg, [t.to(a.device) for t, a in zip(st['avg'], self.avg)])
         self.steps, self.backup = st['steps'], None
 
 # %% ../nbs/09_learner.ipynb #d6e938bb
 class ChannelsLastInput(Callback):
     "Send image batches in channels-last memory format, to match a channels-last model."
+
     order = ChannelsLast.order
-    def before_batch(self): self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
+
+    def before_batch(self):
+        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
 
 # %% ../nbs/09_learner.ipynb #0e1c13a8
-def lr_at(pos:float, # position in training, in epochs (e.g. 3.5 = half-way through the 4th epoch)
-          t, # the `train` section of the config (`TrainConfig`)
-         ) -> tuple[float, float]:
+def lr_at(
+    pos: float,  # position in training, in epochs (e.g. 3.5 = half-way through the 4th epoch)
+    t,  # the `train` section of the config (`TrainConfig`)
+) -> tuple[float, float]:
     "(encoder lr, decoder lr) at `pos`; the encoder's is 0 while it is frozen."
     f = t.freeze_backbone_epochs
     if pos < f:
         w = min(t.warmup_epochs, f)
-        return 0., t.frozen_lr * (min(1., (pos + 1e-3) / w) if w > 0 else 1.)
+        return 0.0, t.frozen_lr * (min(1.0, (pos + 1e-3) / w) if w > 0 else 1.0)
     p, n = pos - f, max(t.epochs - f, 1e-9)
-    if p < t.warmup_epochs: s = (p + 1e-3) / t.warmup_epochs # linear warm-up (never exactly 0)
+    if p < t.warmup_epochs:
+        s = (p + 1e-3) / t.warmup_epochs  # linear warm-up (never exactly 0)
     else:
-        q = min(1., (p - t.warmup_epochs) / max(n - t.warmup_epochs, 1e-9))
+        q = min(1.0, (p - t.warmup_epochs) / max(n - t.warmup_epochs, 1e-9))
         s = (t.min_lr + (t.base_lr - t.min_lr) * (1 + math.cos(math.pi * q)) / 2) / t.base_lr
     return t.base_lr * t.backbone_lr_multiplier * s, t.base_lr * s
 
 # %% ../nbs/09_learner.ipynb #abba4d63
 class ProtocolSchedule(Callback):
     "Set the per-group learning rates of `lr_at` before every training batch; freeze the encoder at first."
+
     order = 5
-    def __init__(self, t): self.t = t # the `train` section of the config
+
+    def __init__(self, t):
+        self.t = t  # the `train` section of the config
+
     def before_fit(self):
-        if getattr(self.learn, 'resume_epoch', 0) < self.t.freeze_backbone_epochs: self.learn.freeze()
-    def before_epoch(self): # unfreeze without clearing the decoder's optimiser state, so that a resumed run matches
-        if self.epoch >= self.t.freeze_backbone_epochs and getattr(self.opt, 'frozen_idx', 0) > 0: self.opt.freeze_to(0)
+        if getattr(self.learn, 'resume_epoch', 0) < self.t.freeze_backbone_epochs:
+            self.learn.freeze()
+
+    def before_epoch(self):  # unfreeze without clearing the decoder's optimiser state, so that a resumed run matches
+        if self.epoch >= self.t.freeze_backbone_epochs and getattr(self.opt, 'frozen_idx', 0) > 0:
+            self.opt.freeze_to(0)
+
     def before_batch(self):
-        if not self.training: return
+        if not self.training:
+            return
         enc, dec = lr_at(self.epoch + self.iter / self.n_iter, self.t)
         self.opt.set_hyper('lr', [enc, dec])
 
@@ -184,301 +242,483 @@ def splitter(model) -> list:
     return [enc, [p for p in model.parameters() if id(p) not in ids]]
 
 # %% ../nbs/09_learner.ipynb #2d9f14c4
-def adamw(params, # parameter groups, as fastai's `Learner` passes them
-          lr, # learning rate (fastai's schedules set it per group)
-          fused:bool=False, # torch's fused kernel (CUDA only)
-          **kw, # other `torch.optim.AdamW` arguments, e.g. weight_decay
-         ):
+def adamw(
+    params,  # parameter groups, as fastai's `Learner` passes them
+    lr,  # learning rate (fastai's schedules set it per group)
+    fused: bool = False,  # torch's fused kernel (CUDA only)
+    **kw,  # other `torch.optim.AdamW` arguments, e.g. weight_decay
+):
     "torch's AdamW (fused on the GPU) wrapped for fastai's schedules."
     return OptimWrapper(params, opt=partial(torch.optim.AdamW, fused=True) if fused else torch.optim.AdamW, lr=lr, **kw)
 
 # %% ../nbs/09_learner.ipynb #9e5ddc7a
 class RtsLearner(Learner):
     "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
+
     resume_epoch, resume_iter, preempted, skip_valid = 0, 0, False, False
+
     def _do_fit(self):
         for epoch in range(self.resume_epoch, self.n_epoch):
             self.epoch = epoch
             self._with_events(self._do_epoch, 'epoch', CancelEpochException)
 
     def all_batches(self):
-        if not self.training and getattr(self, 'skip_valid', False): self.n_iter = 0; return # an epoch without validation
+        if not self.training and getattr(self, 'skip_valid', False):
+            self.n_iter = 0
+            return  # an epoch without validation
         k = self.resume_iter if self.training else 0
-        if k: self.dl.skip_batches(k) # the loader starts after the batches done before the interruption
+        if k:
+            self.dl.skip_batches(k)  # the loader starts after the batches done before the interruption
         try:
             self.n_iter = len(self.dl) + k
-            for o in enumerate(self.dl, k): self.one_batch(*o)
+            for o in enumerate(self.dl, k):
+                self.one_batch(*o)
         finally:
-            if k: self.dl.skip_batches(0); self.resume_iter = 0
+            if k:
+                self.dl.skip_batches(0)
+                self.resume_iter = 0
 
 # %% ../nbs/09_learner.ipynb #f85504da
 class DDP(Callback):
     "Wrap the model in DistributedDataParallel while fitting, when torch.distributed is initialised."
+
     order = 11
+
     def before_fit(self):
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()): return
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
         dev = next(extract_model_from_parallel(self.model, keep_torch_compile=False).parameters()).device
-        self.learn.model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[dev.index] if dev.type == 'cuda' else None)
+        self.learn.model = torch.nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[dev.index] if dev.type == 'cuda' else None
+        )
+
     def after_fit(self):
-        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel): self.learn.model = self.model.module
+        if isinstance(self.model, torch.nn.parallel.DistributedDataParallel):
+            self.learn.model = self.model.module
 
 # %% ../nbs/09_learner.ipynb #7cfdbd15
-def map_objects(cfg:Config, # the run's config: `inference.threshold` and `inference.min_area_m2`
-                stats:dict, # normalisation statistics, which record the training tiles' pixel size
-                temperature:float=1., # the calibrated temperature, once known (the threshold applies to sigmoid(logit / T))
-                threshold:float|None=None, # the calibrated threshold, once known; None: `inference.threshold`, else 0.5
-               ) -> dict:
+def map_objects(
+    cfg: Config,  # the run's config: `inference.threshold` and `inference.min_area_m2`
+    stats: dict,  # normalisation statistics, which record the training tiles' pixel size
+    temperature: float = 1.0,  # the calibrated temperature, once known (the threshold applies to sigmoid(logit / T))
+    threshold: float | None = None,  # the calibrated threshold, once known; None: `inference.threshold`, else 0.5
+) -> dict:
     "`map_threshold` and `min_pixels` of `ValidationMetrics`: objects counted as a map of this model would draw them."
     t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
     px = (stats.get('imagery') or {}).get('pixel_size_m')
     area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
-    return dict(map_threshold=float(1 / (1 + math.exp(-temperature * math.log(t / (1 - t))))), # on the raw logits
-                min_pixels=min_pixels_for(area, px) if px else 0)
+    return dict(
+        map_threshold=float(1 / (1 + math.exp(-temperature * math.log(t / (1 - t))))),  # on the raw logits
+        min_pixels=min_pixels_for(area, px) if px else 0,
+    )
 
 # %% ../nbs/09_learner.ipynb #845aa7dd
-def rts_learner(dls:DataLoaders, # from `get_dls`
-                cfg:Config, # the run's config
-                text_progress:bool|None=None, # one line per epoch instead of bars; None: outside terminals and notebooks
-               ) -> RtsLearner:
+def rts_learner(
+    dls: DataLoaders,  # from `get_dls`
+    cfg: Config,  # the run's config
+    text_progress: bool | None = None,  # one line per epoch instead of bars; None: outside terminals and notebooks
+) -> RtsLearner:
     "A fastai Learner with the configured model, loss, AdamW, EMA, clipping, validation metrics and mixed precision."
     t = cfg.train
     dev = torch.device(getattr(dls, 'device', None) or 'cpu')
     cuda = dev.type == 'cuda'
-    vm = ValidationMetrics(cfg.data.ignore_index, t.val_ratios, every=t.val_frequency, **map_objects(cfg, getattr(dls.train.dataset.norm, 'stats', {})))
-    if t.monitor not in vm.names(): raise RtsSegError(f"train.monitor '{t.monitor}' is not a validation metric; choose one of {', '.join(vm.names())}")
-    pre = t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
+    vm = ValidationMetrics(
+        cfg.data.ignore_index,
+        t.val_ratios,
+        every=t.val_frequency,
+        **map_objects(cfg, getattr(dls.train.dataset.norm, 'stats', {})),
+    )
+    if t.monitor not in vm.names():
+        raise RtsSegError(
+            f"train.monitor '{t.monitor}' is not a validation metric; choose one of {', '.join(vm.names())}"
+        )
+    pre = (
+        t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
+    )
     shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}map_obj_p30', f'{pre}map_obj_r30', f'{pre}obj_p30']))
     model = create_model(cfg.model, dls.train.dataset[0][0].shape[0])
     tiou = TrainIoU(cfg.data.ignore_index)
     cbs = [vm, tiou, DDP()]
-    if t.ema_decay: cbs.append(EMA(t.ema_decay))
-    if t.grad_clip_norm: cbs.append(GradientClip(t.grad_clip_norm))
-    if cuda and t.channels_last: cbs += [ChannelsLast(), ChannelsLastInput()]
-    learn = RtsLearner(dls, model, loss_func=get_loss(cfg.loss, cfg.data.ignore_index), opt_func=partial(adamw, fused=cuda),
-                       splitter=splitter, wd=t.weight_decay, lr=t.base_lr, metrics=[tiou.metric(), *vm.metrics(shown)],
-                       path=cfg.output_dir, model_dir='models', cbs=cbs)
-    if text_progress is None: text_progress = not (sys.stdout.isatty() or in_notebook()) # fastai's bars in Jupyter and Colab
-    if text_progress: learn.remove_cb(ProgressCallback).add_cb(TextProgress())
-    elif rank_distrib(): learn.remove_cb(ProgressCallback) # bars from rank 0 only
+    if t.ema_decay:
+        cbs.append(EMA(t.ema_decay))
+    if t.grad_clip_norm:
+        cbs.append(GradientClip(t.grad_clip_norm))
+    if cuda and t.channels_last:
+        cbs += [ChannelsLast(), ChannelsLastInput()]
+    learn = RtsLearner(
+        dls,
+        model,
+        loss_func=get_loss(cfg.loss, cfg.data.ignore_index),
+        opt_func=partial(adamw, fused=cuda),
+        splitter=splitter,
+        wd=t.weight_decay,
+        lr=t.base_lr,
+        metrics=[tiou.metric(), *vm.metrics(shown)],
+        path=cfg.output_dir,
+        model_dir='models',
+        cbs=cbs,
+    )
+    if text_progress is None:
+        text_progress = not (sys.stdout.isatty() or in_notebook())  # fastai's bars in Jupyter and Colab
+    if text_progress:
+        learn.remove_cb(ProgressCallback).add_cb(TextProgress())
+    elif rank_distrib():
+        learn.remove_cb(ProgressCallback)  # bars from rank 0 only
     mp = t.mixed_precision
     if cuda and mp != 'no':
-        learn = learn.to_bf16() if mp == 'bf16' or (mp == 'auto' and torch.cuda.is_bf16_supported()) else learn.to_fp16()
-    if t.compile: learn.model = torch.compile(learn.model)
+        learn = (
+            learn.to_bf16() if mp == 'bf16' or (mp == 'auto' and torch.cuda.is_bf16_supported()) else learn.to_fp16()
+        )
+    if t.compile:
+        learn.model = torch.compile(learn.model)
     return learn
 
 # %% ../nbs/09_learner.ipynb #4ac9d2c4
 STATE_RE = re.compile(r'^state-epoch(\d+)(?:-iter(\d+))?\.pth$')
 
-def state_path(out:str|Path, # the run's output folder
-               epoch:int, # completed epochs
-               it:int=0, # batches done of the next epoch (0: at an epoch's end)
-              ) -> Path:
+
+def state_path(
+    out: str | Path,  # the run's output folder
+    epoch: int,  # completed epochs
+    it: int = 0,  # batches done of the next epoch (0: at an epoch's end)
+) -> Path:
     "Where the training state at `epoch` (completed epochs) and `it` (batches of the next one) goes."
-    return Path(out)/(f'state-epoch{epoch:04d}' + (f'-iter{it:06d}' if it else '') + '.pth')
+    return Path(out) / (f'state-epoch{epoch:04d}' + (f'-iter{it:06d}' if it else '') + '.pth')
 
 # %% ../nbs/09_learner.ipynb #549913b8
-def find_resume(out:str|Path) -> Path|None:
+def find_resume(out: str | Path) -> Path | None:
     "The newest training state in `out`, or None."
     found = [(int(m[1]), int(m[2] or 0), p) for p in Path(out).glob('state-*.pth') if (m := STATE_RE.match(p.name))]
     return max(found)[2] if found else None
 
 # %% ../nbs/09_learner.ipynb #0c7fceb4
 def _rng_state() -> dict:
-    keys, pos = cast(tuple, np.random.get_state())[1:3] # the legacy tuple: ('MT19937', keys, pos, ...)
-    st = dict(python=list(random.getstate()[1]), numpy=torch.from_numpy(keys.astype(np.int64)), numpy_pos=int(pos), torch=torch.get_rng_state())
-    if torch.cuda.is_available(): st['cuda'] = torch.cuda.get_rng_state_all()
+    keys, pos = cast(tuple, np.random.get_state())[1:3]  # the legacy tuple: ('MT19937', keys, pos, ...)
+    st = dict(
+        python=list(random.getstate()[1]),
+        numpy=torch.from_numpy(keys.astype(np.int64)),
+        numpy_pos=int(pos),
+        torch=torch.get_rng_state(),
+    )
+    if torch.cuda.is_available():
+        st['cuda'] = torch.cuda.get_rng_state_all()
     return st
 
-def _set_rng_state(st:dict):
+
+def _set_rng_state(st: dict):
     random.setstate((3, tuple(st['python']), None))
     np.random.set_state(('MT19937', st['numpy'].numpy().astype(np.uint32), st['numpy_pos'], 0, 0.0))
     torch.set_rng_state(st['torch'])
-    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(st['cuda'])
+    if 'cuda' in st and torch.cuda.is_available() and len(st['cuda']) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st['cuda'])
 
-def _smooth_state(learn) -> dict|None: # fastai's running train loss, so that resumed logs match too
+
+def _smooth_state(learn) -> dict | None:  # fastai's running train loss, so that resumed logs match too
     sl = getattr(getattr(learn, 'recorder', None), 'smooth_loss', None)
-    return None if sl is None or not torch.is_tensor(getattr(sl, 'val', None)) else dict(count=int(sl.count), val=sl.val.detach().cpu().float())
+    return (
+        None
+        if sl is None or not torch.is_tensor(getattr(sl, 'val', None))
+        else dict(count=int(sl.count), val=sl.val.detach().cpu().float())
+    )
 
-def save_training_state(path:str|Path, # the state file (`state_path`)
-                        learn:Learner, # the learner: model, EMA, optimizer, scaler, trackers
-                        cfg:Config, # the run's config, checked on resume
-                        stats:dict, # normalisation statistics
-                        epoch:int, # completed epochs
-                        it:int=0, # batches done of the next epoch
-                        train_iou:torch.Tensor|None=None, # the interrupted epoch's `TrainIoU` counts, summed over processes
-                       ) -> Path:
+
+def save_training_state(
+    path: str | Path,  # the state file (`state_path`)
+    learn: Learner,  # the learner: model, EMA, optimizer, scaler, trackers
+    cfg: Config,  # the run's config, checked on resume
+    stats: dict,  # normalisation statistics
+    epoch: int,  # completed epochs
+    it: int = 0,  # batches done of the next epoch
+    train_iou: torch.Tensor | None = None,  # the interrupted epoch's `TrainIoU` counts, summed over processes
+) -> Path:
     "Save everything needed to resume `learn` at `epoch` (completed epochs), after `it` batches of the next."
     ema = next((c for c in learn.cbs if isinstance(c, EMA)), None)
     m = extract_model_from_parallel(learn.model, keep_torch_compile=False)
-    with (ema.live_weights() if ema is not None else contextlib.nullcontext()):
+    with ema.live_weights() if ema is not None else contextlib.nullcontext():
         sd = {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}
-    trackers = {type(c).__name__: dict(best=float(c.best), wait=int(getattr(c, 'wait', 0)), best_epoch=getattr(c, 'best_epoch', None))
-                for c in learn.cbs if isinstance(c, TrackerCallback)}
+    trackers = {
+        type(c).__name__: dict(
+            best=float(c.best), wait=int(getattr(c, 'wait', 0)), best_epoch=getattr(c, 'best_epoch', None)
+        )
+        for c in learn.cbs
+        if isinstance(c, TrackerCallback)
+    }
     scaler = getattr(learn, 'scaler', None)
-    st = dict(kind='rts_seg training state', epoch=epoch, iter=it, model_state=sd, ema=ema.state() if ema else None,
-              opt=learn.opt.state_dict(), scaler=scaler.state_dict() if scaler is not None else None, trackers=trackers,
-              rng=_rng_state(), config=cfg.model_dump(mode='json'), normalization=stats,
-              mlflow_run_id=getattr(learn, 'mlflow_run_id', None), rts_seg_version=__version__, smooth_loss=_smooth_state(learn),
-              train_iou=None if train_iou is None else train_iou.detach().cpu())
-    with atomic_path(path) as tmp: torch.save(st, tmp)
+    st = dict(
+        kind='rts_seg training state',
+        epoch=epoch,
+        iter=it,
+        model_state=sd,
+        ema=ema.state() if ema else None,
+        opt=learn.opt.state_dict(),
+        scaler=scaler.state_dict() if scaler is not None else None,
+        trackers=trackers,
+        rng=_rng_state(),
+        config=cfg.model_dump(mode='json'),
+        normalization=stats,
+        mlflow_run_id=getattr(learn, 'mlflow_run_id', None),
+        rts_seg_version=__version__,
+        smooth_loss=_smooth_state(learn),
+        train_iou=None if train_iou is None else train_iou.detach().cpu(),
+    )
+    with atomic_path(path) as tmp:
+        torch.save(st, tmp)
     return Path(path)
 
 # %% ../nbs/09_learner.ipynb #fa51a1ea
-def load_training_state(path:str|Path) -> dict:
+def load_training_state(path: str | Path) -> dict:
     "A training state saved by `save_training_state`, with a clear error for anything else."
     path = Path(path)
-    if not path.is_file(): raise RtsSegError(f"resume checkpoint not found: {path}")
-    try: st = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise RtsSegError(f"{path} is not a readable rts_seg training state ({type(e).__name__}: {e})") from None
+    if not path.is_file():
+        raise RtsSegError(f'resume checkpoint not found: {path}')
+    try:
+        st = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise RtsSegError(f'{path} is not a readable rts_seg training state ({type(e).__name__}: {e})') from None
     if not isinstance(st, dict) or st.get('kind') != 'rts_seg training state':
-        raise RtsSegError(f"{path} is not a training state (best.pth holds weights only); resume from a state-epoch*.pth file")
+        raise RtsSegError(
+            f'{path} is not a training state (best.pth holds weights only); resume from a state-epoch*.pth file'
+        )
     return st
 
 # %% ../nbs/09_learner.ipynb #deef7d3e
 class Resume(Callback):
     "Load a training state into the Learner when the fit starts: it goes on from there."
-    order = 65 # before_fit after the schedule froze the encoder, EMA took its copy and the trackers reset
-    def __init__(self, state:dict): self.state = state
+
+    order = 65  # before_fit after the schedule froze the encoder, EMA took its copy and the trackers reset
+
+    def __init__(self, state: dict):
+        self.state = state
+
     def before_fit(self):
         st, m = self.state, extract_model_from_parallel(self.model, keep_torch_compile=False)
         m.load_state_dict(st['model_state'])
         ema = next((c for c in self.learn.cbs if isinstance(c, EMA)), None)
-        if ema is not None and st['ema'] is not None: ema.load_state(st['ema'])
+        if ema is not None and st['ema'] is not None:
+            ema.load_state(st['ema'])
         self.opt.load_state_dict(st['opt'])
-        if st['scaler'] is not None and getattr(self.learn, 'scaler', None) is not None: self.learn.scaler.load_state_dict(st['scaler'])
+        if st['scaler'] is not None and getattr(self.learn, 'scaler', None) is not None:
+            self.learn.scaler.load_state_dict(st['scaler'])
         for c in self.learn.cbs:
             if isinstance(c, TrackerCallback) and type(c).__name__ in st['trackers']:
                 t = st['trackers'][type(c).__name__]
                 c.best = t['best']
-                if hasattr(c, 'wait'): c.wait = t['wait']
-                if hasattr(c, 'best_epoch'): c.best_epoch = t['best_epoch']
+                if hasattr(c, 'wait'):
+                    c.wait = t['wait']
+                if hasattr(c, 'best_epoch'):
+                    c.best_epoch = t['best_epoch']
         _set_rng_state(st['rng'])
         sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
-        if st.get('smooth_loss') and sl is not None: sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
-        if st['iter'] and st.get('train_iou') is not None and rank_distrib() == 0: # the counts are the sum over all processes: rank 0 carries them
-            for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)): c.carry = st['train_iou'].to(self.dls.device or 'cpu')
+        if st.get('smooth_loss') and sl is not None:
+            sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
+        if (
+            st['iter'] and st.get('train_iou') is not None and rank_distrib() == 0
+        ):  # the counts are the sum over all processes: rank 0 carries them
+            for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)):
+                c.carry = st['train_iou'].to(self.dls.device or 'cpu')
         self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
-    def after_fit(self): self.learn.resume_epoch = self.learn.resume_iter = 0
+
+    def after_fit(self):
+        self.learn.resume_epoch = self.learn.resume_iter = 0
 
 # %% ../nbs/09_learner.ipynb #142475a5
 class Checkpointer(TrackerCallback):
     "Best model by `monitor`, training states every `every` epochs (keeping `keep`), and a clean save-and-stop on SIGTERM."
+
     order = TrackerCallback.order + 1
-    def __init__(self, out:str|Path, # the run's output folder
-                 cfg:Config, # the run's config, saved in the bundle
-                 stats:dict, # normalisation statistics, saved in the bundle
-                 monitor:str='r500_pr_auc', # validation metric that picks the best epoch (higher is better)
-                 every:int=10, # a training state every this many epochs
-                 keep:int=3, # training states kept (the newest)
-                ):
+
+    def __init__(
+        self,
+        out: str | Path,  # the run's output folder
+        cfg: Config,  # the run's config, saved in the bundle
+        stats: dict,  # normalisation statistics, saved in the bundle
+        monitor: str = 'r500_pr_auc',  # validation metric that picks the best epoch (higher is better)
+        every: int = 10,  # a training state every this many epochs
+        keep: int = 3,  # training states kept (the newest)
+    ):
         super().__init__(monitor=monitor, comp=np.greater)
-        self.out, self.cfg, self.stats, self.every, self.keep, self.best_epoch = Path(out), cfg, stats, every, keep, None
-        self.best_path, self.last_path, self.saved_best = self.out/'best.pth', self.out/'last.pth', False
+        self.out, self.cfg, self.stats, self.every, self.keep, self.best_epoch = (
+            Path(out),
+            cfg,
+            stats,
+            every,
+            keep,
+            None,
+        )
+        self.best_path, self.last_path, self.saved_best = self.out / 'best.pth', self.out / 'last.pth', False
 
     def before_fit(self):
         super().before_fit()
         self.stop, self.learn.preempted, self.old_handler = False, False, None
         dist = torch.distributed.is_available() and torch.distributed.is_initialized()
-        self.group = (None if torch.distributed.get_backend() == 'gloo' else torch.distributed.new_group(backend='gloo')) if dist else None
+        self.group = (
+            (None if torch.distributed.get_backend() == 'gloo' else torch.distributed.new_group(backend='gloo'))
+            if dist
+            else None
+        )
         self.dist = dist
         if threading.current_thread() is threading.main_thread():
             self.old_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
 
-    def _on_sigterm(self, signum, frame): self.stop = True
+    def _on_sigterm(self, signum, frame):
+        self.stop = True
 
     def _agreed_stop(self) -> bool:
-        if not self.dist: return self.stop
+        if not self.dist:
+            return self.stop
         t = torch.tensor([int(self.stop)])
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=self.group)
         return bool(t.item())
 
-    def _preempt(self, epoch:int, it:int):
+    def _preempt(self, epoch: int, it: int):
         tiou = next(iter(self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU))), None)
-        counts = tiou.totals() if tiou is not None and it else None # on every rank: a collective
+        counts = tiou.totals() if tiou is not None and it else None  # on every rank: a collective
         if rank_distrib() == 0:
-            p = save_training_state(state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it, train_iou=counts)
-            print(f'rts-seg: SIGTERM: saved the training state to {p}; continue with --resume auto', file=sys.stderr, flush=True)
-        if self.dist: torch.distributed.barrier(group=self.group)
+            p = save_training_state(
+                state_path(self.out, epoch, it), self.learn, self.cfg, self.stats, epoch, it, train_iou=counts
+            )
+            print(
+                f'rts-seg: SIGTERM: saved the training state to {p}; continue with --resume auto',
+                file=sys.stderr,
+                flush=True,
+            )
+        if self.dist:
+            torch.distributed.barrier(group=self.group)
         self.learn.preempted = True
         raise CancelFitException()
 
     def after_batch(self):
-        if self.training and self._agreed_stop(): self._preempt(self.epoch, self.iter + 1)
+        if self.training and self._agreed_stop():
+            self._preempt(self.epoch, self.iter + 1)
 
     def after_epoch(self):
         super().after_epoch()
         if self.new_best:
             self.best_epoch = self.epoch
-            if rank_distrib() == 0: save_checkpoint(self.best_path, extract_model_from_parallel(self.model, keep_torch_compile=False), self.cfg, self.stats, epoch=self.epoch, **{f'val_{self.monitor}': float(self.best)})
+            if rank_distrib() == 0:
+                save_checkpoint(
+                    self.best_path,
+                    extract_model_from_parallel(self.model, keep_torch_compile=False),
+                    self.cfg,
+                    self.stats,
+                    epoch=self.epoch,
+                    **{f'val_{self.monitor}': float(self.best)},
+                )
             self.saved_best = True
         if (self.epoch + 1) % self.every == 0 and rank_distrib() == 0:
             save_training_state(state_path(self.out, self.epoch + 1), self.learn, self.cfg, self.stats, self.epoch + 1)
             olds = sorted(p for p in self.out.glob('state-epoch*.pth') if (m := STATE_RE.match(p.name)) and not m[2])
-            for p in olds[:-self.keep]: p.unlink(missing_ok=True)
-        if self._agreed_stop(): self._preempt(self.epoch + 1, 0)
+            for p in olds[: -self.keep]:
+                p.unlink(missing_ok=True)
+        if self._agreed_stop():
+            self._preempt(self.epoch + 1, 0)
 
     def after_fit(self):
-        if self.old_handler is not None: signal.signal(signal.SIGTERM, self.old_handler)
-        if self.learn.preempted: return
+        if self.old_handler is not None:
+            signal.signal(signal.SIGTERM, self.old_handler)
+        if self.learn.preempted:
+            return
         if rank_distrib() == 0:
             save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
-            if not self.saved_best and not self.best_path.is_file(): # the monitor was never finite (e.g. no negative tiles)
-                print(f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights", file=sys.stderr)
-                save_checkpoint(self.best_path, extract_model_from_parallel(self.model, keep_torch_compile=False), self.cfg, self.stats, epoch=self.epoch)
-        if self.dist: torch.distributed.barrier(group=self.group)
-        if self.best_path.is_file(): extract_model_from_parallel(self.model, keep_torch_compile=False).load_state_dict(torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict'])
+            if (
+                not self.saved_best and not self.best_path.is_file()
+            ):  # the monitor was never finite (e.g. no negative tiles)
+                print(
+                    f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights",
+                    file=sys.stderr,
+                )
+                save_checkpoint(
+                    self.best_path,
+                    extract_model_from_parallel(self.model, keep_torch_compile=False),
+                    self.cfg,
+                    self.stats,
+                    epoch=self.epoch,
+                )
+        if self.dist:
+            torch.distributed.barrier(group=self.group)
+        if self.best_path.is_file():
+            extract_model_from_parallel(self.model, keep_torch_compile=False).load_state_dict(
+                torch.load(self.best_path, map_location='cpu', weights_only=True)['state_dict']
+            )
 
 # %% ../nbs/09_learner.ipynb #e3b2d1ac
 class _DeviceAvgSmoothLoss(AvgSmoothLoss):
     "fastai's smoothed training loss, kept on the device: no host-device synchronisation per step."
+
     def accumulate(self, learn):
         self.count += 1
         l = learn.loss.detach().float().mean()
         self.val = torch.lerp(l, self.val.to(l.device), self.beta)
 
+
 class DeviceSmoothLoss(Callback):
     "Keep the Recorder's running loss on the device while fitting (the one per-step synchronisation in fastai's loop)."
-    order = 49 # before_fit after the Recorder (50 is after_batch order; Recorder.before_fit resets its own)
+
+    order = 49  # before_fit after the Recorder (50 is after_batch order; Recorder.before_fit resets its own)
+
     def before_fit(self):
         rec = getattr(self.learn, 'recorder', None)
-        if rec is None or self.dls.device is None or torch.device(self.dls.device).type == 'cpu': self.rec = None; return
+        if rec is None or self.dls.device is None or torch.device(self.dls.device).type == 'cpu':
+            self.rec = None
+            return
         self.rec, self.old = rec, rec.smooth_loss
         rec.smooth_loss = _DeviceAvgSmoothLoss(self.old.beta)
+
     def after_fit(self):
-        if self.rec is None: return
+        if self.rec is None:
+            return
         self.old.count, self.old.val = self.rec.smooth_loss.count, self.rec.smooth_loss.val.cpu()
         self.rec.smooth_loss, self.rec.losses = self.old, type(self.rec.losses)(float(x) for x in self.rec.losses)
 
 # %% ../nbs/09_learner.ipynb #8fffc27b
-def protocol_cbs(cfg:Config, # the run's config (`train` section)
-                 stats:dict, # normalisation statistics (the checkpoints carry them)
-                 resume:dict|None=None, # a training state to continue from (`load_training_state`)
-                ) -> list[Callback]:
+def protocol_cbs(
+    cfg: Config,  # the run's config (`train` section)
+    stats: dict,  # normalisation statistics (the checkpoints carry them)
+    resume: dict | None = None,  # a training state to continue from (`load_training_state`)
+) -> list[Callback]:
     "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
     from rts_seg.sampling import SamplerEpoch
+
     t = cfg.train
-    cbs = [ProtocolSchedule(t), Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
-           MLflowLogger(), SamplerEpoch(), DeviceSmoothLoss()]
+    cbs = [
+        ProtocolSchedule(t),
+        Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
+        MLflowLogger(),
+        SamplerEpoch(),
+        DeviceSmoothLoss(),
+    ]
     if t.early_stopping_patience is not None:
-        cbs.append(EarlyStoppingCallback(monitor=t.monitor, comp=np.greater, min_delta=t.early_stopping_min_delta, patience=t.early_stopping_patience))
-    if resume is not None: cbs.append(Resume(resume))
+        cbs.append(
+            EarlyStoppingCallback(
+                monitor=t.monitor,
+                comp=np.greater,
+                min_delta=t.early_stopping_min_delta,
+                patience=t.early_stopping_patience,
+            )
+        )
+    if resume is not None:
+        cbs.append(Resume(resume))
     return cbs
 
 # %% ../nbs/09_learner.ipynb #f4c3ab4f
-def collect_stats(learn:Learner, # a trained learner
-                  dl=None, # a loader of (image, label) batches; default the validation loader
-                  tta:str='none', # a `TTA_MODES` name
-                  ignore_index:int=255, # label value that counts nowhere
-                  map_threshold:float=0.5, # mapped objects: probability threshold on the raw logits (`map_objects`)
-                  min_pixels:int=0, # mapped objects: smallest component kept
-                 ) -> ValStats:
+def collect_stats(
+    learn: Learner,  # a trained learner
+    dl=None,  # a loader of (image, label) batches; default the validation loader
+    tta: str = 'none',  # a `TTA_MODES` name
+    ignore_index: int = 255,  # label value that counts nowhere
+    map_threshold: float = 0.5,  # mapped objects: probability threshold on the raw logits (`map_objects`)
+    min_pixels: int = 0,  # mapped objects: smallest component kept
+) -> ValStats:
     "Validation counts of `learn`'s model over `dl`, summed over processes, with the mean loss per tile as `.loss`."
     vm, model = ValidationMetrics(ignore_index, map_threshold=map_threshold, min_pixels=min_pixels), learn.model
-    if tta != 'none': learn.model = TTAModel(model, tta)
+    if tta != 'none':
+        learn.model = TTAModel(model, tta)
     try:
         # the callbacks that keep the fit's state (its metrics, the weight average) stand aside; fastai's `validate` runs the rest
-        with learn.removed_cbs(learn.cbs.filter(lambda c: isinstance(c, (ValidationMetrics, TrainIoU, EMA)))): learn.validate(dl=dl, cbs=vm)
-    finally: learn.model = model
-    st, rl = vm.stats_last, learn.recorder.loss # the loss the Recorder averaged, summed over processes by `vm`
+        with learn.removed_cbs(learn.cbs.filter(lambda c: isinstance(c, (ValidationMetrics, TrainIoU, EMA)))):
+            learn.validate(dl=dl, cbs=vm)
+    finally:
+        learn.model = model
+    st, rl = vm.stats_last, learn.recorder.loss  # the loss the Recorder averaged, summed over processes by `vm`
     st.loss = float(rl.value) if rl.count else None
     return st

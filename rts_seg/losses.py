@@ -16,31 +16,42 @@ from .config import LossConfig
 __all__ = ['FocalLoss', 'TverskyLoss', 'BalancedBCELoss', 'get_loss']
 
 # %% ../nbs/07_losses.ipynb #e52c73df
-def _prep(logits:torch.Tensor, target:torch.Tensor, ignore_index:int):
+def _prep(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
     "Float logits (B, H, W), float targets in [0, 1] (hard labels or soft ones) and the mask of counted pixels."
     valid = target != ignore_index
-    return logits.squeeze(1).float(), torch.where(valid, target.float(), 0.), valid
+    return logits.squeeze(1).float(), torch.where(valid, target.float(), 0.0), valid
+
 
 class _Binary(nn.Module):
     "What fastai needs of a loss on one logit per pixel: an activation and a decoding."
-    def activation(self, x): return torch.sigmoid(x)
-    def decodes(self, x): return (x > 0.5).long()
+
+    def activation(self, x):
+        return torch.sigmoid(x)
+
+    def decodes(self, x):
+        return (x > 0.5).long()
+
 
 class FocalLoss(_Binary):
     "Binary focal loss on logits (B, 1, H, W) against labels (B, H, W): 0/1 (or soft, in [0, 1]) and `ignore_index`."
-    def __init__(self, alpha:float=0.25, # weight of the positive class; the background gets 1-alpha
-                 gamma:float=2.0, # focusing parameter; 0 gives alpha-weighted BCE
-                 ignore_index:int=255, # label value that counts nowhere
-                ):
+
+    def __init__(
+        self,
+        alpha: float = 0.25,  # weight of the positive class; the background gets 1-alpha
+        gamma: float = 2.0,  # focusing parameter; 0 gives alpha-weighted BCE
+        ignore_index: int = 255,  # label value that counts nowhere
+    ):
         super().__init__()
         self.alpha, self.gamma, self.ignore_index = alpha, gamma, ignore_index
 
-    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
-                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W)
+        target: torch.Tensor,  # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+    ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         bce = F.binary_cross_entropy_with_logits(x, t, reduction='none')
-        p_t = torch.exp(-bce) # probability given to the true class
+        p_t = torch.exp(-bce)  # probability given to the true class
         w = self.alpha * t + (1 - self.alpha) * (1 - t)
         loss = w * (1 - p_t) ** self.gamma * bce
         return (loss * valid).sum() / valid.sum().clamp_min(1)
@@ -48,47 +59,55 @@ class FocalLoss(_Binary):
 # %% ../nbs/07_losses.ipynb #9f0efb25
 class TverskyLoss(_Binary):
     "1 - Tversky index of the slump class over the batch, from probabilities; `ignore_index` pixels count nowhere."
-    def __init__(self, alpha:float=0.3, # weight of false positives
-                 beta:float=0.7, # weight of false negatives
-                 ignore_index:int=255, # label value that counts nowhere
-                 eps:float=1.0, # smoothing, keeps empty batches finite
-                ):
+
+    def __init__(
+        self,
+        alpha: float = 0.3,  # weight of false positives
+        beta: float = 0.7,  # weight of false negatives
+        ignore_index: int = 255,  # label value that counts nowhere
+        eps: float = 1.0,  # smoothing, keeps empty batches finite
+    ):
         super().__init__()
         self.alpha, self.beta, self.ignore_index, self.eps = alpha, beta, ignore_index, eps
 
-    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
-                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W)
+        target: torch.Tensor,  # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+    ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         p, v = torch.sigmoid(x) * valid, valid.float()
         tp, fp, fn = (p * t).sum(), (p * (1 - t) * v).sum(), ((1 - p) * t * v).sum()
         return 1 - (tp + self.eps) / (tp + self.alpha * fp + self.beta * fn + self.eps)
 
-
 # %% ../nbs/07_losses.ipynb #6215e854
 class BalancedBCELoss(_Binary):
     "BCE with each class weighted by the other class's share of the counted pixels in the batch."
-    def __init__(self, ignore_index:int=255): # label value that counts nowhere
+
+    def __init__(self, ignore_index: int = 255):  # label value that counts nowhere
         super().__init__()
         self.ignore_index = ignore_index
 
-    def forward(self, logits:torch.Tensor, # (B, 1, H, W)
-                target:torch.Tensor, # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
-               ) -> torch.Tensor:
+    def forward(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W)
+        target: torch.Tensor,  # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+    ) -> torch.Tensor:
         x, t, valid = _prep(logits, target, self.ignore_index)
         v = valid.float()
         n = v.sum().clamp_min(1)
-        pos = (t * v).sum() / n # share of slump pixels
+        pos = (t * v).sum() / n  # share of slump pixels
         w = (1 - pos) * t + pos * (1 - t)
         return (w * F.binary_cross_entropy_with_logits(x, t, reduction='none') * v).sum() / n
 
-
 # %% ../nbs/07_losses.ipynb #cdb2b02e
-def get_loss(cfg:LossConfig, # the `loss` config section
-             ignore_index:int=255, # label value that counts nowhere (`data.ignore_index`)
-            ) -> nn.Module:
+def get_loss(
+    cfg: LossConfig,  # the `loss` config section
+    ignore_index: int = 255,  # label value that counts nowhere (`data.ignore_index`)
+) -> nn.Module:
     "The loss named in the config."
-    if cfg.name == 'focal': return FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
-    if cfg.name == 'tversky': return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, ignore_index)
+    if cfg.name == 'focal':
+        return FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
+    if cfg.name == 'tversky':
+        return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, ignore_index)
     return BalancedBCELoss(ignore_index)
-

@@ -27,54 +27,79 @@ from .io import valid_mask, write_raster
 __all__ = ['read_polygons', 'scene_files', 'make_dataset']
 
 # %% ../nbs/05c_make_dataset.ipynb #ffdde696
-def read_polygons(path:str|Path, # GeoJSON, GeoPackage, shapefile: anything OGR reads
-                  columns:list[str]|tuple[str, ...]=(), # attribute columns to keep (missing ones are an error)
-                 ) -> tuple[np.ndarray, dict, str]:
+def read_polygons(
+    path: str | Path,  # GeoJSON, GeoPackage, shapefile: anything OGR reads
+    columns: list[str] | tuple[str, ...] = (),  # attribute columns to keep (missing ones are an error)
+) -> tuple[np.ndarray, dict, str]:
     "Polygons as shapely geometries, the requested attribute columns, and their CRS."
     path = Path(path)
-    if not path.exists(): raise RtsSegError(f"polygon file not found: {path}")
-    try: meta, _, geom, fields = pyogrio.raw.read(path)
-    except Exception as e: raise RtsSegError(f"cannot read polygons from {path}: {e}") from None
+    if not path.exists():
+        raise RtsSegError(f'polygon file not found: {path}')
+    try:
+        meta, _, geom, fields = pyogrio.raw.read(path)
+    except Exception as e:
+        raise RtsSegError(f'cannot read polygons from {path}: {e}') from None
     names = list(meta['fields'])
     missing = [c for c in columns if c and c not in names]
-    if missing: raise RtsSegError(f"{path}: no column(s) {missing}; columns are {', '.join(names)}")
-    if meta['crs'] is None: raise RtsSegError(f"{path} has no CRS; define it (e.g. with ogr2ogr -a_srs) before building a dataset")
+    if missing:
+        raise RtsSegError(f'{path}: no column(s) {missing}; columns are {", ".join(names)}')
+    if meta['crs'] is None:
+        raise RtsSegError(f'{path} has no CRS; define it (e.g. with ogr2ogr -a_srs) before building a dataset')
     return shapely.from_wkb(geom), {c: fields[names.index(c)] for c in columns if c}, meta['crs']
 
 # %% ../nbs/05c_make_dataset.ipynb #00626fe5
-def scene_files(images:str|Path) -> list[Path]:
+def scene_files(images: str | Path) -> list[Path]:
     "The GeoTIFFs of a folder or a glob pattern."
     p = Path(images)
-    fs = sorted(p.glob('*.tif')) + sorted(p.glob('*.tiff')) if p.is_dir() else sorted(Path(f) for f in glob.glob(str(images)))
-    if not fs: raise RtsSegError(f"no GeoTIFF scenes found at {images}")
+    fs = (
+        sorted(p.glob('*.tif')) + sorted(p.glob('*.tiff'))
+        if p.is_dir()
+        else sorted(Path(f) for f in glob.glob(str(images)))
+    )
+    if not fs:
+        raise RtsSegError(f'no GeoTIFF scenes found at {images}')
     return fs
 
 # %% ../nbs/05c_make_dataset.ipynb #256a1603
 def _to_crs(geoms, src, dst):
     "Geometries reprojected from CRS `src` to `dst`."
-    if rasterio.crs.CRS.from_user_input(src) == dst: return geoms
-    return shapely.from_geojson([__import__('json').dumps(g) for g in transform_geom(src, dst, [shapely.geometry.mapping(x) for x in geoms])])
+    if rasterio.crs.CRS.from_user_input(src) == dst:
+        return geoms
+    return shapely.from_geojson(
+        [__import__('json').dumps(g) for g in transform_geom(src, dst, [shapely.geometry.mapping(x) for x in geoms])]
+    )
 
-def _split_regions(counts:Counter) -> dict[str, list[str]]:
+
+def _split_regions(counts: Counter) -> dict[str, list[str]]:
     "Regions spread over train/val/test: of every five (by name), three train, one val, one test."
-    splits:dict[str, list[str]] = dict(train=[], val=[], test=[])
-    for i, r in enumerate(sorted(counts)): splits[{1: 'val', 2: 'test'}.get(i % 5, 'train')].append(r)
+    splits: dict[str, list[str]] = dict(train=[], val=[], test=[])
+    for i, r in enumerate(sorted(counts)):
+        splits[{1: 'val', 2: 'test'}.get(i % 5, 'train')].append(r)
     return splits
 
-def make_dataset(images:str|Path, # folder of GeoTIFF scenes, or a glob pattern
-                 polygons:str|Path, # slump polygons (GeoJSON, GPKG, shapefile; any CRS)
-                 out:str|Path, # dataset root to create
-                 tile_size:int=512, # tile side in pixels
-                 region_column:str='RegionName', # polygon attribute naming the region
-                 uid_column:str|None='UID', # polygon attribute with a slump's id (None: row numbers)
-                 min_inside:float=0.5, # share of a slump's area that must lie in a tile for label 1; else 255
-                 bands:list[int]|tuple[int, ...]=(1, 2, 3), # 1-based scene bands holding R, G, B
-                ) -> Path:
+
+def make_dataset(
+    images: str | Path,  # folder of GeoTIFF scenes, or a glob pattern
+    polygons: str | Path,  # slump polygons (GeoJSON, GPKG, shapefile; any CRS)
+    out: str | Path,  # dataset root to create
+    tile_size: int = 512,  # tile side in pixels
+    region_column: str = 'RegionName',  # polygon attribute naming the region
+    uid_column: str | None = 'UID',  # polygon attribute with a slump's id (None: row numbers)
+    min_inside: float = 0.5,  # share of a slump's area that must lie in a tile for label 1; else 255
+    bands: list[int] | tuple[int, ...] = (1, 2, 3),  # 1-based scene bands holding R, G, B
+) -> Path:
     "Build a dataset in the data-contract layout from scenes and polygons; written in a temporary folder, then renamed."
     out = Path(out)
-    if out.exists(): raise RtsSegError(f"{out} already exists; remove it or choose another --out")
+    if out.exists():
+        raise RtsSegError(f'{out} already exists; remove it or choose another --out')
     scenes = scene_files(images)
-    uid_column = uid_column if uid_column and uid_column in pyogrio.read_info(polygons)['fields'] else None if Path(polygons).exists() else uid_column
+    uid_column = (
+        uid_column
+        if uid_column and uid_column in pyogrio.read_info(polygons)['fields']
+        else None
+        if Path(polygons).exists()
+        else uid_column
+    )
     geoms, attrs, pcrs = read_polygons(polygons, [region_column, uid_column or ''])
     uids = attrs.get(uid_column, np.array([f'polygon_{i}' for i in range(len(geoms))]))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -82,47 +107,87 @@ def make_dataset(images:str|Path, # folder of GeoTIFF scenes, or a glob pattern
     rows, cache = [], {}
     try:
         for sc in scenes:
-            try: src = rasterio.open(sc)
-            except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read scene {sc}: {e}") from None
+            try:
+                src = rasterio.open(sc)
+            except rasterio.errors.RasterioIOError as e:
+                raise RtsSegError(f'cannot read scene {sc}: {e}') from None
             with src:
-                if src.crs is None: raise RtsSegError(f"{sc} has no CRS; georeference it first")
-                if max(bands) > src.count: raise RtsSegError(f"{sc} has {src.count} band(s); --bands asks for {list(bands)}")
+                if src.crs is None:
+                    raise RtsSegError(f'{sc} has no CRS; georeference it first')
+                if max(bands) > src.count:
+                    raise RtsSegError(f'{sc} has {src.count} band(s); --bands asks for {list(bands)}')
                 key = src.crs.to_string()
-                if key not in cache: cache[key] = (g := _to_crs(geoms, pcrs, src.crs), shapely.STRtree(g))
+                if key not in cache:
+                    cache[key] = (g := _to_crs(geoms, pcrs, src.crs), shapely.STRtree(g))
                 g, tree = cache[key]
                 scene_hit = tree.query(shapely.box(*src.bounds), predicate='intersects')
-                scene_region = Counter(attrs[region_column][scene_hit]).most_common(1)[0][0] if len(scene_hit) else sc.stem
+                scene_region = (
+                    Counter(attrs[region_column][scene_hit]).most_common(1)[0][0] if len(scene_hit) else sc.stem
+                )
                 for r0 in range(0, src.height, tile_size):
                     for c0 in range(0, src.width, tile_size):
                         win = Window(c0, r0, tile_size, tile_size)
                         tfm = src.window_transform(win)
-                        a = src.read(list(bands), window=win, boundless=True, fill_value=src.nodata if src.nodata is not None else 0, masked=False).astype(np.float64)
-                        inside = np.zeros((tile_size, tile_size), bool); inside[:max(0, src.height - r0), :max(0, src.width - c0)] = True
-                        valid = inside & valid_mask(a, src.nodata) # the one nodata rule, as in training and prediction
-                        if not valid.any(): continue # all nodata: nothing to learn
-                        img = np.where(valid, np.clip(np.nan_to_num(a, nan=0, posinf=0, neginf=0).round(), 0, 255), 0).astype(np.uint8)
+                        a = src.read(
+                            list(bands),
+                            window=win,
+                            boundless=True,
+                            fill_value=src.nodata if src.nodata is not None else 0,
+                            masked=False,
+                        ).astype(np.float64)
+                        inside = np.zeros((tile_size, tile_size), bool)
+                        inside[: max(0, src.height - r0), : max(0, src.width - c0)] = True
+                        valid = inside & valid_mask(a, src.nodata)  # the one nodata rule, as in training and prediction
+                        if not valid.any():
+                            continue  # all nodata: nothing to learn
+                        img = np.where(
+                            valid, np.clip(np.nan_to_num(a, nan=0, posinf=0, neginf=0).round(), 0, 255), 0
+                        ).astype(np.uint8)
                         box = shapely.box(*rasterio.windows.bounds(win, src.transform))
                         hit = tree.query(box, predicate='intersects')
-                        frac = np.array([shapely.area(shapely.intersection(g[i], box)) / max(shapely.area(g[i]), 1e-9) for i in hit])
+                        frac = np.array(
+                            [shapely.area(shapely.intersection(g[i], box)) / max(shapely.area(g[i]), 1e-9) for i in hit]
+                        )
                         full, cut = hit[frac >= min_inside], hit[frac < min_inside]
                         lbl = np.zeros((tile_size, tile_size), np.uint8)
-                        if len(cut): lbl[rasterize(g[cut], (tile_size, tile_size), transform=tfm) > 0] = 255
-                        if len(full): lbl[rasterize(g[full], (tile_size, tile_size), transform=tfm) > 0] = 1
+                        if len(cut):
+                            lbl[rasterize(g[cut], (tile_size, tile_size), transform=tfm) > 0] = 255
+                        if len(full):
+                            lbl[rasterize(g[full], (tile_size, tile_size), transform=tfm) > 0] = 1
                         lbl[~valid] = 255
                         tid = f'{sc.stem}_{r0 // tile_size:03d}_{c0 // tile_size:03d}'
-                        write_raster(work/'PLANET-RGB'/f'{tid}.tif', img, src.crs, tfm, nodata=0)
-                        write_raster(work/'labels'/f'{tid}.tif', lbl, src.crs, tfm)
+                        write_raster(work / 'PLANET-RGB' / f'{tid}.tif', img, src.crs, tfm, nodata=0)
+                        write_raster(work / 'labels' / f'{tid}.tif', lbl, src.crs, tfm)
                         cx, cy = tfm * (tile_size / 2, tile_size / 2)
                         lon, lat = warp_transform(src.crs, 'EPSG:4326', [cx], [cy])
                         pos = (lbl == 1).any()
-                        region = Counter({attrs[region_column][i]: shapely.area(shapely.intersection(g[i], box)) for i in hit}).most_common(1)[0][0] if len(hit) else scene_region
-                        rows.append(dict(tile_id=tid, centroid_lat=round(lat[0], 6), centroid_lon=round(lon[0], 6), TrainClass='Positive' if pos else 'Negative',
-                                         RegionName=region, UIDs=';'.join(str(uids[i]) for i in full) if pos else ''))
-        if not rows: raise RtsSegError(f"no tile with valid pixels in {images}")
+                        region = (
+                            Counter(
+                                {attrs[region_column][i]: shapely.area(shapely.intersection(g[i], box)) for i in hit}
+                            ).most_common(1)[0][0]
+                            if len(hit)
+                            else scene_region
+                        )
+                        rows.append(
+                            dict(
+                                tile_id=tid,
+                                centroid_lat=round(lat[0], 6),
+                                centroid_lon=round(lon[0], 6),
+                                TrainClass='Positive' if pos else 'Negative',
+                                RegionName=region,
+                                UIDs=';'.join(str(uids[i]) for i in full) if pos else '',
+                            )
+                        )
+        if not rows:
+            raise RtsSegError(f'no tile with valid pixels in {images}')
         meta = pd.DataFrame(rows)
-        meta.to_csv(work/'metadata.csv', index=False)
-        atomic_write_text(work/'splits.yaml', yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True))
-        readable(work) # mkdtemp's 0o700 would hide the dataset from other users
+        meta.to_csv(work / 'metadata.csv', index=False)
+        atomic_write_text(
+            work / 'splits.yaml',
+            yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True),
+        )
+        readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
-    finally: shutil.rmtree(work, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out

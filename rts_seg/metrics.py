@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/metrics.html.md"""
 # %% ../nbs/08_metrics.ipynb #c211fef1
 from __future__ import annotations
 import math
-import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 import numpy as np
 import torch
 from fastai.callback.core import Callback
@@ -21,92 +21,131 @@ __all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'iou_counts', 'PixelIoU', 'reduce_sum', 'V
            'summarize', 'fit_temperature', 'threshold_for_precision', 'ResultMetric', 'ValidationMetrics', 'TrainIoU']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
-def iou_counts(logits:torch.Tensor, # (B, 1, H, W) logits
-               target:torch.Tensor, # (B, H, W) labels in {0, 1, ignore_index}
-               ignore_index:int=255, # label value that counts nowhere
-               threshold:float=0.5, # probability above which a pixel is called a slump
-              ) -> torch.Tensor:
+def iou_counts(
+    logits: torch.Tensor,  # (B, 1, H, W) logits
+    target: torch.Tensor,  # (B, H, W) labels in {0, 1, ignore_index}
+    ignore_index: int = 255,  # label value that counts nowhere
+    threshold: float = 0.5,  # probability above which a pixel is called a slump
+) -> torch.Tensor:
     "Intersection and union of the slump class as a tensor `[inter, union]`, ignoring `ignore_index`."
     valid = target != ignore_index
-    pred = (logits.squeeze(1) > math.log(threshold / (1 - threshold))) & valid # sigmoid(x) > t  <=>  x > logit(t)
-    truth = (target > 0.5) & valid # soft labels count on the side they lean to
+    pred = (logits.squeeze(1) > math.log(threshold / (1 - threshold))) & valid  # sigmoid(x) > t  <=>  x > logit(t)
+    truth = (target > 0.5) & valid  # soft labels count on the side they lean to
     return torch.stack([(pred & truth).sum(), (pred | truth).sum()])
 
 # %% ../nbs/08_metrics.ipynb #86107df5
 class PixelIoU(Metric):
     "IoU of the slump class over all validation pixels (a fastai metric)."
-    def __init__(self, ignore_index:int=255, # label value that counts nowhere
-                 threshold:float=0.5, # probability above which a pixel is called a slump
-                ):
+
+    def __init__(
+        self,
+        ignore_index: int = 255,  # label value that counts nowhere
+        threshold: float = 0.5,  # probability above which a pixel is called a slump
+    ):
         self.ignore_index, self.threshold = ignore_index, threshold
         self.reset()
-    def reset(self): self.counts = 0
-    def accumulate(self, learn): # counts stay on the device: no synchronisation per batch
+
+    def reset(self):
+        self.counts = 0
+
+    def accumulate(self, learn):  # counts stay on the device: no synchronisation per batch
         self.counts = self.counts + iou_counts(learn.pred, learn.yb[0], self.ignore_index, self.threshold)
+
     @property
     def value(self):
-        if not torch.is_tensor(self.counts): return float('nan')
+        if not torch.is_tensor(self.counts):
+            return float('nan')
         inter, union = self.counts.tolist()
         return inter / union if union else float('nan')
+
     @property
-    def name(self): return 'iou'
+    def name(self):
+        return 'iou'
 
 # %% ../nbs/08_metrics.ipynb #615e2b21
-LOGIT_BINS, LOGIT_MAX = 1600, 16. # logit histogram: 1600 bins of 0.02 over [-16, 16]
-
+LOGIT_BINS, LOGIT_MAX = 1600, 16.0  # logit histogram: 1600 bins of 0.02 over [-16, 16]
 
 # %% ../nbs/08_metrics.ipynb #7e84a5d0
-def reduce_sum(t:torch.Tensor) -> torch.Tensor:
+def reduce_sum(t: torch.Tensor) -> torch.Tensor:
     "Sum `t` over all processes in place (a no-op without torch.distributed)."
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.all_reduce(t)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
     return t
 
 # %% ../nbs/08_metrics.ipynb #64650002
 class ValStats:
     "Integer counts over validation tiles, kept apart for negative (index 0) and positive (1) tiles."
-    def __init__(self, ignore_index:int=255, # label value that counts nowhere
-                 ious=OBJ_IOUS, # object IoU thresholds
-                 device='cpu', # where the pixel counts live
-                 map_threshold:float=0.5, # map objects: probability above which a pixel is called a slump
-                 min_pixels:int=0, # map objects: predicted components smaller than this are dropped
-                ):
-        self.ignore_index, self.ious, self.map_threshold, self.min_pixels = ignore_index, tuple(ious), float(map_threshold), int(min_pixels)
-        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=device)
-        self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS) # pix: [tile class, truth, prediction]
-        self.obj = np.zeros((2, len(self.ious), 3), np.int64) # raw objects: [tile class, iou, (tp, fp, fn)]
-        self.map_obj = np.zeros_like(self.obj) # map objects, the same
-        self.loss:float|None = None # mean loss per tile, set by `collect_stats`
 
-    def update(self, logits:torch.Tensor, # (B, 1, H, W) logits
-               target:torch.Tensor, # (B, H, W) labels
-               objects:bool=True, # also count objects (on the CPU)
-              ):
+    def __init__(
+        self,
+        ignore_index: int = 255,  # label value that counts nowhere
+        ious=OBJ_IOUS,  # object IoU thresholds
+        device='cpu',  # where the pixel counts live
+        map_threshold: float = 0.5,  # map objects: probability above which a pixel is called a slump
+        min_pixels: int = 0,  # map objects: predicted components smaller than this are dropped
+    ):
+        self.ignore_index, self.ious, self.map_threshold, self.min_pixels = (
+            ignore_index,
+            tuple(ious),
+            float(map_threshold),
+            int(min_pixels),
+        )
+        z = lambda *s: torch.zeros(*s, dtype=torch.int64, device=device)
+        self.tiles, self.pix, self.hist = z(2), z(2, 2, 2), z(2, 2, LOGIT_BINS)  # pix: [tile class, truth, prediction]
+        self.obj = np.zeros((2, len(self.ious), 3), np.int64)  # raw objects: [tile class, iou, (tp, fp, fn)]
+        self.map_obj = np.zeros_like(self.obj)  # map objects, the same
+        self.loss: float | None = None  # mean loss per tile, set by `collect_stats`
+
+    def update(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W) logits
+        target: torch.Tensor,  # (B, H, W) labels
+        objects: bool = True,  # also count objects (on the CPU)
+    ):
         z, y = logits.detach().float().flatten(1), target.flatten(1)
         valid, truth = y != self.ignore_index, (y > 0.5) & (y != self.ignore_index)
-        g = truth.any(1).long() # tile class
+        g = truth.any(1).long()  # tile class
         self.tiles += torch.bincount(g, minlength=2)
         gp = g[:, None].expand_as(y)[valid]
         t, zv = truth[valid].long(), z[valid]
         self.pix += torch.bincount((gp * 2 + t) * 2 + (zv > 0).long(), minlength=8).view(2, 2, 2)
-        b = ((zv.clamp(-LOGIT_MAX, LOGIT_MAX) + LOGIT_MAX) * (LOGIT_BINS / (2 * LOGIT_MAX))).long().clamp_(max=LOGIT_BINS - 1)
+        b = (
+            ((zv.clamp(-LOGIT_MAX, LOGIT_MAX) + LOGIT_MAX) * (LOGIT_BINS / (2 * LOGIT_MAX)))
+            .long()
+            .clamp_(max=LOGIT_BINS - 1)
+        )
         self.hist += torch.bincount((gp * 2 + t) * LOGIT_BINS + b, minlength=4 * LOGIT_BINS).view(2, 2, LOGIT_BINS)
         if objects:
-            p, tn, gs = torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(), target.cpu().numpy(), g.tolist()
-            same = self.map_threshold == 0.5 # one labelling serves both families; the map's only filters by size
+            p, tn, gs = (
+                torch.sigmoid(logits.detach().float()).squeeze(1).cpu().numpy(),
+                target.cpu().numpy(),
+                g.tolist(),
+            )
+            same = self.map_threshold == 0.5  # one labelling serves both families; the map's only filters by size
             for i in range(len(p)):
                 tl, ntruth, ok = truth_labels(tn[i], self.ignore_index)
                 pl, npred = ndimage.label(p[i] > 0.5)
                 raw = match_counts(p[i], pl, npred, tl, ntruth, ok, self.ious)
                 self.obj[gs[i]] += raw
-                if same and self.min_pixels <= 1: self.map_obj[gs[i]] += raw; continue
-                if not same: pl, npred = ndimage.label(p[i] > self.map_threshold)
+                if same and self.min_pixels <= 1:
+                    self.map_obj[gs[i]] += raw
+                    continue
+                if not same:
+                    pl, npred = ndimage.label(p[i] > self.map_threshold)
                 self.map_obj[gs[i]] += match_counts(p[i], pl, npred, tl, ntruth, ok, self.ious, self.min_pixels)
 
     def reduce(self):
         "Sum the counts of all processes (call on every rank)."
         dev = self.tiles.device
-        flat = torch.cat([self.tiles, self.pix.flatten(), self.hist.flatten(),
-                          torch.as_tensor(self.obj, device=dev).flatten(), torch.as_tensor(self.map_obj, device=dev).flatten()])
+        flat = torch.cat(
+            [
+                self.tiles,
+                self.pix.flatten(),
+                self.hist.flatten(),
+                torch.as_tensor(self.obj, device=dev).flatten(),
+                torch.as_tensor(self.map_obj, device=dev).flatten(),
+            ]
+        )
         reduce_sum(flat)
         sizes = [2, 8, 4 * LOGIT_BINS, self.obj.size, self.map_obj.size]
         a, b, c, d, e = flat.split(sizes)
@@ -115,44 +154,63 @@ class ValStats:
         return self
 
 # %% ../nbs/08_metrics.ipynb #12ec19d8
-def ratio_weight(tiles:torch.Tensor|np.ndarray, # tiles counted, [negative, positive] (`ValStats.tiles`)
-                 ratio:float|None, # negatives per positive to weight to; None: as they are
-                ) -> float|None:
+def ratio_weight(
+    tiles: torch.Tensor | np.ndarray,  # tiles counted, [negative, positive] (`ValStats.tiles`)
+    ratio: float | None,  # negatives per positive to weight to; None: as they are
+) -> float | None:
     "Weight of the negative tiles' counts for `ratio` negatives per positive (None: as they are); None if a class is missing."
     n_neg, n_pos = (int(v) for v in tiles)
-    if ratio is None: return 1.
+    if ratio is None:
+        return 1.0
     return ratio * n_pos / n_neg if n_neg and n_pos else None
 
 # %% ../nbs/08_metrics.ipynb #3c6715f9
-def pr_curve(hist:np.ndarray, # (2, LOGIT_BINS) counts of background and slump pixels per logit bin
-            ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def pr_curve(
+    hist: np.ndarray,  # (2, LOGIT_BINS) counts of background and slump pixels per logit bin
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     "Precision, recall and the logit threshold (bin lower edge) of each point, from the highest threshold down."
     tp, fp = np.cumsum(hist[1][::-1]), np.cumsum(hist[0][::-1])
     edges = (np.arange(LOGIT_BINS)[::-1] * (2 * LOGIT_MAX / LOGIT_BINS)) - LOGIT_MAX
     return tp / np.maximum(tp + fp, 1e-12), tp / max(hist[1].sum(), 1e-12), edges
 
 # %% ../nbs/08_metrics.ipynb #006ca96a
-def pr_auc(hist:np.ndarray) -> float:
+def pr_auc(hist: np.ndarray) -> float:
     "Area under the PR curve (average precision) from a (2, LOGIT_BINS) histogram."
-    if hist[1].sum() <= 0: return float('nan')
+    if hist[1].sum() <= 0:
+        return float('nan')
     prec, rec, _ = pr_curve(hist)
     return float(np.sum(np.diff(np.concatenate([[0], rec])) * prec))
 
 # %% ../nbs/08_metrics.ipynb #6e809a8a
-def _ratio_name(r): return '' if r is None else 'bal_' if r == 1 else f'r{r:g}_'
+def _ratio_name(r):
+    return '' if r is None else 'bal_' if r == 1 else f'r{r:g}_'
 
-def summarize(stats:ValStats, # reduced counts
-              ratios=(200, 500, 1000), # realistic ratios (negative tiles per positive); balanced (1) is always added
-             ) -> dict[str, float]:
+
+def summarize(
+    stats: ValStats,  # reduced counts
+    ratios=(200, 500, 1000),  # realistic ratios (negative tiles per positive); balanced (1) is always added
+) -> dict[str, float]:
     "Every metric of `stats`: as they are (`iou`, `pr_auc`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
-    nan = float('nan'); res:dict[str, float] = {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
-    pix, hist, obj, mobj = (x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float)
-                            for x in (stats.pix, stats.hist, stats.obj, stats.map_obj))
-    fams = (('obj', obj), ('map_obj', mobj)) # raw objects, then the map's
+    nan = float('nan')
+    res: dict[str, float] = {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
+    pix, hist, obj, mobj = (
+        x.cpu().double().numpy() if torch.is_tensor(x) else x.astype(float)
+        for x in (stats.pix, stats.hist, stats.obj, stats.map_obj)
+    )
+    fams = (('obj', obj), ('map_obj', mobj))  # raw objects, then the map's
     for r in (None, 1, *ratios):
         w, k = ratio_weight(stats.tiles, r), _ratio_name(r)
         if w is None:
-            res.update({f'{k}{m}': nan for m in ('iou', 'pr_auc', *[f'{f}_{a}{round(i * 100)}' for f, _ in fams for i in stats.ious for a in 'pr'])})
+            res.update(
+                {
+                    f'{k}{m}': nan
+                    for m in (
+                        'iou',
+                        'pr_auc',
+                        *[f'{f}_{a}{round(i * 100)}' for f, _ in fams for i in stats.ious for a in 'pr'],
+                    )
+                }
+            )
             continue
         p, h = pix[0] * w + pix[1], hist[0] * w + hist[1]
         tp, fp, fn = p[1, 1], p[0, 1], p[1, 0]
@@ -167,108 +225,167 @@ def summarize(stats:ValStats, # reduced counts
     return {k: float(v) for k, v in res.items()}
 
 # %% ../nbs/08_metrics.ipynb #1de4077b
-def fit_temperature(hist:np.ndarray, # (2, LOGIT_BINS) pixel counts of background and slump per logit bin
-                   ) -> float:
+def fit_temperature(
+    hist: np.ndarray,  # (2, LOGIT_BINS) pixel counts of background and slump per logit bin
+) -> float:
     "The temperature T minimising the negative log-likelihood of sigmoid(logit / T) over the histogram."
     from scipy.optimize import minimize_scalar
+
     z = (np.arange(LOGIT_BINS) + 0.5) * (2 * LOGIT_MAX / LOGIT_BINS) - LOGIT_MAX
     h = np.asarray(hist, float)
-    if h[0].sum() == 0 or h[1].sum() == 0: return 1.
+    if h[0].sum() == 0 or h[1].sum() == 0:
+        return 1.0
+
     def nll(logt):
         x = z / np.exp(logt)
         return float((h[1] * np.logaddexp(0, -x)).sum() + (h[0] * np.logaddexp(0, x)).sum())
-    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.)), method='bounded').x))
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method='bounded').x))
 
 # %% ../nbs/08_metrics.ipynb #b44b5efe
-def threshold_for_precision(hist:np.ndarray, # (2, LOGIT_BINS) (weighted) counts
-                            target:float=0.8, # precision to reach
-                            temperature:float=1., # from `fit_temperature`
-                           ) -> dict:
+def threshold_for_precision(
+    hist: np.ndarray,  # (2, LOGIT_BINS) (weighted) counts
+    target: float = 0.8,  # precision to reach
+    temperature: float = 1.0,  # from `fit_temperature`
+) -> dict:
     "The probability threshold reaching `target` precision with the most recall (None if none does)."
     prec, rec, edges = pr_curve(np.asarray(hist, float))
     ok = np.flatnonzero((prec >= target) & (rec > 0))
     if not len(ok):
-        return dict(threshold=None, precision=float(prec[rec > 0].max()) if (rec > 0).any() else None, recall=0.)
+        return dict(threshold=None, precision=float(prec[rec > 0].max()) if (rec > 0).any() else None, recall=0.0)
     i = ok[np.argmax(rec[ok])]
-    return dict(threshold=float(1 / (1 + np.exp(-edges[i] / temperature))), precision=float(prec[i]), recall=float(rec[i]))
+    return dict(
+        threshold=float(1 / (1 + np.exp(-edges[i] / temperature))), precision=float(prec[i]), recall=float(rec[i])
+    )
 
 # %% ../nbs/08_metrics.ipynb #2e8a6a47
 class ResultMetric(Metric):
     "A fastai metric showing one result of a `ValidationMetrics` callback."
-    def __init__(self, source:Callback, # has the `results` dict: `ValidationMetrics` or `TrainIoU`
-                 name:str, # the result to show, e.g. 'r500_pr_auc'
-                ): self.source, self._name = source, name
-    def reset(self): pass
-    def accumulate(self, learn): pass
+
+    def __init__(
+        self,
+        source: Callback,  # has the `results` dict: `ValidationMetrics` or `TrainIoU`
+        name: str,  # the result to show, e.g. 'r500_pr_auc'
+    ):
+        self.source, self._name = source, name
+
+    def reset(self):
+        pass
+
+    def accumulate(self, learn):
+        pass
+
     @property
-    def value(self): return self.source.results.get(self._name, float('nan'))
+    def value(self):
+        return self.source.results.get(self._name, float('nan'))
+
     @property
-    def name(self): return self._name
+    def name(self):
+        return self._name
 
 # %% ../nbs/08_metrics.ipynb #cf1da34a
 class ValidationMetrics(Callback):
     "Accumulate `ValStats` over each validation pass, sum them over processes and compute every metric."
-    order = 45 # after_validate runs before the Recorder reads the metrics
-    def __init__(self, ignore_index:int=255, # label value that counts nowhere
-                 ratios=(200, 500, 1000), # realistic ratios (negative tiles per positive)
-                 ious=OBJ_IOUS, # object IoU thresholds
-                 every:int=1, # validate every `every` epochs (and after the last)
-                 map_threshold:float=0.5, # map objects: probability threshold of the maps (`ValStats`)
-                 min_pixels:int=0, # map objects: smallest component the maps keep (`min_pixels_for`)
-                ):
+
+    order = 45  # after_validate runs before the Recorder reads the metrics
+
+    def __init__(
+        self,
+        ignore_index: int = 255,  # label value that counts nowhere
+        ratios=(200, 500, 1000),  # realistic ratios (negative tiles per positive)
+        ious=OBJ_IOUS,  # object IoU thresholds
+        every: int = 1,  # validate every `every` epochs (and after the last)
+        map_threshold: float = 0.5,  # map objects: probability threshold of the maps (`ValStats`)
+        min_pixels: int = 0,  # map objects: smallest component the maps keep (`min_pixels_for`)
+    ):
         self.ignore_index, self.ratios, self.ious, self.every = ignore_index, tuple(ratios), tuple(ious), every
         self.map_threshold, self.min_pixels = map_threshold, min_pixels
-        self.results:dict[str, float] = {}; self.stats, self.skip = None, False
+        self.results: dict[str, float] = {}
+        self.stats, self.skip = None, False
 
     def names(self) -> list[str]:
         "Every metric name this callback computes."
         return list(summarize(ValStats(ious=self.ious), self.ratios))
 
-    def metrics(self, names:list[str]) -> list[ResultMetric]:
+    def metrics(self, names: list[str]) -> list[ResultMetric]:
         "fastai metrics showing `names`."
         bad = [n for n in names if n not in self.names()]
-        if bad: raise ValueError(f"unknown metric(s) {bad}; choose from {', '.join(self.names())}")
+        if bad:
+            raise ValueError(f'unknown metric(s) {bad}; choose from {", ".join(self.names())}')
         return [ResultMetric(self, n) for n in names]
 
-    def before_train(self): # only in fit: decide whether this epoch validates
+    def before_train(self):  # only in fit: decide whether this epoch validates
         self.skip = (self.epoch + 1) % self.every != 0 and self.epoch + 1 < self.n_epoch
 
     def before_validate(self):
         # an epoch that does not validate runs no validation batch (`RtsLearner` honours `skip_valid`): the table and
         # the trackers still get a row, with no loss and NaN metrics
         self.results, self.learn.skip_valid, self.skip = {}, self.skip, False
-        self.stats = None if self.learn.skip_valid else ValStats(self.ignore_index, self.ious, device=getattr(self.dls, 'device', None) or 'cpu',
-                                                                 map_threshold=self.map_threshold, min_pixels=self.min_pixels)
+        self.stats = (
+            None
+            if self.learn.skip_valid
+            else ValStats(
+                self.ignore_index,
+                self.ious,
+                device=getattr(self.dls, 'device', None) or 'cpu',
+                map_threshold=self.map_threshold,
+                min_pixels=self.min_pixels,
+            )
+        )
 
     def after_batch(self):
-        if not self.training and self.stats is not None: self.stats.update(self.pred, self.yb[0])
+        if not self.training and self.stats is not None:
+            self.stats.update(self.pred, self.yb[0])
 
     def after_validate(self):
-        if self.stats is None: return
+        if self.stats is None:
+            return
         self.results = summarize(self.stats.reduce(), self.ratios)
         rl = getattr(getattr(self.learn, 'recorder', None), 'loss', None)
         if rl is not None and torch.distributed.is_available() and torch.distributed.is_initialized() and rl.count:
-            t = reduce_sum(torch.stack([torch.as_tensor(rl.total, dtype=torch.float64, device=self.stats.tiles.device).reshape(()),
-                                        torch.tensor(float(rl.count), dtype=torch.float64, device=self.stats.tiles.device)]))
+            t = reduce_sum(
+                torch.stack(
+                    [
+                        torch.as_tensor(rl.total, dtype=torch.float64, device=self.stats.tiles.device).reshape(()),
+                        torch.tensor(float(rl.count), dtype=torch.float64, device=self.stats.tiles.device),
+                    ]
+                )
+            )
             rl.total, rl.count = t[0], int(t[1])
         self.stats_last, self.stats = self.stats, None
 
 # %% ../nbs/08_metrics.ipynb #97c832fb
 class TrainIoU(Callback):
     "Pixel IoU of the slump class over each epoch's training batches, summed over processes (the `train_iou` column)."
+
     order = 45
-    def __init__(self, ignore_index:int=255): self.ignore_index, self.counts, self.carry = ignore_index, None, None; self.results:dict[str, float] = {}
-    def before_fit(self): self.results = {} # `validate` alone shows no training IoU
-    def before_train(self): self.counts, self.carry = self.carry, None # counts of an interrupted epoch, else none
+
+    def __init__(self, ignore_index: int = 255):
+        self.ignore_index, self.counts, self.carry = ignore_index, None, None
+        self.results: dict[str, float] = {}
+
+    def before_fit(self):
+        self.results = {}  # `validate` alone shows no training IoU
+
+    def before_train(self):
+        self.counts, self.carry = self.carry, None  # counts of an interrupted epoch, else none
+
     def after_loss(self):
-        if not self.training: return
-        c = iou_counts(self.pred, self.yb[0], self.ignore_index) # stays on the device: no synchronisation per step
+        if not self.training:
+            return
+        c = iou_counts(self.pred, self.yb[0], self.ignore_index)  # stays on the device: no synchronisation per step
         self.counts = c if self.counts is None else self.counts + c
+
     def totals(self) -> torch.Tensor:
         "This epoch's `[intersection, union]` so far, summed over processes (call on every rank)."
         dev = self.counts.device if self.counts is not None else getattr(self.dls, 'device', None) or 'cpu'
-        return reduce_sum(self.counts.clone() if self.counts is not None else torch.zeros(2, dtype=torch.int64, device=dev))
+        return reduce_sum(
+            self.counts.clone() if self.counts is not None else torch.zeros(2, dtype=torch.int64, device=dev)
+        )
+
     def after_train(self):
         inter, union = self.totals().tolist()
         self.results = {'train_iou': inter / union if union else float('nan')}
-    def metric(self) -> ResultMetric: return ResultMetric(self, 'train_iou')
+
+    def metric(self) -> ResultMetric:
+        return ResultMetric(self, 'train_iou')

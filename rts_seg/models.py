@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/models.html.md"""
 
 # %% ../nbs/06_models.ipynb #23452803
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by smp's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by smp's imports
 import segmentation_models_pytorch as smp
 import torch
 from torch import nn
@@ -18,59 +18,81 @@ from .core import RtsSegError
 __all__ = ['TTA_MODES', 'create_model', 'd4', 'd4_inverse', 'TTAModel']
 
 # %% ../nbs/06_models.ipynb #385b762b
-def create_model(cfg:ModelConfig, # the `model` section of the config
-                 in_channels:int=3, # image bands (RGB plus any aux channels)
-                 encoder_weights:str|None='config', # 'config' uses `cfg.encoder_weights`; None skips pretrained weights
-                ) -> nn.Module:
+def create_model(
+    cfg: ModelConfig,  # the `model` section of the config
+    in_channels: int = 3,  # image bands (RGB plus any aux channels)
+    encoder_weights: str | None = 'config',  # 'config' uses `cfg.encoder_weights`; None skips pretrained weights
+) -> nn.Module:
     "An smp segmentation model with one output logit per pixel."
     arch = cfg.arch.lower()
     if arch not in smp.MODEL_ARCHITECTURES_MAPPING:
-        raise RtsSegError(f"model.arch '{cfg.arch}' is not an smp architecture; choose one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}")
+        raise RtsSegError(
+            f"model.arch '{cfg.arch}' is not an smp architecture; choose one of {', '.join(smp.MODEL_ARCHITECTURES_MAPPING)}"
+        )
     if cfg.encoder not in smp.encoders.get_encoder_names() and not cfg.encoder.startswith('tu-'):
-        raise RtsSegError(f"model.encoder '{cfg.encoder}' is not an smp encoder; see smp.encoders.get_encoder_names() or use a timm one as 'tu-<name>'")
+        raise RtsSegError(
+            f"model.encoder '{cfg.encoder}' is not an smp encoder; see smp.encoders.get_encoder_names() or use a timm one as 'tu-<name>'"
+        )
     weights = cfg.encoder_weights if encoder_weights == 'config' else encoder_weights
     kw = {} if cfg.decoder_channels is None else dict(decoder_channels=cfg.decoder_channels)
-    try: return smp.create_model(arch, encoder_name=cfg.encoder, encoder_weights=weights, in_channels=in_channels, classes=1, **kw)
+    try:
+        return smp.create_model(
+            arch, encoder_name=cfg.encoder, encoder_weights=weights, in_channels=in_channels, classes=1, **kw
+        )
     except Exception as e:
-        if weights is None: raise
-        raise RtsSegError(f"could not load '{weights}' weights for model.encoder '{cfg.encoder}' ({type(e).__name__}: {e}); "
-                          "offline, set model.encoder_weights=null") from None
+        if weights is None:
+            raise
+        raise RtsSegError(
+            f"could not load '{weights}' weights for model.encoder '{cfg.encoder}' ({type(e).__name__}: {e}); "
+            'offline, set model.encoder_weights=null'
+        ) from None
 
 # %% ../nbs/06_models.ipynb #369144bb
-def d4(x:torch.Tensor, # (..., H, W)
-       k:int, # quarter turns (counter-clockwise, `torch.rot90`)
-       flip:bool, # flip the last axis first
-      ) -> torch.Tensor:
+def d4(
+    x: torch.Tensor,  # (..., H, W)
+    k: int,  # quarter turns (counter-clockwise, `torch.rot90`)
+    flip: bool,  # flip the last axis first
+) -> torch.Tensor:
     "Flip (last axis) if `flip`, then rotate by `k` quarter turns, on (..., H, W)."
-    if flip: x = x.flip(-1)
+    if flip:
+        x = x.flip(-1)
     return torch.rot90(x, k, (-2, -1)) if k else x
 
-
 # %% ../nbs/06_models.ipynb #2940ef8c
-def d4_inverse(x:torch.Tensor, # (..., H, W), as `d4` returned it
-               k:int, # the quarter turns given to `d4`
-               flip:bool, # the flip given to `d4`
-              ) -> torch.Tensor:
+def d4_inverse(
+    x: torch.Tensor,  # (..., H, W), as `d4` returned it
+    k: int,  # the quarter turns given to `d4`
+    flip: bool,  # the flip given to `d4`
+) -> torch.Tensor:
     "Undo `d4(x, k, flip)`."
-    if k: x = torch.rot90(x, -k, (-2, -1))
+    if k:
+        x = torch.rot90(x, -k, (-2, -1))
     return x.flip(-1) if flip else x
 
-
 # %% ../nbs/06_models.ipynb #b86cb095
-TTA_MODES = {'none': [(0, False)],
-             'minimal': [(0, False), (0, True)], # identity, hflip
-             'standard': [(0, False), (0, True), (2, True), (2, False)], # + vflip (= rot180 of hflip), rot180
-             'full': [(k, f) for f in (False, True) for k in range(4)]} # the dihedral group D4
+TTA_MODES = {
+    'none': [(0, False)],
+    'minimal': [(0, False), (0, True)],  # identity, hflip
+    'standard': [(0, False), (0, True), (2, True), (2, False)],  # + vflip (= rot180 of hflip), rot180
+    'full': [(k, f) for f in (False, True) for k in range(4)],
+}  # the dihedral group D4
+
 
 class TTAModel(nn.Module):
     "Wrap a model so that it returns the logit of its probability averaged over the views of a `TTA_MODES` entry."
-    def __init__(self, model:nn.Module, # returns (B, 1, H, W) logits
-                 mode:str='standard', # a key of `TTA_MODES`
-                ):
-        super().__init__()
-        if mode not in TTA_MODES: raise RtsSegError(f"TTA mode '{mode}' is unknown; choose one of {', '.join(TTA_MODES)}")
-        self.model, self.views = model, TTA_MODES[mode]
-    def forward(self, x):
-        p = sum(torch.sigmoid(d4_inverse(self.model(d4(x, k, f)).float(), k, f)) for k, f in self.views) / len(self.views)
-        return torch.logit(p, eps=1e-6)
 
+    def __init__(
+        self,
+        model: nn.Module,  # returns (B, 1, H, W) logits
+        mode: str = 'standard',  # a key of `TTA_MODES`
+    ):
+        super().__init__()
+        if mode not in TTA_MODES:
+            raise RtsSegError(f"TTA mode '{mode}' is unknown; choose one of {', '.join(TTA_MODES)}")
+        self.model, self.views = model, TTA_MODES[mode]
+
+    def forward(self, x):
+        p = sum(torch.sigmoid(d4_inverse(self.model(d4(x, k, f)).float(), k, f)) for k, f in self.views) / len(
+            self.views
+        )
+        return torch.logit(p, eps=1e-6)

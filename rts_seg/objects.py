@@ -15,38 +15,45 @@ from scipy import ndimage
 __all__ = ['OBJ_IOUS', 'match_objects', 'match_counts', 'truth_labels', 'object_counts', 'min_pixels_for']
 
 # %% ../nbs/07a_objects.ipynb #39faf25a
-def match_objects(pred_lab:np.ndarray, # (H, W) labelled predicted components, 0 for none
-                  truth_lab:np.ndarray, # (H, W) labelled truth objects, 0 for none
-                  order:list[int], # prediction ids, most confident first
-                  n_truth:int, # number of truth objects (largest id in `truth_lab`)
-                  iou:float, # smallest IoU that counts as a match
-                 ) -> dict[int, int]:
+def match_objects(
+    pred_lab: np.ndarray,  # (H, W) labelled predicted components, 0 for none
+    truth_lab: np.ndarray,  # (H, W) labelled truth objects, 0 for none
+    order: list[int],  # prediction ids, most confident first
+    n_truth: int,  # number of truth objects (largest id in `truth_lab`)
+    iou: float,  # smallest IoU that counts as a match
+) -> dict[int, int]:
     "Greedy 1:1 matching: prediction ids in `order` each take the unmatched truth id of highest IoU >= `iou`."
     both = (pred_lab > 0) & (truth_lab > 0)
     pairs, inter = np.unique(np.stack([pred_lab[both], truth_lab[both]]), axis=1, return_counts=True)
     ps, ts = np.bincount(pred_lab.ravel()), np.bincount(truth_lab.ravel(), minlength=n_truth + 1)
-    cand:dict[int, list[tuple[float, int]]] = {}
-    for (p, t), i in zip(pairs.T, inter): cand.setdefault(int(p), []).append((i / (ps[p] + ts[t] - i), int(t)))
-    matched:dict[int, int] = {}; used:set[int] = set()
+    cand: dict[int, list[tuple[float, int]]] = {}
+    for (p, t), i in zip(pairs.T, inter):
+        cand.setdefault(int(p), []).append((i / (ps[p] + ts[t] - i), int(t)))
+    matched: dict[int, int] = {}
+    used: set[int] = set()
     for p in order:
         for v, t in sorted(cand.get(p, []), reverse=True):
-            if v >= iou and t not in used: matched[p] = t; used.add(t); break
+            if v >= iou and t not in used:
+                matched[p] = t
+                used.add(t)
+                break
     return matched
 
-
 # %% ../nbs/07a_objects.ipynb #44934fda
-def match_counts(prob:np.ndarray, # (H, W) probabilities
-                 pl:np.ndarray, # (H, W) labelled predicted components (`ndimage.label`)
-                 npred:int, # number of predicted components
-                 tl:np.ndarray, # (H, W) labelled truth objects, 0 outside `valid` (`truth_labels`)
-                 ntruth:int, # number of truth objects
-                 valid:np.ndarray, # (H, W) bool, pixels that are not ignored
-                 ious:tuple[float, ...], # IoU thresholds
-                 min_pixels:int=0, # predicted components smaller than this are dropped before matching
-                ) -> np.ndarray:
+def match_counts(
+    prob: np.ndarray,  # (H, W) probabilities
+    pl: np.ndarray,  # (H, W) labelled predicted components (`ndimage.label`)
+    npred: int,  # number of predicted components
+    tl: np.ndarray,  # (H, W) labelled truth objects, 0 outside `valid` (`truth_labels`)
+    ntruth: int,  # number of truth objects
+    valid: np.ndarray,  # (H, W) bool, pixels that are not ignored
+    ious: tuple[float, ...],  # IoU thresholds
+    min_pixels: int = 0,  # predicted components smaller than this are dropped before matching
+) -> np.ndarray:
     "[tp, fp, fn] per IoU of the labelled prediction `pl` against the labelled truth `tl` (already 0 outside `valid`)."
-    if min_pixels > 1: # whole components, as the map has them: ignore pixels count towards the size
-        big = np.bincount(pl.ravel(), minlength=npred + 1) >= min_pixels; big[0] = False
+    if min_pixels > 1:  # whole components, as the map has them: ignore pixels count towards the size
+        big = np.bincount(pl.ravel(), minlength=npred + 1) >= min_pixels
+        big[0] = False
         pl = np.where(big[pl], pl, 0)
     pl = np.where(valid, pl, 0)
     psize, tsize = np.bincount(pl.ravel(), minlength=npred + 1)[1:], np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
@@ -59,37 +66,37 @@ def match_counts(prob:np.ndarray, # (H, W) probabilities
         out[k] = m, len(order) - m, n_truth - m
     return out
 
-
 # %% ../nbs/07a_objects.ipynb #4cfab73b
-def truth_labels(target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
-                 ignore_index:int=255, # label value that counts nowhere
-                ) -> tuple[np.ndarray, int, np.ndarray]:
+def truth_labels(
+    target: np.ndarray,  # (H, W) labels in {0, 1, ignore_index}
+    ignore_index: int = 255,  # label value that counts nowhere
+) -> tuple[np.ndarray, int, np.ndarray]:
     "Labelled truth objects (0 outside valid pixels), their number, and the valid pixels."
     valid = target != ignore_index
     tl, ntruth = ndimage.label((target > 0.5) & valid)
     return np.where(valid, tl, 0), ntruth, valid
 
-
 # %% ../nbs/07a_objects.ipynb #cc28fcea
-OBJ_IOUS = (0.1, 0.3, 0.5) # object IoU thresholds
+OBJ_IOUS = (0.1, 0.3, 0.5)  # object IoU thresholds
 
-def object_counts(prob:np.ndarray, # (H, W) probabilities
-                  target:np.ndarray, # (H, W) labels in {0, 1, ignore_index}
-                  ignore_index:int=255, # label value that counts nowhere
-                  ious:tuple[float, ...]=OBJ_IOUS, # IoU thresholds
-                  threshold:float=0.5, # probability above which a pixel is called a slump
-                  min_pixels:int=0, # predicted components smaller than this are dropped before matching
-                 ) -> np.ndarray:
+
+def object_counts(
+    prob: np.ndarray,  # (H, W) probabilities
+    target: np.ndarray,  # (H, W) labels in {0, 1, ignore_index}
+    ignore_index: int = 255,  # label value that counts nowhere
+    ious: tuple[float, ...] = OBJ_IOUS,  # IoU thresholds
+    threshold: float = 0.5,  # probability above which a pixel is called a slump
+    min_pixels: int = 0,  # predicted components smaller than this are dropped before matching
+) -> np.ndarray:
     "(len(ious), 3) counts of matched predictions, unmatched predictions and missed truth objects: [tp, fp, fn]."
     tl, ntruth, valid = truth_labels(target, ignore_index)
     pl, npred = ndimage.label(prob > threshold)
     return match_counts(prob, pl, npred, tl, ntruth, valid, ious, min_pixels)
 
-
 # %% ../nbs/07a_objects.ipynb #8aa861c3
-def min_pixels_for(min_area_m2:float, # polygons smaller than this are dropped from the map (`inference.min_area_m2`)
-                   pixel_size_m:float, # side of a pixel in metres
-                  ) -> int:
+def min_pixels_for(
+    min_area_m2: float,  # polygons smaller than this are dropped from the map (`inference.min_area_m2`)
+    pixel_size_m: float,  # side of a pixel in metres
+) -> int:
     "The fewest pixels a component needs to make a polygon of at least `min_area_m2`."
     return max(0, math.ceil(min_area_m2 / pixel_size_m**2 - 1e-9))
-

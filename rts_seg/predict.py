@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/predict.html.md"""
 
 # %% ../nbs/11_predict.ipynb #b6231cbd
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning
+import rts_seg.core  # first: it silences a torch deprecation warning
 import collections, contextlib, functools, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,126 +33,175 @@ __all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', '
            'cut_window', 'forward_scales', 'forward_batch', 'Merger', 'SceneOutputs', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
-def window_starts(n:int, # scene size along one axis
-                  tile:int, # window size
-                  stride:int, # step between windows
-                 ) -> list[int]:
+def window_starts(
+    n: int,  # scene size along one axis
+    tile: int,  # window size
+    stride: int,  # step between windows
+) -> list[int]:
     "Window offsets covering `0..n`, the last one flush with the edge."
-    if n <= tile: return [0]
+    if n <= tile:
+        return [0]
     starts = list(range(0, n - tile + 1, stride))
-    if starts[-1] != n - tile: starts.append(n - tile)
+    if starts[-1] != n - tile:
+        starts.append(n - tile)
     return starts
 
 # %% ../nbs/11_predict.ipynb #6a28dc74
 @dataclass(frozen=True)
 class WindowPlan:
     "Window size, stride and scales of a run, and what follows from them."
-    size: int # window side in pixels (T)
-    stride: int # step between windows
-    scales: tuple # largest first, e.g. (1.0, 0.5)
+
+    size: int  # window side in pixels (T)
+    stride: int  # step between windows
+    scales: tuple  # largest first, e.g. (1.0, 0.5)
 
     @classmethod
-    def from_config(cls, cfg:InferenceConfig) -> WindowPlan:
+    def from_config(cls, cfg: InferenceConfig) -> WindowPlan:
         "The plan of a resolved `inference` config (`Bundle.resolve`: tile size and stride filled in)."
         scales = tuple(sorted(cfg.scales, reverse=True))
         T, S = cfg.tile_size, cfg.stride
         assert T is not None and S is not None, 'resolve the config first (Bundle.resolve)'
-        if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales): raise RtsSegError(f"inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {list(scales)}")
+        if any(round(T / s) % 2 or (round(T / s) - T) % 2 for s in scales):
+            raise RtsSegError(
+                f'inference.tile_size {T} must be divisible by {round(1 / min(scales))} for scales {list(scales)}'
+            )
         return cls(T, S, scales)
 
-    @functools.cached_property # asked for per window and per batch: computed once
-    def codes(self) -> list[int]: return [round(1 / s) for s in self.scales] # 1, 2, 4: the scale raster's values
-    @functools.cached_property
-    def offsets(self) -> list[int]: return [(round(self.size / s) - self.size) // 2 for s in self.scales] # context beyond the window, per scale
-    @functools.cached_property
-    def pad(self) -> int: return max(self.offsets)
+    @functools.cached_property  # asked for per window and per batch: computed once
+    def codes(self) -> list[int]:
+        return [round(1 / s) for s in self.scales]  # 1, 2, 4: the scale raster's values
 
-    def rows(self, ys:list[int], # top rows of the rows of windows (`window_starts`)
-             height:int, # scene height
-             block_rows:int=1, # rows per block of the file
-            ):
+    @functools.cached_property
+    def offsets(self) -> list[int]:
+        return [(round(self.size / s) - self.size) // 2 for s in self.scales]  # context beyond the window, per scale
+
+    @functools.cached_property
+    def pad(self) -> int:
+        return max(self.offsets)
+
+    def rows(
+        self,
+        ys: list[int],  # top rows of the rows of windows (`window_starts`)
+        height: int,  # scene height
+        block_rows: int = 1,  # rows per block of the file
+    ):
         "Before each row of windows: `(y, end, r0, r1)`: hold the scene's rows up to `end`, reading rows `r0:r1` (none when equal)."
         end, bh = -self.pad, (block_rows if block_rows <= 2 * self.size else 1)
         for y in ys:
             need = y + self.size + self.pad
-            if need <= end: yield y, end, 0, 0; continue
+            if need <= end:
+                yield y, end, 0, 0
+                continue
             r0, r1 = max(end, 0), min(need, height)
-            if r1 > r0: r1 = min(height, -(-r1 // bh) * bh) # whole blocks of the file: each is decoded once
+            if r1 > r0:
+                r1 = min(height, -(-r1 // bh) * bh)  # whole blocks of the file: each is decoded once
             end = max(need, r1)
             yield y, end, r0, max(r0, r1)
 
 # %% ../nbs/11_predict.ipynb #e36c85f5
 class Predictor:
     "A model ready for inference: raw windows in, probabilities out, on any device and precision."
-    checkpoint: str|None # the model file it was loaded from; None when given a network
-    def __init__(self, model:torch.nn.Module, # a segmentation model with one output logit
-                 bundle:Bundle|dict, # the model's bundle (what `best.pth` holds), or bare normalisation statistics
-                 device:str='auto', # auto, cpu, cuda or cuda:N
-                 precision:str='auto', # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
-                 channels_last:bool=True, # NHWC layout on the GPU
-                 compile:bool=False, # torch.compile the model
-                 tta:str='none', # none, minimal, standard or full
-                 threshold:float|None=None, # default mask threshold; None = the bundle's calibrated one (else 0.5)
-                 temperature:float|None=None, # logits are divided by it before the sigmoid; None = the bundle's (else 1)
-                ):
+
+    checkpoint: str | None  # the model file it was loaded from; None when given a network
+
+    def __init__(
+        self,
+        model: torch.nn.Module,  # a segmentation model with one output logit
+        bundle: Bundle | dict,  # the model's bundle (what `best.pth` holds), or bare normalisation statistics
+        device: str = 'auto',  # auto, cpu, cuda or cuda:N
+        precision: str = 'auto',  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
+        channels_last: bool = True,  # NHWC layout on the GPU
+        compile: bool = False,  # torch.compile the model
+        tta: str = 'none',  # none, minimal, standard or full
+        threshold: float | None = None,  # default mask threshold; None = the bundle's calibrated one (else 0.5)
+        temperature: float | None = None,  # logits are divided by it before the sigmoid; None = the bundle's (else 1)
+    ):
         self.device = get_device(device)
         cuda = self.device.type == 'cuda'
-        if precision == 'auto': precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
+        if precision == 'auto':
+            precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
-        if not isinstance(bundle, Bundle): bundle = Bundle(model={}, channels=channel_table(bundle['channels']), normalization=bundle)
+        if not isinstance(bundle, Bundle):
+            bundle = Bundle(model={}, channels=channel_table(bundle['channels']), normalization=bundle)
         self.bundle, self.precision, self.tta, self.views = bundle, precision, tta, TTA_MODES[tta]
         self.threshold = bundle.threshold if threshold is None else threshold
         self.temperature = float(bundle.temperature if temperature is None else temperature)
         self.normalization_hash, self.in_channels = bundle.normalization_hash, bundle.in_channels
-        self.lo, self.hi, self.mean, self.std = (t[None, :, None, None] for t in bundle.norm_columns(self.device)) # every group, in channel order
+        self.lo, self.hi, self.mean, self.std = (
+            t[None, :, None, None] for t in bundle.norm_columns(self.device)
+        )  # every group, in channel order
         model = model.to(self.device).eval()
         self.channels_last = channels_last and cuda
-        if self.channels_last: model = model.to(memory_format=torch.channels_last)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         self.model = torch.compile(model) if compile else model
-        self.checkpoint, self.model_info = None, dict(model=bundle.model, rts_seg_version=bundle.provenance.get('rts_seg_version'),
-                                                      epoch=bundle.provenance.get('epoch'))
+        self.checkpoint, self.model_info = (
+            None,
+            dict(
+                model=bundle.model,
+                rts_seg_version=bundle.provenance.get('rts_seg_version'),
+                epoch=bundle.provenance.get('epoch'),
+            ),
+        )
 
     @classmethod
-    def from_config(cls, model:str|Path|tuple, # best.pth or an export (path or URI), or a loaded `(network, bundle)` pair
-                    cfg:InferenceConfig|None=None, # the `inference` section: device, precision, channels_last, compile, tta
-                   ) -> Predictor:
+    def from_config(
+        cls,
+        model: str | Path | tuple,  # best.pth or an export (path or URI), or a loaded `(network, bundle)` pair
+        cfg: InferenceConfig | None = None,  # the `inference` section: device, precision, channels_last, compile, tta
+    ) -> Predictor:
         "A predictor with the settings of an `inference` config."
         cfg = cfg or InferenceConfig()
         net, b = model if isinstance(model, tuple) else load_model(model)
-        p = cls(net, b, device=cfg.device, precision=cfg.precision, channels_last=cfg.channels_last, compile=cfg.compile, tta=cfg.tta)
-        if not isinstance(model, tuple): p.checkpoint = str(model)
+        p = cls(
+            net,
+            b,
+            device=cfg.device,
+            precision=cfg.precision,
+            channels_last=cfg.channels_last,
+            compile=cfg.compile,
+            tta=cfg.tta,
+        )
+        if not isinstance(model, tuple):
+            p.checkpoint = str(model)
         return p
 
     @classmethod
-    def from_checkpoint(cls, path:str|Path, **kwargs):
+    def from_checkpoint(cls, path: str | Path, **kwargs):
         "Load a model bundle (`best.pth`) written by `rts-seg train`, or a model exported from one (ONNX, TorchScript); kwargs as for `Predictor`."
         m, b = load_model(path)
         p = cls(m, b, **kwargs)
         p.checkpoint = str(path)
         return p
 
-    def normalize(self, x:torch.Tensor, # raw (B, C, H, W) values on the device
-                  valid:torch.Tensor, # (B, H, W) validity
-                 ) -> torch.Tensor:
+    def normalize(
+        self,
+        x: torch.Tensor,  # raw (B, C, H, W) values on the device
+        valid: torch.Tensor,  # (B, H, W) validity
+    ) -> torch.Tensor:
         "Normalise raw (B, C, H, W) values on the device; invalid pixels become 0 (the mean)."
         x = (torch.clamp(x.float(), self.lo, self.hi) - self.mean) / self.std
-        return torch.where(valid[:, None], x, 0.)
+        return torch.where(valid[:, None], x, 0.0)
 
     @torch.no_grad()
-    def __call__(self, x:torch.Tensor, # normalised (B, C, H, W) on the device
-                ) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,  # normalised (B, C, H, W) on the device
+    ) -> torch.Tensor:
         "Slump probability (B, H, W): sigmoid(logit / temperature), averaged over the TTA views."
-        if self.channels_last: x = x.contiguous(memory_format=torch.channels_last)
-        out = torch.zeros((), device=self.device) # the sum of the views
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = torch.zeros((), device=self.device)  # the sum of the views
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             for k, f in self.views:
                 out = out + d4_inverse(torch.sigmoid(self.model(d4(x, k, f)).float() / self.temperature), k, f)
         return (out / len(self.views))[:, 0]
 
 # %% ../nbs/11_predict.ipynb #a85ab72b
-def blend_weights(size:int, # window side in pixels
-                  kind:str='hann', # hann or linear (a Bartlett window)
-                 ) -> np.ndarray:
+def blend_weights(
+    size: int,  # window side in pixels
+    kind: str = 'hann',  # hann or linear (a Bartlett window)
+) -> np.ndarray:
     "2-D weights for blending a window: highest in the centre, small but positive at the edges."
     w1 = (np.hanning if kind == 'hann' else np.bartlett)(size + 2)[1:-1]
     return np.outer(w1, w1).astype(np.float32)
@@ -160,29 +209,36 @@ def blend_weights(size:int, # window side in pixels
 # %% ../nbs/11_predict.ipynb #3ce40f67
 class MergeBuffer:
     "Merge buffer for `rows` x `width` pixels of one scene, from row `top` down, on the model's device."
-    acc: torch.Tensor|None; wsum: torch.Tensor|None # the weighted sum and the weights (blend); None when merging by maximum
-    def __init__(self, rows:int, # rows held: the window size (or the scene's height)
-                 width:int, # the scene's width
-                 blend:np.ndarray|torch.Tensor|None, # weights of a window (`blend_weights`; a tensor already on `device` is used as it is); None: merge by maximum
-                 device='cpu', # where the buffer lives
-                 code:int|None=None, # the scale code when there is one scale (nothing tracked per pixel)
-                ):
+
+    acc: torch.Tensor | None
+    wsum: torch.Tensor | None  # the weighted sum and the weights (blend); None when merging by maximum
+
+    def __init__(
+        self,
+        rows: int,  # rows held: the window size (or the scene's height)
+        width: int,  # the scene's width
+        blend: np.ndarray | torch.Tensor | None,  # a window's weights (`blend_weights`); None: merge by maximum
+        device='cpu',  # where the buffer lives
+        code: int | None = None,  # the scale code when there is one scale (nothing tracked per pixel)
+    ):
         self.top, self.device, self.const = 0, torch.device(device), code or 0
         z = lambda dt: torch.zeros((rows, width), dtype=dt, device=self.device)
-        self.best, self.valid = z(torch.float32), z(torch.bool) # max probability, validity
-        self.code = None if code else z(torch.uint8) # the scale of the max (0: none yet)
+        self.best, self.valid = z(torch.float32), z(torch.bool)  # max probability, validity
+        self.code = None if code else z(torch.uint8)  # the scale of the max (0: none yet)
         self.blend = None if blend is None else torch.as_tensor(blend, device=self.device)
         self.acc, self.wsum = (z(torch.float32), z(torch.float32)) if blend is not None else (None, None)
 
-    def merge(self, y:int, # scene row of the window's top-left pixel
-              x:int, # its column
-              p:torch.Tensor, # (h, w) probabilities of the window
-              code:torch.Tensor|int, # the scale that gave them: (h, w), or one for all
-              valid:torch.Tensor, # (h, w) validity
-             ):
+    def merge(
+        self,
+        y: int,  # scene row of the window's top-left pixel
+        x: int,  # its column
+        p: torch.Tensor,  # (h, w) probabilities of the window
+        code: torch.Tensor | int,  # the scale that gave them: (h, w), or one for all
+        valid: torch.Tensor,  # (h, w) validity
+    ):
         "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x), their scale `code` and validity; on the device."
         h, w = p.shape
-        sl = np.s_[y - self.top:y - self.top + h, x:x + w]
+        sl = np.s_[y - self.top : y - self.top + h, x : x + w]
         best = self.best[sl]
         if self.code is not None:
             cd = self.code[sl]
@@ -191,14 +247,21 @@ class MergeBuffer:
         self.valid[sl] |= valid
         if self.blend is not None and self.acc is not None and self.wsum is not None:
             wt = self.blend[:h, :w]
-            self.acc[sl] += wt * p; self.wsum[sl] += wt
+            self.acc[sl] += wt * p
+            self.wsum[sl] += wt
 
-    def pop(self, n:int, # rows to pop
-            threshold:float, # of the mask
-           ):
+    def pop(
+        self,
+        n: int,  # rows to pop
+        threshold: float,  # of the mask
+    ):
         "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, and a CUDA event to wait for."
         valid = self.valid[:n]
-        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if self.acc is not None and self.wsum is not None else self.best[:n].clone()
+        prob = (
+            self.acc[:n] / self.wsum[:n].clamp_min(1e-12)
+            if self.acc is not None and self.wsum is not None
+            else self.best[:n].clone()
+        )
         prob.masked_fill_(~valid, -1)
         mask = (prob > threshold).to(torch.uint8).masked_fill_(~valid, 255)
         code = self.code[:n].masked_fill(~valid, 0) if self.code is not None else valid.to(torch.uint8) * self.const
@@ -207,10 +270,13 @@ class MergeBuffer:
         ev = None
         if self.device.type == 'cuda':
             out = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out)
-            ev = torch.cuda.Event(); ev.record()
+            ev = torch.cuda.Event()
+            ev.record()
         for a in (self.best, self.code, self.valid, self.acc, self.wsum):
-            if a is None: continue
-            if n < len(a): a[:-n] = a[n:].clone()
+            if a is None:
+                continue
+            if n < len(a):
+                a[:-n] = a[n:].clone()
             a[-n:] = 0
         self.top += n
         return *out, ev
@@ -218,155 +284,226 @@ class MergeBuffer:
 # %% ../nbs/11_predict.ipynb #3b6f9e8b
 COG_OPTS = dict(driver='COG', compress='DEFLATE', blocksize=256, bigtiff='IF_SAFER', num_threads='ALL_CPUS')
 
-def write_cog(src:str|Path, # a GeoTIFF (or an open MemoryFile's name)
-              dst:str|Path, # the COG to write
-              resampling:str='NEAREST', # of the overviews: NEAREST for classes, AVERAGE for probabilities
-              **kwargs, # GDAL creation options over `COG_OPTS`
-             ) -> Path:
+
+def write_cog(
+    src: str | Path,  # a GeoTIFF (or an open MemoryFile's name)
+    dst: str | Path,  # the COG to write
+    resampling: str = 'NEAREST',  # of the overviews: NEAREST for classes, AVERAGE for probabilities
+    **kwargs,  # GDAL creation options over `COG_OPTS`
+) -> Path:
     "Copy a GeoTIFF to a Cloud-Optimised GeoTIFF (tiled, deflate, with overviews; on all cores), atomically."
     opts = {**COG_OPTS, 'overview_resampling': resampling, **kwargs}
-    with rasterio.open(src) as s: floating = s.dtypes[0] in ('float32', 'float64')
-    if floating: # probabilities: their mantissas barely compress, so deflate's fastest level is as small (within ~1 %)
+    with rasterio.open(src) as s:
+        floating = s.dtypes[0] in ('float32', 'float64')
+    if floating:  # probabilities: their mantissas barely compress, so deflate's fastest level is as small (within ~1 %)
         opts = {'predictor': 3, 'level': 1, **opts}
-    with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp: rasterio.shutil.copy(src, tmp, **opts)
+    with rasterio.Env(GDAL_NUM_THREADS=opts['num_threads']), atomic_path(dst) as tmp:
+        rasterio.shutil.copy(src, tmp, **opts)
     return Path(dst)
 
 # %% ../nbs/11_predict.ipynb #5e4c7627
 OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
-TMP_OPTS = dict(compress='ZSTD', zstd_level=1) # the temporary strips: fast to write, small on disk
-IN_MEMORY_PX = 2**23 # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
+TMP_OPTS = dict(compress='ZSTD', zstd_level=1)  # the temporary strips: fast to write, small on disk
+IN_MEMORY_PX = 2**23  # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
+
 
 class SceneWriter:
     "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
-    pending: list[tuple] # rows not written yet (less than a block), as (prob, mask, code)
-    def __init__(self, stem:Path, # outputs are `{stem}_prob.tif`, `_mask.tif`, `_scale.tif`
-                 profile:dict, # GeoTIFF profile of the scene: size, CRS, transform
-                ):
+
+    pending: list[tuple]  # rows not written yet (less than a block), as (prob, mask, code)
+
+    def __init__(
+        self,
+        stem: Path,  # outputs are `{stem}_prob.tif`, `_mask.tif`, `_scale.tif`
+        profile: dict,  # GeoTIFF profile of the scene: size, CRS, transform
+    ):
         self.stem, self.row, self.pending = Path(stem), 0, []
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self.dsts, self.tmps, self.mems = {}, {}, {}
         small = profile['height'] * profile['width'] <= IN_MEMORY_PX
         for k, (dtype, nodata, _) in OUTPUTS.items():
-            prof = {**profile, 'count': 1, 'dtype': dtype, 'nodata': nodata, 'tiled': True, 'blockxsize': 256, 'blockysize': 256}
+            prof = {
+                **profile,
+                'count': 1,
+                'dtype': dtype,
+                'nodata': nodata,
+                'tiled': True,
+                'blockxsize': 256,
+                'blockysize': 256,
+            }
             if small:
-                self.mems[k] = MemoryFile(); self.dsts[k] = self.mems[k].open(**prof); self.tmps[k] = self.mems[k].name
+                self.mems[k] = MemoryFile()
+                self.dsts[k] = self.mems[k].open(**prof)
+                self.tmps[k] = self.mems[k].name
             else:
-                self.tmps[k] = self.stem.parent/f'.{self.stem.name}_{k}.tmp.tif' # a rerun after a kill overwrites it
+                self.tmps[k] = self.stem.parent / f'.{self.stem.name}_{k}.tmp.tif'  # a rerun after a kill overwrites it
                 self.dsts[k] = rasterio.open(self.tmps[k], 'w', **prof, **TMP_OPTS)
         self.height, self.width = profile['height'], profile['width']
         self.slump_pixels, self.valid_pixels = 0, 0
 
-    def write(self, prob, # (rows, width) probabilities
-              mask, # (rows, width) mask
-              code, # (rows, width) scale codes
-              counts, # (slump, valid) pixels of these rows
-              event=None, # a CUDA event: wait for the rows' copy from the GPU
-              final:bool=False, # the scene's last rows: write what is left
-             ):
+    def write(
+        self,
+        prob,  # (rows, width) probabilities
+        mask,  # (rows, width) mask
+        code,  # (rows, width) scale codes
+        counts,  # (slump, valid) pixels of these rows
+        event=None,  # a CUDA event: wait for the rows' copy from the GPU
+        final: bool = False,  # the scene's last rows: write what is left
+    ):
         "Append rows (as `MergeBuffer.pop` returns them; `event`: wait for their copy from the GPU); written in whole 256-row blocks (the rest when `final`)."
-        if event is not None: event.synchronize()
-        self.slump_pixels += int(counts[0]); self.valid_pixels += int(counts[1])
+        if event is not None:
+            event.synchronize()
+        self.slump_pixels += int(counts[0])
+        self.valid_pixels += int(counts[1])
         self.pending.append(tuple(np.asarray(a) for a in (prob, mask, code)))
         n = sum(len(p[0]) for p in self.pending)
         k = n if final else n // 256 * 256
-        if not k: return
+        if not k:
+            return
         parts = self.pending[0] if len(self.pending) == 1 else [np.concatenate(a) for a in zip(*self.pending)]
         self.pending = [tuple(a[k:] for a in parts)] if k < n else []
         win = Window(0, self.row, self.width, k)
-        for key, a in zip(OUTPUTS, parts): self.dsts[key].write(a[:k], 1, window=win)
+        for key, a in zip(OUTPUTS, parts):
+            self.dsts[key].write(a[:k], 1, window=win)
         self.row += k
 
     def close(self) -> dict[str, Path]:
         "Finish the COGs (those of a large scene all three at once); returns their paths."
-        for d in self.dsts.values(): d.close()
-        cog = lambda k, **kw: write_cog(self.tmps[k], self.stem.parent/f'{self.stem.name}_{k}.tif', OUTPUTS[k][2], **kw)
+        for d in self.dsts.values():
+            d.close()
+        cog = lambda k, **kw: write_cog(
+            self.tmps[k], self.stem.parent / f'{self.stem.name}_{k}.tif', OUTPUTS[k][2], **kw
+        )
         try:
-            if self.mems: return {k: cog(k, num_threads='1') for k in OUTPUTS} # small: many scenes are finished at once
-            with ThreadPoolExecutor(len(OUTPUTS)) as ex: cogs = {k: ex.submit(cog, k) for k in OUTPUTS}
+            if self.mems:
+                return {k: cog(k, num_threads='1') for k in OUTPUTS}  # small: many scenes are finished at once
+            with ThreadPoolExecutor(len(OUTPUTS)) as ex:
+                cogs = {k: ex.submit(cog, k) for k in OUTPUTS}
             return {k: f.result() for k, f in cogs.items()}
-        finally: self.abort()
+        finally:
+            self.abort()
 
     def abort(self):
-        for d in self.dsts.values(): d.close()
-        for m in self.mems.values(): m.close()
+        for d in self.dsts.values():
+            d.close()
+        for m in self.mems.values():
+            m.close()
         if not self.mems:
-            for t in self.tmps.values(): t.unlink(missing_ok=True)
+            for t in self.tmps.values():
+                t.unlink(missing_ok=True)
 
 # %% ../nbs/11_predict.ipynb #0f8d14d9
 @dataclass
 class ScenePart:
     "One raster of a scene: its bands to read, its nodata, and where its channels go in the model's input."
-    path: str # the raster
-    bands: list # its 1-based bands to read, in channel order
-    nodata: float|None # its nodata value
-    dtype: str # its data type
-    channels: slice # where its bands go among the model's input channels
+
+    path: str  # the raster
+    bands: list  # its 1-based bands to read, in channel order
+    nodata: float | None  # its nodata value
+    dtype: str  # its data type
+    channels: slice  # where its bands go among the model's input channels
 
 # %% ../nbs/11_predict.ipynb #76b16f83
-_BUF_DTYPES = dict(uint8=torch.uint8, int8=torch.int8, int16=torch.int16, uint16=torch.int32, int32=torch.int32,
-                   float32=torch.float32, float64=torch.float64) # raw values as they go to the device; others as float32
+_BUF_DTYPES = dict(
+    uint8=torch.uint8,
+    int8=torch.int8,
+    int16=torch.int16,
+    uint16=torch.int32,
+    int32=torch.int32,
+    float32=torch.float32,
+    float64=torch.float64,
+)  # raw values as they go to the device; others as float32
+
 
 @dataclass
 class Scene:
     "One image to predict (one raster, or RGB plus an aligned aux raster) and where its outputs go; `open` fills in the rest."
-    path: str # a stacked raster with every channel, or the RGB one (`PLANET-RGB/{tile}.tif`) when `extra` is given
-    out_stem: Path # outputs are `{out_stem}_prob.tif`, `_mask.tif`, `_scale.tif`
-    key: str = '' # the id recorded in logs and manifests (the tile id, or the file name)
-    extra: str|None = None # the aux bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
+
+    path: str  # a stacked raster with every channel, or the RGB one (`PLANET-RGB/{tile}.tif`) when `extra` is given
+    out_stem: Path  # outputs are `{out_stem}_prob.tif`, `_mask.tif`, `_scale.tif`
+    key: str = ''  # the id recorded in logs and manifests (the tile id, or the file name)
+    extra: str | None = None  # the aux bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
     # set by `open`:
-    parts: list = field(default_factory=list, repr=False) # `ScenePart`s: the rasters read, in channel order
-    profile: dict|None = field(default=None, repr=False) # GeoTIFF profile of the outputs (size, CRS, transform)
-    height: int = 0 # pixels
+    parts: list = field(default_factory=list, repr=False)  # `ScenePart`s: the rasters read, in channel order
+    profile: dict | None = field(default=None, repr=False)  # GeoTIFF profile of the outputs (size, CRS, transform)
+    height: int = 0  # pixels
     width: int = 0
-    res: tuple = (0., 0.) # pixel size (x, y) in CRS units
-    block: tuple = (1, 1) # (rows, columns) of the first raster's blocks
-    channels: int = 0 # channels of the model's input
-    dtype: torch.dtype = torch.float32 # raw values' type on their way to the device
-    masked: bool = False # some pixels can be invalid (a nodata value, or floats)
-    ys: list = field(default_factory=list, repr=False) # top rows of the rows of windows
-    xs: list = field(default_factory=list, repr=False) # left columns of the windows of a row
-    row_end: dict = field(default_factory=dict, repr=False) # y -> the first row the next row of windows starts at (or the height)
+    res: tuple = (0.0, 0.0)  # pixel size (x, y) in CRS units
+    block: tuple = (1, 1)  # (rows, columns) of the first raster's blocks
+    channels: int = 0  # channels of the model's input
+    dtype: torch.dtype = torch.float32  # raw values' type on their way to the device
+    masked: bool = False  # some pixels can be invalid (a nodata value, or floats)
+    ys: list = field(default_factory=list, repr=False)  # top rows of the rows of windows
+    xs: list = field(default_factory=list, repr=False)  # left columns of the windows of a row
+    row_end: dict = field(
+        default_factory=dict, repr=False
+    )  # y -> the first row the next row of windows starts at (or the height)
 
     @property
-    def windows(self) -> int: return len(self.ys) * len(self.xs)
+    def windows(self) -> int:
+        return len(self.ys) * len(self.xs)
 
     def __post_init__(self):
         self.key = self.key or Path(self.path).stem
 
-    def open(self, bundle:Bundle, # the model's bundle: channels and the training imagery
-             bands:list[int]|None, # 1-based bands of `path` chosen by the user (`inference.bands`)
-             tile_size:int, # window side in pixels
-             stride:int, # step between windows
-             tolerance:float=2.0, # `inference.pixel_size_tolerance`
-            ):
+    def open(
+        self,
+        bundle: Bundle,  # the model's bundle: channels and the training imagery
+        bands: list[int] | None,  # 1-based bands of `path` chosen by the user (`inference.bands`)
+        tile_size: int,  # window side in pixels
+        stride: int,  # step between windows
+        tolerance: float = 2.0,  # `inference.pixel_size_tolerance`
+    ):
         "Check the georeferencing, bands and imagery against the bundle; list the windows."
         aux = [c for c in bundle.channels if c['source'] == 'EXTRA']
         if self.extra is not None and not aux:
-            raise RtsSegError(f"{self.extra}: the model takes no aux bands (its channels: {', '.join(c['name'] for c in bundle.channels)}); drop --extra")
-        todo = [(self.path, bundle.channels if self.extra is None else [c for c in bundle.channels if c['source'] != 'EXTRA'], bands)]
-        if self.extra is not None: todo.append((self.extra, aux, None))
+            raise RtsSegError(
+                f'{self.extra}: the model takes no aux bands (its channels: {", ".join(c["name"] for c in bundle.channels)}); drop --extra'
+            )
+        todo = [
+            (
+                self.path,
+                bundle.channels if self.extra is None else [c for c in bundle.channels if c['source'] != 'EXTRA'],
+                bands,
+            )
+        ]
+        if self.extra is not None:
+            todo.append((self.extra, aux, None))
         self.parts, c0 = [], 0
         for path, chs, bd in todo:
-            try: src = open_raster(path)
-            except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read {path}: {e}") from None
+            try:
+                src = open_raster(path)
+            except rasterio.errors.RasterioIOError as e:
+                raise RtsSegError(f'cannot read {path}: {e}') from None
             with src:
                 t = src.transform
                 if not self.parts:
-                    if src.crs is None: raise RtsSegError(f"{path} has no CRS; georeference it before predicting")
+                    if src.crs is None:
+                        raise RtsSegError(f'{path} has no CRS; georeference it before predicting')
                     if t.is_identity or t.a == 0 or t.e == 0 or not all(map(math.isfinite, t[:6])):
-                        raise RtsSegError(f"{path} has an invalid geotransform {tuple(t)[:6]}; georeference it before predicting")
-                    self.profile = prof = dict(driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t)
+                        raise RtsSegError(
+                            f'{path} has an invalid geotransform {tuple(t)[:6]}; georeference it before predicting'
+                        )
+                    self.profile = prof = dict(
+                        driver='GTiff', height=src.height, width=src.width, crs=src.crs, transform=t
+                    )
                     self.height, self.width, self.res = src.height, src.width, (abs(t.a), abs(t.e))
-                    self.block = src.block_shapes[0] # (rows, columns) of the file's blocks
-                elif (src.crs, src.width, src.height) != (prof['crs'], self.width, self.height) or not t.almost_equals(prof['transform']):
-                    raise RtsSegError(f"{path} is not on the grid of {self.path} (CRS, transform or size differ); resample it to the scene's grid")
+                    self.block = src.block_shapes[0]  # (rows, columns) of the file's blocks
+                elif (src.crs, src.width, src.height) != (prof['crs'], self.width, self.height) or not t.almost_equals(
+                    prof['transform']
+                ):
+                    raise RtsSegError(
+                        f"{path} is not on the grid of {self.path} (CRS, transform or size differ); resample it to the scene's grid"
+                    )
                 bs = bundle.check_raster(src, path, chs, bd, tolerance)
                 self.parts.append(ScenePart(path, bs, src.nodata, src.dtypes[0], slice(c0, c0 + len(bs))))
                 c0 += len(bs)
-        kinds = {p.dtype for p in self.parts} # raw values go to the device in their own type; mixed rasters as float32
+        kinds = {p.dtype for p in self.parts}  # raw values go to the device in their own type; mixed rasters as float32
         self.dtype = _BUF_DTYPES.get(kinds.pop(), torch.float32) if len(kinds) == 1 else torch.float32
         self.channels = c0
-        self.masked = any(p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts) # some pixels can be invalid
+        self.masked = any(
+            p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts
+        )  # some pixels can be invalid
         self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
         self.row_end = {y: (self.ys[i + 1] if i + 1 < len(self.ys) else self.height) for i, y in enumerate(self.ys)}
         return self
@@ -379,30 +516,34 @@ class Scene:
             v = pv if v is None else v & pv
         return v
 
-    def chunks(self, parts:int) -> list[tuple[int, int]]:
+    def chunks(self, parts: int) -> list[tuple[int, int]]:
         "Column ranges splitting a strip into about `parts` pieces of whole blocks."
         bw = self.block[1] if self.block[1] < self.width else self.width
         w = max(1, math.ceil(self.width / parts / bw)) * bw
         return [(c, min(c + w, self.width)) for c in range(0, self.width, w)]
 
-    def read(self, local:dict, # this thread's open datasets, by path
-             r0:int, # first row
-             r1:int, # row after the last
-             c0:int, # first column
-             c1:int, # column after the last
-             pin:bool=False, # pinned memory, for a copy to the GPU
-            ):
+    def read(
+        self,
+        local: dict,  # this thread's open datasets, by path
+        r0: int,  # first row
+        r1: int,  # row after the last
+        c0: int,  # first column
+        c1: int,  # column after the last
+        pin: bool = False,  # pinned memory, for a copy to the GPU
+    ):
         "Raw rows `r0:r1`, columns `c0:c1` (inside the scene) as a (C, h, w) tensor (pinned: for a GPU), and their validity on the host if some pixels can be invalid."
         a = torch.empty((self.channels, r1 - r0, c1 - c0), dtype=self.dtype, pin_memory=pin)
         win = Window(c0, r0, c1 - c0, r1 - r0)
         for p in self.parts:
-            out = a[p.channels].numpy() # a view: rasterio decodes (and converts) into the tensor
-            if is_remote(p.path): # remote: a dataset per read, opened and closed in this thread
-                with open_raster(p.path) as src: src.read(p.bands, window=win, out=out)
+            out = a[p.channels].numpy()  # a view: rasterio decodes (and converts) into the tensor
+            if is_remote(p.path):  # remote: a dataset per read, opened and closed in this thread
+                with open_raster(p.path) as src:
+                    src.read(p.bands, window=win, out=out)
                 continue
             src = local.get(p.path)
             if src is None:
-                while len(local) >= 4: local.pop(next(iter(local))).close() # a few open datasets per thread
+                while len(local) >= 4:
+                    local.pop(next(iter(local))).close()  # a few open datasets per thread
                 src = local[p.path] = open_raster(p.path)
             src.read(p.bands, window=win, out=out)
         return a, (self.valid(a.numpy()) if self.masked else None)
@@ -410,201 +551,283 @@ class Scene:
 # %% ../nbs/11_predict.ipynb #25a4035b
 class RowCache:
     "The rows of one scene that windows still need, normalised, with their validity, on the device; `pad` px of invalid margin all round."
-    def __init__(self, scene:Scene, # the scene, opened
-                 predictor:Predictor, # normalisation and device
-                 tile_size:int, # window side in pixels
-                 pad:int, # context beyond the scene's edges (`WindowPlan.pad`)
-                ):
+
+    def __init__(
+        self,
+        scene: Scene,  # the scene, opened
+        predictor: Predictor,  # normalisation and device
+        tile_size: int,  # window side in pixels
+        pad: int,  # context beyond the scene's edges (`WindowPlan.pad`)
+    ):
         self.s, self.p, self.pad = scene, predictor, pad
         self.Wp = max(scene.width, tile_size) + 2 * pad
-        self.top = self.end = -pad # scene rows top:end are held
+        self.top = self.end = -pad  # scene rows top:end are held
         dev = predictor.device
         self.x = torch.zeros((predictor.in_channels, 0, self.Wp), device=dev)
         self.v = torch.zeros((0, self.Wp), dtype=torch.bool, device=dev)
-        self.hv = np.zeros((0, scene.width), bool) if scene.masked else None # validity, on the host
+        self.hv = np.zeros((0, scene.width), bool) if scene.masked else None  # validity, on the host
 
-    def add(self, end:int, # hold scene rows up to this one
-            r0:int, # first row read
-            r1:int, # row after the last read (the rest are outside the scene)
-            chunks:list, # [(c0, c1, raw, host validity)] as `Scene.read` gave them
-           ):
+    def add(
+        self,
+        end: int,  # hold scene rows up to this one
+        r0: int,  # first row read
+        r1: int,  # row after the last read (the rest are outside the scene)
+        chunks: list,  # [(c0, c1, raw, host validity)] as `Scene.read` gave them
+    ):
         "Append rows up to scene row `end`: rows `r0:r1` read as `chunks` [(c0, c1, raw, host validity)], the others outside the scene."
         n, dev, pad, s = end - self.end, self.p.device, self.pad, self.s
         raw = torch.zeros((s.channels, n, self.Wp), dtype=s.dtype, device=dev)
         v = torch.zeros((n, self.Wp), dtype=torch.bool, device=dev)
-        a = r0 - self.end # where the rows read start
+        a = r0 - self.end  # where the rows read start
         if r1 > r0:
-            for c0, c1, t, _ in chunks: raw[:, a:a + r1 - r0, pad + c0:pad + c1].copy_(t, non_blocking=True)
-            inner = raw[:, a:a + r1 - r0, pad:pad + s.width]
-            v[a:a + r1 - r0, pad:pad + s.width] = s.valid(inner) if s.masked else True
+            for c0, c1, t, _ in chunks:
+                raw[:, a : a + r1 - r0, pad + c0 : pad + c1].copy_(t, non_blocking=True)
+            inner = raw[:, a : a + r1 - r0, pad : pad + s.width]
+            v[a : a + r1 - r0, pad : pad + s.width] = s.valid(inner) if s.masked else True
         x = self.p.normalize(raw[None], v[None])[0]
         self.x, self.v = torch.cat([self.x, x], 1), torch.cat([self.v, v])
         if self.hv is not None:
             hv = np.zeros((n, s.width), bool)
             if r1 > r0:
-                for c0, c1, _, h in chunks: hv[a:a + r1 - r0, c0:c1] = h
+                for c0, c1, _, h in chunks:
+                    hv[a : a + r1 - r0, c0:c1] = h
             self.hv = np.concatenate([self.hv, hv])
         self.end = end
 
-    def drop(self, row:int):
+    def drop(self, row: int):
         "Forget the rows above scene row `row`."
         d = row - self.top
-        if d <= 0: return
+        if d <= 0:
+            return
         self.x, self.v = self.x[:, d:], self.v[d:]
-        if self.hv is not None: self.hv = self.hv[d:]
+        if self.hv is not None:
+            self.hv = self.hv[d:]
         self.top = row
 
-    def window(self, y:int, # scene row of the window's top-left pixel
-               x:int, # its column
-               size:int, # its side in pixels
-              ):
+    def window(
+        self,
+        y: int,  # scene row of the window's top-left pixel
+        x: int,  # its column
+        size: int,  # its side in pixels
+    ):
         "Normalised values (C, size, size) of the window whose top-left pixel is scene (y, x): a view."
-        return self.x[:, y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
+        return self.x[:, y - self.top : y - self.top + size, x + self.pad : x + self.pad + size]
 
-    def valid(self, y:int, # scene row of the window's top-left pixel
-              x:int, # its column
-              size:int, # its side in pixels
-             ):
+    def valid(
+        self,
+        y: int,  # scene row of the window's top-left pixel
+        x: int,  # its column
+        size: int,  # its side in pixels
+    ):
         "Validity (size, size) of the window at scene (y, x): a view."
-        return self.v[y - self.top:y - self.top + size, x + self.pad:x + self.pad + size]
+        return self.v[y - self.top : y - self.top + size, x + self.pad : x + self.pad + size]
 
-    def empty(self, y:int, # scene row of the window's top-left pixel
-              x:int, # its column
-              size:int, # its side in pixels
-             ) -> bool:
+    def empty(
+        self,
+        y: int,  # scene row of the window's top-left pixel
+        x: int,  # its column
+        size: int,  # its side in pixels
+    ) -> bool:
         "Whether the window at scene (y, x) is all nodata (checked on the host)."
-        return self.hv is not None and not self.hv[y - self.top:y - self.top + size, x:x + size].any()
+        return self.hv is not None and not self.hv[y - self.top : y - self.top + size, x : x + size].any()
 
 # %% ../nbs/11_predict.ipynb #d903a31f
 class _Clock(collections.defaultdict):
     "Seconds spent per stage, summed over the threads that run it (`cpu`: also the threads' CPU time)."
-    def __init__(self): super().__init__(float); self.lock = threading.Lock()
+
+    def __init__(self):
+        super().__init__(float)
+        self.lock = threading.Lock()
+
     @contextlib.contextmanager
-    def __call__(self, key:str, cpu:bool=False):
+    def __call__(self, key: str, cpu: bool = False):
         t, c = time.perf_counter(), time.thread_time()
-        try: yield
+        try:
+            yield
         finally:
             dt, dc = time.perf_counter() - t, time.thread_time() - c
             with self.lock:
                 self[key] += dt
-                if cpu: self[key + '_cpu'] += dc
+                if cpu:
+                    self[key + '_cpu'] += dc
 
 # %% ../nbs/11_predict.ipynb #f50f859f
 class StripReader:
     "Scenes opened a batch ahead and their strips read in threads, a few rows of windows ahead of the model."
-    local: collections.defaultdict[int, dict]; opening: collections.deque; ahead: collections.deque; cols: dict[int, list]; rows: dict[int, RowCache]
-    def __init__(self, scenes:list[Scene], # what to predict, in order
-                 predictor:Predictor, # normalisation and device
-                 cfg:InferenceConfig, # resolved: bands, batch size, workers, pixel size tolerance
-                 plan:WindowPlan, # windows
-                 clock:_Clock|None=None, # stage timings
-                ):
+
+    local: collections.defaultdict[int, dict]
+    opening: collections.deque
+    ahead: collections.deque
+    cols: dict[int, list]
+    rows: dict[int, RowCache]
+
+    def __init__(
+        self,
+        scenes: list[Scene],  # what to predict, in order
+        predictor: Predictor,  # normalisation and device
+        cfg: InferenceConfig,  # resolved: bands, batch size, workers, pixel size tolerance
+        plan: WindowPlan,  # windows
+        clock: _Clock | None = None,  # stage timings
+    ):
         self.predictor, self.cfg, self.plan, self.clock = predictor, cfg, plan, _Clock() if clock is None else clock
         self.cuda = predictor.device.type == 'cuda'
         self.pool = ThreadPoolExecutor(cfg.workers)
-        self.local = collections.defaultdict(dict) # per reader thread: its open datasets
+        self.local = collections.defaultdict(dict)  # per reader thread: its open datasets
         self.opening, self.scenes = collections.deque(), iter(scenes)
-        self.ahead, self.queued, self.cols, self.rows = collections.deque(), 0, {}, {} # queued: windows of the rows in `ahead`
+        self.ahead, self.queued, self.cols, self.rows = (
+            collections.deque(),
+            0,
+            {},
+            {},
+        )  # queued: windows of the rows in `ahead`
         self.steps = self._steps()
 
     def _open_ahead(self):
         "Open (check) the next scenes in the reader threads, a batch ahead."
         while len(self.opening) < self.cfg.batch_size + self.cfg.workers:
             s = next(self.scenes, None)
-            if s is None: return
-            self.opening.append((s, self.pool.submit(s.open, self.predictor.bundle, self.cfg.bands, self.plan.size, self.plan.stride,
-                                                     self.cfg.pixel_size_tolerance)))
+            if s is None:
+                return
+            self.opening.append(
+                (
+                    s,
+                    self.pool.submit(
+                        s.open,
+                        self.predictor.bundle,
+                        self.cfg.bands,
+                        self.plan.size,
+                        self.plan.stride,
+                        self.cfg.pixel_size_tolerance,
+                    ),
+                )
+            )
 
     def _steps(self):
         "`(scene, y, end, r0, r1)` before each row of windows of each scene, as the scenes are opened."
         while self.opening:
             s, f = self.opening.popleft()
-            with self.clock('wait_open'): f.result()
+            with self.clock('wait_open'):
+                f.result()
             self._open_ahead()
-            for st in self.plan.rows(s.ys, s.height, s.block[0]): yield s, *st
+            for st in self.plan.rows(s.ys, s.height, s.block[0]):
+                yield s, *st
 
-    def _read(self, s:Scene, r0:int, r1:int, c0:int, c1:int):
-        with self.clock('read', cpu=True): a, hv = s.read(self.local[threading.get_ident()], r0, r1, c0, c1, pin=self.cuda)
+    def _read(self, s: Scene, r0: int, r1: int, c0: int, c1: int):
+        with self.clock('read', cpu=True):
+            a, hv = s.read(self.local[threading.get_ident()], r0, r1, c0, c1, pin=self.cuda)
         return c0, c1, a, hv
 
     def _fill(self):
         "Queue reads until about two batches of windows (and two rows) are ahead."
         while self.queued < 2 * self.cfg.batch_size + self.cfg.workers or len(self.ahead) < 2:
             st = next(self.steps, None)
-            if st is None: return
+            if st is None:
+                return
             s, y, end, r0, r1 = st
-            if id(s) not in self.cols: self.cols.clear(); self.cols[id(s)] = s.chunks(self.cfg.workers) # the scene being read
-            self.ahead.append((st, [self.pool.submit(self._read, s, r0, r1, c0, c1) for c0, c1 in self.cols[id(s)]] if r1 > r0 else []))
+            if id(s) not in self.cols:
+                self.cols.clear()
+                self.cols[id(s)] = s.chunks(self.cfg.workers)  # the scene being read
+            self.ahead.append(
+                (
+                    st,
+                    [self.pool.submit(self._read, s, r0, r1, c0, c1) for c0, c1 in self.cols[id(s)]] if r1 > r0 else [],
+                )
+            )
             self.queued += len(s.xs)
 
     def __iter__(self):
         "`(scene, y, rows)` for each row of windows: `rows` (a `RowCache`) holds what its windows need."
-        self._open_ahead(); self._fill()
+        self._open_ahead()
+        self._fill()
         while self.ahead:
             (s, y, end, r0, r1), futs = self.ahead.popleft()
             self.queued -= len(s.xs)
-            with self.clock('wait_read'): chunks = [f.result() for f in futs]
+            with self.clock('wait_read'):
+                chunks = [f.result() for f in futs]
             self._fill()
             with self.clock('upload'):
-                r = self.rows.get(id(s)) or self.rows.setdefault(id(s), RowCache(s, self.predictor, self.plan.size, self.plan.pad))
+                r = self.rows.get(id(s)) or self.rows.setdefault(
+                    id(s), RowCache(s, self.predictor, self.plan.size, self.plan.pad)
+                )
                 r.drop(y - self.plan.pad)
-                if end > r.end: r.add(end, r0, r1, chunks)
+                if end > r.end:
+                    r.add(end, r0, r1, chunks)
             del chunks
             yield s, y, r
-            if y == s.ys[-1]: del self.rows[id(s)]
+            if y == s.ys[-1]:
+                del self.rows[id(s)]
 
     def close(self):
         "Stop the threads and close their datasets."
         self.pool.shutdown(wait=True, cancel_futures=True)
         for local in self.local.values():
-            for src in local.values(): src.close()
+            for src in local.values():
+                src.close()
 
 # %% ../nbs/11_predict.ipynb #cdf0afac
 @dataclass
 class WindowJob:
     "One window on its way through the pipeline."
+
     scene: Scene
-    y: int # top-left pixel in the scene
+    y: int  # top-left pixel in the scene
     x: int
-    last: bool # the last window of the scene
-    row_last: bool # the last window of its row of windows
-    xs: list[torch.Tensor]|None = None # per scale: normalised (C, R, R) values, views of the scene's rows on the device
-    valid: torch.Tensor|None = None # (T, T) validity of the window itself, on the device
-    skip: bool = False # all nodata: not sent to the model
+    last: bool  # the last window of the scene
+    row_last: bool  # the last window of its row of windows
+    xs: list[torch.Tensor] | None = (
+        None  # per scale: normalised (C, R, R) values, views of the scene's rows on the device
+    )
+    valid: torch.Tensor | None = None  # (T, T) validity of the window itself, on the device
+    skip: bool = False  # all nodata: not sent to the model
 
     def views(self) -> tuple[list[torch.Tensor], torch.Tensor]:
         "Its values per scale and its validity, for the model: a window neither skipped nor sent yet."
-        if self.xs is None or self.valid is None: raise RuntimeError(f"window ({self.y}, {self.x}) of {self.scene.key} has no values: skipped or sent")
+        if self.xs is None or self.valid is None:
+            raise RuntimeError(f'window ({self.y}, {self.x}) of {self.scene.key} has no values: skipped or sent')
         return self.xs, self.valid
 
 # %% ../nbs/11_predict.ipynb #9c1473fa
-def cut_window(s:Scene, # the scene
-               y:int, # scene row of the window's top-left pixel
-               x:int, # its column
-               rows:RowCache, # the scene's rows the window needs
-               plan:WindowPlan, # window size and scales
-              ) -> WindowJob:
+def cut_window(
+    s: Scene,  # the scene
+    y: int,  # scene row of the window's top-left pixel
+    x: int,  # its column
+    rows: RowCache,  # the scene's rows the window needs
+    plan: WindowPlan,  # window size and scales
+) -> WindowJob:
     "The window of `s` at `(y, x)`: views of `rows` for every scale, or `skip` if it is all nodata."
     it = WindowJob(s, y, x, y == s.ys[-1] and x == s.xs[-1], x == s.xs[-1])
     it.skip = rows.empty(y, x, plan.size)
-    if not it.skip: it.xs, it.valid = [rows.window(y - o, x - o, plan.size + 2 * o) for o in plan.offsets], rows.valid(y, x, plan.size)
+    if not it.skip:
+        it.xs, it.valid = (
+            [rows.window(y - o, x - o, plan.size + 2 * o) for o in plan.offsets],
+            rows.valid(y, x, plan.size),
+        )
     return it
 
 # %% ../nbs/11_predict.ipynb #993ec9f4
-def forward_scales(predictor:Predictor, # model, TTA, temperature
-                   xs:list[torch.Tensor], # per scale (largest first): normalised (N, C, T*f, T*f) windows with their context
-                   plan:WindowPlan, # window size and scales
-                  ) -> tuple[torch.Tensor, torch.Tensor|int]:
+def forward_scales(
+    predictor: Predictor,  # model, TTA, temperature
+    xs: list[torch.Tensor],  # per scale (largest first): normalised (N, C, T*f, T*f) windows with their context
+    plan: WindowPlan,  # window size and scales
+) -> tuple[torch.Tensor, torch.Tensor | int]:
     "Probabilities (N, T, T), the highest over the scales, and the scale code that gave each (an int when there is one scale)."
     T = plan.size
-    def at(x, f): # probabilities at scale 1/f, cropped to the window
+
+    def at(x, f):  # probabilities at scale 1/f, cropped to the window
         o = (T * f - T) // 2
-        if f > 1: x = F.avg_pool2d(x, f)
+        if f > 1:
+            x = F.avg_pool2d(x, f)
         p = predictor(x)
-        return F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o:o + T, o:o + T] if f > 1 else p
+        return (
+            F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o : o + T, o : o + T]
+            if f > 1
+            else p
+        )
+
     (x0, *rest), (f0, *fs) = xs, plan.codes
     best = at(x0, f0)
-    if len(plan.codes) == 1: return best, f0
+    if len(plan.codes) == 1:
+        return best, f0
     code = torch.full_like(best, f0, dtype=torch.uint8)
     for x, f in zip(rest, fs):
         p = at(x, f)
@@ -613,196 +836,293 @@ def forward_scales(predictor:Predictor, # model, TTA, temperature
     return best, code
 
 # %% ../nbs/11_predict.ipynb #a70a1506
-def forward_batch(predictor:Predictor, # model, TTA, temperature
-                  batch:list[WindowJob], # windows cut, some maybe skipped
-                  plan:WindowPlan, # window size and scales
-                 ):
+def forward_batch(
+    predictor: Predictor,  # model, TTA, temperature
+    batch: list[WindowJob],  # windows cut, some maybe skipped
+    plan: WindowPlan,  # window size and scales
+):
     "Enqueue the forward pass of a batch: `(windows sent, probabilities, scale codes, validity, flag of values outside [0, 1])`, or None if all were skipped."
     todo = [it for it in batch if not it.skip]
-    if not todo: return None
+    if not todo:
+        return None
     views = [it.views() for it in todo]
-    best, code = forward_scales(predictor, [torch.stack([xs[si] for xs, _ in views]) for si in range(len(plan.codes))], plan)
+    best, code = forward_scales(
+        predictor, [torch.stack([xs[si] for xs, _ in views]) for si in range(len(plan.codes))], plan
+    )
     vwin = torch.stack([v for _, v in views])
-    for it in todo: it.xs = it.valid = None # the rows they are views of can go
+    for it in todo:
+        it.xs = it.valid = None  # the rows they are views of can go
     bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
     cuda = predictor.device.type == 'cuda'
-    flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda) # read once the batch has run
+    flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(
+        bad, non_blocking=cuda
+    )  # read once the batch has run
     return todo, best, code, vwin, flag
 
 # %% ../nbs/11_predict.ipynb #0da9233f
 class Merger:
     "Windows' probabilities into each scene's `MergeBuffer`; finished strips `(scene, strip, summary or None)` out."
-    state: dict[int, tuple[MergeBuffer, dict]] # id(scene) -> its buffer and summary, for the scenes being merged
-    def __init__(self, plan:WindowPlan, # windows and scales
-                 cfg:InferenceConfig, # merge (max or blend), blend window, threshold
-                 device:torch.device, # where the buffers live
-                ):
+
+    state: dict[int, tuple[MergeBuffer, dict]]  # id(scene) -> its buffer and summary, for the scenes being merged
+
+    def __init__(
+        self,
+        plan: WindowPlan,  # windows and scales
+        cfg: InferenceConfig,  # merge (max or blend), blend window, threshold
+        device: torch.device,  # where the buffers live
+    ):
         assert cfg.threshold is not None, 'resolve the config first (Bundle.resolve)'
         self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {}
         blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
-        self.blend = None if blend is None else torch.as_tensor(blend, device=device) # on the device once, not once per scene
+        self.blend = (
+            None if blend is None else torch.as_tensor(blend, device=device)
+        )  # on the device once, not once per scene
 
-    def add(self, it:WindowJob, # the window
-            p=None, # its (T, T) probabilities; None when skipped
-            code=None, # the scale that gave them: (T, T), or one int
-            valid=None, # its (T, T) validity
-           ) -> tuple|None:
+    def add(
+        self,
+        it: WindowJob,  # the window
+        p=None,  # its (T, T) probabilities; None when skipped
+        code=None,  # the scale that gave them: (T, T), or one int
+        valid=None,  # its (T, T) validity
+    ) -> tuple | None:
         "Merge window `it` (probabilities `p`, scale `code`, validity; nothing if skipped); a finished strip when its row is complete."
         s, T = it.scene, self.plan.size
         if id(s) not in self.state:
             codes = self.plan.codes
-            self.state[id(s)] = (MergeBuffer(min(T, s.height), s.width, self.blend, self.device, codes[0] if len(codes) == 1 else None),
-                                 dict(key=s.key, scene=str(s.path), windows=s.windows, skipped_windows=0, t0=time.time()))
+            self.state[id(s)] = (
+                MergeBuffer(min(T, s.height), s.width, self.blend, self.device, codes[0] if len(codes) == 1 else None),
+                dict(key=s.key, scene=str(s.path), windows=s.windows, skipped_windows=0, t0=time.time()),
+            )
         band, info = self.state[id(s)]
         h, wd = min(T, s.height - it.y), min(T, s.width - it.x)
-        if it.skip: info['skipped_windows'] += 1
-        else: band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
-        if not it.row_last: return None
+        if it.skip:
+            info['skipped_windows'] += 1
+        else:
+            band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
+        if not it.row_last:
+            return None
         strip, end = band.pop(s.row_end[it.y] - band.top, self.threshold), None
         if it.last:
             info['seconds'] = round(time.time() - info.pop('t0'), 3)
-            end = info; del self.state[id(s)]
+            end = info
+            del self.state[id(s)]
         return s, strip, end
 
-    def add_batch(self, batch:list[WindowJob], # the windows of the batch, in order
-                  out, # what `forward_batch` returned for it
-                 ) -> list[tuple]:
+    def add_batch(
+        self,
+        batch: list[WindowJob],  # the windows of the batch, in order
+        out,  # what `forward_batch` returned for it
+    ) -> list[tuple]:
         "Merge a batch as `forward_batch` returned it (once it has run); the finished strips."
         k = {}
         if out is not None:
             todo, best, code, vwin, flag = out
-            if flag.item(): raise RtsSegError(f"probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken")
+            if flag.item():
+                raise RtsSegError(
+                    f'probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken'
+                )
             k = {id(it): i for i, it in enumerate(todo)}
         strips = []
         for it in batch:
             i = k.get(id(it))
-            r = self.add(it) if i is None else self.add(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
-            if r is not None: strips.append(r)
+            r = (
+                self.add(it)
+                if i is None
+                else self.add(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
+            )
+            if r is not None:
+                strips.append(r)
         return strips
 
 # %% ../nbs/11_predict.ipynb #acd59e2b
 class SceneOutputs:
     "A writer thread appending strips per scene, and threads finishing scenes' COGs; results in the order of the scenes."
-    jobs: queue.Queue; finished: queue.Queue; results: list[tuple[int, dict]]; errors: list[BaseException]
-    def __init__(self, workers:int, # finishing threads
-                 order:dict, # id(scene) -> its position, for the order of the results
-                 on_done=None, # called with each scene's summary once its COGs are final (from a finishing thread)
-                 clock:_Clock|None=None, # stage timings
-                ):
+
+    jobs: queue.Queue
+    finished: queue.Queue
+    results: list[tuple[int, dict]]
+    errors: list[BaseException]
+
+    def __init__(
+        self,
+        workers: int,  # finishing threads
+        order: dict,  # id(scene) -> its position, for the order of the results
+        on_done=None,  # called with each scene's summary once its COGs are final (from a finishing thread)
+        clock: _Clock | None = None,  # stage timings
+    ):
         self.order, self.on_done, self.clock, self.n = order, on_done, _Clock() if clock is None else clock, workers
         self.jobs, self.finished = queue.Queue(maxsize=8), queue.Queue(maxsize=2 * workers)
         self.results, self.errors = [], []
         self.threads = [threading.Thread(target=f, daemon=True) for f in (self._write, *[self._finish] * workers)]
-        for t in self.threads: t.start()
+        for t in self.threads:
+            t.start()
 
     def _write(self):
-        ws = {} # id(scene) -> SceneWriter, for the scenes being written
+        ws = {}  # id(scene) -> SceneWriter, for the scenes being written
         while (job := self.jobs.get()) is not None:
             s, strip, end = job
             if self.errors:
-                if id(s) in ws: ws.pop(id(s)).abort()
+                if id(s) in ws:
+                    ws.pop(id(s)).abort()
                 continue
             try:
-                if id(s) not in ws: ws[id(s)] = SceneWriter(s.out_stem, s.profile)
-                with self.clock('write', cpu=True): ws[id(s)].write(*strip, final=end is not None)
-                if end: self.finished.put((ws.pop(id(s)), s, end))
+                if id(s) not in ws:
+                    ws[id(s)] = SceneWriter(s.out_stem, s.profile)
+                with self.clock('write', cpu=True):
+                    ws[id(s)].write(*strip, final=end is not None)
+                if end:
+                    self.finished.put((ws.pop(id(s)), s, end))
             except BaseException as e:
                 self.errors.append(e)
-                if id(s) in ws: ws.pop(id(s)).abort()
-        for w in ws.values(): w.abort() # scenes left unfinished
-        for _ in range(self.n): self.finished.put(None)
+                if id(s) in ws:
+                    ws.pop(id(s)).abort()
+        for w in ws.values():
+            w.abort()  # scenes left unfinished
+        for _ in range(self.n):
+            self.finished.put(None)
 
     def _finish(self):
         while (job := self.finished.get()) is not None:
             w, s, info = job
-            if self.errors: w.abort(); continue
+            if self.errors:
+                w.abort()
+                continue
             try:
-                with self.clock('cog'): cogs = w.close()
-                res = dict(info, **{k: str(v) for k, v in cogs.items()}, slump_pixels=w.slump_pixels,
-                           valid_pixels=w.valid_pixels, pixel_area_m2=s.res[0] * s.res[1])
+                with self.clock('cog'):
+                    cogs = w.close()
+                res = dict(
+                    info,
+                    **{k: str(v) for k, v in cogs.items()},
+                    slump_pixels=w.slump_pixels,
+                    valid_pixels=w.valid_pixels,
+                    pixel_area_m2=s.res[0] * s.res[1],
+                )
                 if self.on_done:
-                    with self.clock('on_done'): self.on_done(res)
+                    with self.clock('on_done'):
+                        self.on_done(res)
                 self.results.append((self.order[id(s)], res))
-            except BaseException as e: self.errors.append(e)
+            except BaseException as e:
+                self.errors.append(e)
 
-    def put(self, strips:list[tuple]):
+    def put(self, strips: list[tuple]):
         "Hand finished strips to the writer, raising the first error of the threads."
         for job in strips:
-            if self.errors: raise self.errors[0]
+            if self.errors:
+                raise self.errors[0]
             self.jobs.put(job)
-        if self.errors: raise self.errors[0]
+        if self.errors:
+            raise self.errors[0]
 
     def close(self):
         "Let the threads finish what they were given, and stop them."
         self.jobs.put(None)
-        for t in self.threads: t.join()
+        for t in self.threads:
+            t.join()
 
     def summaries(self) -> list[dict]:
         "The scenes' summaries in their order, or the first error of the threads."
-        if self.errors: raise self.errors[0]
+        if self.errors:
+            raise self.errors[0]
         return [r for _, r in sorted(self.results, key=lambda r: r[0])]
 
 # %% ../nbs/11_predict.ipynb #d97c022e
 @torch.no_grad()
-def predict_scenes(predictor:Predictor, # model, device, precision, TTA and normalisation
-                   scenes:list[Scene], # what to predict, in order
-                   cfg:InferenceConfig|None=None, # windows, scales, merge, batch size, threshold
-                   on_done=None, # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
-                   timings:dict|None=None, # if given, filled with the seconds spent per stage (profiling)
-                  ) -> list[dict]:
+def predict_scenes(
+    predictor: Predictor,  # model, device, precision, TTA and normalisation
+    scenes: list[Scene],  # what to predict, in order
+    cfg: InferenceConfig | None = None,  # windows, scales, merge, batch size, threshold
+    on_done=None,  # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
+    timings: dict | None = None,  # if given, filled with the seconds spent per stage (profiling)
+) -> list[dict]:
     "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
-    t_start, cfg = time.perf_counter(), predictor.bundle.resolve(cfg or InferenceConfig()) # what the config leaves open: the model's
+    t_start, cfg = (
+        time.perf_counter(),
+        predictor.bundle.resolve(cfg or InferenceConfig()),
+    )  # what the config leaves open: the model's
     plan, clock, cuda = WindowPlan.from_config(cfg), _Clock(), predictor.device.type == 'cuda'
     merger = Merger(plan, cfg, predictor.device)
     outputs = SceneOutputs(cfg.workers, {id(s): i for i, s in enumerate(scenes)}, on_done, clock)
     reader, batch, pending = StripReader(scenes, predictor, cfg, plan, clock), [], None
+
     def finish(batch, out, event):
         "Merge a batch once its flag has arrived (the next batch is already running); hand finished strips to the writer."
         if event is not None:
-            with clock('wait_device'): event.synchronize()
-        with clock('merge'): strips = merger.add_batch(batch, out)
-        with clock('wait_writer'): outputs.put(strips)
+            with clock('wait_device'):
+                event.synchronize()
+        with clock('merge'):
+            strips = merger.add_batch(batch, out)
+        with clock('wait_writer'):
+            outputs.put(strips)
+
     def run(batch):
         "Queue `batch` on the device, then merge the previous one."
         nonlocal pending
-        with clock('forward'): out = forward_batch(predictor, batch, plan)
+        with clock('forward'):
+            out = forward_batch(predictor, batch, plan)
         ev = None
-        if cuda: ev = torch.cuda.Event(); ev.record()
-        if pending: finish(*pending)
+        if cuda:
+            ev = torch.cuda.Event()
+            ev.record()
+        if pending:
+            finish(*pending)
         pending = (batch, out, ev)
+
     try:
-        for s, y, rows in reader: # each row of windows, with the rows it needs on the device
+        for s, y, rows in reader:  # each row of windows, with the rows it needs on the device
             for x in s.xs:
-                with clock('cut'): batch.append(cut_window(s, y, x, rows, plan))
-                if len(batch) == cfg.batch_size: run(batch); batch = []
-        if batch: run(batch)
-        if pending: finish(*pending)
+                with clock('cut'):
+                    batch.append(cut_window(s, y, x, rows, plan))
+                if len(batch) == cfg.batch_size:
+                    run(batch)
+                    batch = []
+        if batch:
+            run(batch)
+        if pending:
+            finish(*pending)
         clock['main'] = time.perf_counter() - t_start
     finally:
-        reader.close(); outputs.close()
+        reader.close()
+        outputs.close()
         clock['wall'] = time.perf_counter() - t_start
-        if timings is not None: timings.update(clock, windows=sum(s.windows for s in scenes))
+        if timings is not None:
+            timings.update(clock, windows=sum(s.windows for s in scenes))
     return outputs.summaries()
 
 # %% ../nbs/11_predict.ipynb #064be160
-def predict_scene(model:str|Path|Predictor, # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
-                  scene:str|Path, # GeoTIFF with the model's bands (RGB, and its aux bands unless `extra` holds them)
-                  out_dir:str|Path, # where the outputs go
-                  extra:str|Path|None=None, # aux bands on the scene's grid, for a model trained with `data.extra_channels`
-                  cfg:InferenceConfig|None=None, # the `inference` section; keyword arguments override it
-                  **kwargs, # any `InferenceConfig` field, e.g. tile_size=256, tta='full'
-                 ) -> dict:
+def predict_scene(
+    model: str | Path | Predictor,  # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
+    scene: str | Path,  # GeoTIFF with the model's bands (RGB, and its aux bands unless `extra` holds them)
+    out_dir: str | Path,  # where the outputs go
+    extra: str | Path | None = None,  # aux bands on the scene's grid, for a model trained with `data.extra_channels`
+    cfg: InferenceConfig | None = None,  # the `inference` section; keyword arguments override it
+    **kwargs,  # any `InferenceConfig` field, e.g. tile_size=256, tta='full'
+) -> dict:
     "Predict slump probability over a whole scene; write `{scene}_prob.tif`, `_mask.tif` and `_scale.tif` COGs."
     cfg = (cfg or InferenceConfig()).model_copy(update=kwargs)
-    cfg = InferenceConfig(**cfg.model_dump()) # validate the overrides
-    if not isinstance(model, Predictor): model = Predictor.from_config(model, cfg)
+    cfg = InferenceConfig(**cfg.model_dump())  # validate the overrides
+    if not isinstance(model, Predictor):
+        model = Predictor.from_config(model, cfg)
     cfg = model.bundle.resolve(cfg)
     for f in (scene, extra):
-        if f is not None and not Path(f).is_file(): raise RtsSegError(f"scene not found: {f}")
+        if f is not None and not Path(f).is_file():
+            raise RtsSegError(f'scene not found: {f}')
     scene = Path(scene)
-    res = predict_scenes(model, [Scene(str(scene), Path(out_dir)/scene.stem, extra=None if extra is None else str(extra))], cfg)[0]
-    res.update(model=model.checkpoint, normalization_hash=model.normalization_hash,
-               tile_size=cfg.tile_size, stride=cfg.stride, scales=cfg.scales, tta=cfg.tta, merge=cfg.merge,
-               threshold=cfg.threshold, temperature=model.temperature)
-    print(f"{scene.name}: {res['windows']} windows ({res['skipped_windows']} all nodata), {res['slump_pixels']} slump pixels -> {res['prob']}", flush=True)
+    res = predict_scenes(
+        model, [Scene(str(scene), Path(out_dir) / scene.stem, extra=None if extra is None else str(extra))], cfg
+    )[0]
+    res.update(
+        model=model.checkpoint,
+        normalization_hash=model.normalization_hash,
+        tile_size=cfg.tile_size,
+        stride=cfg.stride,
+        scales=cfg.scales,
+        tta=cfg.tta,
+        merge=cfg.merge,
+        threshold=cfg.threshold,
+        temperature=model.temperature,
+    )
+    print(
+        f'{scene.name}: {res["windows"]} windows ({res["skipped_windows"]} all nodata), {res["slump_pixels"]} slump pixels -> {res["prob"]}',
+        flush=True,
+    )
     return res

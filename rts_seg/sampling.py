@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/sampling.html.md"""
 
 # %% ../nbs/04b_sampling.ipynb #2acd28e7
 from __future__ import annotations
-import rts_seg.core # first: it silences a torch deprecation warning raised by fastai's imports
+import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 
 import numpy as np
 from fastai.callback.core import Callback
@@ -19,83 +19,116 @@ from .core import RtsSegError
 __all__ = ['SPEC_CURRICULUM', 'curriculum_ratio', 'epoch_batches', 'AsyncToDevice', 'BalancedDL', 'ShardDL', 'SamplerEpoch']
 
 # %% ../nbs/04b_sampling.ipynb #6b12b022
-SPEC_CURRICULUM = [(10, 1.), (30, 5.), (50, 10.), (100, 15.), (120, 20.)] # (1-based epoch, negatives per positive)
+SPEC_CURRICULUM = [
+    (10, 1.0),
+    (30, 5.0),
+    (50, 10.0),
+    (100, 15.0),
+    (120, 20.0),
+]  # (1-based epoch, negatives per positive)
 
-def curriculum_ratio(curriculum:list[tuple[int, float]], # (epoch, negatives per positive) breakpoints
-                     epoch:int, # 1-based epoch
-                    ) -> float:
+
+def curriculum_ratio(
+    curriculum: list[tuple[int, float]],  # (epoch, negatives per positive) breakpoints
+    epoch: int,  # 1-based epoch
+) -> float:
     "Negatives per positive at `epoch`, interpolated linearly between breakpoints."
     xs, ys = zip(*sorted(curriculum))
     return float(np.interp(epoch, xs, ys))
 
 # %% ../nbs/04b_sampling.ipynb #e882c2d1
-def epoch_batches(positive:np.ndarray, # bool per tile: holds a slump
-                  bs:int, # tiles per batch
-                  n_batches:int, # batches in the epoch (over all ranks)
-                  fraction:float|None, # share of positive tiles; None: plain shuffling, whatever the classes
-                  seed:int, # same seed and epoch, same batches
-                  epoch:int, # 0-based epoch
-                 ) -> np.ndarray:
+def epoch_batches(
+    positive: np.ndarray,  # bool per tile: holds a slump
+    bs: int,  # tiles per batch
+    n_batches: int,  # batches in the epoch (over all ranks)
+    fraction: float | None,  # share of positive tiles; None: plain shuffling, whatever the classes
+    seed: int,  # same seed and epoch, same batches
+    epoch: int,  # 0-based epoch
+) -> np.ndarray:
     "(n_batches, bs) tile indices with `fraction` positives spread evenly over the batches."
     rng = np.random.default_rng([seed, epoch])
     total = n_batches * bs
-    def draw(idx, n): # every tile once before any tile twice
+
+    def draw(idx, n):  # every tile once before any tile twice
         reps = -(-n // len(idx)) if n else 0
         return np.concatenate([rng.permutation(idx) for _ in range(reps)])[:n] if n else np.empty(0, int)
-    if fraction is None: return draw(np.arange(len(positive)), total).reshape(n_batches, bs)
+
+    if fraction is None:
+        return draw(np.arange(len(positive)), total).reshape(n_batches, bs)
     pos, neg = np.flatnonzero(positive), np.flatnonzero(~np.asarray(positive, bool))
     n_pos = int(round(total * fraction)) if len(neg) else total
-    if not len(pos): n_pos = 0
+    if not len(pos):
+        n_pos = 0
     p, q = draw(pos, n_pos), draw(neg, total - n_pos)
-    per = np.diff(np.linspace(0, n_pos, n_batches + 1).round().astype(int)) # positives per batch
+    per = np.diff(np.linspace(0, n_pos, n_batches + 1).round().astype(int))  # positives per batch
     out, i, j = np.empty((n_batches, bs), int), 0, 0
     for b, k in enumerate(per):
-        out[b] = rng.permutation(np.concatenate([p[i:i + k], q[j:j + bs - k]]))
+        out[b] = rng.permutation(np.concatenate([p[i : i + k], q[j : j + bs - k]]))
         i, j = i + k, j + bs - k
     return out
 
 # %% ../nbs/04b_sampling.ipynb #0652465c
 class AsyncToDevice:
     "Loader mixin: copy batches to the device without blocking the host (from pinned memory)."
+
     target = None
-    def to(self, device): # fastai's DataLoader.to would copy synchronously in __iter__: keep `device` None, copy in after_batch
+
+    def to(
+        self, device
+    ):  # fastai's DataLoader.to would copy synchronously in __iter__: keep `device` None, copy in after_batch
         self.target = device
         return self
+
     def after_batch(self, b):
         return b if self.target is None else to_device(b, self.target, non_blocking=bool(self.pin_memory))
-
 
 # %% ../nbs/04b_sampling.ipynb #8b81fc22
 class BalancedDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` whose batches hold a set share of positive tiles, following a curriculum per epoch."
-    def __init__(self, dataset, # a map-style dataset
-                 positive, # bool per tile of `dataset`: holds a slump
-                 bs:int=32, # tiles per batch
-                 positive_fraction:float|None=0.5, # share of positives per batch (without a curriculum)
-                 curriculum:list[tuple[int, float]]|None=None, # (epoch, negatives per positive) breakpoints
-                 seed:int=42, # same seed and epoch, same batches
-                 n_batches:int|None=None, # batches per epoch over all ranks (rounded up to a multiple of world_size); default one pass's worth of tiles
-                 rank:int|None=None, # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
-                 world_size:int|None=None, # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
-                 keyed:bool=False, # items are (index, augmentation seed) pairs instead of plain indices
-                 **kwargs, # more fastai DataLoader arguments (num_workers, device, ...)
-                ):
+
+    def __init__(
+        self,
+        dataset,  # a map-style dataset
+        positive,  # bool per tile of `dataset`: holds a slump
+        bs: int = 32,  # tiles per batch
+        positive_fraction: float | None = 0.5,  # share of positives per batch (without a curriculum)
+        curriculum: list[tuple[int, float]] | None = None,  # (epoch, negatives per positive) breakpoints
+        seed: int = 42,  # same seed and epoch, same batches
+        n_batches: int | None = None,  # batches per epoch, all ranks (a multiple of world_size); None: one pass
+        rank: int | None = None,  # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
+        world_size: int | None = None,  # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
+        keyed: bool = False,  # items are (index, augmentation seed) pairs instead of plain indices
+        **kwargs,  # more fastai DataLoader arguments (num_workers, device, ...)
+    ):
         self.positive = np.asarray(positive, bool)
-        self.rank, self.world_size = rank_distrib() if rank is None else rank, (num_distrib() or 1) if world_size is None else world_size
+        self.rank, self.world_size = (
+            rank_distrib() if rank is None else rank,
+            (num_distrib() or 1) if world_size is None else world_size,
+        )
         n = n_batches or len(dataset) // bs
-        self.n_batches = max(-(-n // self.world_size), 1) * self.world_size # as many batches on every rank: DDP steps together
-        self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = positive_fraction, curriculum, seed, 0, keyed
+        self.n_batches = (
+            max(-(-n // self.world_size), 1) * self.world_size
+        )  # as many batches on every rank: DDP steps together
+        self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = (
+            positive_fraction,
+            curriculum,
+            seed,
+            0,
+            keyed,
+        )
         self.per_rank, self.skip = len(range(self.rank, self.n_batches, self.world_size)), 0
         super().__init__(dataset, bs=bs, shuffle=False, drop_last=True, n=self.per_rank * bs, **kwargs)
 
-    def fraction(self, epoch:int) -> float|None:
+    def fraction(self, epoch: int) -> float | None:
         "Share of positive tiles in the batches of 0-based `epoch` (None: plain shuffling)."
-        if self.curriculum: return 1 / (1 + curriculum_ratio(self.curriculum, epoch + 1))
+        if self.curriculum:
+            return 1 / (1 + curriculum_ratio(self.curriculum, epoch + 1))
         return self.positive_fraction
 
-    def set_epoch(self, epoch:int): self.epoch = epoch
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
 
-    def skip_batches(self, k:int):
+    def skip_batches(self, k: int):
         "Start the next pass after this rank's first `k` batches (to resume in the middle of an epoch)."
         self.skip = k
         self.n = (self.per_rank - k) * self.bs
@@ -104,31 +137,46 @@ class BalancedDL(AsyncToDevice, DataLoader):
         b = epoch_batches(self.positive, self.bs, self.n_batches, self.fraction(self.epoch), self.seed, self.epoch)
         # one augmentation seed per position of the epoch: the same on resume, whatever the workers or ranks
         seeds = np.random.default_rng([self.seed, self.epoch, 1]).integers(2**31, size=b.shape)
-        self.epoch += 1 # without `SamplerEpoch`, each pass over the loader is the next epoch
-        b, seeds = b[self.rank::self.world_size][self.skip:], seeds[self.rank::self.world_size][self.skip:]
+        self.epoch += 1  # without `SamplerEpoch`, each pass over the loader is the next epoch
+        b, seeds = b[self.rank :: self.world_size][self.skip :], seeds[self.rank :: self.world_size][self.skip :]
         return list(zip(b.reshape(-1).tolist(), seeds.reshape(-1).tolist())) if self.keyed else b.reshape(-1).tolist()
-
 
 # %% ../nbs/04b_sampling.ipynb #a5946c64
 class ShardDL(AsyncToDevice, DataLoader):
     "A fastai `DataLoader` over every item once, in order, rank `r` of `n` taking items r, r+n, ... (for validation)."
-    def __init__(self, dataset, # a map-style dataset
-                 rank:int|None=None, # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
-                 world_size:int|None=None, # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
-                 **kwargs): # passed to fastai's `DataLoader` (bs, num_workers, ...)
-        self.rank, self.world_size = rank_distrib() if rank is None else rank, (num_distrib() or 1) if world_size is None else world_size
-        if 1 < self.world_size and len(dataset) < self.world_size: # a rank without items would skip the collectives of validation: a hang
-            raise RtsSegError(f"validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs "
-                              "at least one: move a region to the validation split (splits.yaml) or run fewer processes")
-        super().__init__(dataset, shuffle=False, drop_last=False, n=len(range(self.rank, len(dataset), self.world_size)), **kwargs)
-    def get_idxs(self): return list(range(self.rank, len(self.dataset), self.world_size))
 
+    def __init__(
+        self,
+        dataset,  # a map-style dataset
+        rank: int | None = None,  # this process's rank; None: the launcher's (fastai's `rank_distrib`, $RANK), else 0
+        world_size: int | None = None,  # number of processes; None: the launcher's (`num_distrib`, $WORLD_SIZE), else 1
+        **kwargs,
+    ):  # passed to fastai's `DataLoader` (bs, num_workers, ...)
+        self.rank, self.world_size = (
+            rank_distrib() if rank is None else rank,
+            (num_distrib() or 1) if world_size is None else world_size,
+        )
+        if (
+            1 < self.world_size and len(dataset) < self.world_size
+        ):  # a rank without items would skip the collectives of validation: a hang
+            raise RtsSegError(
+                f'validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs '
+                'at least one: move a region to the validation split (splits.yaml) or run fewer processes'
+            )
+        super().__init__(
+            dataset, shuffle=False, drop_last=False, n=len(range(self.rank, len(dataset), self.world_size)), **kwargs
+        )
+
+    def get_idxs(self):
+        return list(range(self.rank, len(self.dataset), self.world_size))
 
 # %% ../nbs/04b_sampling.ipynb #2b32e3b2
 class SamplerEpoch(Callback):
     "Tell the training loader which epoch begins, so that the curriculum follows the Learner's epochs exactly."
+
     order = 0
+
     def before_epoch(self):
         dl = self.learn.dls.train
-        if hasattr(dl, 'set_epoch'): dl.set_epoch(self.epoch)
-
+        if hasattr(dl, 'set_epoch'):
+            dl.set_epoch(self.epoch)

@@ -8,7 +8,7 @@ Docs: https://rts-seg.github.io/rts_seg/serve.html.md"""
 __all__ = ['BodyLimit', 'feature_collection', 'create_app', 'serve']
 
 # %% ../nbs/11d_serve.ipynb #961033a7
-import rts_seg.core # first: it silences a torch deprecation warning
+import rts_seg.core  # first: it silences a torch deprecation warning
 import base64, hashlib, importlib, json, math, re, shutil, tempfile, threading, time
 from pathlib import Path
 
@@ -24,49 +24,76 @@ from .predict import Predictor, Scene, WindowPlan, predict_scenes
 from .vectorize import FIELDS, vectorize
 
 # %% ../nbs/11d_serve.ipynb #0f43e1db
-def _need(module:str):
+def _need(module: str):
     "Import a package of the `serve` extra, or say how to install it."
-    try: return importlib.import_module(module)
-    except ImportError: raise RtsSegError(f"{module} is not installed; rts-seg serve needs fastapi, uvicorn and python-multipart: "
-                                          'pip install "rts-seg[serve]" (or use the serve image)') from None
-
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise RtsSegError(
+            f'{module} is not installed; rts-seg serve needs fastapi, uvicorn and python-multipart: '
+            'pip install "rts-seg[serve]" (or use the serve image)'
+        ) from None
 
 # %% ../nbs/11d_serve.ipynb #80855f54
-class _TooLarge(Exception): pass
+class _TooLarge(Exception):
+    pass
 
-async def _send_detail(send, status:int, detail:str):
-    "Answer `{\"detail\": detail}` with `status`, and close the connection (the rest of the body is not read)."
+
+async def _send_detail(send, status: int, detail: str):
+    'Answer `{"detail": detail}` with `status`, and close the connection (the rest of the body is not read).'
     body = json.dumps({'detail': detail}).encode()
-    await send({'type': 'http.response.start', 'status': status, 'headers': [
-        (b'content-type', b'application/json'), (b'content-length', str(len(body)).encode()), (b'connection', b'close')]})
+    await send(
+        {
+            'type': 'http.response.start',
+            'status': status,
+            'headers': [
+                (b'content-type', b'application/json'),
+                (b'content-length', str(len(body)).encode()),
+                (b'connection', b'close'),
+            ],
+        }
+    )
     await send({'type': 'http.response.body', 'body': body})
+
 
 class BodyLimit:
     "ASGI middleware: a request body over `max_bytes` gets 413 and one line, before or while it is read."
-    def __init__(self, app, # the ASGI app it guards
-                 max_bytes:int, # largest request body
-                ): self.app, self.max_bytes = app, max_bytes
+
+    def __init__(
+        self,
+        app,  # the ASGI app it guards
+        max_bytes: int,  # largest request body
+    ):
+        self.app, self.max_bytes = app, max_bytes
 
     async def __call__(self, scope, receive, send):
-        if scope['type'] != 'http': return await self.app(scope, receive, send)
+        if scope['type'] != 'http':
+            return await self.app(scope, receive, send)
         msg = f"request body larger than this server's limit of {self.max_bytes / 2**20:g} MB (rts-seg serve --max-mb)"
         size = dict(scope['headers']).get(b'content-length', b'')
-        if size.isdigit() and int(size) > self.max_bytes: return await _send_detail(send, 413, msg)
+        if size.isdigit() and int(size) > self.max_bytes:
+            return await _send_detail(send, 413, msg)
         seen, started = 0, False
+
         async def counted():
             nonlocal seen
             m = await receive()
             if m['type'] == 'http.request':
                 seen += len(m.get('body', b''))
-                if seen > self.max_bytes: raise _TooLarge()
+                if seen > self.max_bytes:
+                    raise _TooLarge()
             return m
+
         async def watched(m):
             nonlocal started
             started = started or m['type'] == 'http.response.start'
             await send(m)
-        try: await self.app(scope, counted, watched)
+
+        try:
+            await self.app(scope, counted, watched)
         except _TooLarge:
-            if started: raise
+            if started:
+                raise
             await _send_detail(send, 413, msg)
 
 # %% ../nbs/11d_serve.ipynb #612b26b5
@@ -75,188 +102,305 @@ def _crs_name(crs) -> str:
     epsg = crs.to_epsg()
     return f'urn:ogc:def:crs:EPSG::{epsg}' if epsg else crs.to_wkt()
 
+
 def _jsonable(v):
-    if isinstance(v, float) and not math.isfinite(v): return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
     return v.item() if hasattr(v, 'item') else v
 
-def feature_collection(gpkg:str|Path, # a GeoPackage written by `rts_seg.vectorize.vectorize`
-                      ) -> dict:
+
+def feature_collection(
+    gpkg: str | Path,  # a GeoPackage written by `rts_seg.vectorize.vectorize`
+) -> dict:
     "Its polygons as a GeoJSON FeatureCollection in their CRS (named in `crs`), with the attribute table as properties."
     import pyogrio, pyogrio.raw
+
     meta, _, geoms, cols = pyogrio.raw.read(gpkg)
     names = list(meta['fields'])
-    feats = [dict(type='Feature', id=int(cols[names.index('rts_id')][i]), geometry=shapely.geometry.mapping(g),
-                  properties={f: _jsonable(cols[names.index(f)][i]) for f in FIELDS})
-             for i, g in enumerate(shapely.from_wkb(geoms))]
-    return dict(type='FeatureCollection', crs=dict(type='name', properties=dict(name=_crs_name(rasterio.crs.CRS.from_user_input(meta['crs'])))),
-                features=feats)
+    feats = [
+        dict(
+            type='Feature',
+            id=int(cols[names.index('rts_id')][i]),
+            geometry=shapely.geometry.mapping(g),
+            properties={f: _jsonable(cols[names.index(f)][i]) for f in FIELDS},
+        )
+        for i, g in enumerate(shapely.from_wkb(geoms))
+    ]
+    return dict(
+        type='FeatureCollection',
+        crs=dict(type='name', properties=dict(name=_crs_name(rasterio.crs.CRS.from_user_input(meta['crs'])))),
+        features=feats,
+    )
 
 # %% ../nbs/11d_serve.ipynb #d9383681
-def _stem(filename:str|None) -> str:
+def _stem(filename: str | None) -> str:
     "A safe file stem for an uploaded file's name: its polygons' `tile_ids`, as `rts-seg predict` names them after the scene."
     s = re.sub(r'[^A-Za-z0-9._-]', '_', Path(filename or '').name)
     s = s[:-4] if s.lower().endswith('.tif') else s[:-5] if s.lower().endswith('.tiff') else s
     return s.strip('._')[:100] or 'scene'
 
-def _first_line(e:Exception) -> str: return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
-def _unreadable(path:str|Path) -> str|None:
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _unreadable(path: str | Path) -> str | None:
     "Why the pixels of the GeoTIFF `path` cannot be read (a file cut short, a corrupt block), or None if they all can."
     try:
         with rasterio.open(path, driver='GTiff') as src:
-            for _, w in src.block_windows(1): src.read(window=w)
-    except rasterio.errors.RasterioIOError as e: return _first_line(e.__cause__ or e)
+            for _, w in src.block_windows(1):
+                src.read(window=w)
+    except rasterio.errors.RasterioIOError as e:
+        return _first_line(e.__cause__ or e)
     return None
 
-def _bands(s:str|None) -> list[int]|None:
+
+def _bands(s: str | None) -> list[int] | None:
     "`?bands=4,3,2` as a list (None when not given)."
-    if s is None or not s.strip(): return None
-    try: return [int(b) for b in s.split(',')]
-    except ValueError: raise RtsSegError(f"bands={s!r}: give 1-based band numbers separated by commas, e.g. bands=3,2,1") from None
+    if s is None or not s.strip():
+        return None
+    try:
+        return [int(b) for b in s.split(',')]
+    except ValueError:
+        raise RtsSegError(f'bands={s!r}: give 1-based band numbers separated by commas, e.g. bands=3,2,1') from None
 
 # %% ../nbs/11d_serve.ipynb #776f609c
-def create_app(model:str, # model bundle (best.pth) or export (.onnx, .pt): a local path or a URI (gs://...)
-               device:str='auto', # auto, cpu, cuda or cuda:N
-               max_mb:float=512, # largest request body (and remote scene) in MiB; larger ones get 413
-               cfg:InferenceConfig|None=None, # the `inference` section; what it leaves open comes from the bundle
-               max_px:int=2**28, # largest scene in pixels (height x width); larger ones get 413
-               schemes:tuple=('gs',), # URI schemes a `uri` may have
-               local_root:str|Path|None=None, # a folder whose files a `uri` may name; None: no local paths
-               cache:str|Path|None=None, # where a remote model is downloaded (`fetch_model`)
-              ):
+def create_app(
+    model: str,  # model bundle (best.pth) or export (.onnx, .pt): a local path or a URI (gs://...)
+    device: str = 'auto',  # auto, cpu, cuda or cuda:N
+    max_mb: float = 512,  # largest request body (and remote scene) in MiB; larger ones get 413
+    cfg: InferenceConfig | None = None,  # the `inference` section; what it leaves open comes from the bundle
+    max_px: int = 2**28,  # largest scene in pixels (height x width); larger ones get 413
+    schemes: tuple = ('gs',),  # URI schemes a `uri` may have
+    local_root: str | Path | None = None,  # a folder whose files a `uri` may name; None: no local paths
+    cache: str | Path | None = None,  # where a remote model is downloaded (`fetch_model`)
+):
     "A FastAPI app that serves `model`: `GET /health` and `POST /predict` (a GeoTIFF in, GeoJSON polygons out)."
     # no `from __future__ import annotations` in this module: FastAPI reads the endpoints' annotations (Request) at run time
-    fastapi = _need('fastapi'); _need('multipart')
+    fastapi = _need('fastapi')
+    _need('multipart')
     from fastapi import HTTPException, Request
     from fastapi.concurrency import run_in_threadpool
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from starlette.datastructures import UploadFile
-    if not model: raise RtsSegError("no model: give --model PATH_OR_URI (a best.pth, .onnx or .pt) or set MODEL_PATH")
+
+    if not model:
+        raise RtsSegError('no model: give --model PATH_OR_URI (a best.pth, .onnx or .pt) or set MODEL_PATH')
     cfg = cfg or InferenceConfig()
-    if device != 'auto': cfg = cfg.model_copy(update=dict(device=device))
+    if device != 'auto':
+        cfg = cfg.model_copy(update=dict(device=device))
     path = fetch_model(model, cache)
     predictor = Predictor.from_config(path, cfg)
     bundle, cfg = predictor.bundle, predictor.bundle.resolve(cfg)
-    plan, min_area = WindowPlan.from_config(cfg), cfg.min_area_m2 # windows and polygons as the bundle resolved them
+    plan, min_area = WindowPlan.from_config(cfg), cfg.min_area_m2  # windows and polygons as the bundle resolved them
     assert min_area is not None, 'Bundle.resolve fills in min_area_m2'
     max_bytes, lock = int(max_mb * 2**20), threading.Lock()
     h = hashlib.sha256()
     with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(2**24), b''): h.update(chunk)
-    health = dict(status='ok', model=str(model), model_sha256=h.hexdigest()[:16], device=str(predictor.device), precision=predictor.precision,
-                  normalization_hash=bundle.normalization_hash, channels=[c['name'] for c in bundle.channels], tile_size=cfg.tile_size,
-                  threshold=cfg.threshold, min_area_m2=cfg.min_area_m2, max_mb=max_mb, rts_seg_version=__version__)
+        for chunk in iter(lambda: f.read(2**24), b''):
+            h.update(chunk)
+    health = dict(
+        status='ok',
+        model=str(model),
+        model_sha256=h.hexdigest()[:16],
+        device=str(predictor.device),
+        precision=predictor.precision,
+        normalization_hash=bundle.normalization_hash,
+        channels=[c['name'] for c in bundle.channels],
+        tile_size=cfg.tile_size,
+        threshold=cfg.threshold,
+        min_area_m2=cfg.min_area_m2,
+        max_mb=max_mb,
+        rts_seg_version=__version__,
+    )
 
     app = fastapi.FastAPI(title='rts_seg', version=__version__, summary='Retrogressive thaw slumps mapped in a GeoTIFF')
     app.add_middleware(BodyLimit, max_bytes=max_bytes)
     app.state.predictor, app.state.cfg, app.state.health = predictor, cfg, health
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc): # one line, not FastAPI's list of errors
+    async def _invalid(request, exc):  # one line, not FastAPI's list of errors
         e = exc.errors()[0]
-        return JSONResponse({'detail': f"{'.'.join(map(str, e['loc']))}: {e['msg']}"}, status_code=422)
+        return JSONResponse({'detail': f'{".".join(map(str, e["loc"]))}: {e["msg"]}'}, status_code=422)
 
     @app.exception_handler(RtsSegError)
-    async def _failed(request, exc): # the server's own trouble (a broken checkpoint): one line, no traceback to the client
+    async def _failed(
+        request, exc
+    ):  # the server's own trouble (a broken checkpoint): one line, no traceback to the client
         return JSONResponse({'detail': str(exc)}, status_code=500)
 
     @app.get('/health')
-    async def _health() -> dict: # async: answered on the event loop even while every worker thread waits for the model
+    async def _health() -> dict:  # async: answered on the event loop even while every worker thread waits for the model
         "The model served and how it is applied."
         return health
 
-    def scene_from_uri(uri:str, tmp:Path) -> tuple[Path, str]:
+    def scene_from_uri(uri: str, tmp: Path) -> tuple[Path, str]:
         "A local path of the scene `uri` names (downloaded into `tmp`), and its stem."
         if is_remote(uri):
             scheme = uri.split('://')[0].lower()
-            if scheme not in schemes: raise HTTPException(400, f"{uri}: this server reads {', '.join(f'{s}://' for s in schemes)} URIs only")
+            if scheme not in schemes:
+                raise HTTPException(400, f'{uri}: this server reads {", ".join(f"{s}://" for s in schemes)} URIs only')
             fs, p = get_fs(uri)
-            try: info = retry(lambda: fs.info(p), uri)
-            except RtsSegError as e: raise HTTPException(422, str(e)) from None
-            if info.get('type') != 'file': raise HTTPException(422, f"{uri} is not a file")
+            try:
+                info = retry(lambda: fs.info(p), uri)
+            except RtsSegError as e:
+                raise HTTPException(422, str(e)) from None
+            if info.get('type') != 'file':
+                raise HTTPException(422, f'{uri} is not a file')
             size = info.get('size') or 0
-            if size > max_bytes: raise HTTPException(413, f"{uri} is {size / 2**20:.1f} MB; this server takes scenes up to {max_mb:g} MB")
-            dst = tmp/f'{_stem(p)}.tif'
-            try: retry(lambda: fs.get_file(p, str(dst)), uri)
-            except RtsSegError as e: raise HTTPException(422, str(e)) from None
+            if size > max_bytes:
+                raise HTTPException(
+                    413, f'{uri} is {size / 2**20:.1f} MB; this server takes scenes up to {max_mb:g} MB'
+                )
+            dst = tmp / f'{_stem(p)}.tif'
+            try:
+                retry(lambda: fs.get_file(p, str(dst)), uri)
+            except RtsSegError as e:
+                raise HTTPException(422, str(e)) from None
             return dst, _stem(p)
         if local_root is None:
-            raise HTTPException(403, f"{uri}: this server reads no local paths; upload the file (multipart field `file`) or give a {schemes[0]}:// URI")
+            raise HTTPException(
+                403,
+                f'{uri}: this server reads no local paths; upload the file (multipart field `file`) or give a {schemes[0]}:// URI',
+            )
         p, top = Path(uri.removeprefix('file://')).resolve(), Path(local_root).resolve()
-        if not p.is_relative_to(top): raise HTTPException(403, f"{uri} is outside the folder this server reads ({top})")
-        if not p.is_file(): raise HTTPException(422, f"{uri} not found")
+        if not p.is_relative_to(top):
+            raise HTTPException(403, f'{uri} is outside the folder this server reads ({top})')
+        if not p.is_file():
+            raise HTTPException(422, f'{uri} not found')
         return p, _stem(p.name)
 
-    def predict(fileobj, filename:str|None, uri:str|None, prob:bool, bands:list[int]|None) -> dict:
+    def predict(fileobj, filename: str | None, uri: str | None, prob: bool, bands: list[int] | None) -> dict:
         "Save or fetch the scene, check it, predict and vectorise it: the GeoJSON answer (in a worker thread)."
         tmp = Path(tempfile.mkdtemp(prefix='rts_seg_serve_'))
         try:
             if fileobj is not None:
-                name = _stem(filename); path = tmp/f'{name}.tif'; shown = Path(filename or name).name
-                with open(path, 'wb') as f: shutil.copyfileobj(fileobj, f, 2**20)
-            elif uri: (path, name), shown = scene_from_uri(uri, tmp), uri
-            else: raise HTTPException(400, "no scene: send a file or a uri")
-            hide = lambda m: m.replace(str(path), shown).replace('--bands (inference.bands)', 'the query parameter bands, e.g. ?bands=3,2,1')
+                name = _stem(filename)
+                path = tmp / f'{name}.tif'
+                shown = Path(filename or name).name
+                with open(path, 'wb') as f:
+                    shutil.copyfileobj(fileobj, f, 2**20)
+            elif uri:
+                (path, name), shown = scene_from_uri(uri, tmp), uri
+            else:
+                raise HTTPException(400, 'no scene: send a file or a uri')
+            hide = lambda m: m.replace(str(path), shown).replace(
+                '--bands (inference.bands)', 'the query parameter bands, e.g. ?bands=3,2,1'
+            )
             try:
-                with rasterio.open(path, driver='GTiff') as src: H, W = src.height, src.width # GTiff only: no VRT pointing elsewhere
-            except rasterio.errors.RasterioIOError as e: raise HTTPException(400, f"{shown} is not a readable GeoTIFF ({hide(_first_line(e))})") from None
-            if H * W > max_px: raise HTTPException(413, f"{shown} has {W} x {H} pixels; this server predicts scenes up to {max_px:,} pixels: split it")
+                with rasterio.open(path, driver='GTiff') as src:
+                    H, W = src.height, src.width  # GTiff only: no VRT pointing elsewhere
+            except rasterio.errors.RasterioIOError as e:
+                raise HTTPException(400, f'{shown} is not a readable GeoTIFF ({hide(_first_line(e))})') from None
+            if H * W > max_px:
+                raise HTTPException(
+                    413, f'{shown} has {W} x {H} pixels; this server predicts scenes up to {max_px:,} pixels: split it'
+                )
             c = cfg if bands is None else cfg.model_copy(update=dict(bands=bands))
-            s = Scene(str(path), tmp/'out'/name, key=name)
-            try: s.open(bundle, c.bands, plan.size, plan.stride, c.pixel_size_tolerance)
-            except RtsSegError as e: raise HTTPException(422, hide(str(e))) from None
+            s = Scene(str(path), tmp / 'out' / name, key=name)
+            try:
+                s.open(bundle, c.bands, plan.size, plan.stride, c.pixel_size_tolerance)
+            except RtsSegError as e:
+                raise HTTPException(422, hide(str(e))) from None
             t0 = time.time()
             try:
-                with lock: r = predict_scenes(predictor, [s], c)[0] # one model, one device: one scene at a time
+                with lock:
+                    r = predict_scenes(predictor, [s], c)[0]  # one model, one device: one scene at a time
             except rasterio.errors.RasterioIOError:
-                if (bad := _unreadable(path)): raise HTTPException(400, f"{shown} is cut short or corrupt: its pixels cannot be read ({hide(bad)})") from None
-                raise # not the scene's fault
-            v = vectorize(r['mask'], r['prob'], tmp/'out'/f'{name}.gpkg', r['scale'], min_area, c.simplify_m)
+                if bad := _unreadable(path):
+                    raise HTTPException(
+                        400, f'{shown} is cut short or corrupt: its pixels cannot be read ({hide(bad)})'
+                    ) from None
+                raise  # not the scene's fault
+            v = vectorize(r['mask'], r['prob'], tmp / 'out' / f'{name}.gpkg', r['scale'], min_area, c.simplify_m)
             fc = feature_collection(v['gpkg'])
-            fc['rts_seg'] = dict(scene=shown, polygons=v['polygons'], total_area_m2=v['total_area_m2'], windows=r['windows'],
-                                 skipped_windows=r['skipped_windows'], slump_pixels=r['slump_pixels'], valid_pixels=r['valid_pixels'],
-                                 seconds=round(time.time() - t0, 3), **{k: health[k] for k in ('model', 'model_sha256', 'normalization_hash',
-                                 'tile_size', 'threshold', 'min_area_m2', 'rts_seg_version')})
-            if prob: fc['probability'] = dict(media_type='image/tiff; application=geotiff; profile=cloud-optimized', encoding='base64',
-                                              data=base64.b64encode(Path(r['prob']).read_bytes()).decode())
-            print(f"{shown}: {r['windows']} windows, {v['polygons']} polygons in {fc['rts_seg']['seconds']} s", flush=True)
+            fc['rts_seg'] = dict(
+                scene=shown,
+                polygons=v['polygons'],
+                total_area_m2=v['total_area_m2'],
+                windows=r['windows'],
+                skipped_windows=r['skipped_windows'],
+                slump_pixels=r['slump_pixels'],
+                valid_pixels=r['valid_pixels'],
+                seconds=round(time.time() - t0, 3),
+                **{
+                    k: health[k]
+                    for k in (
+                        'model',
+                        'model_sha256',
+                        'normalization_hash',
+                        'tile_size',
+                        'threshold',
+                        'min_area_m2',
+                        'rts_seg_version',
+                    )
+                },
+            )
+            if prob:
+                fc['probability'] = dict(
+                    media_type='image/tiff; application=geotiff; profile=cloud-optimized',
+                    encoding='base64',
+                    data=base64.b64encode(Path(r['prob']).read_bytes()).decode(),
+                )
+            print(
+                f'{shown}: {r["windows"]} windows, {v["polygons"]} polygons in {fc["rts_seg"]["seconds"]} s', flush=True
+            )
             return fc
-        finally: shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     @app.post('/predict')
-    async def _predict(request:Request, prob:bool=False, bands:str|None=None):
+    async def _predict(request: Request, prob: bool = False, bands: str | None = None):
         "Slump polygons of one GeoTIFF: a multipart upload `file`, or a `uri` (form or JSON field); `prob=true` adds the probability COG (base64)."
-        try: bands_ = _bands(bands)
-        except RtsSegError as e: raise HTTPException(400, str(e)) from None
+        try:
+            bands_ = _bands(bands)
+        except RtsSegError as e:
+            raise HTTPException(400, str(e)) from None
         ctype = request.headers.get('content-type', '').split(';')[0].strip().lower()
-        usage = "send one GeoTIFF: a multipart file field `file`, or a `uri` (gs://...) as a form or JSON field"
+        usage = 'send one GeoTIFF: a multipart file field `file`, or a `uri` (gs://...) as a form or JSON field'
         if ctype == 'application/json':
-            try: body = await request.json()
-            except ValueError: raise HTTPException(400, f"the body is not valid JSON; {usage}") from None
+            try:
+                body = await request.json()
+            except ValueError:
+                raise HTTPException(400, f'the body is not valid JSON; {usage}') from None
             uri = body.get('uri') if isinstance(body, dict) else None
-            if not isinstance(uri, str) or not uri: raise HTTPException(400, usage)
-            return JSONResponse(await run_in_threadpool(predict, None, None, uri, prob, bands_), media_type='application/geo+json')
-        if ctype not in ('multipart/form-data', 'application/x-www-form-urlencoded'): raise HTTPException(415, f"content type {ctype or 'none'}: {usage}")
+            if not isinstance(uri, str) or not uri:
+                raise HTTPException(400, usage)
+            return JSONResponse(
+                await run_in_threadpool(predict, None, None, uri, prob, bands_), media_type='application/geo+json'
+            )
+        if ctype not in ('multipart/form-data', 'application/x-www-form-urlencoded'):
+            raise HTTPException(415, f'content type {ctype or "none"}: {usage}')
         async with request.form(max_files=1, max_fields=8) as form:
             up, uri = form.get('file'), form.get('uri')
-            if (up is None) == (not uri) or (up is not None and not isinstance(up, UploadFile)) or not isinstance(uri, (str, type(None))):
+            if (
+                (up is None) == (not uri)
+                or (up is not None and not isinstance(up, UploadFile))
+                or not isinstance(uri, (str, type(None)))
+            ):
                 raise HTTPException(400, usage)
-            res = await run_in_threadpool(predict, up.file if up else None, up.filename if up else None, uri or None, prob, bands_)
+            res = await run_in_threadpool(
+                predict, up.file if up else None, up.filename if up else None, uri or None, prob, bands_
+            )
         return JSONResponse(res, media_type='application/geo+json')
 
     return app
 
 # %% ../nbs/11d_serve.ipynb #d5d6feca
-def serve(model:str, # model bundle (best.pth) or export, a local path or gs:// URI (`rts-seg serve` defaults it to $MODEL_PATH)
-          host:str='127.0.0.1', # 0.0.0.0 to listen on every interface (the container)
-          port:int=8080, # TCP port
-          device:str='auto', # auto, cpu, cuda or cuda:N
-          max_mb:float=512, # largest request body in MiB
-         ):
+def serve(
+    model: str,  # model bundle (best.pth) or export, a local path or gs:// URI (`rts-seg serve` defaults it to $MODEL_PATH)
+    host: str = '127.0.0.1',  # 0.0.0.0 to listen on every interface (the container)
+    port: int = 8080,  # TCP port
+    device: str = 'auto',  # auto, cpu, cuda or cuda:N
+    max_mb: float = 512,  # largest request body in MiB
+):
     "Load `model` and answer `GET /health` and `POST /predict` over HTTP until stopped."
     uvicorn = _need('uvicorn')
     app = create_app(model, device, max_mb)
     h = app.state.health
-    print(f"serving {model} (normalisation {h['normalization_hash']}, sha256 {h['model_sha256']}) on {h['device']} at http://{host}:{port}", flush=True)
+    print(
+        f'serving {model} (normalisation {h["normalization_hash"]}, sha256 {h["model_sha256"]}) on {h["device"]} at http://{host}:{port}',
+        flush=True,
+    )
     uvicorn.run(app, host=host, port=port, log_level='info', timeout_graceful_shutdown=30)

@@ -25,53 +25,70 @@ __all__ = ['CRS', 'PIXEL_M', 'REGIONS', 'make_tile', 'extra_bands', 'synth_datas
 
 # %% ../nbs/03_synthetic.ipynb #492f3a39
 CRS = 'EPSG:3413'
-PIXEL_M = 3.0 # metres per pixel, as in the PlanetScope basemaps
+PIXEL_M = 3.0  # metres per pixel, as in the PlanetScope basemaps
 
-REGIONS:dict[str, dict[str, Any]] = {
-    'banks_island': dict(split='train', origin=(-1_250_000., -650_000.), tundra=(118, 112, 84), moist=(80, 92, 62)),
-    'peel_plateau': dict(split='val', origin=(-2_150_000., 250_000.), tundra=(104, 110, 78), moist=(70, 86, 60)),
-    'yamal': dict(split='test', origin=(1_950_000., 700_000.), tundra=(126, 118, 92), moist=(88, 96, 70)),
+REGIONS: dict[str, dict[str, Any]] = {
+    'banks_island': dict(split='train', origin=(-1_250_000.0, -650_000.0), tundra=(118, 112, 84), moist=(80, 92, 62)),
+    'peel_plateau': dict(split='val', origin=(-2_150_000.0, 250_000.0), tundra=(104, 110, 78), moist=(70, 86, 60)),
+    'yamal': dict(split='test', origin=(1_950_000.0, 700_000.0), tundra=(126, 118, 92), moist=(88, 96, 70)),
 }
 
 # %% ../nbs/03_synthetic.ipynb #a35998de
 def _smooth_noise(rng, shape, sigma):
     "Zero-mean, unit-std noise smoothed at scale `sigma` pixels (drawn on a coarse grid and upsampled when `sigma` is large)."
-    f = max(1, int(sigma // 2)) # coarse grid step: cheap at any sigma, same look
+    f = max(1, int(sigma // 2))  # coarse grid step: cheap at any sigma, same look
     small = [s // f + 2 for s in shape]
     n = ndimage.gaussian_filter(rng.standard_normal(small), sigma / f, mode='wrap')
-    if f > 1: n = ndimage.zoom(n, f, order=1)
-    n = n[:shape[0], :shape[1]]
+    if f > 1:
+        n = ndimage.zoom(n, f, order=1)
+    n = n[: shape[0], : shape[1]]
     return n / (n.std() + 1e-9)
+
 
 def _blob(rng, shape, cy, cx, ry, rx, angle, wobble=0.2):
     "An irregular elliptic blob: (inside mask, along-axis coordinate u, normalised radius d)."
-    yy, xx = np.mgrid[:shape[0], :shape[1]].astype(np.float32)
+    yy, xx = np.mgrid[: shape[0], : shape[1]].astype(np.float32)
     ca, sa = np.cos(angle), np.sin(angle)
     u = ((xx - cx) * ca + (yy - cy) * sa) / rx
     v = (-(xx - cx) * sa + (yy - cy) * ca) / ry
     d = np.sqrt(u**2 + v**2) + wobble * _smooth_noise(rng, shape, max(2, min(rx, ry) / 3))
     return d < 1, u, d
 
+
 def _background(rng, size, region):
     "Tundra with moist patches, texture and shading, as float RGB (H, W, 3)."
     tundra, moist = np.array(region['tundra'], np.float32), np.array(region['moist'], np.float32)
     mix = np.clip(0.5 + 0.35 * _smooth_noise(rng, size, size[0] / 6), 0, 1)[..., None]
     img = tundra * mix + moist * (1 - mix)
-    img *= (1 + 0.05 * _smooth_noise(rng, size, size[0] / 3))[..., None] # illumination
-    img += 6 * rng.standard_normal((*size, 3)) # sensor noise and texture
+    img *= (1 + 0.05 * _smooth_noise(rng, size, size[0] / 3))[..., None]  # illumination
+    img += 6 * rng.standard_normal((*size, 3))  # sensor noise and texture
     return img
+
 
 def _lake(rng, img, size):
     "A dark, smooth lake."
     r = rng.uniform(0.06, 0.2) * min(size)
-    inside, _, _ = _blob(rng, size, rng.uniform(0, size[0]), rng.uniform(0, size[1]), r, r * rng.uniform(1, 2), rng.uniform(0, np.pi))
+    inside, _, _ = _blob(
+        rng, size, rng.uniform(0, size[0]), rng.uniform(0, size[1]), r, r * rng.uniform(1, 2), rng.uniform(0, np.pi)
+    )
     img[inside] = np.array([38, 52, 70]) + 3 * rng.standard_normal((inside.sum(), 3))
+
 
 def _gravel_bar(rng, img, size):
     "A bright, elongated gravel bar or dry channel: bright like a slump floor, but without a headwall."
     r = rng.uniform(0.03, 0.06) * min(size)
-    inside, _, _ = _blob(rng, size, rng.uniform(0, size[0]), rng.uniform(0, size[1]), r, r * rng.uniform(3, 6), rng.uniform(0, np.pi), 0.15)
+    inside, _, _ = _blob(
+        rng,
+        size,
+        rng.uniform(0, size[0]),
+        rng.uniform(0, size[1]),
+        r,
+        r * rng.uniform(3, 6),
+        rng.uniform(0, np.pi),
+        0.15,
+    )
     img[inside] = np.array([196, 192, 182]) + 8 * rng.standard_normal((inside.sum(), 3))
+
 
 def _slump(rng, img, label, size, margin=0.15):
     "Draw one slump (muddy floor, shadowed headwall arc upslope) into `img` and `label`."
@@ -86,35 +103,42 @@ def _slump(rng, img, label, size, margin=0.15):
     img[floor] = mud[floor] + 7 * rng.standard_normal((floor.sum(), 3))
     img[headwall] = np.array([46, 44, 42]) + 5 * rng.standard_normal((headwall.sum(), 3))
     label[inside] = 1
-    if rng.random() < 0.5: # an uncertain rim: ignored by losses and metrics
+    if rng.random() < 0.5:  # an uncertain rim: ignored by losses and metrics
         rim = ndimage.binary_dilation(inside, iterations=1) & ~ndimage.binary_erosion(inside, iterations=1)
-        label[rim & (label != 1)] = 255 # never over another slump
+        label[rim & (label != 1)] = 255  # never over another slump
 
 # %% ../nbs/03_synthetic.ipynb #e15bacab
-def make_tile(rng:np.random.Generator, # source of randomness
-              size:int|tuple[int, int]=128, # tile side, or (height, width)
-              n_slumps:int=1, # slumps to draw; 0 gives a negative tile
-              region:str='banks_island', # palette from `REGIONS`
-             ) -> tuple[np.ndarray, np.ndarray]:
+def make_tile(
+    rng: np.random.Generator,  # source of randomness
+    size: int | tuple[int, int] = 128,  # tile side, or (height, width)
+    n_slumps: int = 1,  # slumps to draw; 0 gives a negative tile
+    region: str = 'banks_island',  # palette from `REGIONS`
+) -> tuple[np.ndarray, np.ndarray]:
     "One synthetic tile: RGB uint8 (3, H, W) and label uint8 (H, W) with 0, 1 and 255."
     size = (size, size) if isinstance(size, int) else (size[0], size[1])
     img = _background(rng, size, REGIONS[region])
     label = np.zeros(size, np.uint8)
-    for _ in range(rng.poisson(0.6)): _lake(rng, img, size)
-    for _ in range(rng.binomial(2, 0.35)): _gravel_bar(rng, img, size)
-    for _ in range(n_slumps): _slump(rng, img, label, size)
+    for _ in range(rng.poisson(0.6)):
+        _lake(rng, img, size)
+    for _ in range(rng.binomial(2, 0.35)):
+        _gravel_bar(rng, img, size)
+    for _ in range(n_slumps):
+        _slump(rng, img, label, size)
     return np.clip(img, 0, 255).round().astype(np.uint8).transpose(2, 0, 1), label
 
 # %% ../nbs/03_synthetic.ipynb #1d8b2872
-def extra_bands(rng:np.random.Generator, # source of randomness
-                img:np.ndarray, # (3, H, W) uint8 RGB tile
-                lbl:np.ndarray, # (H, W) label
-               ) -> np.ndarray:
+def extra_bands(
+    rng: np.random.Generator,  # source of randomness
+    img: np.ndarray,  # (3, H, W) uint8 RGB tile
+    lbl: np.ndarray,  # (H, W) label
+) -> np.ndarray:
     "(4, H, W) float32 aux bands ndvi, nir, re, sr for a synthetic tile."
     r, g, _ = img.astype(np.float32)
     nir = np.clip(1.5 * g - 0.4 * r + 4 * rng.standard_normal(g.shape), 0, 255)
     ndvi = (nir - r) / (nir + r + 1e-3)
-    re = 4 * _smooth_noise(rng, g.shape, max(2, g.shape[0] / 8)) - 3 * ndimage.gaussian_filter((lbl == 1).astype(np.float32), 2)
+    re = 4 * _smooth_noise(rng, g.shape, max(2, g.shape[0] / 8)) - 3 * ndimage.gaussian_filter(
+        (lbl == 1).astype(np.float32), 2
+    )
     gy, gx = np.gradient(re)
     sr = np.clip(0.7 - 0.5 * gx + 0.5 * gy, 0, 1)
     return np.stack([ndvi, nir, re, sr]).astype(np.float32)
@@ -125,18 +149,22 @@ def _latlon(x, y):
     lon, lat = warp_transform(CRS, 'EPSG:4326', [x], [y])
     return round(lat[0], 6), round(lon[0], 6)
 
-def synth_dataset(out:str|Path, # dataset root to create
-                  tiles:int=240, # tiles over all regions (split evenly)
-                  size:int=128, # tile side in pixels
-                  seed:int=0, # same seed, same dataset
-                  positive_fraction:float=0.5, # share of tiles with at least one slump
-                  scene:bool=True, # also write scenes/demo_scene.tif for prediction
-                  extra:bool=False, # also write EXTRA/{tile_id}.tif (ndvi, nir, re, sr)
-                 ) -> Path:
+
+def synth_dataset(
+    out: str | Path,  # dataset root to create
+    tiles: int = 240,  # tiles over all regions (split evenly)
+    size: int = 128,  # tile side in pixels
+    seed: int = 0,  # same seed, same dataset
+    positive_fraction: float = 0.5,  # share of tiles with at least one slump
+    scene: bool = True,  # also write scenes/demo_scene.tif for prediction
+    extra: bool = False,  # also write EXTRA/{tile_id}.tif (ndvi, nir, re, sr)
+) -> Path:
     "Write a synthetic dataset in the data-contract layout; built in a temporary folder, then renamed."
     out = Path(out)
-    if out.exists(): raise RtsSegError(f"{out} already exists; remove it or choose another --out")
-    if tiles < 6 or size < 32: raise RtsSegError(f"need at least 6 tiles of at least 32 px (got {tiles} tiles of {size} px)")
+    if out.exists():
+        raise RtsSegError(f'{out} already exists; remove it or choose another --out')
+    if tiles < 6 or size < 32:
+        raise RtsSegError(f'need at least 6 tiles of at least 32 px (got {tiles} tiles of {size} px)')
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial'))
     try:
@@ -150,23 +178,35 @@ def synth_dataset(out:str|Path, # dataset root to create
             x0, y0 = reg['origin'][0] + (k % 16) * size * PIXEL_M, reg['origin'][1] - (k // 16) * size * PIXEL_M
             tid = f'{name}_{k:05d}'
             tfm = from_origin(x0, y0, PIXEL_M, PIXEL_M)
-            write_raster(work/'PLANET-RGB'/f'{tid}.tif', img, CRS, tfm)
-            write_raster(work/'labels'/f'{tid}.tif', lbl, CRS, tfm)
-            if extra: write_raster(work/'EXTRA'/f'{tid}.tif', extra_bands(np.random.default_rng([seed, i]), img, lbl), CRS, tfm)
+            write_raster(work / 'PLANET-RGB' / f'{tid}.tif', img, CRS, tfm)
+            write_raster(work / 'labels' / f'{tid}.tif', lbl, CRS, tfm)
+            if extra:
+                write_raster(
+                    work / 'EXTRA' / f'{tid}.tif', extra_bands(np.random.default_rng([seed, i]), img, lbl), CRS, tfm
+                )
             lat, lon = _latlon(x0 + size * PIXEL_M / 2, y0 - size * PIXEL_M / 2)
             pos = (lbl == 1).any()
-            rows.append(dict(tile_id=tid, centroid_lat=lat, centroid_lon=lon, TrainClass='Positive' if pos else 'Negative',
-                             RegionName=name, UIDs=';'.join(f'{tid}_s{j}' for j in range(n)) if pos else ''))
-        pd.DataFrame(rows).to_csv(work/'metadata.csv', index=False)
+            rows.append(
+                dict(
+                    tile_id=tid,
+                    centroid_lat=lat,
+                    centroid_lon=lon,
+                    TrainClass='Positive' if pos else 'Negative',
+                    RegionName=name,
+                    UIDs=';'.join(f'{tid}_s{j}' for j in range(n)) if pos else '',
+                )
+            )
+        pd.DataFrame(rows).to_csv(work / 'metadata.csv', index=False)
         splits = {s: [r for r, v in REGIONS.items() if v['split'] == s] for s in ('train', 'val', 'test')}
-        atomic_write_text(work/'splits.yaml', yaml.safe_dump(splits, sort_keys=False))
+        atomic_write_text(work / 'splits.yaml', yaml.safe_dump(splits, sort_keys=False))
         if scene:
             h, w = 3 * size + 37, 4 * size + 53
             img, lbl = make_tile(rng, (h, w), 6, 'peel_plateau')
             tfm = from_origin(*REGIONS['peel_plateau']['origin'], PIXEL_M, PIXEL_M)
-            write_raster(work/'scenes'/'demo_scene.tif', img, CRS, tfm)
-            write_raster(work/'scenes'/'demo_scene_label.tif', lbl, CRS, tfm)
-        readable(work) # mkdtemp's 0o700 would hide the dataset from other users
+            write_raster(work / 'scenes' / 'demo_scene.tif', img, CRS, tfm)
+            write_raster(work / 'scenes' / 'demo_scene_label.tif', lbl, CRS, tfm)
+        readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
-    finally: shutil.rmtree(work, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     return out

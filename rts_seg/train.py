@@ -16,12 +16,28 @@ from accelerate.utils import extract_model_from_parallel
 from fastai.torch_core import num_distrib, rank_distrib
 
 from . import __version__
-from .config import DEFAULT_MIN_AREA_M2, Config, add_train_args, config_yaml, flat_params, load_config, save_config
+from rts_seg.config import (
+    DEFAULT_MIN_AREA_M2,
+    Config,
+    add_train_args,
+    config_yaml,
+    flat_params,
+    load_config,
+    save_config,
+)
 from .core import RtsSegError, atomic_path, atomic_write_text, get_device, redact_url, run_cli, seed_everything
 from .io import check_data_root, is_remote
 from .bundle import Bundle, git_commit, save_checkpoint, stats_hash
 from .data import compute_stats, dataset_version, get_dls, load_stats, save_stats, split_tiles
-from .learner import Checkpointer, collect_stats, find_resume, load_training_state, map_objects, protocol_cbs, rts_learner
+from rts_seg.learner import (
+    Checkpointer,
+    collect_stats,
+    find_resume,
+    load_training_state,
+    map_objects,
+    protocol_cbs,
+    rts_learner,
+)
 from .metrics import TrainIoU, fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
 from .synthetic import synth_dataset
 
@@ -30,82 +46,119 @@ __all__ = ['prepare_data', 'tracking_uri', 'system_params', 'frozen_requirements
            'plot_pr_curves', 'plot_examples', 'object_metrics_note', 'train', 'train_seeds', 'train_from_args', 'main']
 
 # %% ../nbs/10_train.ipynb #46882b00
-def prepare_data(cfg:Config) -> Path|str:
+def prepare_data(cfg: Config) -> Path | str:
     "The dataset root, generated first if the config asks for synthetic data and it does not exist yet."
     check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None)
-    if is_remote(cfg.data.root): return cfg.data.root # gs://bucket/prefix: read in place
+    if is_remote(cfg.data.root):
+        return cfg.data.root  # gs://bucket/prefix: read in place
     root = Path(cfg.data.root)
     if not root.exists():
         synth = cfg.data.synth
-        assert synth is not None # check_data_root refused a missing root without it
+        assert synth is not None  # check_data_root refused a missing root without it
         print(f'generating synthetic dataset at {root} ({synth.tiles} tiles of {synth.size} px)', flush=True)
         synth_dataset(root, **synth.model_dump())
     return root
 
 # %% ../nbs/10_train.ipynb #3b1d2d37
-def tracking_uri(cfg:Config) -> str:
+def tracking_uri(cfg: Config) -> str:
     "MLflow tracking URI: environment, then config, then `sqlite:///{output_dir}/mlflow.db`."
-    return os.environ.get('MLFLOW_TRACKING_URI') or cfg.mlflow.tracking_uri or f"sqlite:///{Path(cfg.output_dir).resolve()/'mlflow.db'}"
+    return (
+        os.environ.get('MLFLOW_TRACKING_URI')
+        or cfg.mlflow.tracking_uri
+        or f'sqlite:///{Path(cfg.output_dir).resolve() / "mlflow.db"}'
+    )
 
 # %% ../nbs/10_train.ipynb #1ea22ce9
 def system_params() -> dict:
     "Versions and hardware, logged with every run."
     cuda = torch.cuda.is_available()
-    return {'system.rts_seg_version': __version__, 'system.git_commit': git_commit(), 'system.python': platform.python_version(),
-            'system.torch': torch.__version__, 'system.cuda': torch.version.cuda or 'none',
-            'system.gpu': torch.cuda.get_device_name(0) if cuda else 'none', 'system.gpu_count': torch.cuda.device_count() if cuda else 0,
-            'system.cudnn': torch.backends.cudnn.version() if cuda else 'none', 'system.platform': platform.platform(),
-            'system.world_size': int(os.environ.get('WORLD_SIZE', 1))}
+    return {
+        'system.rts_seg_version': __version__,
+        'system.git_commit': git_commit(),
+        'system.python': platform.python_version(),
+        'system.torch': torch.__version__,
+        'system.cuda': torch.version.cuda or 'none',
+        'system.gpu': torch.cuda.get_device_name(0) if cuda else 'none',
+        'system.gpu_count': torch.cuda.device_count() if cuda else 0,
+        'system.cudnn': torch.backends.cudnn.version() if cuda else 'none',
+        'system.platform': platform.platform(),
+        'system.world_size': int(os.environ.get('WORLD_SIZE', 1)),
+    }
 
 # %% ../nbs/10_train.ipynb #9f847e76
 def frozen_requirements() -> str:
     "`name==version` of every installed distribution, like `pip freeze`."
     from importlib.metadata import distributions
-    return '\n'.join(sorted({f"{d.metadata['Name']}=={d.version}" for d in distributions() if d.metadata['Name']}, key=str.lower)) + '\n'
+
+    return (
+        '\n'.join(
+            sorted({f'{d.metadata["Name"]}=={d.version}' for d in distributions() if d.metadata['Name']}, key=str.lower)
+        )
+        + '\n'
+    )
 
 # %% ../nbs/10_train.ipynb #15f23870
 @contextlib.contextmanager
-def mlflow_run(cfg:Config, # the run's config: output_dir, mlflow section
-               run_id:str|None=None, # an earlier run to continue (a resumed training); None: a new run
-              ):
+def mlflow_run(
+    cfg: Config,  # the run's config: output_dir, mlflow section
+    run_id: str | None = None,  # an earlier run to continue (a resumed training); None: a new run
+):
     "An MLflow run for `cfg` (or the run `run_id`, continued); MLflow's global tracking URI (and `MLFLOW_TRACKING_URI`) are put back afterwards."
     import mlflow
-    logging.getLogger('mlflow').setLevel(logging.WARNING) # not its INFO lines about creating database tables
+
+    logging.getLogger('mlflow').setLevel(logging.WARNING)  # not its INFO lines about creating database tables
     env, uri = os.environ.get('MLFLOW_TRACKING_URI'), tracking_uri(cfg)
-    mlflow.set_tracking_uri(uri) # note: this also sets MLFLOW_TRACKING_URI for subprocesses
+    mlflow.set_tracking_uri(uri)  # note: this also sets MLFLOW_TRACKING_URI for subprocesses
     try:
         if mlflow.get_experiment_by_name(cfg.mlflow.experiment) is None:
-            local = not env and not cfg.mlflow.tracking_uri # the default store keeps its artifacts beside it
-            art = cfg.mlflow.artifact_location or ((Path(cfg.output_dir).resolve()/'mlartifacts').as_uri() if local else None)
+            local = not env and not cfg.mlflow.tracking_uri  # the default store keeps its artifacts beside it
+            art = cfg.mlflow.artifact_location or (
+                (Path(cfg.output_dir).resolve() / 'mlartifacts').as_uri() if local else None
+            )
             mlflow.create_experiment(cfg.mlflow.experiment, artifact_location=art)
         mlflow.set_experiment(cfg.mlflow.experiment)
         if run_id is not None:
-            try: mlflow.get_run(run_id)
-            except Exception: run_id = None # not in this store: a new run
-        with mlflow.start_run(run_id=run_id, run_name=None if run_id else Path(cfg.output_dir).name) as run: yield run
-    finally: mlflow.set_tracking_uri(env) # type: ignore[arg-type] # None: back to MLflow's default, as before the run
+            try:
+                mlflow.get_run(run_id)
+            except Exception:
+                run_id = None  # not in this store: a new run
+        with mlflow.start_run(run_id=run_id, run_name=None if run_id else Path(cfg.output_dir).name) as run:
+            yield run
+    finally:
+        mlflow.set_tracking_uri(env)  # type: ignore[arg-type] # None: back to MLflow's default, as before the run
 
 # %% ../nbs/10_train.ipynb #ee1bdecc
-def init_distributed(device:str='auto') -> torch.device:
+def init_distributed(device: str = 'auto') -> torch.device:
     "This process's device, after starting torch.distributed when a launcher started several processes."
     dist = torch.distributed
-    if os.environ.get('MASTER_ADDR') and 'WORLD_SIZE' not in os.environ and not any(k in os.environ for k in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE')):
-        print("rts-seg: note: started as a single process; `accelerate launch --cpu --num_processes N` starts N processes only "
-              "with --mpirun_hostfile: on CPUs use `accelerate launch --multi_gpu --num_processes N` (gloo) or torchrun", file=sys.stderr)
+    if (
+        os.environ.get('MASTER_ADDR')
+        and 'WORLD_SIZE' not in os.environ
+        and not any(k in os.environ for k in ('PMI_SIZE', 'OMPI_COMM_WORLD_SIZE'))
+    ):
+        print(
+            'rts-seg: note: started as a single process; `accelerate launch --cpu --num_processes N` starts N processes only '
+            'with --mpirun_hostfile: on CPUs use `accelerate launch --multi_gpu --num_processes N` (gloo) or torchrun',
+            file=sys.stderr,
+        )
     if int(os.environ.get('WORLD_SIZE', 1)) > 1 and not dist.is_initialized():
         from accelerate import PartialState
+
         return PartialState(cpu=device == 'cpu' or not torch.cuda.is_available()).device
     if dist.is_available() and dist.is_initialized() and torch.cuda.is_available() and device in ('auto', 'cuda'):
         return torch.device('cuda', int(os.environ.get('LOCAL_RANK', 0)))
     return get_device(device)
 
+
 def _barrier():
-    if torch.distributed.is_available() and torch.distributed.is_initialized(): torch.distributed.barrier()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 # %% ../nbs/10_train.ipynb #aa492a4d
-def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
-              cfg:Config, # the run's config: target precision, monitor, validation ratios
-             ) -> dict:
+def calibrate(
+    st,  # reduced `ValStats` of the best model on the validation tiles
+    cfg: Config,  # the run's config: target precision, monitor, validation ratios
+) -> dict:
     "Temperature and, per ratio, the threshold reaching `train.target_precision`."
     t = cfg.train
     hist = st.hist.cpu().double().numpy()
@@ -114,77 +167,108 @@ def calibrate(st, # reduced `ValStats` of the best model on the validation tiles
     for r in (None, 1, *t.val_ratios):
         w = ratio_weight(st.tiles, r)
         name = 'as_is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'
-        out['ratios'][name] = None if w is None else threshold_for_precision(hist[0] * w + hist[1], t.target_precision, T)
+        out['ratios'][name] = (
+            None if w is None else threshold_for_precision(hist[0] * w + hist[1], t.target_precision, T)
+        )
     key = t.monitor.split('_')[0]
-    pick = out['ratios'].get('balanced' if key == 'bal' else f'1:{key[1:]}' if key[1:].replace('.', '').isdigit() else 'as_is')
+    pick = out['ratios'].get(
+        'balanced' if key == 'bal' else f'1:{key[1:]}' if key[1:].replace('.', '').isdigit() else 'as_is'
+    )
     out['threshold'] = pick['threshold'] if pick and pick['threshold'] is not None else 0.5
     return out
 
 # %% ../nbs/10_train.ipynb #c191d180
-def plot_pr_curves(st, # reduced `ValStats`
-                   ratios=(200, 500, 1000), # negative:positive ratios to draw besides as-is and balanced
-                  ):
+def plot_pr_curves(
+    st,  # reduced `ValStats`
+    ratios=(200, 500, 1000),  # negative:positive ratios to draw besides as-is and balanced
+):
     "Precision-recall curves of reduced `ValStats`, as they are, balanced and at each ratio."
-    from matplotlib.figure import Figure # not pyplot: a notebook's backend stays as it is
+    from matplotlib.figure import Figure  # not pyplot: a notebook's backend stays as it is
+
     hist = st.hist.cpu().double().numpy()
-    fig = Figure(figsize=(5.5, 4.2)); ax = fig.subplots()
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
     for r in (None, 1, *ratios):
         w = ratio_weight(st.tiles, r)
-        if w is None: continue
+        if w is None:
+            continue
         h = hist[0] * w + hist[1]
         prec, rec, _ = pr_curve(h)
         ap = float(np.sum(np.diff(np.concatenate([[0], rec])) * prec))
-        ax.plot(rec, prec, label=f"{'as is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'} (PR-AUC {ap:.3f})")
+        ax.plot(rec, prec, label=f'{"as is" if r is None else "balanced" if r == 1 else f"1:{r:g}"} (PR-AUC {ap:.3f})')
     ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title='validation pixels')
-    ax.legend(fontsize=8); fig.tight_layout()
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/10_train.ipynb #baca19e5
-def plot_examples(learn, # a trained learner
-                  n:int=3, # tiles of each kind
-                  threshold:float=0.5, # outline of the predicted mask
-                 ):
+def plot_examples(
+    learn,  # a trained learner
+    n: int = 3,  # tiles of each kind
+    threshold: float = 0.5,  # outline of the predicted mask
+):
     "The first `n` positive and `n` negative validation tiles: image, truth over it, predicted probability."
     from matplotlib.figure import Figure
+
     ds = learn.dls.valid.dataset
     model = extract_model_from_parallel(learn.model, keep_torch_compile=False).eval()
     dev = next(model.parameters()).device
     pos = ds.positive
     picks = [i for i in range(len(ds)) if pos[i]][:n] + [i for i in range(len(ds)) if not pos[i]][:n]
-    fig = Figure(figsize=(2.2 * len(picks), 6.6)); axs = fig.subplots(3, len(picks), squeeze=False)
+    fig = Figure(figsize=(2.2 * len(picks), 6.6))
+    axs = fig.subplots(3, len(picks), squeeze=False)
     for j, i in enumerate(picks):
         img, _, lbl = ds.read(i)
         x, _ = ds[i]
-        with torch.no_grad(): p = torch.sigmoid(model(x[None].to(dev)).float())[0, 0].cpu().numpy()
+        with torch.no_grad():
+            p = torch.sigmoid(model(x[None].to(dev)).float())[0, 0].cpu().numpy()
         rgb = np.clip(img[:3].transpose(1, 2, 0) / max(float(np.percentile(img[:3], 99)), 1), 0, 1)
-        over = np.zeros(lbl.shape + (4,)); over[lbl == 1] = (1, 0.2, 0.2, 0.5); over[lbl == 255] = (0.6, 0.6, 0.6, 0.7)
-        axs[0, j].imshow(rgb); axs[0, j].set_title(f"{ds.tile_ids[i]}\n{'positive' if pos[i] else 'negative'}", fontsize=8)
-        axs[1, j].imshow(rgb); axs[1, j].imshow(over); axs[1, j].set_title('truth (grey: ignored)', fontsize=8)
-        axs[2, j].imshow(p, vmin=0, vmax=1, cmap='magma'); axs[2, j].contour(p > threshold, levels=[0.5], colors='cyan', linewidths=0.8)
+        over = np.zeros(lbl.shape + (4,))
+        over[lbl == 1] = (1, 0.2, 0.2, 0.5)
+        over[lbl == 255] = (0.6, 0.6, 0.6, 0.7)
+        axs[0, j].imshow(rgb)
+        axs[0, j].set_title(f'{ds.tile_ids[i]}\n{"positive" if pos[i] else "negative"}', fontsize=8)
+        axs[1, j].imshow(rgb)
+        axs[1, j].imshow(over)
+        axs[1, j].set_title('truth (grey: ignored)', fontsize=8)
+        axs[2, j].imshow(p, vmin=0, vmax=1, cmap='magma')
+        axs[2, j].contour(p > threshold, levels=[0.5], colors='cyan', linewidths=0.8)
         axs[2, j].set_title(f'probability, max {p.max():.2f}', fontsize=8)
-    for a in axs.flat: a.set_axis_off()
+    for a in axs.flat:
+        a.set_axis_off()
     fig.tight_layout()
     return fig
 
 # %% ../nbs/10_train.ipynb #73e6338a
-def _finite(d:dict) -> dict: return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
+def _finite(d: dict) -> dict:
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
-def object_metrics_note(cfg:Config, # the run's config (minimum area)
-                        mapped:dict, # `map_objects`' threshold and minimum pixels
-                        threshold:float|None=None, # the calibrated threshold of the final metrics, if known
-                       ) -> dict:
+
+def object_metrics_note(
+    cfg: Config,  # the run's config (minimum area)
+    mapped: dict,  # `map_objects`' threshold and minimum pixels
+    threshold: float | None = None,  # the calibrated threshold of the final metrics, if known
+) -> dict:
     "What the two families of object metrics count (in metrics.json and MLflow): raw `obj_*`, mapped `map_obj_*`."
     area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
     t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
-    when = ' (the calibrated threshold)' if threshold is not None else ' in the epochs; the final metrics use the calibrated threshold'
-    return dict(obj='every connected component of probability > 0.5',
-                map_obj=f"components of probability > {t:.3g}{when}, of at least {area:g} m2 ({mapped['min_pixels']} px): the polygons of a map",
-                min_area_m2=area, min_pixels=mapped['min_pixels'])
+    when = (
+        ' (the calibrated threshold)'
+        if threshold is not None
+        else ' in the epochs; the final metrics use the calibrated threshold'
+    )
+    return dict(
+        obj='every connected component of probability > 0.5',
+        map_obj=f'components of probability > {t:.3g}{when}, of at least {area:g} m2 ({mapped["min_pixels"]} px): the polygons of a map',
+        min_area_m2=area,
+        min_pixels=mapped['min_pixels'],
+    )
 
 # %% ../nbs/10_train.ipynb #bf89ab83
-def train(cfg:Config, # the run's config
-          resume:str|None=None, # 'auto': the newest training state in output_dir (if any); or a state file
-         ) -> dict:
+def train(
+    cfg: Config,  # the run's config
+    resume: str | None = None,  # 'auto': the newest training state in output_dir (if any); or a state file
+) -> dict:
     "Train the model `cfg` describes; write checkpoints, statistics, config, metrics and calibration to `cfg.output_dir`."
     t0 = time.time()
     out = Path(cfg.output_dir)
@@ -193,48 +277,78 @@ def train(cfg:Config, # the run's config
     state = None
     if resume is not None:
         path = find_resume(out) if resume == 'auto' else Path(resume)
-        if path is None: print(f'rts-seg: no training state in {out} to resume; starting from scratch', file=sys.stderr) if r0 else None
+        if path is None:
+            print(
+                f'rts-seg: no training state in {out} to resume; starting from scratch', file=sys.stderr
+            ) if r0 else None
         else:
             state = load_training_state(path)
             if state['config']['model'] != cfg.model.model_dump(mode='json'):
-                raise RtsSegError(f"{path} was trained with model {state['config']['model']}, the config asks for {cfg.model.model_dump(mode='json')}; resume with the run's own config.yaml")
-            if r0: print(f'resuming from {path}: epoch {state["epoch"] + 1}' + (f', after batch {state["iter"]}' if state['iter'] else ''), flush=True)
+                raise RtsSegError(
+                    f"{path} was trained with model {state['config']['model']}, the config asks for {cfg.model.model_dump(mode='json')}; resume with the run's own config.yaml"
+                )
+            if r0:
+                print(
+                    f'resuming from {path}: epoch {state["epoch"] + 1}'
+                    + (f', after batch {state["iter"]}' if state['iter'] else ''),
+                    flush=True,
+                )
     if r0:
         out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out/'config.yaml')
+        save_config(cfg, out / 'config.yaml')
         root = prepare_data(cfg)
     _barrier()
-    if not r0: root = prepare_data(cfg) # generated by rank 0 by now
+    if not r0:
+        root = prepare_data(cfg)  # generated by rank 0 by now
     if cfg.train.freeze_backbone_epochs and not cfg.model.encoder_weights and r0:
-        print(f'rts-seg: note: train.freeze_backbone_epochs={cfg.train.freeze_backbone_epochs} freezes a randomly '
-              'initialised encoder (model.encoder_weights is null); set it to 0 unless that is what you want', file=sys.stderr)
+        print(
+            f'rts-seg: note: train.freeze_backbone_epochs={cfg.train.freeze_backbone_epochs} freezes a randomly '
+            'initialised encoder (model.encoder_weights is null); set it to 0 unless that is what you want',
+            file=sys.stderr,
+        )
     seed_everything(cfg.train.seed)
     tiles = split_tiles(root)
-    if state is not None: stats = state['normalization']
-    elif r0: stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
-    if r0: save_stats(stats, out/'normalization_stats.json')
+    if state is not None:
+        stats = state['normalization']
+    elif r0:
+        stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
+    if r0:
+        save_stats(stats, out / 'normalization_stats.json')
     _barrier()
-    if not r0: stats = load_stats(out/'normalization_stats.json')
+    if not r0:
+        stats = load_stats(out / 'normalization_stats.json')
     dls = get_dls(cfg.data, stats, device, seed=cfg.train.seed)
     learn = rts_learner(dls, cfg)
     uri = tracking_uri(cfg)
-    with (mlflow_run(cfg, state.get('mlflow_run_id') if state else None) if r0 else contextlib.nullcontext()) as run:
+    with mlflow_run(cfg, state.get('mlflow_run_id') if state else None) if r0 else contextlib.nullcontext() as run:
         import mlflow
+
         if r0:
             assert run is not None
             learn.mlflow_run_id = run.info.run_id
             if state is None:
-                mlflow.log_params({**flat_params(cfg), **system_params(), 'data.dataset_version': dataset_version(root),
-                                   'data.normalization_hash': stats_hash(stats), 'data.n_train_tiles': len(tiles['train']),
-                                   'data.n_val_tiles': len(tiles['val']), 'optimizer.name': 'AdamW', 'optimizer.fused': device.type == 'cuda',
-                                   'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier',
-                                   **{f'metrics.{k}': v for k, v in object_metrics_note(cfg, map_objects(cfg, stats)).items()}})
-                atomic_write_text(out/'requirements.txt', frozen_requirements())
-                for f in ('config.yaml', 'normalization_stats.json', 'requirements.txt'): mlflow.log_artifact(str(out/f))
+                mlflow.log_params(
+                    {
+                        **flat_params(cfg),
+                        **system_params(),
+                        'data.dataset_version': dataset_version(root),
+                        'data.normalization_hash': stats_hash(stats),
+                        'data.n_train_tiles': len(tiles['train']),
+                        'data.n_val_tiles': len(tiles['val']),
+                        'optimizer.name': 'AdamW',
+                        'optimizer.fused': device.type == 'cuda',
+                        'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier',
+                        **{f'metrics.{k}': v for k, v in object_metrics_note(cfg, map_objects(cfg, stats)).items()},
+                    }
+                )
+                atomic_write_text(out / 'requirements.txt', frozen_requirements())
+                for f in ('config.yaml', 'normalization_stats.json', 'requirements.txt'):
+                    mlflow.log_artifact(str(out / f))
         cbs = protocol_cbs(cfg, stats, state)
         learn.fit(cfg.train.epochs, cbs=cbs)
         if learn.preempted:
-            if r0: mlflow.end_run('KILLED')
+            if r0:
+                mlflow.end_run('KILLED')
             return dict(preempted=True, output_dir=str(out))
         # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
         best = next(c for c in cbs if isinstance(c, Checkpointer))
@@ -244,68 +358,117 @@ def train(cfg:Config, # the run's config
         mapped = map_objects(cfg, stats, cal['temperature'], cal['threshold'])
         res = summarize(collect_stats(learn, **mapped), cfg.train.val_ratios)
         tta = {}
-        if cfg.train.tta_eval != 'none': tta = summarize(collect_stats(learn, tta=cfg.train.tta_eval), cfg.train.val_ratios)
-        tiou = next(c for c in learn.cbs if isinstance(c, TrainIoU)).results.get('train_iou') # the last epoch's
-        metrics = dict(train_iou=tiou, val_loss=st.loss, **{f'val_{k}': v for k, v in res.items()},
-                       **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()}, temperature=cal['temperature'],
-                       threshold=cal['threshold'], object_metrics=object_metrics_note(cfg, mapped, cal['threshold']), epochs=cfg.train.epochs, epochs_run=learn.epoch + 1, best_epoch=best.best_epoch,
-                       seconds=round(time.time() - t0, 1), device=str(device), world_size=ws, n_train_tiles=len(tiles['train']),
-                       n_val_tiles=len(tiles['val']), mlflow_run_id=learn.mlflow_run_id if r0 else None, tracking_uri=redact_url(uri))
+        if cfg.train.tta_eval != 'none':
+            tta = summarize(collect_stats(learn, tta=cfg.train.tta_eval), cfg.train.val_ratios)
+        tiou = next(c for c in learn.cbs if isinstance(c, TrainIoU)).results.get('train_iou')  # the last epoch's
+        metrics = dict(
+            train_iou=tiou,
+            val_loss=st.loss,
+            **{f'val_{k}': v for k, v in res.items()},
+            **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()},
+            temperature=cal['temperature'],
+            threshold=cal['threshold'],
+            object_metrics=object_metrics_note(cfg, mapped, cal['threshold']),
+            epochs=cfg.train.epochs,
+            epochs_run=learn.epoch + 1,
+            best_epoch=best.best_epoch,
+            seconds=round(time.time() - t0, 1),
+            device=str(device),
+            world_size=ws,
+            n_train_tiles=len(tiles['train']),
+            n_val_tiles=len(tiles['val']),
+            mlflow_run_id=learn.mlflow_run_id if r0 else None,
+            tracking_uri=redact_url(uri),
+        )
         metrics = _finite(metrics)
         if r0:
-            atomic_write_text(out/'threshold_calibration.json', json.dumps(cal, indent=2))
-            prov = Bundle.load(out/'best.pth').provenance # the best epoch and its metric, as the Checkpointer saved them
-            save_checkpoint(out/'best.pth', extract_model_from_parallel(learn.model, keep_torch_compile=False), cfg, stats, calibration=cal,
-                            **{k: v for k, v in prov.items() if k not in ('config_hash', 'dataset_version', 'rts_seg_version', 'git_commit', 'created')})
-            for name, fig in (('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)), ('predictions.png', plot_examples(learn, threshold=cal['threshold']))):
-                with atomic_path(out/name) as tmp: fig.savefig(tmp, dpi=90, format='png')
-            atomic_write_text(out/'metrics.json', json.dumps(metrics, indent=2))
-            mlflow.log_metrics({f'final_{k}': v for k, v in metrics.items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)})
+            atomic_write_text(out / 'threshold_calibration.json', json.dumps(cal, indent=2))
+            prov = Bundle.load(
+                out / 'best.pth'
+            ).provenance  # the best epoch and its metric, as the Checkpointer saved them
+            save_checkpoint(
+                out / 'best.pth',
+                extract_model_from_parallel(learn.model, keep_torch_compile=False),
+                cfg,
+                stats,
+                calibration=cal,
+                **{
+                    k: v
+                    for k, v in prov.items()
+                    if k not in ('config_hash', 'dataset_version', 'rts_seg_version', 'git_commit', 'created')
+                },
+            )
+            for name, fig in (
+                ('pr_curves.png', plot_pr_curves(st, cfg.train.val_ratios)),
+                ('predictions.png', plot_examples(learn, threshold=cal['threshold'])),
+            ):
+                with atomic_path(out / name) as tmp:
+                    fig.savefig(tmp, dpi=90, format='png')
+            atomic_write_text(out / 'metrics.json', json.dumps(metrics, indent=2))
+            mlflow.log_metrics(
+                {f'final_{k}': v for k, v in metrics.items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)}
+            )
             mlflow.log_metrics({'temperature': cal['temperature'], 'threshold': cal['threshold']})
-            for f in ('metrics.json', 'best.pth', 'threshold_calibration.json', 'pr_curves.png', 'predictions.png'): mlflow.log_artifact(str(out/f))
+            for f in ('metrics.json', 'best.pth', 'threshold_calibration.json', 'pr_curves.png', 'predictions.png'):
+                mlflow.log_artifact(str(out / f))
     _barrier()
     if r0:
-        print(f"val_iou {metrics['val_iou'] or float('nan'):.4f}  {cfg.train.monitor} {metrics.get('val_' + cfg.train.monitor) or float('nan'):.4f}  "
-              f"best epoch {best.best_epoch}  threshold {cal['threshold']:.3f} (T {cal['temperature']:.2f})  {metrics['seconds']:.0f} s  -> {out}", flush=True)
+        print(
+            f'val_iou {metrics["val_iou"] or float("nan"):.4f}  {cfg.train.monitor} {metrics.get("val_" + cfg.train.monitor) or float("nan"):.4f}  '
+            f'best epoch {best.best_epoch}  threshold {cal["threshold"]:.3f} (T {cal["temperature"]:.2f})  {metrics["seconds"]:.0f} s  -> {out}',
+            flush=True,
+        )
     return metrics
 
 # %% ../nbs/10_train.ipynb #cc917ac3
-def train_seeds(cfg:Config, # the run's config; each seed trains in output_dir/seed<N>
-                seeds:list[int], # one training per seed
-                resume:str|None=None, # 'auto': resume each seed's run from its newest state
-               ) -> dict:
+def train_seeds(
+    cfg: Config,  # the run's config; each seed trains in output_dir/seed<N>
+    seeds: list[int],  # one training per seed
+    resume: str | None = None,  # 'auto': resume each seed's run from its newest state
+) -> dict:
     "Train once per seed, each in `output_dir/seed<N>`, and summarise the final metrics as mean and std."
     runs = {}
     for sd in seeds:
         c = cfg.model_copy(deep=True)
-        c.train.seed, c.output_dir = sd, str(Path(cfg.output_dir)/f'seed{sd}')
+        c.train.seed, c.output_dir = sd, str(Path(cfg.output_dir) / f'seed{sd}')
         runs[sd] = train(c, resume)
-        if runs[sd].get('preempted'): return dict(preempted=True, output_dir=c.output_dir)
+        if runs[sd].get('preempted'):
+            return dict(preempted=True, output_dir=c.output_dir)
     keys = [k for k, v in runs[seeds[0]].items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)]
-    summary = {k: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0., values=v)
-               for k in keys if None not in (v := cast(list[float], [runs[sd].get(k) for sd in seeds]))}
-    res = dict(seeds=list(seeds), runs={str(k): str(Path(cfg.output_dir)/f'seed{k}') for k in seeds}, metrics=summary)
+    summary = {
+        k: dict(mean=float(np.mean(v)), std=float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, values=v)
+        for k in keys
+        if None not in (v := cast(list[float], [runs[sd].get(k) for sd in seeds]))
+    }
+    res = dict(seeds=list(seeds), runs={str(k): str(Path(cfg.output_dir) / f'seed{k}') for k in seeds}, metrics=summary)
     if rank_distrib() == 0:
-        atomic_write_text(Path(cfg.output_dir)/'seeds_summary.json', json.dumps(res, indent=2))
+        atomic_write_text(Path(cfg.output_dir) / 'seeds_summary.json', json.dumps(res, indent=2))
         for k in ('val_iou', f'val_{cfg.train.monitor}'):
-            if k in summary: print(f"{k} {summary[k]['mean']:.4f} +/- {summary[k]['std']:.4f} over seeds {', '.join(map(str, seeds))}", flush=True)
+            if k in summary:
+                print(
+                    f'{k} {summary[k]["mean"]:.4f} +/- {summary[k]["std"]:.4f} over seeds {", ".join(map(str, seeds))}',
+                    flush=True,
+                )
     return res
 
 # %% ../nbs/10_train.ipynb #e93843ae
-def train_from_args(a:argparse.Namespace, # the arguments of `add_train_args`
-                    cfg:Config|None=None, # `a`'s config, when the caller has loaded it already
-                   ):
+def train_from_args(
+    a: argparse.Namespace,  # the arguments of `add_train_args`
+    cfg: Config | None = None,  # `a`'s config, when the caller has loaded it already
+):
     "Run what `rts-seg train` was asked: one run, a resumed one, or one per seed."
     cfg = cfg or load_config(a.config, a.overrides)
-    if a.check: # what `rts-seg train --check` checks before torch loads
+    if a.check:  # what `rts-seg train --check` checks before torch loads
         check_data_root(cfg.data.root, can_generate=cfg.data.synth is not None)
-        print(config_yaml(cfg), end=''); return {}
+        print(config_yaml(cfg), end='')
+        return {}
     res = train_seeds(cfg, a.seeds, a.resume) if a.seeds else train(cfg, a.resume)
-    if res.get('preempted'): sys.exit(143) # 128 + SIGTERM: stopped on request, state saved
+    if res.get('preempted'):
+        sys.exit(143)  # 128 + SIGTERM: stopped on request, state saved
     return res
 
 # %% ../nbs/10_train.ipynb #ef118f2b
-def main(argv:list[str]|None=None):
+def main(argv: list[str] | None = None):
     "Train from a config file and overrides."
     p = argparse.ArgumentParser(prog='rts-seg train', description='Train a slump segmentation model.')
     add_train_args(p)
@@ -313,4 +476,5 @@ def main(argv:list[str]|None=None):
     return run_cli(train_from_args, a)
 
 # %% ../nbs/10_train.ipynb #83af41b0
-if __name__ == '__main__': main()
+if __name__ == '__main__':
+    main()

@@ -22,42 +22,64 @@ from .core import RtsSegError, atomic_path
 __all__ = ['FIELDS', 'mask_polygons', 'vectorize']
 
 # %% ../nbs/11a_vectorize.ipynb #6b7ace8d
-def mask_polygons(mask_path:str|Path, # uint8 mask (1 = slump), e.g. `{scene}_mask.tif` or a region's mosaic
-                  strip_rows:int=1024, # rows read at a time
-                 ) -> list[shapely.Polygon]:
+def mask_polygons(
+    mask_path: str | Path,  # uint8 mask (1 = slump), e.g. `{scene}_mask.tif` or a region's mosaic
+    strip_rows: int = 1024,  # rows read at a time
+) -> list[shapely.Polygon]:
     "Polygons of the slump pixels (4-connected), read strip by strip and merged across strip seams."
-    pieces: list[shapely.Polygon] = []; seam: list[shapely.Polygon] = []
-    try: src = rasterio.open(mask_path)
-    except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read mask {mask_path}: {e}") from None
+    pieces: list[shapely.Polygon] = []
+    seam: list[shapely.Polygon] = []
+    try:
+        src = rasterio.open(mask_path)
+    except rasterio.errors.RasterioIOError as e:
+        raise RtsSegError(f'cannot read mask {mask_path}: {e}') from None
     with src:
         for y in range(0, src.height, strip_rows):
             win = Window(0, y, src.width, min(strip_rows, src.height - y))
             t, m = src.window_transform(win), src.read(1, window=win)
             slump = m == 1
-            if not slump.any(): continue # most strips (and tiles) have no slump at all
+            if not slump.any():
+                continue  # most strips (and tiles) have no slump at all
             lo, hi = sorted((t.f, t.f + t.e * win.height))
             eps = abs(t.e) * 1e-6
             for g, _ in shapes(m, mask=slump, transform=t):
-                p = shape(g) # a piece touching a strip edge may continue in the next strip: union those
+                p = shape(g)  # a piece touching a strip edge may continue in the next strip: union those
                 (seam if p.bounds[1] <= lo + eps or p.bounds[3] >= hi - eps else pieces).append(p)
-    if seam: pieces += list(shapely.get_parts(shapely.unary_union(seam)))
+    if seam:
+        pieces += list(shapely.get_parts(shapely.unary_union(seam)))
     return pieces
 
 # %% ../nbs/11a_vectorize.ipynb #ac9e7ca9
-FIELDS = ['rts_id', 'area_m2', 'perimeter_m', 'centroid_lat', 'centroid_lon', 'mean_prob', 'max_prob', 'detection_scale', 'tile_ids']
+FIELDS = [
+    'rts_id',
+    'area_m2',
+    'perimeter_m',
+    'centroid_lat',
+    'centroid_lon',
+    'mean_prob',
+    'max_prob',
+    'detection_scale',
+    'tile_ids',
+]
+
 
 def _metric(geoms, crs):
     "Geometries in a metric CRS: as they are when projected, else in EPSG:3413 (the Arctic basemaps' CRS)."
-    if not crs.is_geographic: return geoms, crs.linear_units_factor[1]
+    if not crs.is_geographic:
+        return geoms, crs.linear_units_factor[1]
     return [shape(transform_geom(crs, 'EPSG:3413', g.__geo_interface__)) for g in geoms], 1.0
+
 
 def _stats(p, prob, scale):
     "Mean and max probability inside polygon `p`, and the scale of the max."
     win = from_bounds(*p.bounds, transform=prob.transform).round_offsets(op='floor').round_lengths(op='ceil')
-    win = Window(win.col_off, win.row_off, win.width + 1, win.height + 1).intersection(Window(0, 0, prob.width, prob.height))
+    win = Window(win.col_off, win.row_off, win.width + 1, win.height + 1).intersection(
+        Window(0, 0, prob.width, prob.height)
+    )
     a = prob.read(1, window=win)
     inside = geometry_mask([p], out_shape=a.shape, transform=prob.window_transform(win), invert=True) & (a >= 0)
-    if not inside.any(): return float('nan'), float('nan'), float('nan')
+    if not inside.any():
+        return float('nan'), float('nan'), float('nan')
     v = a[inside]
     s = 1.0
     if scale is not None:
@@ -65,33 +87,43 @@ def _stats(p, prob, scale):
         s = 1 / float(c) if c else float('nan')
     return float(v.mean()), float(v.max()), s
 
-def vectorize(mask_path:str|Path, # uint8 mask COG (1 = slump, 255 = nodata)
-              prob_path:str|Path, # float32 probability COG on the same grid
-              out_path:str|Path, # GeoPackage to write
-              scale_path:str|Path|None=None, # uint8 winning-scale raster (1, 2, 4; 0 = nodata)
-              min_area_m2:float=100.0, # smaller polygons are dropped
-              simplify_m:float|None=None, # Douglas-Peucker tolerance in CRS units (metres); None = one pixel
-              tiles:list[tuple[str, tuple]]|None=None, # (tile_id, bounds) to fill `tile_ids`; None = the scene's name
-              strip_rows:int=1024, # rows read at a time
-              layer:str='rts', # GeoPackage layer name
-             ) -> dict:
+
+def vectorize(
+    mask_path: str | Path,  # uint8 mask COG (1 = slump, 255 = nodata)
+    prob_path: str | Path,  # float32 probability COG on the same grid
+    out_path: str | Path,  # GeoPackage to write
+    scale_path: str | Path | None = None,  # uint8 winning-scale raster (1, 2, 4; 0 = nodata)
+    min_area_m2: float = 100.0,  # smaller polygons are dropped
+    simplify_m: float | None = None,  # Douglas-Peucker tolerance in CRS units (metres); None = one pixel
+    tiles: list[tuple[str, tuple]] | None = None,  # (tile_id, bounds) to fill `tile_ids`; None = the scene's name
+    strip_rows: int = 1024,  # rows read at a time
+    layer: str = 'rts',  # GeoPackage layer name
+) -> dict:
     "Write the slump polygons of a mask, with their statistics, to a GeoPackage; returns a summary."
-    try: prob = rasterio.open(prob_path)
-    except rasterio.errors.RasterioIOError as e: raise RtsSegError(f"cannot read probabilities {prob_path}: {e}") from None
+    try:
+        prob = rasterio.open(prob_path)
+    except rasterio.errors.RasterioIOError as e:
+        raise RtsSegError(f'cannot read probabilities {prob_path}: {e}') from None
     with prob:
         crs, res = prob.crs, abs(prob.transform.a)
-        if crs is None: raise RtsSegError(f"{prob_path} has no CRS; cannot write georeferenced polygons")
+        if crs is None:
+            raise RtsSegError(f'{prob_path} has no CRS; cannot write georeferenced polygons')
         polys = mask_polygons(mask_path, strip_rows)
         m, unit = _metric(polys, crs)
         keep = [i for i, g in enumerate(m) if g.area * unit**2 >= min_area_m2]
         polys = [polys[i] for i in keep]
         scale = rasterio.open(scale_path) if scale_path and polys else None
-        try: stats = [_stats(p, prob, scale) for p in polys]
+        try:
+            stats = [_stats(p, prob, scale) for p in polys]
         finally:
-            if scale: scale.close()
+            if scale:
+                scale.close()
     tol = simplify_m if simplify_m is not None else res
-    polys = [shapely.normalize(shapely.simplify(p, 0)) for p in polys] # canonical: no collinear vertices, fixed start
-    polys = [shapely.normalize(shapely.make_valid(shapely.simplify(p, tol, preserve_topology=True))) if tol else p for p in polys]
+    polys = [shapely.normalize(shapely.simplify(p, 0)) for p in polys]  # canonical: no collinear vertices, fixed start
+    polys = [
+        shapely.normalize(shapely.make_valid(shapely.simplify(p, tol, preserve_topology=True))) if tol else p
+        for p in polys
+    ]
     # north-west to south-east, so ids do not depend on the order of strips or shards
     order = sorted(range(len(polys)), key=lambda i: (-round(polys[i].centroid.y, 6), round(polys[i].centroid.x, 6)))
     polys, stats = [polys[i] for i in order], [stats[i] for i in order]
@@ -101,18 +133,37 @@ def vectorize(mask_path:str|Path, # uint8 mask COG (1 = slump, 255 = nodata)
     if tiles:
         tree = shapely.STRtree([shapely.box(*b) for _, b in tiles])
         tids = [';'.join(tiles[j][0] for j in sorted(tree.query(p, predicate='intersects'))) for p in polys]
-    else: tids = [Path(str(mask_path)).name.removesuffix('_mask.tif').removesuffix('.tif')] * len(polys)
-    cols = dict(rts_id=np.arange(1, len(polys) + 1, dtype=np.int64),
-                area_m2=np.array([g.area * unit**2 for g in m], float), perimeter_m=np.array([g.length * unit for g in m], float),
-                centroid_lat=np.array(lat, float), centroid_lon=np.array(lon, float),
-                mean_prob=np.array([s[0] for s in stats], float), max_prob=np.array([s[1] for s in stats], float),
-                detection_scale=np.array([s[2] for s in stats], float), tile_ids=np.array(tids, dtype=object))
-    geoms = np.array([shapely.to_wkb(shapely.Polygon(p) if p.geom_type == 'Polygon' else p) for p in polys], dtype=object)
+    else:
+        tids = [Path(str(mask_path)).name.removesuffix('_mask.tif').removesuffix('.tif')] * len(polys)
+    cols = dict(
+        rts_id=np.arange(1, len(polys) + 1, dtype=np.int64),
+        area_m2=np.array([g.area * unit**2 for g in m], float),
+        perimeter_m=np.array([g.length * unit for g in m], float),
+        centroid_lat=np.array(lat, float),
+        centroid_lon=np.array(lon, float),
+        mean_prob=np.array([s[0] for s in stats], float),
+        max_prob=np.array([s[1] for s in stats], float),
+        detection_scale=np.array([s[2] for s in stats], float),
+        tile_ids=np.array(tids, dtype=object),
+    )
+    geoms = np.array(
+        [shapely.to_wkb(shapely.Polygon(p) if p.geom_type == 'Polygon' else p) for p in polys], dtype=object
+    )
     out_path = Path(out_path)
     with atomic_path(out_path) as tmp:
         tmp.unlink()
-        import pyogrio, pyogrio.raw # imported here: polygons can be computed without it
-        pyogrio.set_gdal_config_options({'OGR_CURRENT_DATE': '2000-01-01T00:00:00.000Z'}) # same polygons, same bytes
-        pyogrio.raw.write(tmp, geoms, [cols[f] for f in FIELDS], FIELDS, layer=layer, driver='GPKG',
-                          geometry_type='MultiPolygon', promote_to_multi=True, crs=crs.to_wkt())
+        import pyogrio, pyogrio.raw  # imported here: polygons can be computed without it
+
+        pyogrio.set_gdal_config_options({'OGR_CURRENT_DATE': '2000-01-01T00:00:00.000Z'})  # same polygons, same bytes
+        pyogrio.raw.write(
+            tmp,
+            geoms,
+            [cols[f] for f in FIELDS],
+            FIELDS,
+            layer=layer,
+            driver='GPKG',
+            geometry_type='MultiPolygon',
+            promote_to_multi=True,
+            crs=crs.to_wkt(),
+        )
     return dict(gpkg=str(out_path), polygons=len(polys), total_area_m2=float(cols['area_m2'].sum()))
