@@ -156,9 +156,8 @@ def main():
         print(f'scene {size}x{size} px written in {time.time() - t:.1f} s', flush=True)
         scenes = lambda: [Scene(str(scene), out / f'pred{i}') for i in range(a.scenes)]
 
-    if (
-        a.model == 'tiny'
-    ):  # the host side alone: on the CPU, one torch thread, so "device" ops do not fight the host threads
+    # the host side alone: on the CPU, one torch thread, so "device" ops do not fight the host threads
+    if a.model == 'tiny':
         arch, enc, model = 'tiny', '-', Tiny()
         if device == 'cpu':
             torch.set_num_threads(1)

@@ -128,9 +128,8 @@ class Bundle:
         "The rasters a tile is read from, in channel order: ['PLANET-RGB'] or ['PLANET-RGB', 'EXTRA']."
         return list(dict.fromkeys(c['source'] for c in self.channels))
 
-    if (
-        TYPE_CHECKING
-    ):  # methods defined further down, each beside its prose and tests; declared here for the type checker
+    # methods defined further down, each beside its prose and tests; declared here for the type checker
+    if TYPE_CHECKING:
 
         def save(self, path: str | Path) -> Path: ...
         @classmethod

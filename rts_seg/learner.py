@@ -511,9 +511,8 @@ class Resume(Callback):
         sl = getattr(getattr(self.learn, 'recorder', None), 'smooth_loss', None)
         if st.get('smooth_loss') and sl is not None:
             sl.count, sl.val = st['smooth_loss']['count'], st['smooth_loss']['val']
-        if (
-            st['iter'] and st.get('train_iou') is not None and rank_distrib() == 0
-        ):  # the counts are the sum over all processes: rank 0 carries them
+        # the counts are the sum over all processes: rank 0 carries them
+        if st['iter'] and st.get('train_iou') is not None and rank_distrib() == 0:
             for c in self.learn.cbs.filter(lambda c: isinstance(c, TrainIoU)):
                 c.carry = st['train_iou'].to(self.dls.device or 'cpu')
         self.learn.resume_epoch, self.learn.resume_iter = st['epoch'], st['iter']
@@ -620,9 +619,8 @@ class Checkpointer(TrackerCallback):
             return
         if rank_distrib() == 0:
             save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
-            if (
-                not self.saved_best and not self.best_path.is_file()
-            ):  # the monitor was never finite (e.g. no negative tiles)
+            # the monitor was never finite (e.g. no negative tiles)
+            if not self.saved_best and not self.best_path.is_file():
                 print(
                     f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights",
                     file=sys.stderr,

@@ -156,9 +156,8 @@ class ShardDL(AsyncToDevice, DataLoader):
             rank_distrib() if rank is None else rank,
             (num_distrib() or 1) if world_size is None else world_size,
         )
-        if (
-            1 < self.world_size and len(dataset) < self.world_size
-        ):  # a rank without items would skip the collectives of validation: a hang
+        # a rank without items would skip the collectives of validation: a hang
+        if 1 < self.world_size and len(dataset) < self.world_size:
             raise RtsSegError(
                 f'validation has {len(dataset)} tile(s) for {self.world_size} processes; every process needs '
                 'at least one: move a region to the validation split (splits.yaml) or run fewer processes'

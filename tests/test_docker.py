@@ -145,9 +145,8 @@ def test_stages_users_and_gpu_generations():
         for v in ('XDG_CACHE_HOME=/cache', 'TORCH_HOME=/cache/torch', 'HF_HOME=/cache/huggingface'):
             assert v in env, v  # downloads: once per /cache volume
         run = ' '.join(a for op, a in ops if op == 'RUN')
-        assert (
-            'mkdir -p /data /outputs /cache' in run and 'chmod 1777 /outputs /cache' in run
-        )  # any --user can write the cache
+        # any --user can write the cache
+        assert 'mkdir -p /data /outputs /cache' in run and 'chmod 1777 /outputs /cache' in run
         assert not re.search(
             r'(SECRET|TOKEN|PASSWORD|CREDENTIALS|API_KEY)\w*=', env + ' '.join(a for op, a in ops if op == 'ARG'), re.I
         ), 'no credentials in a layer'
@@ -325,9 +324,8 @@ def test_image_tag_stable_and_content_addressed(tmp_path):
     assert r1.returncode == 0, r1.stderr
     t = r1.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r'[0-9a-f]{7}', t) and r2.stdout == r1.stdout
-    assert (
-        image_tag(ROOT, 'hopper') == t
-    )  # the function the command calls; used below, as each command costs a torch import
+    # the function the command calls; used below, as each command costs a torch import
+    assert image_tag(ROOT, 'hopper') == t
     # another checkout, elsewhere, with CRLF line endings: the same tag; a changed README neither
     other = _copy_hashed(tmp_path / 'checkout')
     p = other / 'rts_seg' / 'train.py'

@@ -34,9 +34,8 @@ def test_tutorial_opens_in_colab(nb):
     assert f'({COLAB}{nb.relative_to(NBS)})' in cs[1][1] and 'colab-badge.svg' in cs[1][1]
     code = [s for t, s in cs if t == 'code']
     assert "'google.colab' in sys.modules" in code[0] and 'pip' in code[0]
-    assert not re.search(
-        r'^\s*(import|from) rts_seg', code[0], re.M
-    )  # the install comes before any import of the package
+    # the install comes before any import of the package
+    assert not re.search(r'^\s*(import|from) rts_seg', code[0], re.M)
 
 
 def test_workflows():
@@ -74,9 +73,8 @@ def test_docs_pages_render():
     assert set(pages) == {str(f.relative_to(NBS)) for f in docs_check.notebooks()}
     for p in pages.values():
         shot = out / 'screenshots' / (p['page'].replace('/', '__').removesuffix('.html') + '.png')
-        assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000, (
-            shot
-        )  # a rendered page, not a blank one
+        # a rendered page, not a blank one
+        assert shot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and shot.stat().st_size > 20_000, shot
     # where output is visual, the page shows it
     for nb in [
         'tutorials/quickstart.ipynb',
@@ -91,9 +89,8 @@ def test_docs_pages_render():
         '11b_evaluate.ipynb',
     ]:
         assert pages[nb]['seen']['images'] >= 1, nb
-    assert (
-        pages['tutorials/quickstart.ipynb']['seen']['images'] >= 6
-    )  # batch, curves, PR curves, predictions, scene, scored map
+    # batch, curves, PR curves, predictions, scene, scored map
+    assert pages['tutorials/quickstart.ipynb']['seen']['images'] >= 6
 
 
 def test_checks_catch_what_they_claim(tmp_path):
@@ -142,18 +139,15 @@ def test_checks_catch_what_they_claim(tmp_path):
     nb.frontmatter_ = AttrDict(title='T', description='d')
     doc, probs, blocks = docs_check.for_nbconvert(nb)
     assert any('ZeroDivisionError' in p for p in probs) and any('directive left' in p for p in probs)
-    assert (
-        doc.cells[2].metadata['tags'] == ['remove_input'] and '#|' not in doc.cells[2].source
-    )  # cells: title, heading, the echo: false one
-    assert any(
-        'does not open with prose' in p for p in probs
-    )  # a heading, then code: no sentence saying what the page is for
+    # cells: title, heading, the echo: false one
+    assert doc.cells[2].metadata['tags'] == ['remove_input'] and '#|' not in doc.cells[2].source
+    # a heading, then code: no sentence saying what the page is for
+    assert any('does not open with prose' in p for p in probs)
     assert docs_check.opens_with_prose(
         [('markdown', '## Usage'), ('markdown', 'This module turns masks into polygons that scientists can count.')]
     )
-    assert '<table>' in docs_check.markdown(
-        '| a | b |\n|---|---|\n| `x \\| y` | 2 |'
-    )  # GFM tables, as pandoc reads them
+    # GFM tables, as pandoc reads them
+    assert '<table>' in docs_check.markdown('| a | b |\n|---|---|\n| `x \\| y` | 2 |')
     exe = _browser()
     if not exe:
         pytest.skip('no Chromium here (apt-get install chromium)')

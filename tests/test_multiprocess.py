@@ -74,9 +74,10 @@ def test_two_processes_sigterm_then_resume(tmp_path):
     env = {**no_mlflow_env(), 'CUDA_VISIBLE_DEVICES': '', 'MAIN_PROCESS_PORT': str(_free_port())}
     train_sh = lambda *a: [ROOT / 'docker' / 'train.sh', '--num_processes', '2', *map(str, cfg), *map(str, a)]
     r = subprocess.run(train_sh('train.epoch=3'), capture_output=True, text=True, env=env, timeout=120)
+    # one line, before launching
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "'train.epoch'" in r.stderr, r.stderr[
         -4000:
-    ]  # one line, before launching
+    ]
     r = subprocess.run(train_sh(), capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-4000:]
     assert 'accelerate launch --multi_gpu --num_processes 2' in r.stderr

@@ -134,9 +134,8 @@ def execute(fn: Path, force: str = ''):
         raise Problem(f'a cell raised {type(e).__name__}: {str(e)[:300]}\n{tb[-2000:] if tb else ""}') from None
     finally:
         os.environ.pop('IN_TEST', None)
-    for (
-        c
-    ) in nb.cells:  # outputs as they read back from a saved notebook: text as one string, as nbdev's processors expect
+    # outputs as they read back from a saved notebook: text as one string, as nbdev's processors expect
+    for c in nb.cells:
         for o in c.get('outputs', []):
             if isinstance(o.get('text'), list):
                 o['text'] = ''.join(o['text'])
@@ -239,9 +238,8 @@ def for_nbconvert(nb) -> tuple[dict, list[str], dict[str, str]]:
             if o.get('output_type') == 'stream' and 'Traceback (most recent call last)' in _text(o):
                 probs.append(f'traceback in output: {_text(o)[-300:]}')
             data = o.get('data') or {}
-            if (
-                'text/markdown' in data and 'text/html' not in data
-            ):  # as quarto shows it (show_doc's output, `output: asis`)
+            # as quarto shows it (show_doc's output, `output: asis`)
+            if 'text/markdown' in data and 'text/html' not in data:
                 o['data'] = {**data, 'text/html': markdown(data['text/markdown'])}
         tags = []
         if opts.get('echo') == 'false' or not src:
