@@ -44,9 +44,8 @@ def rate(fn, n: int, repeat: int) -> float:
     "Best-of-`repeat` calls per CPU-second of fn(i) for i in range(n)."
     best = 0.0
     for _ in range(repeat):
-        t = (
-            time.process_time()
-        )  # CPU time of this (single-threaded) process: per-core cost, whatever else the machine runs
+        # CPU time of this (single-threaded) process: per-core cost, whatever else the machine runs
+        t = time.process_time()
         for i in range(n):
             fn(i)
         best = max(best, n / (time.process_time() - t))

@@ -90,16 +90,13 @@ class Bundle:
     model: dict  # the `model` config section: arch, encoder, decoder_channels
     channels: list  # input channels in order: name, source, band, group (`channel_table`)
     normalization: dict  # `normalization_stats.json`: clip bounds, mean and std of every group
-    imagery: dict = field(
-        default_factory=dict
-    )  # the training tiles: tile size, CRS unit, pixel size, dtype and nodata per source
-    calibration: dict = field(
-        default_factory=dict
-    )  # temperature, threshold and per-ratio thresholds (`rts_seg.train.calibrate`)
+    # the training tiles: tile size, CRS unit, pixel size, dtype and nodata per source
+    imagery: dict = field(default_factory=dict)
+    # temperature, threshold and per-ratio thresholds (`rts_seg.train.calibrate`)
+    calibration: dict = field(default_factory=dict)
     postprocess: dict = field(default_factory=dict)  # min_area_m2 and simplify_m of the polygons
-    provenance: dict = field(
-        default_factory=dict
-    )  # config hash, dataset version, rts_seg version, git commit, epoch, metric
+    # config hash, dataset version, rts_seg version, git commit, epoch, metric
+    provenance: dict = field(default_factory=dict)
     state_dict: dict | None = field(default=None, repr=False)  # the (EMA) weights
     nodata_rule: str = NODATA_RULE
 

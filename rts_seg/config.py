@@ -148,9 +148,8 @@ DEFAULT_MIN_AREA_M2 = (
 class InferenceConfig(Section):
     "How `rts-seg predict` slides the model over scenes and tile lists, and what it writes."
 
-    tile_size: Optional[int] = Field(
-        None, ge=32
-    )  # window side in pixels; None = the model's training tile size (its bundle)
+    # window side in pixels; None = the model's training tile size (its bundle)
+    tile_size: Optional[int] = Field(None, ge=32)
     stride: Optional[int] = None  # step between windows; None = half a window (50 % overlap)
     merge: Literal['max', 'blend'] = 'max'  # overlapping windows: maximum, or a weighted blend that removes seams
     blend_window: Literal['hann', 'linear'] = 'hann'  # weights of the blend, highest at the window centre
@@ -166,9 +165,8 @@ class InferenceConfig(Section):
     bands: Optional[list[int]] = (
         None  # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
     )
-    pixel_size_tolerance: float = Field(
-        2.0, ge=1
-    )  # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
+    # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
+    pixel_size_tolerance: float = Field(2.0, ge=1)
     min_area_m2: Optional[float] = None  # polygons smaller than this are dropped; None = the model's (100 by default)
     simplify_m: Optional[float] = None  # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 

@@ -261,9 +261,8 @@ class Normalizer:
 
     def hwc(self, a: np.ndarray) -> np.ndarray:
         "Normalise an (H, W, C) array (channels last, as augmentation leaves them) into a contiguous (C, H, W) float32 array."
-        x = np.ascontiguousarray(
-            a.transpose(2, 0, 1), dtype=np.float32
-        )  # one copy, channels first: long inner loops below
+        # one copy, channels first: long inner loops below
+        x = np.ascontiguousarray(a.transpose(2, 0, 1), dtype=np.float32)
         np.maximum(x, self.lo, out=x)
         np.minimum(x, self.hi, out=x)  # in place: several times faster than np.clip
         x -= self.mean
@@ -417,7 +416,6 @@ def get_dls(
         keyed=True,
         **kw,
     )
-    valid_dl = ShardDL(
-        valid_ds, bs=cfg.batch_size, persistent_workers=cfg.num_workers > 0, **kw
-    )  # every tile once, split by rank
+    # every tile once, split by rank
+    valid_dl = ShardDL(valid_ds, bs=cfg.batch_size, persistent_workers=cfg.num_workers > 0, **kw)
     return DataLoaders(train_dl, valid_dl, device=device)

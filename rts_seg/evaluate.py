@@ -147,9 +147,8 @@ def evaluate(
         tsize = np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
         tbin = [_size_bin(a * px) for a in tsize]
         _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious)
-        small = (
-            np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2
-        )  # whole components, as vectorize measures them
+        # whole components, as vectorize measures them
+        small = np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2
         small[0] = True
         _tally(obj_map, prob, np.where(small[pl], 0, pl), npred, tl, ntruth, tsize, tbin, valid, px, ious)
     # PR curve from the histograms: a threshold at each bin edge, from high to low

@@ -17,9 +17,8 @@ from .core import RtsSegError
 __all__ = ['GPU_ARCHS', 'MANIFEST', 'IMPORTS', 'arch_of', 'find_root', 'image_files', 'image_tag', 'image_checks', 'run_checks']
 
 # %% ../nbs/12_image.ipynb #f7aee2ba
-GPU_ARCHS: dict[
-    str, dict[str, Any]
-] = {  # GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
+# GPU generation -> what differs between the images (docker/Dockerfile, stages `arch-*`)
+GPU_ARCHS: dict[str, dict[str, Any]] = {
     'pre-ampere': dict(cuda_arch_list='7.0 7.5', mixed_precision='fp16', capability=((7, 0), (8, 0))),  # V100, T4
     'ampere': dict(cuda_arch_list='8.0 8.6 8.9', mixed_precision='bf16', capability=((8, 0), (9, 0))),  # A100, A10, L4
     'hopper': dict(cuda_arch_list='9.0', mixed_precision='bf16', capability=((9, 0), (10, 0))),  # H100, H200

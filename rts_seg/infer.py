@@ -272,9 +272,8 @@ def run_inference(
         print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
     if (scenes is None) == (tile_list is None):
         raise RtsSegError('give either --scene or --tile-list (with --imagery)')
-    net, bundle = load_model(
-        model
-    )  # the network (a bundle's, or exported), and what it needs: its channels and where they come from
+    # the network (a bundle's, or exported), and what it needs: its channels and where they come from
+    net, bundle = load_model(model)
     cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
     aux = 'EXTRA' in bundle.sources
     tiles = None

@@ -11,9 +11,8 @@ from pathlib import Path
 
 if os.environ.get('STORAGE_EMULATOR_HOST'):  # gcsfs probes bucket types over gRPC, which an emulator does not serve
     os.environ.setdefault('GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT', 'false')
-os.environ.setdefault(
-    'GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR'
-)  # GDAL would list a tile's folder (100,000s of files) on every open
+# GDAL would list a tile's folder (100,000s of files) on every open
+os.environ.setdefault('GDAL_DISABLE_READDIR_ON_OPEN', 'EMPTY_DIR')
 import fsspec
 import numpy as np
 import rasterio

@@ -217,9 +217,8 @@ def build_plan(
 
 # %% ../nbs/12a_launch.ipynb #0b99a3c8
 _DUR = 'duration'
-API: dict[
-    str, dict[str, Any]
-] = {  # message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
+# message -> {field: type}; a type is 'str', 'int', 'bool', 'duration', 'map' (str -> str), 'gs', a message,
+API: dict[str, dict[str, Any]] = {
     # a set (enum values) or [type] (a list). Fields not listed are not written by rts_seg.
     # Vertex AI v1: projects.locations.customJobs
     'CustomJob': dict(displayName='str', jobSpec='CustomJobSpec', labels='map'),
@@ -596,9 +595,8 @@ def launch_train(
         raise RtsSegError("give the run's folder as --output gs://..., not output_dir=")
     m = gpu_machine(machine, gpus, accelerator)
     out = fuse_path(output)
-    cfg = load_config(
-        config, [*overrides, f'output_dir={out}']
-    )  # a mistake in the config or overrides: here, not on the VM
+    # a mistake in the config or overrides: here, not on the VM
+    cfg = load_config(config, [*overrides, f'output_dir={out}'])
     if not is_remote(cfg.data.root) and cfg.data.synth is None:
         raise RtsSegError(
             f'data.root={cfg.data.root} is a local folder the job cannot see; give data.root=gs://BUCKET/PATH'

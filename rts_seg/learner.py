@@ -118,9 +118,8 @@ class TextProgress(Callback):
         parts = [
             f'{n} {v:.4f}' if isinstance(v, float) else f'{n} {v}' for n, v in zip(names[1:], log[1:]) if v is not None
         ]
-        rate = (
-            f'  {self.rate:.1f} img/s' if getattr(self, 'n_img', 0) else ''
-        )  # none when resumed after the epoch's last step
+        # none when resumed after the epoch's last step
+        rate = f'  {self.rate:.1f} img/s' if getattr(self, 'n_img', 0) else ''
         print(
             f'epoch {log[0] + 1}/{self.n_epoch}  ' + '  '.join(parts) + f'{rate}  eta {self._eta(log[0] + 1)}',
             flush=True,

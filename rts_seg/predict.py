@@ -127,9 +127,8 @@ class Predictor:
         self.threshold = bundle.threshold if threshold is None else threshold
         self.temperature = float(bundle.temperature if temperature is None else temperature)
         self.normalization_hash, self.in_channels = bundle.normalization_hash, bundle.in_channels
-        self.lo, self.hi, self.mean, self.std = (
-            t[None, :, None, None] for t in bundle.norm_columns(self.device)
-        )  # every group, in channel order
+        # every group, in channel order
+        self.lo, self.hi, self.mean, self.std = (t[None, :, None, None] for t in bundle.norm_columns(self.device))
         model = model.to(self.device).eval()
         self.channels_last = channels_last and cuda
         if self.channels_last:
@@ -435,9 +434,8 @@ class Scene:
     masked: bool = False  # some pixels can be invalid (a nodata value, or floats)
     ys: list = field(default_factory=list, repr=False)  # top rows of the rows of windows
     xs: list = field(default_factory=list, repr=False)  # left columns of the windows of a row
-    row_end: dict = field(
-        default_factory=dict, repr=False
-    )  # y -> the first row the next row of windows starts at (or the height)
+    # y -> the first row the next row of windows starts at (or the height)
+    row_end: dict = field(default_factory=dict, repr=False)
 
     @property
     def windows(self) -> int:
@@ -501,9 +499,8 @@ class Scene:
         kinds = {p.dtype for p in self.parts}  # raw values go to the device in their own type; mixed rasters as float32
         self.dtype = _BUF_DTYPES.get(kinds.pop(), torch.float32) if len(kinds) == 1 else torch.float32
         self.channels = c0
-        self.masked = any(
-            p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts
-        )  # some pixels can be invalid
+        # some pixels can be invalid
+        self.masked = any(p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts)
         self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
         self.row_end = {y: (self.ys[i + 1] if i + 1 < len(self.ys) else self.height) for i, y in enumerate(self.ys)}
         return self
@@ -854,9 +851,8 @@ def forward_batch(
         it.xs = it.valid = None  # the rows they are views of can go
     bad = (~torch.isfinite(best) | (best < 0) | (best > 1)).any()
     cuda = predictor.device.type == 'cuda'
-    flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(
-        bad, non_blocking=cuda
-    )  # read once the batch has run
+    # read once the batch has run
+    flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda)
     return todo, best, code, vwin, flag
 
 # %% ../nbs/11_predict.ipynb #0da9233f
@@ -874,9 +870,8 @@ class Merger:
         assert cfg.threshold is not None, 'resolve the config first (Bundle.resolve)'
         self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {}
         blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
-        self.blend = (
-            None if blend is None else torch.as_tensor(blend, device=device)
-        )  # on the device once, not once per scene
+        # on the device once, not once per scene
+        self.blend = None if blend is None else torch.as_tensor(blend, device=device)
 
     def add(
         self,

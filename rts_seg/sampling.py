@@ -106,9 +106,8 @@ class BalancedDL(AsyncToDevice, DataLoader):
             (num_distrib() or 1) if world_size is None else world_size,
         )
         n = n_batches or len(dataset) // bs
-        self.n_batches = (
-            max(-(-n // self.world_size), 1) * self.world_size
-        )  # as many batches on every rank: DDP steps together
+        # as many batches on every rank: DDP steps together
+        self.n_batches = max(-(-n // self.world_size), 1) * self.world_size
         self.positive_fraction, self.curriculum, self.seed, self.epoch, self.keyed = (
             positive_fraction,
             curriculum,

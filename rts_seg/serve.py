@@ -225,9 +225,8 @@ def create_app(
         return JSONResponse({'detail': f'{".".join(map(str, e["loc"]))}: {e["msg"]}'}, status_code=422)
 
     @app.exception_handler(RtsSegError)
-    async def _failed(
-        request, exc
-    ):  # the server's own trouble (a broken checkpoint): one line, no traceback to the client
+    # the server's own trouble (a broken checkpoint): one line, no traceback to the client
+    async def _failed(request, exc):
         return JSONResponse({'detail': str(exc)}, status_code=500)
 
     @app.get('/health')

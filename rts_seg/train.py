@@ -383,9 +383,8 @@ def train(
         metrics = _finite(metrics)
         if r0:
             atomic_write_text(out / 'threshold_calibration.json', json.dumps(cal, indent=2))
-            prov = Bundle.load(
-                out / 'best.pth'
-            ).provenance  # the best epoch and its metric, as the Checkpointer saved them
+            # the best epoch and its metric, as the Checkpointer saved them
+            prov = Bundle.load(out / 'best.pth').provenance
             save_checkpoint(
                 out / 'best.pth',
                 extract_model_from_parallel(learn.model, keep_torch_compile=False),

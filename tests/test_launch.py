@@ -98,9 +98,8 @@ def plan(stdout: str):
     "The printed plan: image line, build commands, job JSON, submit command."
     lines = stdout.strip().splitlines()
     i = next(k for k, l in enumerate(lines) if l.startswith('# job spec'))
-    j = next(
-        k for k in range(i, len(lines)) if lines[k].startswith('gcloud ')
-    )  # what follows is the build's and gcloud's output
+    # what follows is the build's and gcloud's output
+    j = next(k for k in range(i, len(lines)) if lines[k].startswith('gcloud '))
     return lines[0], lines[1:i], json.loads('\n'.join(lines[i + 1 : j])), lines[j]
 
 

@@ -125,9 +125,8 @@ def test_two_processes_sigterm_then_resume(tmp_path):
                 if line.startswith('epoch 1/3'):
                     break
             time.sleep(0.5)  # into epoch 2
-            p.send_signal(
-                signal.SIGTERM
-            )  # to the launcher only, as `docker stop` does to the container's first process
+            # to the launcher only, as `docker stop` does to the container's first process
+            p.send_signal(signal.SIGTERM)
             p.communicate(timeout=300)
         finally:
             watchdog.cancel()

@@ -191,9 +191,8 @@ def test_tile_list_killed_and_resumed_gives_identical_files(tiny, tmp_path):
     errs = [p.communicate(timeout=600)[1] for p in ps]
     assert [p.returncode for p in ps] == [0, -9], [e[-2000:] for e in errs]
     assert not (c / 'mosaic').exists()  # task 1 is unfinished
-    r = rts_seg(
-        *task[1:], env=engine_env(BATCH_TASK_INDEX=1, BATCH_TASK_COUNT=2)
-    )  # the engine's retry: the same command
+    # the engine's retry: the same command
+    r = rts_seg(*task[1:], env=engine_env(BATCH_TASK_INDEX=1, BATCH_TASK_COUNT=2))
     assert r.returncode == 0 and 'shard 1/2, from Cloud Batch' in r.stdout, r.stderr[-2000:]
     logs = [json.loads((c / f'inference_log_{k}of2.json').read_text()) for k in range(2)]
     assert [(l['shard'], l['shard_source'], l['tiles']['total']) for l in logs] == [
