@@ -59,9 +59,8 @@ class DataConfig(Section):
     boundary_ignore_width: int = 3  # width of that band in pixels, on each side of the edge
     soft_label_value: float = 0.05  # soft_labels: the band becomes this (background) and 1 - this (slump)
     positive_fraction: Optional[float] = None  # share of positive tiles in each training batch; None: plain shuffling
-    curriculum: Optional[list[tuple[int, float]]] = (
-        None  # (epoch, negatives per positive) breakpoints, interpolated; overrides positive_fraction
-    )
+    # (epoch, negatives per positive) breakpoints, interpolated; overrides positive_fraction
+    curriculum: Optional[list[tuple[int, float]]] = None
 
     @field_validator('extra_channels')
     @classmethod
@@ -106,9 +105,8 @@ class TrainConfig(Section):
     weight_decay: float = 1e-2  # decoupled (AdamW) weight decay
     seed: int = 42  # seeds python, numpy and torch
     device: str = 'auto'  # auto, cpu, cuda or cuda:N
-    mixed_precision: Literal['auto', 'no', 'bf16', 'fp16'] = (
-        'auto'  # auto: bf16 where the GPU has it, else fp16; none on the CPU
-    )
+    # auto: bf16 where the GPU has it, else fp16; none on the CPU
+    mixed_precision: Literal['auto', 'no', 'bf16', 'fp16'] = 'auto'
     ema_decay: Optional[float] = 0.999  # EMA of the weights, used for validation and saved; null turns it off
     grad_clip_norm: Optional[float] = 1.0  # clip the gradient norm; null turns it off
     channels_last: bool = True  # channels-last memory format on the GPU (faster convolutions with mixed precision)
@@ -120,9 +118,8 @@ class TrainConfig(Section):
         1000,
     ]  # realistic validation: negative tiles per positive tile (plus balanced 1:1)
     monitor: str = 'r500_pr_auc'  # metric for the best checkpoint and early stopping (higher is better)
-    early_stopping_patience: Optional[int] = (
-        20  # epochs without improvement of `monitor` before stopping; null: never stop early
-    )
+    # epochs without improvement of `monitor` before stopping; null: never stop early
+    early_stopping_patience: Optional[int] = 20
     early_stopping_min_delta: float = 0.001  # smallest change of `monitor` that counts as an improvement
     checkpoint_every: int = Field(10, ge=1)  # full-state checkpoint every this many epochs (for --resume)
     keep_checkpoints: int = Field(3, ge=1)  # how many of those to keep, newest first
@@ -135,14 +132,12 @@ class MlflowConfig(Section):
 
     tracking_uri: Optional[str] = None  # None: sqlite store in output_dir
     experiment: str = 'rts_seg'  # experiment name
-    artifact_location: Optional[str] = (
-        None  # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
-    )
+    # where a new experiment keeps artifacts, e.g. gs://bucket/mlflow; None: beside a local store
+    artifact_location: Optional[str] = None
 
 # %% ../nbs/01_config.ipynb #4bcfac61
-DEFAULT_MIN_AREA_M2 = (
-    100.0  # polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
-)
+# polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
+DEFAULT_MIN_AREA_M2 = 100.0
 
 
 class InferenceConfig(Section):
@@ -162,9 +157,8 @@ class InferenceConfig(Section):
     compile: bool = False  # torch.compile the model (minutes to compile; pays off on long runs)
     workers: int = Field(2, ge=1)  # reader threads that prefetch and normalise windows
     threshold: Optional[float] = None  # mask threshold; None = the model's calibrated one (else 0.5)
-    bands: Optional[list[int]] = (
-        None  # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
-    )
+    # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
+    bands: Optional[list[int]] = None
     # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
     pixel_size_tolerance: float = Field(2.0, ge=1)
     min_area_m2: Optional[float] = None  # polygons smaller than this are dropped; None = the model's (100 by default)

@@ -589,19 +589,23 @@ class Checkpointer(TrackerCallback):
         if self.training and self._agreed_stop():
             self._preempt(self.epoch, self.iter + 1)
 
+    def _save(self, path: Path, **info):
+        "A bundle of the bare network (no DDP or torch.compile wrapper, whose names would prefix the weights') at `path`."
+        save_checkpoint(
+            path,
+            extract_model_from_parallel(self.model, keep_torch_compile=False),
+            self.cfg,
+            self.stats,
+            epoch=self.epoch,
+            **info,
+        )
+
     def after_epoch(self):
         super().after_epoch()
         if self.new_best:
             self.best_epoch = self.epoch
             if rank_distrib() == 0:
-                save_checkpoint(
-                    self.best_path,
-                    extract_model_from_parallel(self.model, keep_torch_compile=False),
-                    self.cfg,
-                    self.stats,
-                    epoch=self.epoch,
-                    **{f'val_{self.monitor}': float(self.best)},
-                )
+                self._save(self.best_path, **{f'val_{self.monitor}': float(self.best)})
             self.saved_best = True
         if (self.epoch + 1) % self.every == 0 and rank_distrib() == 0:
             save_training_state(state_path(self.out, self.epoch + 1), self.learn, self.cfg, self.stats, self.epoch + 1)
@@ -617,20 +621,14 @@ class Checkpointer(TrackerCallback):
         if self.learn.preempted:
             return
         if rank_distrib() == 0:
-            save_checkpoint(self.last_path, self.model, self.cfg, self.stats, epoch=self.epoch)
+            self._save(self.last_path)
             # the monitor was never finite (e.g. no negative tiles)
             if not self.saved_best and not self.best_path.is_file():
                 print(
                     f"rts-seg: note: train.monitor '{self.monitor}' was never measured; best.pth holds the last weights",
                     file=sys.stderr,
                 )
-                save_checkpoint(
-                    self.best_path,
-                    extract_model_from_parallel(self.model, keep_torch_compile=False),
-                    self.cfg,
-                    self.stats,
-                    epoch=self.epoch,
-                )
+                self._save(self.best_path)
         if self.dist:
             torch.distributed.barrier(group=self.group)
         if self.best_path.is_file():

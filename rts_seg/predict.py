@@ -771,9 +771,8 @@ class WindowJob:
     x: int
     last: bool  # the last window of the scene
     row_last: bool  # the last window of its row of windows
-    xs: list[torch.Tensor] | None = (
-        None  # per scale: normalised (C, R, R) values, views of the scene's rows on the device
-    )
+    # per scale: normalised (C, R, R) values, views of the scene's rows on the device
+    xs: list[torch.Tensor] | None = None
     valid: torch.Tensor | None = None  # (T, T) validity of the window itself, on the device
     skip: bool = False  # all nodata: not sent to the model
 
