@@ -16,9 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .core import RtsSegError, atomic_write_text
 
 # %% auto #0
-__all__ = ['EXTRA_BANDS', 'DEFAULT_MIN_AREA_M2', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig', 'ModelConfig',
-           'LossConfig', 'TrainConfig', 'MlflowConfig', 'InferenceConfig', 'Config', 'load_yaml', 'parse_overrides',
-           'load_config', 'add_train_args', 'config_yaml', 'save_config', 'flat_params']
+__all__ = ['EXTRA_BANDS', 'DEFAULT_MIN_AREA_M2', 'DEFAULT_MIN_AREA_PX', 'ConfigError', 'Section', 'SynthConfig', 'DataConfig',
+           'ModelConfig', 'LossConfig', 'TrainConfig', 'MlflowConfig', 'default_min_area_m2', 'InferenceConfig',
+           'Config', 'load_yaml', 'parse_overrides', 'load_config', 'add_train_args', 'config_yaml', 'save_config',
+           'flat_params']
 
 # %% ../nbs/01_config.ipynb #c42ba43c
 class ConfigError(RtsSegError):
@@ -40,20 +41,26 @@ class SynthConfig(Section):
     positive_fraction: float = 0.5  # share of tiles holding at least one slump
 
 # %% ../nbs/01_config.ipynb #71c54398
-EXTRA_BANDS = ('ndvi', 'nir', 're', 'sr')  # the one registry of aux channels: their band order in EXTRA/{tile_id}.tif
+# today's aux raster: the band names of EXTRA/{tile_id}.tif in order (ndvi; near infrared; relative elevation; shaded relief)
+EXTRA_BANDS = ('ndvi', 'nir', 're', 'sr')
 
 
 class DataConfig(Section):
-    "Where the tiles are and how they are batched."
+    "Where the tiles are, which of their bands the model sees, and how batches are drawn."
 
     root: str = 'data/rts'  # dataset root in the layout of the data contract
     synth: Optional[SynthConfig] = None  # if set, generate a synthetic dataset at `root` when it is missing
     clip_percentiles: tuple[float, float] = (1.0, 99.0)  # clip each channel here before mean/std
     ignore_index: int = 255  # label value that counts nowhere
+    # map label values before use, e.g. {255: 1} for masks drawn as 0/255; None: labels are 0/1/255 already
+    label_map: Optional[dict[int, int]] = None
     batch_size: int = 32  # tiles per batch (per GPU)
     num_workers: int = 4  # DataLoader worker processes
-    augment: bool = True  # flips, rot90 and RGB brightness/contrast on training tiles
-    extra_channels: list[str] = []  # EXTRA bands stacked after RGB, by name: any of ndvi, nir, re, sr
+    augment: bool = True  # geometric transforms on every channel, brightness/contrast on optical bands only
+    # input channels by name, in order: bands the dataset declares (bands.yaml) or indices computed from them (ndvi, ...);
+    # None: red, green, blue, then extra_channels
+    channels: Optional[list[str]] = None
+    extra_channels: list[str] = []  # with channels None: named bands stacked after red, green, blue (e.g. ndvi, re)
     cache_dir: Optional[str] = None  # local folder caching files read from gs:// (None: no cache)
     boundary: Literal['none', 'ignore', 'soft_labels'] = 'none'  # what to do with a band around label edges
     boundary_ignore_width: int = 3  # width of that band in pixels, on each side of the edge
@@ -62,15 +69,19 @@ class DataConfig(Section):
     # (epoch, negatives per positive) breakpoints, interpolated; overrides positive_fraction
     curriculum: Optional[list[tuple[int, float]]] = None
 
-    @field_validator('extra_channels')
+    @field_validator('extra_channels', 'channels')
     @classmethod
-    def _known_channels(cls, v):
-        bad = [c for c in v if c not in EXTRA_BANDS]
-        if bad:
-            raise ValueError(f'unknown channel(s) {bad}; choose from {", ".join(EXTRA_BANDS)}')
-        if len(set(v)) != len(v):
+    def _once(cls, v):
+        if v is not None and len(set(v)) != len(v):
             raise ValueError(f'channel listed twice in {v}')
+        if v is not None and not all(v):
+            raise ValueError(f'empty channel name in {v}')
         return v
+
+    @property
+    def input_channels(self) -> list[str]:
+        "The model's input channels by name, in order."
+        return list(self.channels) if self.channels is not None else ['red', 'green', 'blue', *self.extra_channels]
 
 # %% ../nbs/01_config.ipynb #8f0dbe67
 class ModelConfig(Section):
@@ -136,8 +147,14 @@ class MlflowConfig(Section):
     artifact_location: Optional[str] = None
 
 # %% ../nbs/01_config.ipynb #4bcfac61
-# polygons below 100 m2 (about 11 PlanetScope pixels) are dropped unless the config says otherwise
-DEFAULT_MIN_AREA_M2 = 100.0
+# polygons below 100 m2 (about 11 PlanetScope pixels), or below 4 pixels of coarser imagery (400 m2 at 10 m), are
+# dropped unless the config says otherwise
+DEFAULT_MIN_AREA_M2, DEFAULT_MIN_AREA_PX = 100.0, 4
+
+
+def default_min_area_m2(pixel_size_m: float | None = None) -> float:
+    "The default minimum polygon area for imagery with `pixel_size_m` pixels: 100 m2, and never under 4 pixels."
+    return max(DEFAULT_MIN_AREA_M2, DEFAULT_MIN_AREA_PX * (pixel_size_m or 0) ** 2)
 
 
 class InferenceConfig(Section):
@@ -157,11 +174,14 @@ class InferenceConfig(Section):
     compile: bool = False  # torch.compile the model (minutes to compile; pays off on long runs)
     workers: int = Field(2, ge=1)  # reader threads that prefetch and normalise windows
     threshold: Optional[float] = None  # mask threshold; None = the model's calibrated one (else 0.5)
-    # 1-based bands of the imagery (of the scene, or of PLANET-RGB with a tile list); None = all of them, which must be as many as the model takes
-    bands: Optional[list[int]] = None
+    # the imagery's 1-based bands in the model's channel order ([3, 2, 1]), or by channel name ({red: 3, green: 2, ...});
+    # None: by the band descriptions of the imagery, else all of its bands, which must be as many as the model takes
+    bands: Optional[list[int] | dict[str, int]] = None
     # refuse imagery whose pixels are this many times larger or smaller than the training tiles'
     pixel_size_tolerance: float = Field(2.0, ge=1)
-    min_area_m2: Optional[float] = None  # polygons smaller than this are dropped; None = the model's (100 by default)
+    min_area_m2: Optional[float] = (
+        None  # polygons smaller than this are dropped; None = the model's (`default_min_area_m2`)
+    )
     simplify_m: Optional[float] = None  # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
 
 # %% ../nbs/01_config.ipynb #332b8647
