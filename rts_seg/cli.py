@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .config import add_train_args, config_yaml, load_config
-from .core import run_cli
+from .config import InferenceConfig, add_train_args, config_yaml, load_config
+from .core import RtsSegError, run_cli
 
 # %% auto #0
-__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'cmd_predict', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset',
-           'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export', 'cmd_serve', 'cmd_launch', 'parser',
-           'main']
+__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'parse_bands', 'split_bands', 'bands_override', 'predict_config', 'cmd_predict',
+           'cmd_stats', 'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate',
+           'cmd_export', 'cmd_serve', 'cmd_launch', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -55,7 +55,79 @@ def cmd_train(sub):
 
     t.set_defaults(fn=fn)
 
+# %% ../nbs/13_cli.ipynb #528d3c91
+_BANDS_FIX = "give 1-based band numbers in the model's channel order (--bands 3 2 1) or channel=band pairs (--bands red=3,green=2,blue=1)"
+
+
+def parse_bands(
+    words: list[str] | tuple[str, ...],  # the words after --bands: numbers, or name=number pairs (commas or spaces)
+) -> list[int] | dict[str, int]:
+    "`--bands` as `inference.bands`: a list of 1-based bands, or a mapping of channel name to band."
+    items = [w.strip() for word in words for w in str(word).split(',') if w.strip()]
+    bad = lambda why: RtsSegError(f'--bands {" ".join(map(str, words))}: {why}; {_BANDS_FIX}')
+    if not items:
+        raise bad('no band given')
+    named = ['=' in w for w in items]
+    if any(named) and not all(named):
+        raise bad('band numbers and name=band pairs mixed')
+
+    def band(s: str) -> int:
+        if not s.strip().isdigit() or int(s) < 1:
+            raise bad(f"'{s}' is not a 1-based band number")
+        return int(s)
+
+    if not any(named):
+        return [band(w) for w in items]
+    res: dict[str, int] = {}
+    for w in items:
+        name, _, b = (x.strip() for x in w.partition('='))
+        if not name:
+            raise bad(f"'{w}' has no channel name")
+        if name in res:
+            raise bad(f"channel '{name}' given twice")
+        res[name] = band(b)
+    return res
+
+
+def split_bands(
+    words: list[str] | tuple[str, ...],  # what argparse gave --bands (nargs='+' also takes the overrides after it)
+) -> tuple[list[str], list[str]]:
+    "The words of `--bands`, and the `key.sub=value` config overrides that followed them on the command line."
+    dotted = lambda w: '.' in w.partition('=')[0] and '=' in w
+    return [w for w in words if not dotted(w)], [w for w in words if dotted(w)]
+
+
+def bands_override(
+    words: list[str] | tuple[str, ...],  # the words after --bands
+) -> str:
+    "The `inference.bands=...` override of `--bands`: a YAML list or mapping."
+    b = parse_bands(words)
+    v = (
+        f'[{", ".join(map(str, b))}]'
+        if isinstance(b, list)
+        else '{' + ', '.join(f'{k}: {n}' for k, n in b.items()) + '}'
+    )
+    return f'inference.bands={v}'
+
 # %% ../nbs/13_cli.ipynb #863612de
+def predict_config(a: argparse.Namespace) -> InferenceConfig:
+    "The inference section `rts-seg predict` runs with: --config, then its flags, then its key=value overrides."
+    extra = [
+        f'inference.{k}={v}'
+        for k in ('tile_size', 'stride', 'batch_size', 'threshold', 'device')
+        if (v := getattr(a, k)) is not None
+    ]
+    bands, after = split_bands(a.bands or [])
+    overrides = a.overrides + after
+    if bands:
+        extra.append(bands_override(bands))
+    cfg = load_config(a.config, extra + overrides).inference
+    if bands and not any(o.startswith('inference.bands=') for o in overrides):
+        # the flag replaces a mapping from --config whole (overrides merge into a mapping key by key)
+        cfg.bands = parse_bands(bands)
+    return cfg
+
+
 def cmd_predict(sub):
     "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
     q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
@@ -96,24 +168,17 @@ def cmd_predict(sub):
         q.add_argument(flag, type=typ, default=None, help=f'shortcut for inference.{key}=...')
     q.add_argument(
         '--bands',
-        type=int,
         nargs='+',
         default=None,
-        help="1-based bands of the imagery to use, in the model's channel order (inference.bands)",
+        help="the imagery's 1-based bands in the model's channel order (3 2 1), or by channel name "
+        '(red=3,green=2,blue=1,nir=4): inference.bands',
     )
     q.add_argument('overrides', nargs='*', help='config overrides, e.g. inference.tta=full inference.scales=[1.0,0.5]')
 
     def fn(a):
+        cfg = predict_config(a)  # before torch loads, so a mistake in the config is reported at once
         from rts_seg.infer import run_inference
 
-        extra = [
-            f'inference.{k}={v}'
-            for k in ('tile_size', 'stride', 'batch_size', 'threshold', 'device')
-            if (v := getattr(a, k)) is not None
-        ]
-        if a.bands:
-            extra.append(f'inference.bands=[{",".join(map(str, a.bands))}]')
-        cfg = load_config(a.config, extra + a.overrides).inference
         run_inference(
             a.model,
             a.out,
