@@ -13,30 +13,64 @@ import cv2
 import numpy as np
 
 # %% auto #0
-__all__ = ['Augment', 'AffineElastic', 'train_transforms']
+__all__ = ['Augment', 'OpticalJitter', 'AffineElastic', 'train_transforms']
 
 # %% ../nbs/04_augment.ipynb #0f143671
 class Augment:
-    "Geometric transforms on the RGB image, the EXTRA bands and the mask alike; colour transforms on RGB only."
+    "Geometric transforms on every channel and the mask alike; colour transforms on the optical `image` bands only."
 
     def __init__(
         self,
         geom: A.Compose,  # geometric transforms (with an `extra` image target)
-        color: A.Compose | None = None,  # transforms of the RGB image alone
+        color: A.Compose | None = None,  # transforms of an 8-bit RGB image
+        gain: A.Compose | None = None,  # transforms of any other optical image (any band count and data type)
     ):
-        self.geom, self.color = geom, color
+        self.geom, self.color, self.gain = geom, color, gain
+
+    def set_random_seed(self, seed: int):
+        "Seed every part, so that a tile at one place of an epoch gets one augmentation."
+        for c in (self.geom, self.color, self.gain):
+            if c is not None:
+                c.set_random_seed(seed)
 
     def __call__(
         self,
-        image: np.ndarray,  # (H, W, 3) uint8 RGB
+        image: np.ndarray,  # (H, W, I) optical bands in their data type (uint8 RGB in today's layout)
         mask: np.ndarray,  # (H, W) labels
-        extra: np.ndarray | None = None,  # (H, W, E) float32 aux bands, or None
+        extra: np.ndarray | None = None,  # (H, W, E) float32 other channels, or None
     ) -> dict:
         kw = dict(image=image, mask=mask) if extra is None else dict(image=image, mask=mask, extra=extra)
         r = self.geom(**kw)
-        if self.color is not None:
-            r['image'] = self.color(image=r['image'])['image']
+        rgb8 = r['image'].dtype == np.uint8 and r['image'].shape[-1] == 3
+        c = self.color if rgb8 else self.gain
+        if c is not None and r['image'].shape[-1]:
+            r['image'] = c(image=r['image'])['image']
         return r
+
+# %% ../nbs/04_augment.ipynb #b83f1af8
+class OpticalJitter(A.ImageOnlyTransform):
+    "Brightness and contrast of optical bands of any count and data type: `b * (m + c * (x - m))`, `m` each band's mean, clipped to the type's range."
+
+    def __init__(
+        self,
+        limit: float = 0.1,  # brightness and contrast factors in 1 +- this
+        p: float = 0.5,  # probability
+    ):
+        super().__init__(p=p)
+        self.limit = limit
+
+    def get_params(self) -> dict:
+        l = self.limit
+        return dict(b=self.py_random.uniform(1 - l, 1 + l), c=self.py_random.uniform(1 - l, 1 + l))
+
+    def apply(self, img: np.ndarray, b: float = 1.0, c: float = 1.0, **params) -> np.ndarray:
+        x = img.astype(np.float32)
+        m = x.mean((0, 1), keepdims=True)
+        y = b * (m + c * (x - m))
+        if img.dtype.kind in 'ui':
+            info = np.iinfo(img.dtype)
+            y = np.clip(np.rint(y), info.min, info.max)
+        return y.astype(img.dtype)
 
 # %% ../nbs/04_augment.ipynb #c8291f6b
 @functools.lru_cache(8)
@@ -148,7 +182,7 @@ def train_transforms(
     p_elastic: float = 0.25,  # probability of the elastic warp
     color_limit: float = 0.1,  # brightness, contrast and saturation factors in 1 +- this
 ) -> Augment:
-    "The SPEC's training augmentation: D4, shift-scale-rotate + shear + elastic (one warp), colour jitter on RGB only."
+    "The SPEC's training augmentation: D4, shift-scale-rotate + shear + elastic (one warp), colour jitter on optical bands only."
     geom = A.Compose(
         [
             A.HorizontalFlip(),
@@ -161,4 +195,4 @@ def train_transforms(
     color = A.Compose(
         [A.ColorJitter(brightness=color_limit, contrast=color_limit, saturation=color_limit, hue=0, p=p_color)]
     )
-    return Augment(geom, color)
+    return Augment(geom, color, A.Compose([OpticalJitter(color_limit, p=p_color)]))

@@ -23,14 +23,16 @@ from .io import exists, grid_units, join, read_bytes, read_raster, set_cache_dir
 from .sampling import BalancedDL, ShardDL
 
 # %% auto #0
-__all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'SOURCES', 'read_metadata', 'read_splits', 'split_tiles', 'dataset_version',
-           'channel_names', 'read_group', 'imagery_facts', 'compute_stats', 'save_stats', 'load_stats', 'Normalizer',
-           'apply_boundary', 'RTSDataset', 'get_dls']
+__all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'SOURCES', 'BANDS_FILE', 'LEGACY_BANDS', 'LEGACY_GROUPS', 'INDICES', 'OPTICAL',
+           'read_metadata', 'read_splits', 'split_tiles', 'dataset_version', 'read_bands', 'resolve_channels',
+           'channel_names', 'read_source', 'read_label', 'read_group', 'TileReader', 'imagery_facts', 'compute_stats',
+           'save_stats', 'load_stats', 'Normalizer', 'apply_boundary', 'RTSDataset', 'get_dls']
 
 # %% ../nbs/05_data.ipynb #087d79b6
 RGB = ['red', 'green', 'blue']
 META_COLUMNS = ['tile_id', 'centroid_lat', 'centroid_lon', 'TrainClass', 'RegionName', 'UIDs']
 SPLITS = ('train', 'val', 'test')
+SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA')  # today's layout: the folder of each channel group
 
 
 def read_metadata(root: str | Path) -> pd.DataFrame:
@@ -87,54 +89,192 @@ def dataset_version(root: str | Path) -> str:
     return h.hexdigest()[:12]
 
 # %% ../nbs/05_data.ipynb #37e65abb
+BANDS_FILE = 'bands.yaml'  # a dataset's declaration of its sources and their bands, at its root
+LEGACY_BANDS = {'PLANET-RGB': RGB, 'EXTRA': list(EXTRA_BANDS)}  # today's layout, when there is no bands.yaml
+LEGACY_GROUPS = {'PLANET-RGB': 'rgb', 'EXTRA': 'extra'}  # the normalisation groups of today's layout
+# spectral indices computed from named bands: name -> (a, b) of the normalised difference (a - b) / (a + b)
+INDICES = dict(ndvi=('nir', 'red'), ndwi=('green', 'nir'), ndmi=('nir', 'swir16'), nbr=('nir', 'swir22'))
+# bands that colour augmentation (brightness/contrast) may touch: reflectances, not indices, terrain or radar
+OPTICAL = ('coastal', 'blue', 'green', 'red', 're1', 're2', 're3', 'nir', 'nir08', 'swir16', 'swir22', 'pan')
+
+
+def read_bands(root: str | Path) -> dict[str, list[str]]:
+    "The sources of a dataset and the names of their bands: `bands.yaml` of `root`, else today's layout."
+    fn = join(root, BANDS_FILE)
+    if not exists(fn):
+        return {k: list(v) for k, v in LEGACY_BANDS.items()}
+    d = load_yaml(read_bytes(fn))
+    if not isinstance(d, dict) or not d or not all(isinstance(v, list) and v for v in d.values()):
+        raise RtsSegError(
+            f'{fn}: expected a mapping of source folders to lists of band names, e.g. S2: [blue, green, red]'
+        )
+    names = [str(b) for v in d.values() for b in v]
+    twice = sorted({b for b in names if names.count(b) > 1})
+    if twice:
+        raise RtsSegError(f'{fn}: band name(s) {twice} declared twice; every band needs a name of its own')
+    if 'labels' in d:
+        raise RtsSegError(f"{fn}: 'labels' is the folder of the labels, not a source of bands")
+    return {str(k): [str(b) for b in v] for k, v in d.items()}
+
+
+def resolve_channels(
+    bands: dict[str, list[str]],  # sources and their band names (`read_bands`)
+    channels: list[str] | tuple[str, ...],  # the model's input channels by name, in order
+    where: str = 'the dataset',  # named in errors, e.g. the dataset root
+) -> list[dict]:
+    "The channel table: each channel's name, source and 1-based band (or the bands an index is computed from), and its normalisation group."
+    out = []
+    for c in channels:
+        src = [s for s, v in bands.items() if c in v]
+        if src:
+            s = src[0]
+            out.append(dict(name=c, source=s, band=bands[s].index(c) + 1, group=LEGACY_GROUPS.get(s, s)))
+        elif c in INDICES:
+            need = [b for b in INDICES[c] if not any(b in v for v in bands.values())]
+            if need:
+                raise RtsSegError(
+                    f'channel {c!r} is computed from {" and ".join(INDICES[c])}; {where} has no band {need[0]!r}'
+                )
+            out.append(dict(name=c, source='index', inputs=list(INDICES[c]), group='index'))
+        else:
+            have = ', '.join(f'{s}: {", ".join(v)}' for s, v in bands.items())
+            raise RtsSegError(
+                f'unknown channel {c!r}: {where} declares {have}; indices computed from them: {", ".join(INDICES)}'
+            )
+    return out
+
+
 def channel_names(extra_channels: list[str] | tuple[str, ...] = ()) -> list[str]:
-    "All input channels, RGB first, then the named aux bands."
-    bad = [c for c in extra_channels if c not in EXTRA_BANDS]
-    if bad:
-        raise RtsSegError(f'unknown channel(s) {bad} in data.extra_channels; choose from {", ".join(EXTRA_BANDS)}')
+    "Today's layout: red, green, blue, then the named aux bands of `EXTRA`."
+    resolve_channels(LEGACY_BANDS, list(extra_channels), 'EXTRA')
     return RGB + list(extra_channels)
 
 # %% ../nbs/05_data.ipynb #d4853d3c
-def read_group(
+def read_source(
     root: str | Path,  # dataset root
+    tile_id: str,  # the tile
+    source: str,  # its raster's folder, e.g. PLANET-RGB or S2
+    bands: dict[str, list[str]] | None = None,  # the dataset's declaration (`read_bands`); None: read it
+) -> tuple[np.ndarray, dict]:
+    "All bands (C, H, W) of one raster of a tile and its profile, the band count checked against the declaration."
+    bands = read_bands(root) if bands is None else bands
+    p = join(root, source, f'{tile_id}.tif')
+    a, prof = read_raster(p)
+    names = bands[source]
+    if a.shape[0] != len(names):
+        legacy = bands == LEGACY_BANDS
+        raise RtsSegError(
+            f'{p}: {a.shape[0]} band(s), expected {len(names)} ({", ".join(names)})'
+            + (
+                f'; another sensor? declare its bands by name in {join(root, BANDS_FILE)}'
+                if legacy
+                else f' as {BANDS_FILE} declares'
+            )
+        )
+    return a, prof
+
+
+def read_label(
+    root: str | Path,  # dataset root
+    tile_id: str,  # the tile
+    label_map: dict[int, int] | None = None,  # values to change first, e.g. {255: 1} for 0/255 masks (`data.label_map`)
+) -> tuple[np.ndarray, dict]:
+    "The label (H, W) uint8 of a tile, 0 background, 1 slump, 255 ignore (after `label_map`), and its profile."
+    p = join(root, 'labels', f'{tile_id}.tif')
+    a, prof = read_raster(p)
+    if a.shape[0] != 1:
+        raise RtsSegError(f'{p}: {a.shape[0]} band(s), expected 1 (the label)')
+    lbl = a[0]
+    if label_map:
+        out = lbl.copy()
+        for k, v in label_map.items():
+            out[lbl == k] = v
+        lbl = out
+    bad = (lbl > 1) & (lbl != 255) | (lbl < 0)
+    if bad.any():
+        raise RtsSegError(
+            f'{p}: label values {sorted(np.unique(lbl[bad]).tolist())[:5]} outside 0, 1, 255 '
+            '(background, slump, ignore): map them with data.label_map, e.g. data.label_map="{2: 1}"'
+        )
+    return lbl.astype(np.uint8), prof
+
+
+def read_group(
+    root: str | Path,  # dataset root in today's layout
     tile_id: str,  # the tile
     group: str = 'rgb',  # 'rgb' (PLANET-RGB), 'extra' (EXTRA) or 'label' (labels)
     extra_channels: list[str] | tuple[str, ...] = (),  # aux bands to keep (group 'extra')
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    "Bands (C, H, W), valid-pixel mask (H, W) and profile of one group of a tile, checked against the contract."
-    folder, n = dict(rgb=('PLANET-RGB', 3), extra=('EXTRA', len(EXTRA_BANDS)), label=('labels', 1))[group]
-    p = join(root, folder, f'{tile_id}.tif')
-    a, prof = read_raster(p)
-    if a.shape[0] != n:
-        raise RtsSegError(
-            f'{p}: {a.shape[0]} band(s), expected {n} ({dict(rgb="R, G, B", extra=", ".join(EXTRA_BANDS), label="the label")[group]})'
-        )
+    "Today's layout: bands (C, H, W), valid pixels (H, W) and profile of one group of a tile."
+    if group == 'label':
+        lbl, prof = read_label(root, tile_id)
+        return lbl, np.ones(lbl.shape, bool), prof
+    a, prof = read_source(root, tile_id, SOURCES[group], LEGACY_BANDS)
     if group == 'extra':
         a = a[[EXTRA_BANDS.index(c) for c in extra_channels]].astype(np.float32)
-    if group == 'label':
-        bad = (a > 1) & (a != 255)
-        if bad.any():
-            raise RtsSegError(f'{p}: label values {sorted(np.unique(a[bad]).tolist())[:5]} outside 0, 1, 255')
-        return a[0], np.ones(a.shape[1:], bool), prof
     return a, valid_mask(a, prof['nodata']), prof  # the one nodata rule (`rts_seg.io.valid_mask`)
 
 # %% ../nbs/05_data.ipynb #f42cf497
-SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA')  # the data contract's folder of each channel group
+class TileReader:
+    "Reads the channels of a dataset's tiles as a channel table says: the bands each raster gives, indices computed from theirs."
+
+    def __init__(
+        self,
+        root: str | Path,  # dataset root
+        table: list[dict],  # the channel table (`resolve_channels`)
+        bands: dict[str, list[str]] | None = None,  # the dataset's declaration (`read_bands`); None: read it
+    ):
+        self.root, self.table = str(root), table
+        self.bands = read_bands(root) if bands is None else bands
+        self.reads: dict[str, list[str]] = {}  # source -> names of the bands to read from it, in order
+        for c in table:
+            for b in c.get('inputs', [c['name']]):
+                s = next(s for s, v in self.bands.items() if b in v)
+                if b not in self.reads.setdefault(s, []):
+                    self.reads[s].append(b)
+
+    def path(self, source: str, tile_id: str) -> str:
+        return join(self.root, source, f'{tile_id}.tif')
+
+    def read(self, tile_id: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, dict]]:
+        "Each channel's values (H, W) by name (a band in its raster's type, an index float32), the valid pixels (H, W) and the profiles by source."
+        vals: dict[str, np.ndarray] = {}
+        ok, profs, first = None, {}, None
+        for s, names in self.reads.items():
+            a, prof = read_source(self.root, tile_id, s, self.bands)
+            a = a[[self.bands[s].index(b) for b in names]]
+            if first is None:
+                first = (s, a.shape[1:])
+            elif a.shape[1:] != first[1]:
+                raise RtsSegError(
+                    f'{self.path(s, tile_id)}: {a.shape[1]} x {a.shape[2]} px, {self.path(first[0], tile_id)} is {first[1][0]} x {first[1][1]}; the rasters of a tile share one grid'
+                )
+            v = valid_mask(a, prof['nodata'])  # the one nodata rule (`rts_seg.io.valid_mask`), on the bands read
+            ok = v if ok is None else ok & v
+            vals.update(zip(names, a))
+            profs[s] = prof
+        for c in self.table:
+            if c['source'] == 'index':
+                x, y = (vals[b].astype(np.float32) for b in c['inputs'])
+                den = x + y
+                vals[c['name']] = np.where(den != 0, (x - y) / np.where(den != 0, den, 1), 0).astype(np.float32)
+        assert ok is not None
+        return vals, ok, profs
 
 
 def imagery_facts(
-    profiles: dict,  # rasterio profiles of one tile's rasters, by group ('rgb', 'extra')
+    profiles: dict,  # rasterio profiles of one tile's rasters, by source (e.g. 'PLANET-RGB', 'EXTRA'), first first
 ) -> dict:
     "What the training imagery is: tile size, CRS and its unit, pixel size, dtype and nodata per source."
-    p = profiles['rgb']
+    p = next(iter(profiles.values()))
     unit, px = grid_units(p['crs'], p['transform'])
     return dict(
         tile_size=max(p['height'], p['width']),
         crs=p['crs'].to_string() if p['crs'] else None,
         crs_units=unit,
         pixel_size_m=px,
-        dtypes={SOURCES[g]: q['dtype'] for g, q in profiles.items()},
-        nodata={SOURCES[g]: q['nodata'] for g, q in profiles.items()},
+        dtypes={s: q['dtype'] for s, q in profiles.items()},
+        nodata={s: q['nodata'] for s, q in profiles.items()},
     )
 
 # %% ../nbs/05_data.ipynb #d9b0017e
@@ -159,75 +299,98 @@ class _Moments:
         return np.sqrt(self.m2 / max(self.n - 1, 1))
 
 
+def _exact(dtype) -> bool:
+    "Integers of at most 16 bits get an exact histogram (one bin per value); anything else a binned one."
+    d = np.dtype(dtype)
+    return d.kind in 'ui' and d.itemsize <= 2
+
+
+def _check_labels(root, counts: dict, label_map):
+    "Refuse training labels that hold no slump: 0/255 masks read as 'ignore everything', or empty ones."
+    if counts['slump']:
+        return
+    fix = '' if label_map else ' (masks drawn as 0/255? set data.label_map="{255: 1}")'
+    what = (
+        f'no slump pixel (1) but {counts["ignore"]:,} ignore pixels (255)' if counts['ignore'] else 'no slump pixel (1)'
+    )
+    raise RtsSegError(f'{join(root, "labels")}: the training tiles hold {what}; there is nothing to learn{fix}')
+
+
 def compute_stats(
     root: str | Path,  # dataset root (a folder or gs:// URL)
     tile_ids: list[str],  # tiles to use (the training split)
     clip: tuple[float, float] = (1.0, 99.0),  # percentiles to clip each channel at
-    extra_channels: list[str] | tuple[str, ...] = (),  # aux bands, by name
-    bins: int = 4096,  # histogram bins of each aux band
+    extra_channels: list[str] | tuple[str, ...] = (),  # today's layout: aux bands after red, green, blue
+    bins: int = 4096,  # histogram bins of a channel that is not a small integer type
+    channels: list[str]
+    | None = None,  # every input channel by name (`data.input_channels`); None: RGB + extra_channels
+    label_map: dict[int, int] | None = None,  # `data.label_map`, for the label check
 ) -> dict:
-    "Per-channel clip bounds, mean and std over `tile_ids`, streaming over tiles."
+    "Per-channel clip bounds, mean and std over `tile_ids`, streaming over tiles; the labels are checked on the way."
     if not tile_ids:
         raise RtsSegError(f'{root}: no training tiles to compute normalisation statistics from')
-    extra_channels, groups = list(extra_channels), ['rgb'] + (['extra'] if extra_channels else [])
-    channel_names(extra_channels)
-    names = dict(rgb=RGB, extra=extra_channels)
-    rd = lambda t, g: read_group(root, t, g, extra_channels)
-    hist, lo, hi = {}, {}, {}
+    channels = RGB + list(extra_channels) if channels is None else list(channels)
+    bands = read_bands(root)
+    table = resolve_channels(bands, channels, str(root))
+    tr = TileReader(root, table, bands)
+    hist: dict[str, np.ndarray] = {}
+    off: dict[str, int] = {}
+    rng = {c: [np.inf, -np.inf] for c in channels}
+    counts = dict(background=0, slump=0, ignore=0)
     profiles: dict[str, dict] = {}
-    rng = dict(extra=[np.full(len(extra_channels), np.inf), np.full(len(extra_channels), -np.inf)])
-    for t in tile_ids:  # pass 1: exact RGB histograms, aux ranges
-        for g in groups:
-            a, ok, prof = rd(t, g)
-            profiles.setdefault(g, prof)  # the first tile's: what the imagery is
-            v = a[:, ok]
-            if g == 'rgb':
-                if a.dtype.kind not in 'ui':
-                    raise RtsSegError(
-                        f'{join(root, "PLANET-RGB", t + ".tif")}: dtype {a.dtype}; PLANET-RGB tiles must be integer (uint8 0-255)'
-                    )
-                if 'rgb' not in hist:
-                    hist['rgb'] = np.zeros((3, int(np.iinfo(a.dtype).max) + 1), np.int64)
-                for i in range(3):
-                    hist['rgb'][i] += np.bincount(v[i], minlength=hist['rgb'].shape[1])
-            elif v.shape[1]:
-                rng['extra'][0] = np.minimum(rng['extra'][0], v.min(1))
-                rng['extra'][1] = np.maximum(rng['extra'][1], v.max(1))
-    edges = dict(rgb=[np.arange(hist['rgb'].shape[1] + 1)] * 3)
-    if 'extra' in groups:  # pass 2: aux histograms over their ranges
-        if not np.isfinite(rng['extra']).all():
-            raise RtsSegError(f'{root}: aux band(s) {extra_channels} have no valid pixel in the training tiles')
-        edges['extra'] = [np.linspace(l, h if h > l else l + 1, bins + 1) for l, h in zip(*rng['extra'])]
-        hist['extra'] = np.zeros((len(extra_channels), bins), np.int64)
+    for t in tile_ids:  # pass 1: exact histograms of small integers, ranges of the others, label counts
+        vals, ok, profs = tr.read(t)
+        for s, p in profs.items():
+            profiles.setdefault(s, p)  # the first tile's: what the imagery is
+        for c in channels:
+            v = vals[c][ok]
+            if _exact(v.dtype):
+                if c not in hist:
+                    info = np.iinfo(v.dtype)
+                    off[c], hist[c] = int(info.min), np.zeros(int(info.max) - int(info.min) + 1, np.int64)
+                hist[c] += np.bincount((v.astype(np.int64) - off[c]), minlength=len(hist[c]))
+            elif v.size:
+                rng[c] = [min(rng[c][0], float(v.min())), max(rng[c][1], float(v.max()))]
+        lbl, _ = read_label(root, t, label_map)
+        for k, n in zip(('background', 'slump', 'ignore'), np.bincount(lbl.ravel(), minlength=256)[[0, 1, 255]]):
+            counts[k] += int(n)
+    _check_labels(root, counts, label_map)
+    edges = {c: np.arange(len(h) + 1) + off[c] for c, h in hist.items()}
+    binned = [c for c in channels if c not in hist]
+    for c in binned:
+        if not np.isfinite(rng[c]).all():
+            raise RtsSegError(f'{root}: channel {c!r} has no valid pixel in the training tiles')
+        lo_, hi_ = rng[c]
+        edges[c], hist[c] = np.linspace(lo_, hi_ if hi_ > lo_ else lo_ + 1, bins + 1), np.zeros(bins, np.int64)
+    if binned:  # pass 2: histograms of the others over their ranges
         for t in tile_ids:
-            a, ok, _ = rd(t, 'extra')
-            for i in range(len(extra_channels)):
-                hist['extra'][i] += np.histogram(a[i][ok], edges['extra'][i])[0]
-    for g in groups:
-        lo[g] = np.array([_percentile_from_hist(h, e, clip[0]) for h, e in zip(hist[g], edges[g])])
-        hi[g] = np.array([_percentile_from_hist(h, e, clip[1]) for h, e in zip(hist[g], edges[g])])
-    mom = {g: _Moments(len(names[g])) for g in groups}
+            vals, ok, _ = tr.read(t)
+            for c in binned:
+                hist[c] += np.histogram(vals[c][ok], edges[c])[0]
+    lo = np.array([_percentile_from_hist(hist[c], edges[c], clip[0]) for c in channels])
+    hi = np.array([_percentile_from_hist(hist[c], edges[c], clip[1]) for c in channels])
+    mom = _Moments(len(channels))
     for t in tile_ids:  # last pass: moments of the clipped values
-        for g in groups:
-            a, ok, _ = rd(t, g)
-            mom[g].update(np.clip(a[:, ok].astype(np.float64), lo[g][:, None], hi[g][:, None]))
+        vals, ok, _ = tr.read(t)
+        v = np.stack([vals[c][ok] for c in channels]).astype(np.float64)
+        mom.update(np.clip(v, lo[:, None], hi[:, None]))
+    groups: dict[str, dict] = {}
+    for i, c in enumerate(table):
+        g = groups.setdefault(c['group'], dict(channels=[], mean=[], std=[], clip_low=[], clip_high=[]))
+        for k, x in zip(
+            ('channels', 'mean', 'std', 'clip_low', 'clip_high'), (c['name'], mom.mean[i], mom.std[i], lo[i], hi[i])
+        ):
+            g[k].append(x if k == 'channels' else float(x))
     return dict(
         dataset_version=dataset_version(root),
         computed_date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
         n_tiles_used=len(tile_ids),
-        n_pixels_used=int(mom['rgb'].n),
+        n_pixels_used=int(mom.n),
         clip_percentiles=list(clip),
-        channels=channel_names(extra_channels),
-        groups={
-            g: dict(
-                channels=list(names[g]),
-                mean=mom[g].mean.tolist(),
-                std=mom[g].std.tolist(),
-                clip_low=lo[g].tolist(),
-                clip_high=hi[g].tolist(),
-            )
-            for g in groups
-        },
+        channels=channels,
+        channel_table=table,
+        groups=groups,
+        label_pixels=counts,
         imagery=imagery_facts(profiles),
     )
 
@@ -250,8 +413,9 @@ class Normalizer:
 
     def __init__(self, stats: dict):
         self.stats = stats
-        gs = [stats['groups'][g] for g in ('rgb', 'extra') if g in stats['groups']]
-        col = lambda k: np.concatenate([np.array(g[k], np.float32) for g in gs])[:, None, None]
+        where = {c: (g, i) for g in stats['groups'].values() for i, c in enumerate(g['channels'])}
+        chs = stats.get('channels') or list(where)
+        col = lambda k: np.array([where[c][0][k][where[c][1]] for c in chs], np.float32)[:, None, None]
         self.lo, self.hi, self.mean, self.std = col('clip_low'), col('clip_high'), col('mean'), col('std')
         self.inv_std = 1 / self.std
 
@@ -294,7 +458,7 @@ def apply_boundary(
 
 # %% ../nbs/05_data.ipynb #e047107d
 class RTSDataset(torch.utils.data.Dataset):
-    "Image tiles (RGB, then aux bands) and labels of a dataset root, read on access (a folder or gs://)."
+    "Image tiles (their channels by name) and labels of a dataset root, read on access (a folder or gs://)."
 
     def __init__(
         self,
@@ -302,45 +466,45 @@ class RTSDataset(torch.utils.data.Dataset):
         tile_ids: list[str],  # tiles of this split
         norm: Normalizer,  # normalisation applied after augmentation
         tfms=None,  # `rts_seg.augment.Augment` (or any callable of image, mask, extra)
-        extra_channels: list[str] | tuple[str, ...] = (),  # aux bands stacked after RGB
+        extra_channels: list[str] | tuple[str, ...] = (),  # today's layout: aux bands stacked after RGB
         boundary: str = 'none',  # none | ignore | soft_labels
         boundary_width: int = 3,  # band width around label edges
         soft_label_value: float = 0.05,  # soft_labels: value of the band's background side
+        channels: list[str] | None = None,  # every input channel by name; None: red, green, blue + extra_channels
+        label_map: dict[int, int] | None = None,  # label values to change first (`data.label_map`)
     ):
         self.root, self.tile_ids, self.norm, self.tfms = str(root), list(tile_ids), norm, tfms
-        self.extra, self.boundary, self.bw, self.soft = list(extra_channels), boundary, boundary_width, soft_label_value
-        channel_names(self.extra)
+        self.boundary, self.bw, self.soft, self.label_map = boundary, boundary_width, soft_label_value, label_map
+        self.channels = RGB + list(extra_channels) if channels is None else list(channels)
+        self.reader = TileReader(root, resolve_channels(read_bands(root), self.channels, self.root))
+        # the `image` that colour augmentation touches: the optical bands of the first raster holding one
+        tab = self.reader.table
+        first = next((c['source'] for c in tab if c['name'] in OPTICAL and c['source'] != 'index'), None)
+        self.image = [c['name'] for c in tab if c['source'] == first and c['name'] in OPTICAL]
+        self.extra = [c for c in self.channels if c not in self.image]
+        order = self.image + self.extra
+        self.perm = None if order == self.channels else [order.index(c) for c in self.channels]
 
     def __len__(self):
         return len(self.tile_ids)
 
     def paths(self, i: int) -> tuple[str, str]:
-        "Image and label files of tile `i`."
+        "The first image raster and the label file of tile `i`."
         t = self.tile_ids[i]
-        return join(self.root, 'PLANET-RGB', f'{t}.tif'), join(self.root, 'labels', f'{t}.tif')
+        return self.reader.path(next(iter(self.reader.reads)), t), join(self.root, 'labels', f'{t}.tif')
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        "Raw RGB (3, H, W), aux bands (E, H, W) or None, and the label (H, W) of tile `i`; nodata pixels labelled 255."
+        "Raw optical `image` bands (I, H, W) in their type, the other channels (E, H, W) float32 or None, and the label (H, W) of tile `i`; nodata pixels labelled 255."
         t = self.tile_ids[i]
-        img, ok, prof = read_group(self.root, t, 'rgb')
-        lbl, _, lprof = read_group(self.root, t, 'label')
+        vals, ok, _ = self.reader.read(t)
+        lbl, _ = read_label(self.root, t, self.label_map)
         ip, lp = self.paths(i)
-        if img.shape[1:] != lbl.shape:
-            raise RtsSegError(f'{lp}: label is {lbl.shape}, image {ip} is {img.shape[1:]}')
-        ex = None
-        if self.extra:
-            ex, eok, eprof = read_group(self.root, t, 'extra', self.extra)
-            if ex.shape[1:] != lbl.shape:
-                raise RtsSegError(
-                    f'{join(self.root, "EXTRA", t + ".tif")}: shape {ex.shape[1:]}, image {ip} is {img.shape[1:]}'
-                )
-            bad = ~np.isfinite(ex).all(0) & ok & (True if eprof['nodata'] is None else ~(ex == eprof['nodata']).any(0))
-            if bad.any():
-                raise RtsSegError(
-                    f'{join(self.root, "EXTRA", t + ".tif")}: {int(bad.sum())} NaN/inf pixel(s) in aux bands {self.extra} that are not nodata'
-                )
-            ok = ok & eok
-            ex[:, ~eok] = 0
+        if ok.shape != lbl.shape:
+            raise RtsSegError(f'{lp}: label is {lbl.shape}, image {ip} is {ok.shape}')
+        img = np.stack([vals[c] for c in self.image]) if self.image else np.zeros((0, *ok.shape), np.float32)
+        ex = np.stack([vals[c] for c in self.extra]).astype(np.float32) if self.extra else None
+        if ex is not None:
+            ex[:, ~ok] = 0
         if not ok.all():
             lbl = np.where(ok, lbl, 255).astype(lbl.dtype)
         return img, ex, lbl
@@ -355,13 +519,14 @@ class RTSDataset(torch.utils.data.Dataset):
             None if ex is None else ex.transpose(1, 2, 0),
         )  # channels last, for augmentation
         if self.tfms is not None:
-            if seed is not None:  # the same tile at the same place of an epoch gets the same augmentation
-                for c in (self.tfms, getattr(self.tfms, 'geom', None), getattr(self.tfms, 'color', None)):
-                    if c is not None and hasattr(c, 'set_random_seed'):
-                        c.set_random_seed(seed)
+            if seed is not None and hasattr(self.tfms, 'set_random_seed'):
+                self.tfms.set_random_seed(seed)  # the same tile at the same place of an epoch: the same augmentation
             r = self.tfms(image=img, mask=lbl, extra=ex)
             img, lbl, ex = r['image'], r['mask'], r.get('extra')
-        x = self.norm.hwc(img if ex is None else np.concatenate([img.astype(np.float32), ex], -1))
+        x = img if ex is None else np.concatenate([img.astype(np.float32), ex], -1)
+        if self.perm is not None:
+            x = x[..., self.perm]
+        x = self.norm.hwc(x)
         lbl = apply_boundary(lbl, self.boundary, self.bw, self.soft)
         return torch.from_numpy(x), torch.from_numpy(np.ascontiguousarray(lbl))
 
@@ -386,21 +551,22 @@ def get_dls(
             raise RtsSegError(
                 f"{cfg.root}: the '{s}' split has no tiles; check splits.yaml and RegionName in metadata.csv"
             )
-    if stats.get('channels', RGB) != channel_names(cfg.extra_channels):
+    if stats.get('channels', RGB) != cfg.input_channels:
         raise RtsSegError(
-            f'normalisation statistics are for channels {stats.get("channels")}, data.extra_channels asks for {channel_names(cfg.extra_channels)}; recompute them'
+            f'normalisation statistics are for channels {stats.get("channels")}, the config asks for {cfg.input_channels}; recompute them'
         )
     train_ds = RTSDataset(
         cfg.root,
         tiles['train'],
         norm,
         train_transforms() if cfg.augment else None,
-        extra_channels=cfg.extra_channels,
+        channels=cfg.input_channels,
+        label_map=cfg.label_map,
         boundary=cfg.boundary,
         boundary_width=cfg.boundary_ignore_width,
         soft_label_value=cfg.soft_label_value,
     )
-    valid_ds = RTSDataset(cfg.root, tiles['val'], norm, extra_channels=cfg.extra_channels)
+    valid_ds = RTSDataset(cfg.root, tiles['val'], norm, channels=cfg.input_channels, label_map=cfg.label_map)
     bs = min(cfg.batch_size, len(train_ds))
     kw = dict(num_workers=cfg.num_workers, pin_memory=device is not None and torch.device(device).type == 'cuda')
     # training: each rank its own batches of one global order per (seed, epoch), each item with its augmentation seed,
