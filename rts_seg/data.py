@@ -17,19 +17,18 @@ import torch
 from fastai.data.core import DataLoaders
 
 from .augment import train_transforms
+from .bands import BANDS_FILE, LEGACY_BANDS, OPTICAL, RGB, normalized_difference, read_bands, resolve_channels
 from .config import EXTRA_BANDS, DataConfig, load_yaml
 from .core import RtsSegError, atomic_write_text
 from .io import exists, grid_units, join, read_bytes, read_raster, set_cache_dir, valid_mask
 from .sampling import BalancedDL, ShardDL
 
 # %% auto #0
-__all__ = ['RGB', 'META_COLUMNS', 'SPLITS', 'SOURCES', 'BANDS_FILE', 'LEGACY_BANDS', 'LEGACY_GROUPS', 'INDICES', 'OPTICAL',
-           'read_metadata', 'read_splits', 'split_tiles', 'dataset_version', 'read_bands', 'resolve_channels',
-           'channel_names', 'read_source', 'read_label', 'read_group', 'TileReader', 'imagery_facts', 'compute_stats',
-           'save_stats', 'load_stats', 'Normalizer', 'apply_boundary', 'RTSDataset', 'get_dls']
+__all__ = ['META_COLUMNS', 'SPLITS', 'SOURCES', 'read_metadata', 'read_splits', 'split_tiles', 'dataset_version', 'channel_names',
+           'read_source', 'read_label', 'read_group', 'TileReader', 'imagery_facts', 'compute_stats', 'save_stats',
+           'load_stats', 'Normalizer', 'apply_boundary', 'RTSDataset', 'get_dls']
 
 # %% ../nbs/05_data.ipynb #087d79b6
-RGB = ['red', 'green', 'blue']
 META_COLUMNS = ['tile_id', 'centroid_lat', 'centroid_lon', 'TrainClass', 'RegionName', 'UIDs']
 SPLITS = ('train', 'val', 'test')
 SOURCES = dict(rgb='PLANET-RGB', extra='EXTRA')  # today's layout: the folder of each channel group
@@ -89,61 +88,6 @@ def dataset_version(root: str | Path) -> str:
     return h.hexdigest()[:12]
 
 # %% ../nbs/05_data.ipynb #37e65abb
-BANDS_FILE = 'bands.yaml'  # a dataset's declaration of its sources and their bands, at its root
-LEGACY_BANDS = {'PLANET-RGB': RGB, 'EXTRA': list(EXTRA_BANDS)}  # today's layout, when there is no bands.yaml
-LEGACY_GROUPS = {'PLANET-RGB': 'rgb', 'EXTRA': 'extra'}  # the normalisation groups of today's layout
-# spectral indices computed from named bands: name -> (a, b) of the normalised difference (a - b) / (a + b)
-INDICES = dict(ndvi=('nir', 'red'), ndwi=('green', 'nir'), ndmi=('nir', 'swir16'), nbr=('nir', 'swir22'))
-# bands that colour augmentation (brightness/contrast) may touch: reflectances, not indices, terrain or radar
-OPTICAL = ('coastal', 'blue', 'green', 'red', 're1', 're2', 're3', 'nir', 'nir08', 'swir16', 'swir22', 'pan')
-
-
-def read_bands(root: str | Path) -> dict[str, list[str]]:
-    "The sources of a dataset and the names of their bands: `bands.yaml` of `root`, else today's layout."
-    fn = join(root, BANDS_FILE)
-    if not exists(fn):
-        return {k: list(v) for k, v in LEGACY_BANDS.items()}
-    d = load_yaml(read_bytes(fn))
-    if not isinstance(d, dict) or not d or not all(isinstance(v, list) and v for v in d.values()):
-        raise RtsSegError(
-            f'{fn}: expected a mapping of source folders to lists of band names, e.g. S2: [blue, green, red]'
-        )
-    names = [str(b) for v in d.values() for b in v]
-    twice = sorted({b for b in names if names.count(b) > 1})
-    if twice:
-        raise RtsSegError(f'{fn}: band name(s) {twice} declared twice; every band needs a name of its own')
-    if 'labels' in d:
-        raise RtsSegError(f"{fn}: 'labels' is the folder of the labels, not a source of bands")
-    return {str(k): [str(b) for b in v] for k, v in d.items()}
-
-
-def resolve_channels(
-    bands: dict[str, list[str]],  # sources and their band names (`read_bands`)
-    channels: list[str] | tuple[str, ...],  # the model's input channels by name, in order
-    where: str = 'the dataset',  # named in errors, e.g. the dataset root
-) -> list[dict]:
-    "The channel table: each channel's name, source and 1-based band (or the bands an index is computed from), and its normalisation group."
-    out = []
-    for c in channels:
-        src = [s for s, v in bands.items() if c in v]
-        if src:
-            s = src[0]
-            out.append(dict(name=c, source=s, band=bands[s].index(c) + 1, group=LEGACY_GROUPS.get(s, s)))
-        elif c in INDICES:
-            need = [b for b in INDICES[c] if not any(b in v for v in bands.values())]
-            if need:
-                raise RtsSegError(
-                    f'channel {c!r} is computed from {" and ".join(INDICES[c])}; {where} has no band {need[0]!r}'
-                )
-            out.append(dict(name=c, source='index', inputs=list(INDICES[c]), group='index'))
-        else:
-            have = ', '.join(f'{s}: {", ".join(v)}' for s, v in bands.items())
-            raise RtsSegError(
-                f'unknown channel {c!r}: {where} declares {have}; indices computed from them: {", ".join(INDICES)}'
-            )
-    return out
-
-
 def channel_names(extra_channels: list[str] | tuple[str, ...] = ()) -> list[str]:
     "Today's layout: red, green, blue, then the named aux bands of `EXTRA`."
     resolve_channels(LEGACY_BANDS, list(extra_channels), 'EXTRA')
@@ -255,9 +199,7 @@ class TileReader:
             profs[s] = prof
         for c in self.table:
             if c['source'] == 'index':
-                x, y = (vals[b].astype(np.float32) for b in c['inputs'])
-                den = x + y
-                vals[c['name']] = np.where(den != 0, (x - y) / np.where(den != 0, den, 1), 0).astype(np.float32)
+                vals[c['name']] = normalized_difference(*(vals[b] for b in c['inputs']))
         assert ok is not None
         return vals, ok, profs
 
