@@ -7,13 +7,15 @@ Docs: https://rts-seg.github.io/rts_seg/infer.html.md"""
 # %% ../nbs/11c_infer.ipynb #75c1f029
 from __future__ import annotations
 import rts_seg.core  # first: it silences a torch deprecation warning
-import datetime, json, os, re, shutil, signal, tempfile, threading, time
+import datetime, hashlib, json, os, re, shutil, signal, sys, tempfile, threading, time, traceback
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import rasterio
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.merge import merge
 import torch
 
@@ -22,11 +24,11 @@ from .config import InferenceConfig
 from .core import RtsSegError, atomic_write_text
 from .io import exists, get_fs, is_remote, join
 from .predict import OUTPUTS, TMP_OPTS, Predictor, Scene, predict_scenes, write_cog
-from .vectorize import vectorize
+from .vectorize import merge_polygons, vectorize
 
 # %% auto #0
-__all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir', 'read_tile_list',
-           'write_mosaic', 'build_mosaics', 'run_inference']
+__all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'RES_RTOL', 'GRID_TOL_PX', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir',
+           'read_tile_list', 'mosaic_grid', 'write_mosaic', 'one_line', 'crs_label', 'build_mosaics', 'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
 SHARD_ENV = {
@@ -186,24 +188,74 @@ def _append(path: Path, rec: dict):
 
 # %% ../nbs/11c_infer.ipynb #5e07a778
 MOSAIC_MEM_MB = 256  # `write_mosaic` merges windows of at most this many megabytes of pixels
+# pixel sizes closer than this (relative) are one resolution: they differ only by float noise
+RES_RTOL = 1e-6
+# a raster whose corner is further than this (in pixels) from the mosaic's grid is not on it
+GRID_TOL_PX = 0.01
+
+
+def _listed(by: dict[str, list]) -> str:
+    "'value: file and n more' for each value of a property that differs between rasters."
+    return '; '.join(
+        f'{v}: {Path(str(ps[0])).name}' + (f' and {len(ps) - 1} more' * (len(ps) > 1)) for v, ps in by.items()
+    )
+
+
+def _res_classes(res: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    "The distinct resolutions of `res`, most common first, those within `RES_RTOL` of a more common one left out."
+    out: list[tuple[float, float]] = []
+    for r in sorted(set(res), key=lambda r: (-res.count(r), r)):
+        if not any(all(abs(a - b) <= RES_RTOL * max(abs(a), abs(b)) for a, b in zip(r, c)) for c in out):
+            out.append(r)
+    return out
+
+
+def mosaic_grid(
+    paths: list[str | Path],  # single-band rasters
+    dst: str | Path,  # the mosaic they are for (named in errors)
+) -> tuple[float, float]:
+    "The pixel size to mosaic `paths` at; an error naming the files where their CRS, grid, data type or nodata differ."
+    props = []
+    for p in paths:
+        with rasterio.open(p) as s:
+            nd = s.nodata
+            props.append((str(s.crs), s.res, s.dtypes[0], 'nan' if nd is not None and nd != nd else nd, s.transform))
+    for k, what in enumerate(('CRS', 'pixel size', 'data type', 'nodata')):
+        by: dict[str, list] = {}
+        if k == 1:
+            classes = _res_classes([q[1] for q in props])
+            for p, q in zip(paths, props):
+                c = next(c for c in classes if all(abs(a - b) <= RES_RTOL * max(a, b) for a, b in zip(q[1], c)))
+                by.setdefault(' x '.join(f'{v:.10g}' for v in c), []).append(p)
+        else:
+            for p, q in zip(paths, props):
+                by.setdefault(str(q[k]), []).append(p)
+        if len(by) > 1:
+            raise RtsSegError(f'the rasters of {dst} differ in {what} ({_listed(by)}); cannot mosaic them')
+    res = _res_classes([q[1] for q in props])[0]
+    x0, y0 = props[0][4].c, props[0][4].f
+    px = lambda t: ((t.c - x0) / res[0], (y0 - t.f) / res[1])  # a corner in pixels of the first raster's grid
+    off = [p for p, q in zip(paths, props) if max(abs(d - round(d)) for d in px(q[4])) > GRID_TOL_PX]
+    if off:
+        names = _listed({'': off})[2:]
+        raise RtsSegError(
+            f'the rasters of {dst} are not on one pixel grid ({names} off that of {Path(str(paths[0])).name}); cannot mosaic them'
+        )
+    return res
 
 
 def write_mosaic(
-    paths: list[str | Path],  # single-band rasters on one grid (same CRS, resolution, data type and nodata)
+    paths: list[str | Path],  # single-band rasters on one grid (same CRS, pixel size, data type and nodata)
     dst: str | Path,  # the mosaic COG to write
     resampling: str = 'NEAREST',  # of its overviews: NEAREST for classes, AVERAGE for probabilities
 ) -> Path:
     "A mosaic COG of `paths`: where rasters overlap, a later one wins unless it holds nodata; a raster without nodata wins whole."
-    grids = set()
-    for p in paths:
-        with rasterio.open(p) as s:
-            grids.add((s.crs, s.res, s.dtypes[0], s.nodata))
-    if len(grids) != 1:
-        raise RtsSegError(f'the rasters of {dst} differ in CRS, resolution, data type or nodata; cannot mosaic them')
+    res = mosaic_grid(paths, dst)
     Path(dst).parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=Path(dst).parent, prefix=f'.{Path(dst).stem}.') as tmp:
         merge(
             paths,
+            res=res,
             method='last',
             mem_limit=MOSAIC_MEM_MB,
             dst_path=Path(tmp) / 'mosaic.tif',
@@ -212,45 +264,104 @@ def write_mosaic(
         return write_cog(Path(tmp) / 'mosaic.tif', dst, resampling)
 
 # %% ../nbs/11c_infer.ipynb #2bb24d2a
+def one_line(
+    e: BaseException,  # an error
+) -> str:
+    "The error as one line: its message (with its type, unless it is a `RtsSegError`)."
+    msg = ' '.join(str(e).split())
+    return msg if isinstance(e, RtsSegError) else f'{type(e).__name__}: {msg}'
+
+
+def crs_label(
+    crs: CRS,  # a raster's CRS
+) -> str:
+    "The CRS in a file name: its EPSG code ('32608'), else 'crs' and a short hash of its WKT."
+    epsg = crs.to_epsg()
+    return str(epsg) if epsg else 'crs' + hashlib.sha1(crs.to_wkt().encode()).hexdigest()[:8]
+
+
+def _region_mosaics(out: OutDir, region: str, recs: list[dict], cfg: InferenceConfig, polygon_crs: str | None) -> dict:
+    "One region's mosaics (one per CRS of its tiles) and its polygons, in one GeoPackage in one CRS."
+    L, d = out.local, out.local / 'mosaic'
+    by: dict[str, list] = {}  # the region's tiles by CRS: (record, bounds)
+    crss: dict[str, CRS] = {}
+    labels: dict[str, str] = {}
+    for r in recs:
+        with rasterio.open(L / r['prob']) as s:
+            wkt = s.crs.to_wkt()
+            lab = labels[wkt] if wkt in labels else labels.setdefault(wkt, crs_label(s.crs))
+            crss.setdefault(lab, s.crs)
+            by.setdefault(lab, []).append((r, tuple(s.bounds)))
+    multi = len(by) > 1
+    main = max(sorted(by), key=lambda k: len(by[k]))  # the CRS of most tiles (on a tie, the first label)
+    dst = polygon_crs or crss[main].to_string()
+    rasters: list[dict] = []
+    gpkgs: list[str | Path] = []
+    names: list[str] = []
+    single = not multi and polygon_crs is None  # the region's polygons straight from its mosaic
+    d.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=d, prefix=f'.{region}.') as tmp:
+        for lab in sorted(by):
+            items, stem = by[lab], f'{region}_{lab}' if multi else region
+            cogs = {
+                k: write_mosaic([L / r[k] for r, _ in items], d / f'{stem}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS
+            }
+            g = d / f'{region}.gpkg' if single else Path(tmp) / f'{lab}.gpkg'
+            v = vectorize(
+                cogs['mask'],
+                cogs['prob'],
+                g,
+                cogs['scale'],
+                cfg.min_area_m2 or 0.0,
+                cfg.simplify_m,
+                tiles=[(r['key'], b) for r, b in items],
+            )
+            gpkgs.append(g)
+            names += [f'{stem}_{k}.tif' for k in OUTPUTS]
+            rasters.append(
+                dict(
+                    crs=crss[lab].to_string(),
+                    tiles=len(items),
+                    **{k: f'{out.uri}/mosaic/{stem}_{k}.tif' for k in OUTPUTS},
+                )
+            )
+        if not single:
+            with rasterio.open(d / names[0]) as s:
+                px = abs(s.transform.a) * (1.0 if s.crs.is_geographic else s.crs.linear_units_factor[1])
+            v = merge_polygons(gpkgs, d / f'{region}.gpkg', dst, join_m=px)
+    out.publish(*[f'mosaic/{n}' for n in [*names, f'{region}.gpkg']], keep=True)
+    return dict(
+        region=region,
+        tiles=len(recs),
+        crs=dst if single else v['crs'],
+        gpkg=f'{out.uri}/mosaic/{region}.gpkg',
+        polygons=v['polygons'],
+        total_area_m2=v['total_area_m2'],
+        rasters=rasters,
+    )
+
+
 def build_mosaics(
     out: OutDir,  # the run's output folder
     tiles: pd.DataFrame,  # the tile list (tile_id, RegionName)
     done: dict,  # finished tiles' records, by tile id (the manifests)
     cfg: InferenceConfig,  # minimum area and simplification of the merged polygons
+    polygon_crs: str | None = None,  # CRS of every region's polygons; None: that of most of the region's tiles
 ) -> list[dict]:
-    "Per region: mosaic COGs and polygons merged across tile seams."
+    "Per region: mosaic COGs (one per CRS of its tiles) and polygons merged across tile seams; a failed region says why."
     res = []
+    if out.remote:
+        out.fetch('tiles/*_[pms]*.tif')
     for region, df in tiles.groupby('RegionName', sort=True):
         recs = [done[t] for t in sorted(df.tile_id)]
-        if out.remote:
-            out.fetch('tiles/*_[pms]*.tif')
-        d, L = out.local / 'mosaic', out.local
-        cogs = {k: write_mosaic([L / r[k] for r in recs], d / f'{region}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS}
-        bounds = []
-        for r in recs:
-            with rasterio.open(L / r['prob']) as s:
-                bounds.append((r['key'], tuple(s.bounds)))
-        v = vectorize(
-            cogs['mask'],
-            cogs['prob'],
-            d / f'{region}.gpkg',
-            cogs['scale'],
-            cfg.min_area_m2 or 0.0,
-            cfg.simplify_m,
-            tiles=bounds,
-        )
-        names = [f'{region}_{k}.tif' for k in OUTPUTS] + [f'{region}.gpkg']
-        out.publish(*[f'mosaic/{n}' for n in names], keep=True)
-        res.append(
-            dict(
-                region=region,
-                tiles=len(recs),
-                **{k: f'{out.uri}/mosaic/{region}_{k}.tif' for k in OUTPUTS},
-                polygons=v['polygons'],
-                total_area_m2=v['total_area_m2'],
-                gpkg=f'{out.uri}/mosaic/{region}.gpkg',
-            )
-        )
+        try:
+            res.append(_region_mosaics(out, str(region), recs, cfg, polygon_crs))
+        except Exception as e:  # the other regions still get theirs; the run then fails, naming this one
+            if not isinstance(e, RtsSegError):
+                traceback.print_exc()
+            msg = one_line(e)
+            print(f'region {region}: no mosaic: {msg}', file=sys.stderr, flush=True)
+            res.append(dict(region=region, tiles=len(recs), error=msg))
     return res
 
 # %% ../nbs/11c_infer.ipynb #120f60ba
@@ -264,6 +375,7 @@ def run_inference(
     cfg: InferenceConfig | None = None,  # the `inference` section
     shard: str | None = None,  # this VM's share of the tile list: 'i/n', or 'auto' from the batch engine
     resume: bool = False,  # skip tiles that a manifest lists as finished
+    polygon_crs: str | None = None,  # CRS of each region's polygons, e.g. EPSG:3413; None: most of its tiles'
 ) -> dict:
     "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
     t0, cfg = time.time(), cfg or InferenceConfig()
@@ -272,6 +384,11 @@ def run_inference(
         print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
     if (scenes is None) == (tile_list is None):
         raise RtsSegError('give either --scene or --tile-list (with --imagery)')
+    if polygon_crs is not None:
+        try:
+            polygon_crs = CRS.from_user_input(polygon_crs).to_string()
+        except CRSError as e:
+            raise RtsSegError(f'polygon CRS {polygon_crs!r} is not a CRS ({e}); give one such as EPSG:3413') from None
     # the network (a bundle's, or exported), and what it needs: its channels and where they come from
     net, bundle = load_model(model)
     cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
@@ -362,59 +479,78 @@ def run_inference(
             if kill_after and len(finished) >= kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
-    if todo:
-        predict_scenes(predictor, todo, cfg, on_done=on_done)
-    if manifest.exists():
-        dst.publish(mname, keep=True)
     mosaics: list[dict] = []
-    if tiles is not None:
-        done = _manifests(dst)
-        if set(tiles.tile_id) <= set(done):
-            mosaics = build_mosaics(dst, tiles, done, cfg)
-        else:
-            print(
-                f'{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later',
-                flush=True,
-            )
-    recs = [done[j.key] for j in jobs]
-    dev = predictor.device
-    log: dict[str, Any] = dict(
-        model=predictor.model_info,
-        checkpoint=str(model),
-        normalization_hash=predictor.normalization_hash,
-        channels=[c['name'] for c in bundle.channels],
-        provenance=bundle.provenance,
-        min_area_m2=cfg.min_area_m2,
-        simplify_m=cfg.simplify_m,
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-        scales=cfg.scales,
-        tta=cfg.tta,
-        merge=cfg.merge,
-        threshold=threshold,
-        temperature=predictor.temperature,
-        tile_size=cfg.tile_size,
-        stride=cfg.stride,
-        precision=predictor.precision,
-        batch_size=cfg.batch_size,
-        shard=f'{i}/{n}',
-        shard_source=shard_source,
-        tiles=dict(
-            total=len(jobs),
-            predicted=len(finished),
-            resumed=len(jobs) - len(todo),
-            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs),
-        ),
-        windows=sum(r['windows'] for r in recs),
-        skipped_windows=sum(r['skipped_windows'] for r in recs),
-        polygons=sum(r['polygons'] for r in recs),
-        total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
-        mosaics=mosaics,
-        wall_seconds=round(time.time() - t0, 2),
-        gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
-        device=str(dev),
-    )
-    atomic_write_text(dst.local / lname, json.dumps(log, indent=2))
-    dst.publish(lname)
+    stage, failed = 'predict', None
+
+    def write_log() -> dict[str, Any]:
+        "The run's log, as it stands, written atomically (and uploaded)."
+        recs = [done[j.key] for j in jobs if j.key in done]
+        dev = predictor.device
+        log: dict[str, Any] = dict(
+            model=predictor.model_info,
+            checkpoint=str(model),
+            normalization_hash=predictor.normalization_hash,
+            channels=[c['name'] for c in bundle.channels],
+            provenance=bundle.provenance,
+            min_area_m2=cfg.min_area_m2,
+            simplify_m=cfg.simplify_m,
+            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+            scales=cfg.scales,
+            tta=cfg.tta,
+            merge=cfg.merge,
+            threshold=threshold,
+            temperature=predictor.temperature,
+            tile_size=cfg.tile_size,
+            stride=cfg.stride,
+            precision=predictor.precision,
+            batch_size=cfg.batch_size,
+            shard=f'{i}/{n}',
+            shard_source=shard_source,
+            tiles=dict(
+                total=len(jobs),
+                predicted=len(finished),
+                resumed=len(jobs) - len(todo),
+                all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs),
+            ),
+            windows=sum(r['windows'] for r in recs),
+            skipped_windows=sum(r['skipped_windows'] for r in recs),
+            polygons=sum(r['polygons'] for r in recs),
+            total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
+            mosaics=mosaics,
+            failed=failed,
+            wall_seconds=round(time.time() - t0, 2),
+            gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
+            device=str(dev),
+        )
+        atomic_write_text(dst.local / lname, json.dumps(log, indent=2))
+        dst.publish(lname, keep=True)
+        return log
+
+    try:
+        if todo:
+            predict_scenes(predictor, todo, cfg, on_done=on_done)
+        if manifest.exists():
+            dst.publish(mname, keep=True)
+        if tiles is not None:
+            done = _manifests(dst)
+            if set(tiles.tile_id) <= set(done):
+                stage = 'mosaic'
+                mosaics = build_mosaics(dst, tiles, done, cfg, polygon_crs)
+                bad = [m for m in mosaics if 'error' in m]
+                if bad:
+                    failed = f'mosaic of {len(bad)} of {len(mosaics)} region(s) failed: ' + '; '.join(
+                        f'{m["region"]}: {m["error"]}' for m in bad
+                    )
+            else:
+                print(
+                    f'{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later',
+                    flush=True,
+                )
+    except Exception as e:  # the log still says what was done, and what failed
+        failed = f'{stage}: {one_line(e)}'
+        write_log()
+        raise
+    log = write_log()
     if dst.remote:
         shutil.rmtree(dst.local, ignore_errors=True)
     print(
@@ -422,4 +558,6 @@ def run_inference(
         f'{log["total_rts_area_m2"] / 1e6:.3f} km2 of RTS in {log["wall_seconds"]} s -> {dst.uri}',
         flush=True,
     )
+    if failed:
+        raise RtsSegError(failed)
     return log

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 import shapely
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.features import geometry_mask, shapes
 from rasterio.warp import transform as warp_xy, transform_geom
 from rasterio.windows import Window, from_bounds
@@ -19,7 +21,7 @@ from shapely.geometry import shape
 from .core import RtsSegError, atomic_path
 
 # %% auto #0
-__all__ = ['FIELDS', 'mask_polygons', 'vectorize']
+__all__ = ['FIELDS', 'mask_polygons', 'vectorize', 'merge_polygons']
 
 # %% ../nbs/11a_vectorize.ipynb #6b7ace8d
 def mask_polygons(
@@ -68,6 +70,34 @@ def _metric(geoms, crs):
     if not crs.is_geographic:
         return geoms, crs.linear_units_factor[1]
     return [shape(transform_geom(crs, 'EPSG:3413', g.__geo_interface__)) for g in geoms], 1.0
+
+
+def _nw_order(polys) -> list[int]:
+    "Indices of `polys` from north-west to south-east, so ids depend on neither the order of strips nor shards."
+    return sorted(range(len(polys)), key=lambda i: (-round(polys[i].centroid.y, 6), round(polys[i].centroid.x, 6)))
+
+
+def _write_gpkg(out_path, polys, cols, crs_wkt, layer):
+    "Polygons and their `FIELDS` columns to a GeoPackage, atomically and reproducibly (its timestamp pinned)."
+    geoms = np.array(
+        [shapely.to_wkb(shapely.Polygon(p) if p.geom_type == 'Polygon' else p) for p in polys], dtype=object
+    )
+    with atomic_path(Path(out_path)) as tmp:
+        tmp.unlink()
+        import pyogrio, pyogrio.raw  # imported here: polygons can be computed without it
+
+        pyogrio.set_gdal_config_options({'OGR_CURRENT_DATE': '2000-01-01T00:00:00.000Z'})  # same polygons, same bytes
+        pyogrio.raw.write(
+            tmp,
+            geoms,
+            [cols[f] for f in FIELDS],
+            FIELDS,
+            layer=layer,
+            driver='GPKG',
+            geometry_type='MultiPolygon',
+            promote_to_multi=True,
+            crs=crs_wkt,
+        )
 
 
 def _stats(p, prob, scale):
@@ -124,8 +154,7 @@ def vectorize(
         shapely.normalize(shapely.make_valid(shapely.simplify(p, tol, preserve_topology=True))) if tol else p
         for p in polys
     ]
-    # north-west to south-east, so ids do not depend on the order of strips or shards
-    order = sorted(range(len(polys)), key=lambda i: (-round(polys[i].centroid.y, 6), round(polys[i].centroid.x, 6)))
+    order = _nw_order(polys)
     polys, stats = [polys[i] for i in order], [stats[i] for i in order]
     m, unit = _metric(polys, crs)
     cx, cy = [p.centroid.x for p in polys], [p.centroid.y for p in polys]
@@ -146,24 +175,85 @@ def vectorize(
         detection_scale=np.array([s[2] for s in stats], float),
         tile_ids=np.array(tids, dtype=object),
     )
-    geoms = np.array(
-        [shapely.to_wkb(shapely.Polygon(p) if p.geom_type == 'Polygon' else p) for p in polys], dtype=object
-    )
-    out_path = Path(out_path)
-    with atomic_path(out_path) as tmp:
-        tmp.unlink()
-        import pyogrio, pyogrio.raw  # imported here: polygons can be computed without it
-
-        pyogrio.set_gdal_config_options({'OGR_CURRENT_DATE': '2000-01-01T00:00:00.000Z'})  # same polygons, same bytes
-        pyogrio.raw.write(
-            tmp,
-            geoms,
-            [cols[f] for f in FIELDS],
-            FIELDS,
-            layer=layer,
-            driver='GPKG',
-            geometry_type='MultiPolygon',
-            promote_to_multi=True,
-            crs=crs.to_wkt(),
-        )
+    _write_gpkg(out_path, polys, cols, crs.to_wkt(), layer)
     return dict(gpkg=str(out_path), polygons=len(polys), total_area_m2=float(cols['area_m2'].sum()))
+
+# %% ../nbs/11a_vectorize.ipynb #5b512b43
+def merge_polygons(
+    gpkgs: list[str | Path],  # GeoPackages written by `vectorize`, each in its own CRS
+    out_path: str | Path,  # the GeoPackage to write
+    crs: str | None = None,  # its CRS, e.g. 'EPSG:3413'; None: that of the first GeoPackage
+    join_m: float = 0.0,  # pieces of different files closer than this (metres) are one slump
+    layer: str = 'rts',  # GeoPackage layer name
+) -> dict:
+    "The polygons of several GeoPackages in one, in one CRS; pieces that meet across files unioned, ids renumbered."
+    import pyogrio.raw
+
+    if not gpkgs:
+        raise RtsSegError(f'no GeoPackage to merge into {out_path}')
+    dst, polys, rows, srcs, files = None, [], [], [], []
+    for k, path in enumerate(gpkgs):
+        try:
+            meta, _, wkb, vals = pyogrio.raw.read(path, layer=layer)
+        except Exception as e:  # pyogrio's DataSourceError and the like: name the file
+            raise RtsSegError(f'cannot read polygons {path}: {e}') from None
+        src = CRS.from_user_input(meta['crs'])
+        try:
+            dst = dst or CRS.from_user_input(crs or src)
+        except CRSError as e:
+            raise RtsSegError(f'{crs!r} is not a CRS ({e}); give one such as EPSG:3413') from None
+        gs = [shapely.from_wkb(w) for w in wkb]
+        if gs and src != dst:
+            gs = [shape(t) for t in transform_geom(src, dst, [p.__geo_interface__ for p in gs])]
+        polys += gs
+        rows += [dict(zip(list(meta['fields']), r)) for r in zip(*vals)]
+        srcs += [src] * len(gs)
+        files += [k] * len(gs)
+    assert dst is not None
+    parent = list(range(len(polys)))  # union-find of the pieces that meet across files
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    if polys:  # join_m in the units of `dst`: metres, feet, or degrees (about 111 km each)
+        tol = join_m / 111_320 if dst.is_geographic else join_m / dst.linear_units_factor[1]
+        a, b = shapely.STRtree(polys).query(polys, predicate='dwithin', distance=tol)
+        for i, j in zip(a, b):
+            if files[i] != files[j]:
+                parent[root(int(i))] = root(int(j))
+    groups: dict[int, list[int]] = {}
+    for i in range(len(polys)):
+        groups.setdefault(root(i), []).append(i)
+    out, recs = [], []
+    for g in groups.values():
+        if len(g) == 1:
+            out.append(polys[g[0]])
+            recs.append(rows[g[0]])
+            continue
+        u = shapely.normalize(shapely.unary_union([polys[i] for i in g]))
+        big = max(g, key=lambda i: rows[i]['area_m2'])  # measured again in the CRS of the largest piece
+        (m,), unit = _metric([shape(transform_geom(dst, srcs[big], u.__geo_interface__))], srcs[big])
+        top = max(g, key=lambda i: rows[i]['max_prob'])
+        (lon,), (lat,) = warp_xy(dst, 'EPSG:4326', [u.centroid.x], [u.centroid.y])
+        w = [float(rows[i]['area_m2']) for i in g]
+        out.append(u)
+        recs.append(
+            dict(
+                area_m2=m.area * unit**2,
+                perimeter_m=m.length * unit,
+                centroid_lat=lat,
+                centroid_lon=lon,
+                mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
+                max_prob=rows[top]['max_prob'],
+                detection_scale=rows[top]['detection_scale'],
+                tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
+            )
+        )
+    order = _nw_order(out)
+    out, recs = [out[i] for i in order], [recs[i] for i in order]
+    cols = {f: np.array([r[f] for r in recs], dtype=object if f == 'tile_ids' else float) for f in FIELDS[1:]}
+    cols['rts_id'] = np.arange(1, len(out) + 1, dtype=np.int64)
+    _write_gpkg(out_path, out, cols, dst.to_wkt(), layer)
+    return dict(gpkg=str(out_path), polygons=len(out), total_area_m2=float(cols['area_m2'].sum()), crs=dst.to_string())
