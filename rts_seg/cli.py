@@ -250,33 +250,126 @@ def cmd_check_data(sub):
 
 # %% ../nbs/13_cli.ipynb #c0dcfc36
 def cmd_make_dataset(sub):
-    "rts-seg make-dataset: tiles, labels, metadata and splits from scenes and slump polygons."
-    s = sub.add_parser('make-dataset', help='build a dataset in the data-contract layout from scenes and polygons')
-    s.add_argument('--images', required=True, help='folder of GeoTIFF scenes, or a glob pattern (quote it)')
-    s.add_argument('--polygons', required=True, help='slump polygons: GeoJSON, GPKG or shapefile, any CRS')
-    s.add_argument('--out', required=True, help='dataset root to create')
-    s.add_argument('--tile-size', type=int, default=512, help='tile side in pixels (default 512)')
-    s.add_argument(
-        '--region-column', default='RegionName', help='polygon attribute naming the region (default RegionName)'
+    "rts-seg make-dataset: tiles, labels, metadata and splits from scenes and slump polygons, or from chips and their masks."
+    s = sub.add_parser(
+        'make-dataset', help='build a dataset in the data-contract layout from scenes and polygons, or chips and masks'
     )
-    s.add_argument('--uid-column', default='UID', help='polygon attribute with the slump id (default UID)')
+    s.add_argument('--images', default=None, help='folder of GeoTIFF scenes, or a glob pattern (quote it)')
+    s.add_argument('--polygons', default=None, help='with --images: slump polygons (GeoJSON, GPKG, shapefile; any CRS)')
+    s.add_argument('--chips', default=None, help='or: folder of chips (subfolders: one region each), or a glob pattern')
+    s.add_argument(
+        '--masks', default=None, help='with --chips: folder of masks named as their chips ({chip}_mask.tif, ...)'
+    )
+    s.add_argument(
+        '--label-band', type=int, default=None, help="with --chips: or the chips' 1-based band holding the mask"
+    )
+    s.add_argument('--out', required=True, help='dataset root to create')
+    s.add_argument('--tile-size', type=int, default=512, help='scenes: tile side in pixels (default 512)')
+    s.add_argument(
+        '--region-column',
+        default='RegionName',
+        help='polygon attribute, or column of --regions, naming the region (default RegionName)',
+    )
+    s.add_argument('--uid-column', default='UID', help='scenes: polygon attribute with the slump id (default UID)')
     s.add_argument(
         '--min-inside',
         type=float,
         default=0.5,
-        help='share of a slump that must lie in a tile for label 1, else 255 (default 0.5)',
+        help='scenes: share of a slump that must lie in a tile for label 1, else 255 (default 0.5)',
     )
     s.add_argument(
-        '--bands', type=int, nargs=3, default=(1, 2, 3), help='1-based scene bands holding R, G, B (default 1 2 3)'
+        '--bands',
+        type=int,
+        nargs='+',
+        default=None,
+        help='1-based bands of the imagery: scenes R G B (default 1 2 3); chips any (default: all but the label band)',
+    )
+    s.add_argument(
+        '--band-names',
+        nargs='+',
+        default=None,
+        help="chips: their names (default: the chips' descriptions, or red green blue)",
+    )
+    s.add_argument('--source', default='PLANET-RGB', help='chips: folder of the imagery tiles (default PLANET-RGB)')
+    s.add_argument(
+        '--mask-values',
+        default='auto',
+        choices=['auto', '0/1', '0/255', 'nonzero'],
+        help='chips: how masks are drawn: 0/1 (and 255 ignore), 0/255 (255 slump), nonzero (default: auto, detected)',
+    )
+    s.add_argument(
+        '--regions', default=None, help="chips: CSV with tile_id, RegionName (and UIDs); default: the chips' folders"
+    )
+    s.add_argument(
+        '--to-uint8',
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=('LOW', 'HIGH'),
+        help='chips: scale the imagery from LOW-HIGH onto uint8 0-255 (e.g. 0 255; 0 10000 for S2); default: keep its type',
+    )
+    s.add_argument(
+        '--nodata-warn',
+        type=float,
+        default=0.5,
+        help='chips: list those with at least this share of nodata (default 0.5)',
     )
 
     def fn(a):
         import pandas as pd
-        from rts_seg.make_dataset import make_dataset
+        from rts_seg.core import RtsSegError
 
-        root = make_dataset(
-            a.images, a.polygons, a.out, a.tile_size, a.region_column, a.uid_column, a.min_inside, a.bands
-        )
+        if (a.images is None) == (a.chips is None):
+            raise RtsSegError(
+                'make-dataset needs --images IMAGES --polygons FILE, or --chips CHIPS with --masks or --label-band'
+            )
+        if a.images is not None:
+            given = (
+                [
+                    f'--{k.replace("_", "-")}'
+                    for k in ('masks', 'label_band', 'band_names', 'regions', 'to_uint8')
+                    if getattr(a, k) is not None
+                ]
+                + (['--mask-values'] if a.mask_values != 'auto' else [])
+                + (['--source'] if a.source != 'PLANET-RGB' else [])
+            )
+            if given:
+                raise RtsSegError(f'{", ".join(given)}: only with --chips, not with --images')
+            if a.polygons is None:
+                raise RtsSegError('--images needs --polygons FILE (the slump polygons)')
+            if a.bands is not None and len(a.bands) != 3:
+                raise RtsSegError(f'--bands {" ".join(map(str, a.bands))}: give the three scene bands holding R, G, B')
+            from rts_seg.make_dataset import make_dataset
+
+            root = make_dataset(
+                a.images,
+                a.polygons,
+                a.out,
+                a.tile_size,
+                a.region_column,
+                a.uid_column,
+                a.min_inside,
+                a.bands or (1, 2, 3),
+            )
+        else:
+            if a.polygons is not None:
+                raise RtsSegError('--polygons goes with --images; chips bring their labels as --masks or --label-band')
+            from rts_seg.make_dataset import make_dataset_from_chips
+
+            root = make_dataset_from_chips(
+                a.chips,
+                a.out,
+                masks=a.masks,
+                label_band=a.label_band,
+                bands=a.bands,
+                band_names=a.band_names,
+                source=a.source,
+                mask_values=a.mask_values,
+                regions=a.regions,
+                region_column=a.region_column,
+                to_uint8=a.to_uint8,
+                nodata_warn=a.nodata_warn,
+            )
         meta = pd.read_csv(root / 'metadata.csv', keep_default_na=False)
         print(
             f'wrote {len(meta)} tiles ({(meta.TrainClass == "Positive").sum()} positive) in {meta.RegionName.nunique()} region(s) to {root}'

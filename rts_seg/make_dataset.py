@@ -1,4 +1,4 @@
-"""From scenes and slump polygons to the data-contract layout: tiles, rasterised labels, metadata and splits.
+"""From scenes and slump polygons, or from chips and their masks, to the data-contract layout: tiles, labels, metadata and splits.
 
 Docs: https://rts-seg.github.io/rts_seg/make_dataset.html.md"""
 
@@ -24,7 +24,8 @@ from .core import RtsSegError, atomic_write_text, readable
 from .io import valid_mask, write_raster
 
 # %% auto #0
-__all__ = ['read_polygons', 'scene_files', 'make_dataset']
+__all__ = ['MASK_SUFFIXES', 'MASK_VALUES', 'BANDS_FILE', 'read_polygons', 'scene_files', 'scale_to_uint8', 'make_dataset',
+           'chip_files', 'match_masks', 'mask_scheme', 'mask_invalid', 'mask_label', 'make_dataset_from_chips']
 
 # %% ../nbs/05c_make_dataset.ipynb #ffdde696
 def read_polygons(
@@ -59,6 +60,19 @@ def scene_files(images: str | Path) -> list[Path]:
     if not fs:
         raise RtsSegError(f'no GeoTIFF scenes found at {images}')
     return fs
+
+# %% ../nbs/05c_make_dataset.ipynb #00ed80a7
+def scale_to_uint8(
+    a: np.ndarray,  # imagery (C, H, W) of any type
+    valid: np.ndarray,  # its valid pixels (H, W)
+    value_range: tuple[float, float] | list[float] = (0, 255),  # values that become 0 and 255 (clipped beyond)
+) -> np.ndarray:
+    "`a` mapped linearly from `value_range` onto uint8 0-255, rounded and clipped; invalid pixels 0 (the nodata)."
+    lo, hi = value_range
+    if not hi > lo:
+        raise RtsSegError(f'--to-uint8 {lo:g} {hi:g}: the high value must be above the low one')
+    x = (np.nan_to_num(a.astype(np.float64), nan=0, posinf=0, neginf=0) - lo) * (255 / (hi - lo))
+    return np.where(valid, np.clip(x.round(), 0, 255), 0).astype(np.uint8)
 
 # %% ../nbs/05c_make_dataset.ipynb #256a1603
 def _to_crs(geoms, src, dst):
@@ -140,9 +154,7 @@ def make_dataset(
                         valid = inside & valid_mask(a, src.nodata)  # the one nodata rule, as in training and prediction
                         if not valid.any():
                             continue  # all nodata: nothing to learn
-                        img = np.where(
-                            valid, np.clip(np.nan_to_num(a, nan=0, posinf=0, neginf=0).round(), 0, 255), 0
-                        ).astype(np.uint8)
+                        img = scale_to_uint8(a, valid)  # 0-255, clipped
                         box = shapely.box(*rasterio.windows.bounds(win, src.transform))
                         hit = tree.query(box, predicate='intersects')
                         frac = np.array(
@@ -190,4 +202,316 @@ def make_dataset(
         work.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    return out
+
+# %% ../nbs/05c_make_dataset.ipynb #385d900a
+MASK_SUFFIXES = ('', '_mask', '_masks', '_label', '_labels', '_gt')  # what a mask's name may add to its chip's name
+
+
+def chip_files(
+    chips: str | Path,  # folder of chips (searched with its subfolders), or a glob pattern
+) -> list[Path]:
+    "The GeoTIFFs of a folder and its subfolders, or of a glob pattern, in name order."
+    p = Path(chips)
+    if not p.is_dir():
+        return scene_files(chips)
+    fs = sorted(f for f in p.rglob('*') if f.suffix.lower() in ('.tif', '.tiff') and f.is_file())
+    if not fs:
+        raise RtsSegError(f'no GeoTIFF found in {chips} or its subfolders')
+    return fs
+
+
+def match_masks(
+    chips: list[Path],  # the chips (`chip_files`)
+    masks: str | Path,  # folder of masks (with its subfolders), or a glob pattern
+) -> tuple[dict[Path, Path], list[Path]]:
+    "Each chip's mask, and the masks that belong to no chip."
+    by_stem: dict[str, list[Path]] = {}
+    for m in chip_files(masks):
+        by_stem.setdefault(m.stem, []).append(m)
+    res = {}
+    for c in chips:
+        found = [m for s in MASK_SUFFIXES for m in by_stem.get(c.stem + s, [])]
+        if not found:
+            raise RtsSegError(
+                f'no mask for chip {c} in {masks}: looked for {", ".join(c.stem + s + ".tif" for s in MASK_SUFFIXES)}'
+            )
+        if len(found) > 1:
+            raise RtsSegError(f'chip {c} has {len(found)} masks in {masks}: {", ".join(map(str, found))}; keep one')
+        res[c] = found[0]
+    used = set(res.values())
+    return res, [m for ms in by_stem.values() for m in ms if m not in used]
+
+# %% ../nbs/05c_make_dataset.ipynb #3eb0acaa
+# label of each mask value, by convention (`nonzero`: every value but 0 is a slump)
+MASK_VALUES = {'0/1': {0: 0, 1: 1, 255: 255}, '0/255': {0: 0, 255: 1}}
+
+
+def mask_scheme(
+    values: dict,  # the values (a set) each mask holds, by mask file, nodata left out
+    mask_values: str = 'auto',  # auto, 0/1 (0/1/255), 0/255 or nonzero
+) -> tuple[str, str | None]:
+    "How to read a dataset's masks: `0/1`, `0/255` or `nonzero`, and a line saying what was detected (or None)."
+    fix = 'pass --mask-values nonzero to read every value but 0 as slump'
+
+    def refuse(allowed, what):
+        f, v = next((f, sorted(v - allowed)) for f, v in values.items() if v - allowed)
+        raise RtsSegError(f'{f}: mask values {", ".join(f"{x:g}" for x in v[:5])} outside {what}; {fix}')
+
+    if mask_values == 'nonzero':
+        return 'nonzero', None
+    if mask_values in MASK_VALUES:
+        if any(v - set(MASK_VALUES[mask_values]) for v in values.values()):
+            refuse(
+                set(MASK_VALUES[mask_values]),
+                f'--mask-values {mask_values} ({", ".join(map(str, MASK_VALUES[mask_values]))})',
+            )
+        return mask_values, None
+    if mask_values != 'auto':
+        raise RtsSegError(f'--mask-values {mask_values}: use auto, 0/1 (0/1/255), 0/255 or nonzero')
+    held = set().union(*values.values()) if values else set()
+    if held - {0, 1, 255}:
+        refuse({0, 1, 255}, '0/1/255 (background, slump, ignore) and 0/255 (background, slump)')
+    if 255 in held and 1 not in held:
+        return '0/255', (
+            f'masks hold 0 and 255 and no 1 (all {len(values)} of them): read as 0/255, 255 a slump '
+            '(pass --mask-values 0/1 if 255 means ignore there)'
+        )
+    return '0/1', None
+
+
+def mask_invalid(
+    m: np.ndarray,  # mask values (H, W)
+    nodata=None,  # the mask's nodata value
+) -> np.ndarray:
+    "Pixels of a mask without a value: NaN, infinite, or its nodata unless that is 0, 1 or 255."
+    bad = ~np.isfinite(m) if m.dtype.kind == 'f' else np.zeros(m.shape, bool)
+    if nodata is not None and np.isfinite(nodata) and nodata not in (0, 1, 255):
+        bad |= m == nodata
+    return bad
+
+
+def mask_label(
+    m: np.ndarray,  # mask values (H, W)
+    scheme: str,  # how to read them (`mask_scheme`)
+    invalid: np.ndarray,  # pixels to ignore (H, W): the mask's nodata, the imagery's nodata
+) -> np.ndarray:
+    "The label uint8 (H, W) of a mask: 0 background, 1 slump, 255 ignore."
+    if scheme == 'nonzero':
+        lbl = (m != 0).astype(np.uint8)
+    else:
+        lbl = np.zeros(m.shape, np.uint8)
+        for k, v in MASK_VALUES[scheme].items():
+            lbl[m == k] = v
+    lbl[invalid] = 255
+    return lbl
+
+# %% ../nbs/05c_make_dataset.ipynb #7362ad0c
+BANDS_FILE = 'bands.yaml'  # the dataset's band names by source folder, as `rts_seg.data.read_bands` reads them
+
+
+def _open(path: Path, what: str):
+    "`rasterio.open`, with an unreadable file as `RtsSegError`."
+    try:
+        return rasterio.open(path)
+    except rasterio.errors.RasterioIOError as e:
+        raise RtsSegError(f'cannot read {what} {path}: {e}') from None
+
+
+def _grid(s) -> str:
+    "A raster's grid in words."
+    return f'{s.width}x{s.height} px of {s.res[0]:g} x {s.res[1]:g}, origin ({s.transform.c:.2f}, {s.transform.f:.2f}), {s.crs}'
+
+
+def _on_grid(m, c) -> bool:
+    "Whether mask `m` lies on the grid of chip `c` (a mask without georeferencing: when it has the chip's size)."
+    if m.crs is None and m.transform.is_identity:
+        return m.shape == c.shape
+    return m.crs == c.crs and m.shape == c.shape and m.transform.almost_equals(c.transform, 1e-6 * abs(c.transform.a))
+
+
+def _listed(items: list, n: int = 5) -> str:
+    "The first `n` items, and how many more."
+    return ', '.join(map(str, items[:n])) + (f' and {len(items) - n} more' if len(items) > n else '')
+
+
+def make_dataset_from_chips(
+    chips: str | Path,  # folder of chip GeoTIFFs (with subfolders: one region each), or a glob pattern
+    out: str | Path,  # dataset root to create
+    masks: str | Path | None = None,  # folder of masks named as their chips ({chip}.tif, {chip}_mask.tif, ...)
+    label_band: int | None = None,  # or: the chips' 1-based band holding the mask
+    bands: list[int] | tuple[int, ...] | None = None,  # 1-based chip bands of the imagery (None: all but the label)
+    band_names: list[str] | tuple[str, ...] | None = None,  # their names (None: the chips' descriptions, else R, G, B)
+    source: str = 'PLANET-RGB',  # folder of the imagery tiles
+    mask_values: str = 'auto',  # auto, 0/1 (0/1/255), 0/255 or nonzero
+    regions: str | Path | None = None,  # CSV with tile_id and region_column (and UIDs); None: the chips' folders
+    region_column: str = 'RegionName',  # column of `regions` naming the region
+    to_uint8: tuple[float, float] | list[float] | None = None,  # (low, high) scaled onto uint8 0-255; None: keep
+    nodata_warn: float = 0.5,  # list chips with at least this share of nodata pixels
+    verbose: bool = True,  # print what was detected, converted and found wanting
+) -> Path:
+    "Build a dataset in the data-contract layout from chips and their raster masks, one tile per chip."
+    out = Path(out)
+    if out.exists():
+        raise RtsSegError(f'{out} already exists; remove it or choose another --out')
+    if (masks is None) == (label_band is None):
+        raise RtsSegError(
+            "give the chips' masks: --masks FOLDER, or --label-band N for a band of the chips (one of them)"
+        )
+    files = chip_files(chips)
+    seen: dict[str, Path] = {}
+    for f in files:
+        if f.stem in seen:
+            raise RtsSegError(f'two chips named {f.stem}: {seen[f.stem]} and {f}; tile ids come from chip names')
+        seen[f.stem] = f
+    mask_of, spare = match_masks(files, masks) if masks is not None else ({}, [])
+    notes = [f'{len(spare)} mask(s) in {masks} belong to no chip: {_listed(spare)}'] if spare else []
+    table = None
+    if regions is not None:
+        table = pd.read_csv(regions, dtype=str, keep_default_na=False)
+        if missing := [c for c in ('tile_id', region_column) if c not in table.columns]:
+            raise RtsSegError(f'{regions}: no column(s) {missing}; columns are {", ".join(table.columns)}')
+        table = table.drop_duplicates('tile_id').set_index('tile_id')
+        if absent := [f.stem for f in files if f.stem not in table.index]:
+            raise RtsSegError(f'{regions} has no row for chip(s) {_listed(absent, 3)} (tile_id is the chip name)')
+
+    def read_mask(f, src):  # the chip's mask values, the file they come from, and its nodata
+        if label_band is not None:
+            return src.read(label_band), f, src.nodata
+        with _open(mask_of[f], 'mask') as m:
+            if not _on_grid(m, src):
+                raise RtsSegError(
+                    f'mask {mask_of[f]} is not on the grid of its chip {f}: {_grid(m)} against {_grid(src)}; '
+                    'resample the mask onto the chip'
+                )
+            if m.count != 1:
+                raise RtsSegError(f'mask {mask_of[f]} has {m.count} bands; a mask has one')
+            return m.read(1), mask_of[f], m.nodata
+
+    values, ref, names = {}, None, None
+    for f in files:  # pass 1: georeferencing, bands and mask values, before anything is written
+        with _open(f, 'chip') as src:
+            if src.crs is None:
+                raise RtsSegError(f'chip {f} has no CRS; georeference it first')
+            if label_band is not None and not 1 <= label_band <= src.count:
+                raise RtsSegError(f'chip {f} has {src.count} band(s); --label-band {label_band} is not one of them')
+            img_bands = list(bands) if bands else [b for b in range(1, src.count + 1) if b != label_band]
+            if not img_bands or not all(1 <= b <= src.count for b in img_bands):
+                raise RtsSegError(f'chip {f} has {src.count} band(s); --bands asks for {img_bands}')
+            sig = (len(img_bands), src.dtypes[img_bands[0] - 1])
+            if ref is None:
+                ref = (f, sig)
+                descr = [src.descriptions[b - 1] for b in img_bands]
+                names = list(band_names) if band_names else descr if all(descr) else None
+                if names is None and len(img_bands) == 3:
+                    names = ['red', 'green', 'blue']
+                    notes.append(
+                        f'imagery bands {img_bands} taken as red, green, blue (name them with --band-names otherwise)'
+                    )
+                if names is None or len(names) != len(img_bands):
+                    raise RtsSegError(
+                        f'chip {f}: name its {len(img_bands)} imagery band(s) {img_bands} with --band-names '
+                        '(e.g. blue green red nir)' + (f', not {len(names)}' if names else '')
+                    )
+            elif sig != ref[1]:
+                raise RtsSegError(
+                    f'chip {f} has {sig[0]} imagery band(s) of {sig[1]}, {ref[0]} {ref[1][0]} of {ref[1][1]}; '
+                    "a dataset's tiles share their bands and type"
+                )
+            m, mf, mnodata = read_mask(f, src)
+            u = np.unique(m[~mask_invalid(m, mnodata)])
+            values[mf] = set(u[:16].tolist())  # a few values tell a convention from a probability map
+    scheme, line = mask_scheme(values, mask_values)
+    notes += [line] if line else []
+    assert names is not None and ref is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial'))
+    rows, empty, sparse, blank = [], [], [], []
+    crss: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    try:
+        for f in files:  # pass 2: the tiles
+            with _open(f, 'chip') as src:
+                img_bands = list(bands) if bands else [b for b in range(1, src.count + 1) if b != label_band]
+                img = src.read(img_bands)
+                valid = valid_mask(img, src.nodata)  # the one nodata rule, as in training and prediction
+                if not valid.any():
+                    empty.append(f.stem)
+                    continue
+                if (share := 1 - valid.mean()) >= nodata_warn:
+                    sparse.append(f'{f.stem} ({share:.0%})')
+                if np.ptp(img[:, valid], axis=1).max() == 0:
+                    blank.append(f.stem)
+                m, _, mnodata = read_mask(f, src)
+                lbl = mask_label(m, scheme, mask_invalid(m, mnodata) | ~valid)
+                if to_uint8 is not None:
+                    write_raster(
+                        work / source / f'{f.stem}.tif',
+                        scale_to_uint8(img, valid, to_uint8),
+                        src.crs,
+                        src.transform,
+                        nodata=0,
+                    )
+                else:
+                    write_raster(work / source / f'{f.stem}.tif', img, src.crs, src.transform, nodata=src.nodata)
+                write_raster(work / 'labels' / f'{f.stem}.tif', lbl, src.crs, src.transform)
+                b = src.bounds
+                lon, lat = warp_transform(src.crs, 'EPSG:4326', [(b.left + b.right) / 2], [(b.bottom + b.top) / 2])
+                crss[src.crs.to_string()] += 1
+                sizes[f'{src.width}x{src.height}'] += 1
+                rows.append(
+                    dict(
+                        tile_id=f.stem,
+                        centroid_lat=round(lat[0], 6),
+                        centroid_lon=round(lon[0], 6),
+                        TrainClass='Positive' if (lbl == 1).any() else 'Negative',
+                        RegionName=table.loc[f.stem, region_column] if table is not None else f.parent.name,
+                        UIDs=table.loc[f.stem, 'UIDs'] if table is not None and 'UIDs' in table.columns else '',
+                    )
+                )
+        if not rows:
+            raise RtsSegError(f'no chip with valid pixels in {chips}')
+        meta = pd.DataFrame(rows)
+        meta.to_csv(work / 'metadata.csv', index=False)
+        atomic_write_text(
+            work / 'splits.yaml',
+            yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True),
+        )
+        if source != 'PLANET-RGB' or names != [
+            'red',
+            'green',
+            'blue',
+        ]:  # else today's layout, which needs no declaration
+            atomic_write_text(
+                work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
+            )
+        readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
+        work.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    dtype = 'uint8' if to_uint8 is not None else ref[1][1]
+    notes.append(
+        f'imagery: {", ".join(names)} as {dtype} in {source}/'
+        + (
+            f', scaled from {to_uint8[0]:g}-{to_uint8[1]:g}'
+            if to_uint8 is not None
+            else ' as the chips have it (--to-uint8 LOW HIGH converts it)'
+            if dtype != 'uint8'
+            else ''
+        )
+    )
+    if len(crss) > 1:
+        notes.append(f"CRSs: {', '.join(f'{k} ({n})' for k, n in crss.most_common())}, each tile in its chip's")
+    if len(sizes) > 1:
+        notes.append(f'chip sizes differ: {", ".join(f"{k} px ({n})" for k, n in sizes.most_common())}')
+    if empty:
+        notes.append(f'left out {len(empty)} chip(s) without a valid pixel: {_listed(empty)}')
+    if sparse:
+        notes.append(
+            f'{len(sparse)} chip(s) at least {nodata_warn:.0%} nodata (kept, labelled 255 there): {_listed(sparse)}'
+        )
+    if blank:
+        notes.append(f'{len(blank)} chip(s) whose imagery is one value throughout (kept): {_listed(blank)}')
+    if verbose:
+        print('\n'.join(notes))
     return out
