@@ -368,12 +368,18 @@ def make_dataset_from_chips(
     notes = [f'{len(spare)} mask(s) in {masks} belong to no chip: {_listed(spare)}'] if spare else []
     table = None
     if regions is not None:
+        if not Path(regions).is_file():
+            raise RtsSegError(f'regions table not found: {regions}')
         table = pd.read_csv(regions, dtype=str, keep_default_na=False)
         if missing := [c for c in ('tile_id', region_column) if c not in table.columns]:
             raise RtsSegError(f'{regions}: no column(s) {missing}; columns are {", ".join(table.columns)}')
+        table['tile_id'] = table.tile_id.str.replace(r'\.tiff?$', '', regex=True)  # chip names, with .tif or without
         table = table.drop_duplicates('tile_id').set_index('tile_id')
         if absent := [f.stem for f in files if f.stem not in table.index]:
             raise RtsSegError(f'{regions} has no row for chip(s) {_listed(absent, 3)} (tile_id is the chip name)')
+
+    def imagery_bands(src):  # the chip's 1-based imagery bands
+        return list(bands) if bands else [b for b in range(1, src.count + 1) if b != label_band]
 
     def read_mask(f, src):  # the chip's mask values, the file they come from, and its nodata
         if label_band is not None:
@@ -395,7 +401,7 @@ def make_dataset_from_chips(
                 raise RtsSegError(f'chip {f} has no CRS; georeference it first')
             if label_band is not None and not 1 <= label_band <= src.count:
                 raise RtsSegError(f'chip {f} has {src.count} band(s); --label-band {label_band} is not one of them')
-            img_bands = list(bands) if bands else [b for b in range(1, src.count + 1) if b != label_band]
+            img_bands = imagery_bands(src)
             if not img_bands or not all(1 <= b <= src.count for b in img_bands):
                 raise RtsSegError(f'chip {f} has {src.count} band(s); --bands asks for {img_bands}')
             sig = (len(img_bands), src.dtypes[img_bands[0] - 1])
@@ -432,8 +438,7 @@ def make_dataset_from_chips(
     try:
         for f in files:  # pass 2: the tiles
             with _open(f, 'chip') as src:
-                img_bands = list(bands) if bands else [b for b in range(1, src.count + 1) if b != label_band]
-                img = src.read(img_bands)
+                img = src.read(imagery_bands(src))
                 valid = valid_mask(img, src.nodata)  # the one nodata rule, as in training and prediction
                 if not valid.any():
                     empty.append(f.stem)
@@ -473,15 +478,15 @@ def make_dataset_from_chips(
             raise RtsSegError(f'no chip with valid pixels in {chips}')
         meta = pd.DataFrame(rows)
         meta.to_csv(work / 'metadata.csv', index=False)
-        atomic_write_text(
-            work / 'splits.yaml',
-            yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True),
-        )
-        if source != 'PLANET-RGB' or names != [
-            'red',
-            'green',
-            'blue',
-        ]:  # else today's layout, which needs no declaration
+        splits = _split_regions(Counter(meta.RegionName))
+        atomic_write_text(work / 'splits.yaml', yaml.safe_dump(splits, sort_keys=False, allow_unicode=True))
+        if none := [k for k, v in splits.items() if not v]:
+            notes.append(
+                f'{meta.RegionName.nunique()} region(s), so no {" or ".join(none)} region in splits.yaml: '
+                'name the regions with --regions CSV, or put the chips in one subfolder per region'
+            )
+        # bands other than today's R, G, B in PLANET-RGB are declared by name
+        if source != 'PLANET-RGB' or names != ['red', 'green', 'blue']:
             atomic_write_text(
                 work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
             )
@@ -512,6 +517,6 @@ def make_dataset_from_chips(
         )
     if blank:
         notes.append(f'{len(blank)} chip(s) whose imagery is one value throughout (kept): {_listed(blank)}')
-    if verbose:
+    if verbose and notes:
         print('\n'.join(notes))
     return out
