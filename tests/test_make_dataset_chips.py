@@ -53,31 +53,29 @@ def test_make_dataset_from_real_chips_keeps_them_and_labels_their_slumps(tmp_pat
     assert yaml.safe_load((root / 'splits.yaml').read_text()) == {'train': [CHIPS.name], 'val': [], 'test': []}
 
 
-def test_make_dataset_from_real_chips_to_uint8(tmp_path):
+def test_make_dataset_from_real_chips_to_uint8_passes_check_data(tmp_path):
+    # five regions, so that every split has some
+    rows = [f'{c.stem},region_{i % 5}' for i, c in enumerate(chips())]
+    (tmp_path / 'regions.csv').write_text('tile_id,RegionName\n' + '\n'.join(rows) + '\n')
+    root = tmp_path / 'ds'
     r = rts_seg(
-        'make-dataset',
-        '--chips',
-        CHIPS,
-        '--label-band',
-        4,
-        '--to-uint8',
-        0,
-        255,
-        '--out',
-        tmp_path / 'ds',
-        '--bands',
-        1,
-        2,
-        3,
-    )
+        'make-dataset', '--chips', CHIPS, '--label-band', 4, '--to-uint8', 0, 255, '--regions', tmp_path / 'regions.csv',
+        '--out', root,
+    )  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     c = next(c for c in chips() if not np.isfinite(rasterio.open(c).read(1)).all())  # a chip with nodata
-    with rasterio.open(c) as s, rasterio.open(tmp_path / 'ds' / 'PLANET-RGB' / c.name) as i:
+    with rasterio.open(c) as s, rasterio.open(root / 'PLANET-RGB' / c.name) as i:
         assert (i.dtypes[0], i.nodata, i.crs) == ('uint8', 0, s.crs)
         rgb, out = s.read([1, 2, 3]), i.read()
     valid = np.isfinite(rgb).all(0)
     np.testing.assert_array_equal(out[:, valid], np.clip(rgb[:, valid].round(), 0, 255).astype(np.uint8))
     assert (out[:, ~valid] == 0).all()
+    meta = pd.read_csv(root / 'metadata.csv', keep_default_na=False)
+    assert meta.RegionName.nunique() == 5
+    # the dataset meets the data contract: every check, and a batch through the real DataLoader
+    r = rts_seg('check-data', '--root', root, '--batches', 1, '--report', tmp_path / 'report.txt')
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert '0 problem(s)' in r.stdout
 
 
 def test_make_dataset_chip_mistakes_are_one_line(tmp_path):
