@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from .config import DEFAULT_MIN_AREA_M2, EXTRA_BANDS, Config, InferenceConfig, ModelConfig
+from .bands import LEGACY_BANDS, resolve_channels
+from .config import Config, InferenceConfig, ModelConfig, default_min_area_m2
 from .core import RtsSegError, atomic_path
 from .io import grid_units
 from .models import create_model
@@ -28,16 +29,11 @@ __all__ = ['NODATA_RULE', 'BUNDLE_FORMAT', 'channel_table', 'stats_hash', 'confi
 # %% ../nbs/06a_bundle.ipynb #b069f21e
 def channel_table(
     channels: list[str],  # input channel names in order, e.g. ['red', 'green', 'blue', 'ndvi', 're']
+    bands: dict[str, list[str]]
+    | None = None,  # the dataset's sources and band names (`read_bands`); None: today's layout
 ) -> list[dict]:
-    "Where each input channel comes from: name, source folder of the data contract, 1-based band in it, normalisation group."
-    out, rgb = [], 0
-    for c in channels:
-        if c in EXTRA_BANDS:
-            out.append(dict(name=c, source='EXTRA', band=EXTRA_BANDS.index(c) + 1, group='extra'))
-        else:
-            rgb += 1
-            out.append(dict(name=c, source='PLANET-RGB', band=rgb, group='rgb'))
-    return out
+    "Where each input channel comes from: name, source (raster folder, or 'index'), 1-based band or the bands it is computed from, normalisation group."
+    return resolve_channels(LEGACY_BANDS if bands is None else bands, channels)
 
 # %% ../nbs/06a_bundle.ipynb #ca8b98ac
 def stats_hash(stats: dict) -> str:
@@ -121,9 +117,24 @@ class Bundle:
         return self.calibration.get('temperature') or 1.0
 
     @property
+    def bands(self) -> dict[str, list[str]]:
+        "The training data's rasters and their band names (`rts_seg.bands.read_bands`); today's layout for older bundles."
+        return self.imagery.get('bands') or {k: list(v) for k, v in LEGACY_BANDS.items()}
+
+    def source_of(self, name: str) -> str:
+        "The raster (source folder) a band of the training data came from."
+        return next(s for s, v in self.bands.items() if name in v)
+
+    @property
+    def read_names(self) -> list[str]:
+        "The bands to read, by name: the channels that are bands, then the bands indices are computed from."
+        out = [c['name'] for c in self.channels if c['source'] != 'index']
+        return out + [b for c in self.channels for b in c.get('inputs', []) if b not in out]
+
+    @property
     def sources(self) -> list[str]:
-        "The rasters a tile is read from, in channel order: ['PLANET-RGB'] or ['PLANET-RGB', 'EXTRA']."
-        return list(dict.fromkeys(c['source'] for c in self.channels))
+        "The rasters a tile is read from, in channel order: ['PLANET-RGB'], ['PLANET-RGB', 'EXTRA'], ['S2', 'DEM'] ..."
+        return list(dict.fromkeys(self.source_of(b) for b in self.read_names))
 
     # methods defined further down, each beside its prose and tests; declared here for the type checker
     if TYPE_CHECKING:
@@ -140,8 +151,8 @@ class Bundle:
             self,
             src,
             path: str,
-            channels: list[dict] | None = None,
-            bands: list[int] | None = None,
+            names: list | None = None,
+            bands: list[int] | dict[str, int] | None = None,
             tolerance: float = 2.0,
         ) -> list[int]: ...
 
@@ -172,12 +183,16 @@ def save_checkpoint(
     )
     b = Bundle(
         model=cfg.model.model_dump(mode='json'),
-        channels=channel_table(stats['channels']),
+        channels=stats.get('channel_table') or channel_table(stats['channels']),
         normalization=stats,
         imagery=dict(stats.get('imagery') or {}),
         calibration=dict(calibration or {}),
         postprocess=dict(
-            min_area_m2=DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2,
+            min_area_m2=(
+                default_min_area_m2((stats.get('imagery') or {}).get('pixel_size_m'))
+                if cfg.inference.min_area_m2 is None
+                else cfg.inference.min_area_m2
+            ),
             simplify_m=cfg.inference.simplify_m,
         ),
         provenance=prov,
@@ -339,11 +354,11 @@ def _norm_columns(self: Bundle, device='cpu') -> tuple[torch.Tensor, ...]:
 
 def _resolve(self: Bundle, cfg: InferenceConfig) -> InferenceConfig:
     "`cfg` with what it leaves open (None) taken from the bundle: tile size (and so the stride, half of it), threshold, minimum area, simplification."
-    area = self.postprocess.get('min_area_m2')
+    area = self.postprocess.get('min_area_m2')  # recorded at training; older bundles: the default for their pixels
     upd = dict(
         tile_size=self.tile_size or 512,
         threshold=self.threshold,
-        min_area_m2=DEFAULT_MIN_AREA_M2 if area is None else area,
+        min_area_m2=default_min_area_m2(self.imagery.get('pixel_size_m')) if area is None else area,
         simplify_m=self.postprocess.get('simplify_m'),
     )
     cfg = cfg.model_copy(update={k: v for k, v in upd.items() if getattr(cfg, k) is None})
@@ -355,39 +370,64 @@ def _resolve(self: Bundle, cfg: InferenceConfig) -> InferenceConfig:
 Bundle.norm_columns, Bundle.resolve = _norm_columns, _resolve
 
 # %% ../nbs/06a_bundle.ipynb #22e2e514
+def _pick_bands(self: Bundle, src, path: str, names: list[str], bands: list[int] | dict[str, int] | None) -> list[int]:
+    "The 1-based bands of `src` holding `names`: chosen by the user, else by the raster's band descriptions, its band count or the training layout."
+    need = ', '.join(names)
+    if isinstance(bands, dict):
+        miss = [n for n in names if n not in bands]
+        if miss:
+            raise RtsSegError(
+                f'--bands names no band for {", ".join(miss)}; {path} must give {need}: add e.g. {miss[0]}=N'
+            )
+        bands = [bands[n] for n in names]
+    if bands is not None:
+        if len(bands) != len(names) or not all(1 <= b <= src.count for b in bands):
+            raise RtsSegError(
+                f'--bands {" ".join(map(str, bands))} does not pick {len(names)} band(s) ({need}) of the {src.count} in {path}'
+            )
+        return list(bands)
+    desc = [(d or '').strip().lower() for d in src.descriptions]
+    if all(n.lower() in desc for n in names):  # bands described by name, as rts-seg and most tools can write them
+        return [desc.index(n.lower()) + 1 for n in names]
+    if src.count == len(names):
+        return list(range(1, len(names) + 1))
+    srcs = {self.source_of(n) for n in names}
+    if len(srcs) == 1 and src.count == len(self.bands[s := srcs.pop()]):  # laid out as the training rasters of `s`
+        return [self.bands[s].index(n) + 1 for n in names]
+    layouts = ' or '.join(
+        f'the {len(v)} {s} bands ({", ".join(v)})' for s, v in self.bands.items() if set(v) & set(names)
+    )
+    raise RtsSegError(
+        f'{path} has {src.count} band(s); the model needs {len(names)} ({need})'
+        + (f' or {layouts}' if layouts else '')
+        + ': name them with --bands (e.g. --bands '
+        + ','.join(f'{n}={i + 1}' for i, n in enumerate(names[:3]))
+        + '...) or in the band descriptions'
+    )
+
+
 def _check_raster(
     self: Bundle,
     src,  # an open rasterio dataset
     path: str,  # its path, named in errors
-    channels: list[dict] | None = None,  # the channels it must provide (`Bundle.channels` entries); None: all
-    bands: list[int] | None = None,  # 1-based bands chosen by the user (`--bands`); None: by the layout
+    names: list[str] | None = None,  # the bands it must give, by name (`Bundle.read_names`); None: all of them
+    bands: list[int]
+    | dict[str, int]
+    | None = None,  # chosen by the user (`--bands`): numbers in the order of `names`, or by name
     tolerance: float = 2.0,  # largest accepted ratio of pixel sizes (imagery vs training)
 ) -> list[int]:
-    "The bands of `src` to read for `channels`; `RtsSegError` if the raster does not match the training imagery."
-    chs = self.channels if channels is None else channels
-    names = ', '.join(c['name'] for c in chs)
-    extra_file = all(c['source'] == 'EXTRA' for c in chs)
-    if bands is None:
-        if src.count == len(chs):
-            bands = list(range(1, len(chs) + 1))
-        elif extra_file and src.count == len(EXTRA_BANDS):
-            bands = [c['band'] for c in chs]  # the data contract's EXTRA layout
-        else:
-            raise RtsSegError(
-                f'{path} has {src.count} band(s); the model needs {len(chs)} ({names})'
-                + (f' or the {len(EXTRA_BANDS)} EXTRA bands ({", ".join(EXTRA_BANDS)})' if extra_file else '')
-                + ': choose them with --bands (inference.bands)'
-            )
-    elif len(bands) != len(chs) or not all(1 <= b <= src.count for b in bands):
-        raise RtsSegError(
-            f'--bands {" ".join(map(str, bands))} does not pick {len(chs)} band(s) ({names}) of the {src.count} in {path}'
-        )
+    "The bands of `src` to read for `names`; `RtsSegError` if the raster does not match the training imagery."
+    names = self.read_names if names is None else list(names)
+    if names and isinstance(names[0], dict):  # channel table entries, as earlier callers passed them
+        names = [c['name'] for c in names]
+    picked = _pick_bands(self, src, path, names, bands)
     im = self.imagery
-    trained = sorted({_dtype_class(im['dtypes'][c['source']]) for c in chs if c['source'] in im.get('dtypes', {})})
+    srcs = {self.source_of(n) for n in names}
+    trained = sorted({_dtype_class(im['dtypes'][s]) for s in srcs if s in im.get('dtypes', {})})
     got = _dtype_class(src.dtypes[0])
     if got != 'float' and trained and trained != [got]:
         raise RtsSegError(
-            f'{path} is {src.dtypes[0]}; the model was trained on {"/".join(trained)} values ({names}): '
+            f'{path} is {src.dtypes[0]}; the model was trained on {"/".join(trained)} values ({", ".join(names)}): '
             f"convert the imagery to {trained[0]} with the training data's scaling (float imagery is taken as it is)"
         )
     unit, px = grid_units(src.crs, src.transform)
@@ -401,7 +441,7 @@ def _check_raster(
             f'{path} has {px:g} m pixels; the model was trained on {im["pixel_size_m"]:g} m pixels: resample the imagery '
             f'(or raise inference.pixel_size_tolerance, now {tolerance:g})'
         )
-    return list(bands)
+    return picked
 
 
 Bundle.check_raster = _check_raster

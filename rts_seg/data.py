@@ -333,7 +333,7 @@ def compute_stats(
         channel_table=table,
         groups=groups,
         label_pixels=counts,
-        imagery=imagery_facts(profiles),
+        imagery=dict(imagery_facts(profiles), bands=bands),
     )
 
 # %% ../nbs/05_data.ipynb #2062cabc

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from rasterio.io import MemoryFile
 from rasterio.windows import Window
 
+from .bands import normalized_difference
 from .bundle import Bundle, channel_table
 from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, get_device
@@ -122,7 +123,12 @@ class Predictor:
             precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
         if not isinstance(bundle, Bundle):
-            bundle = Bundle(model={}, channels=channel_table(bundle['channels']), normalization=bundle)
+            bundle = Bundle(
+                model={},
+                channels=bundle.get('channel_table') or channel_table(bundle['channels']),
+                normalization=bundle,
+                imagery=dict(bundle.get('imagery') or {}),
+            )
         self.bundle, self.precision, self.tta, self.views = bundle, precision, tta, TTA_MODES[tta]
         self.threshold = bundle.threshold if threshold is None else threshold
         self.temperature = float(bundle.temperature if temperature is None else temperature)
@@ -416,12 +422,12 @@ _BUF_DTYPES = dict(
 
 @dataclass
 class Scene:
-    "One image to predict (one raster, or RGB plus an aligned aux raster) and where its outputs go; `open` fills in the rest."
+    "One image to predict (one raster, or the first source's raster plus an aligned one with the rest) and where its outputs go; `open` fills in the rest."
 
-    path: str  # a stacked raster with every channel, or the RGB one (`PLANET-RGB/{tile}.tif`) when `extra` is given
+    path: str  # a raster with every band the model reads, or the first source's (`PLANET-RGB/{tile}.tif`) when `extra` is given
     out_stem: Path  # outputs are `{out_stem}_prob.tif`, `_mask.tif`, `_scale.tif`
     key: str = ''  # the id recorded in logs and manifests (the tile id, or the file name)
-    extra: str | None = None  # the aux bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
+    extra: str | None = None  # the other sources' bands (`EXTRA/{tile}.tif`, or `--extra`), on the grid of `path`
     # set by `open`:
     parts: list = field(default_factory=list, repr=False)  # `ScenePart`s: the rasters read, in channel order
     profile: dict | None = field(default=None, repr=False)  # GeoTIFF profile of the outputs (size, CRS, transform)
@@ -429,7 +435,9 @@ class Scene:
     width: int = 0
     res: tuple = (0.0, 0.0)  # pixel size (x, y) in CRS units
     block: tuple = (1, 1)  # (rows, columns) of the first raster's blocks
-    channels: int = 0  # channels of the model's input
+    channels: int = 0  # bands read (the model's input channels, and the bands its indices are computed from)
+    # how the model's channels come from the bands read: ('band', k) or ('index', k_a, k_b); None: as read
+    ops: list | None = field(default=None, repr=False)
     dtype: torch.dtype = torch.float32  # raw values' type on their way to the device
     masked: bool = False  # some pixels can be invalid (a nodata value, or floats)
     ys: list = field(default_factory=list, repr=False)  # top rows of the rows of windows
@@ -447,26 +455,21 @@ class Scene:
     def open(
         self,
         bundle: Bundle,  # the model's bundle: channels and the training imagery
-        bands: list[int] | None,  # 1-based bands of `path` chosen by the user (`inference.bands`)
+        bands: list[int] | dict[str, int] | None,  # bands chosen by the user (`inference.bands`): of `path`, or by name
         tile_size: int,  # window side in pixels
         stride: int,  # step between windows
         tolerance: float = 2.0,  # `inference.pixel_size_tolerance`
     ):
         "Check the georeferencing, bands and imagery against the bundle; list the windows."
-        aux = [c for c in bundle.channels if c['source'] == 'EXTRA']
+        names, first = bundle.read_names, bundle.sources[0]
+        aux = [b for b in names if bundle.source_of(b) != first]
         if self.extra is not None and not aux:
             raise RtsSegError(
                 f'{self.extra}: the model takes no aux bands (its channels: {", ".join(c["name"] for c in bundle.channels)}); drop --extra'
             )
-        todo = [
-            (
-                self.path,
-                bundle.channels if self.extra is None else [c for c in bundle.channels if c['source'] != 'EXTRA'],
-                bands,
-            )
-        ]
+        todo = [(self.path, names if self.extra is None else [b for b in names if b not in aux], bands)]
         if self.extra is not None:
-            todo.append((self.extra, aux, None))
+            todo.append((self.extra, aux, bands if isinstance(bands, dict) else None))
         self.parts, c0 = [], 0
         for path, chs, bd in todo:
             try:
@@ -499,6 +502,15 @@ class Scene:
         kinds = {p.dtype for p in self.parts}  # raw values go to the device in their own type; mixed rasters as float32
         self.dtype = _BUF_DTYPES.get(kinds.pop(), torch.float32) if len(kinds) == 1 else torch.float32
         self.channels = c0
+        read = [b for _, chs, _ in todo for b in chs]
+        self.ops = [
+            ('index', *(read.index(b) for b in c['inputs']))
+            if c['source'] == 'index'
+            else ('band', read.index(c['name']))
+            for c in bundle.channels
+        ]
+        if all(o == ('band', i) for i, o in enumerate(self.ops)) and len(self.ops) == c0:
+            self.ops = None  # the bands read are the channels
         # some pixels can be invalid
         self.masked = any(p.nodata is not None or np.dtype(p.dtype).kind == 'f' for p in self.parts)
         self.ys, self.xs = window_starts(self.height, tile_size, stride), window_starts(self.width, tile_size, stride)
@@ -512,6 +524,14 @@ class Scene:
             pv = valid_mask(a[p.channels], p.nodata)
             v = pv if v is None else v & pv
         return v
+
+    def derive(self, raw):
+        "The model's channels (C, ...) from the bands read (a torch tensor on any device): indices computed, bands in channel order."
+        if self.ops is None:
+            return raw
+        return torch.stack(
+            [raw[o[1]].float() if o[0] == 'band' else normalized_difference(raw[o[1]], raw[o[2]]) for o in self.ops]
+        )
 
     def chunks(self, parts: int) -> list[tuple[int, int]]:
         "Column ranges splitting a strip into about `parts` pieces of whole blocks."
@@ -581,7 +601,7 @@ class RowCache:
                 raw[:, a : a + r1 - r0, pad + c0 : pad + c1].copy_(t, non_blocking=True)
             inner = raw[:, a : a + r1 - r0, pad : pad + s.width]
             v[a : a + r1 - r0, pad : pad + s.width] = s.valid(inner) if s.masked else True
-        x = self.p.normalize(raw[None], v[None])[0]
+        x = self.p.normalize(s.derive(raw)[None], v[None])[0]
         self.x, self.v = torch.cat([self.x, x], 1), torch.cat([self.v, v])
         if self.hv is not None:
             hv = np.zeros((n, s.width), bool)
