@@ -202,9 +202,9 @@ def _listed(by: dict[str, list]) -> str:
 
 
 def _res_classes(res: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    "The distinct resolutions of `res`, most common first, those within `RES_RTOL` of a more common one left out."
+    "The distinct pixel sizes of `res`, each standing for those within `RES_RTOL` of it: the shortest (10.0, not 9.999999999999986), else the most common."
     out: list[tuple[float, float]] = []
-    for r in sorted(set(res), key=lambda r: (-res.count(r), r)):
+    for r in sorted(set(res), key=lambda r: (max(len(repr(v)) for v in r), -res.count(r), r)):
         if not any(all(abs(a - b) <= RES_RTOL * max(abs(a), abs(b)) for a, b in zip(r, c)) for c in out):
             out.append(r)
     return out
