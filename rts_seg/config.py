@@ -96,9 +96,10 @@ class ModelConfig(Section):
 class LossConfig(Section):
     "The training loss; labels equal to `data.ignore_index` never count."
 
-    name: Literal['focal', 'tversky', 'bce_balanced'] = 'focal'
+    name: Literal['focal', 'focal_dice', 'bce', 'bce_dice', 'tversky', 'bce_balanced'] = 'focal'
     alpha: float = 0.25  # focal: weight of the positive (slump) class (RetinaNet 0.25; DARTS tuned ~0.9)
     gamma: float = 2.0  # focal: focusing parameter
+    dice_weight: float = 1.0  # focal_dice, bce_dice: weight of the Dice term added to the per-pixel loss
     tversky_alpha: float = 0.3  # tversky: weight of false positives
     tversky_beta: float = 0.7  # tversky: weight of false negatives
 
@@ -129,6 +130,11 @@ class TrainConfig(Section):
         1000,
     ]  # realistic validation: negative tiles per positive tile (plus balanced 1:1)
     monitor: str = 'r500_pr_auc'  # metric for the best checkpoint and early stopping (higher is better)
+    # a ratio or balanced monitor needs at least this many negative validation tiles (whole tiles' worth of valid
+    # pixels); with fewer, `monitor_fallback` picks the best checkpoint and stops early, and the run says so
+    min_val_negatives: float = Field(10, ge=0)
+    monitor_fallback: str = 'pr_auc'  # the monitor then: as-is PR-AUC, where a tile weighs what its pixels do
+    warn_empty_epochs: int = Field(3, ge=0)  # warn after this many validations in a row predicting no slump (0: never)
     # epochs without improvement of `monitor` before stopping; null: never stop early
     early_stopping_patience: Optional[int] = 20
     early_stopping_min_delta: float = 0.001  # smallest change of `monitor` that counts as an improvement

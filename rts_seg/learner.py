@@ -33,19 +33,19 @@ from accelerate.utils import extract_model_from_parallel
 from fastprogress.core import format_time
 
 from . import __version__
-from .config import DEFAULT_MIN_AREA_M2, Config
+from .config import Config, default_min_area_m2
 from .core import RtsSegError, atomic_path
 from .bundle import save_checkpoint
 from .losses import get_loss
-from .metrics import TrainIoU, ValidationMetrics, ValStats
+from .metrics import TrainIoU, ValidationMetrics, ValStats, ratio_weight
 from .objects import min_pixels_for
 from .models import TTAModel, create_model
 
 # %% auto #0
 __all__ = ['STATE_RE', 'MLflowLogger', 'TextProgress', 'EMA', 'ChannelsLastInput', 'lr_at', 'ProtocolSchedule', 'splitter',
-           'adamw', 'RtsLearner', 'DDP', 'map_objects', 'rts_learner', 'state_path', 'find_resume',
-           'save_training_state', 'load_training_state', 'Resume', 'Checkpointer', 'DeviceSmoothLoss', 'protocol_cbs',
-           'collect_stats']
+           'adamw', 'RtsLearner', 'DDP', 'map_objects', 'val_negatives', 'choose_monitor', 'rts_learner', 'state_path',
+           'find_resume', 'save_training_state', 'load_training_state', 'Resume', 'Checkpointer', 'DeviceSmoothLoss',
+           'protocol_cbs', 'collect_stats']
 
 # %% ../nbs/09_learner.ipynb #c7553885
 class MLflowLogger(Callback):
@@ -255,6 +255,8 @@ class RtsLearner(Learner):
     "fastai's `Learner`, able to start a fit at `resume_epoch`, after `resume_iter` training batches of it."
 
     resume_epoch, resume_iter, preempted, skip_valid = 0, 0, False, False
+    monitor: str = 'r500_pr_auc'  # the metric that picks the best epoch (`choose_monitor`)
+    monitor_note: str | None = None  # why it is not `train.monitor`, if it is not
 
     def _do_fit(self):
         for epoch in range(self.resume_epoch, self.n_epoch):
@@ -305,10 +307,48 @@ def map_objects(
     "`map_threshold` and `min_pixels` of `ValidationMetrics`: objects counted as a map of this model would draw them."
     t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
     px = (stats.get('imagery') or {}).get('pixel_size_m')
-    area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
+    area = default_min_area_m2(px) if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
     return dict(
         map_threshold=float(1 / (1 + math.exp(-temperature * math.log(t / (1 - t))))),  # on the raw logits
         min_pixels=min_pixels_for(area, px) if px else 0,
+    )
+
+# %% ../nbs/09_learner.ipynb #c1031121
+def val_negatives(
+    ds,  # a validation `RTSDataset`
+    ignore_index: int = 255,  # label value that counts nowhere
+) -> dict:
+    "Negative and positive validation tiles, and how many whole tiles the negatives' valid pixels make (`valid_tiles`)."
+    neg, pos, valid = 0, 0, 0.0
+    for i in range(len(ds)):
+        lbl = ds.read(i)[2]  # nodata pixels of the image are `ignore_index` here
+        if (lbl == 1).any():
+            pos += 1
+        else:
+            neg += 1
+            valid += float((lbl != ignore_index).mean())
+    return dict(negatives=neg, positives=pos, valid_tiles=valid)
+
+
+def choose_monitor(
+    cfg: Config,  # the run's config: `train.monitor`, `min_val_negatives`, `monitor_fallback`, `val_ratios`
+    ds,  # the validation dataset
+) -> tuple[str, str | None]:
+    "The metric that picks the best checkpoint and stops early, and why it is not `train.monitor` (None if it is)."
+    t = cfg.train
+    key = t.monitor.split('_')[0]
+    ratios = {'bal': 1.0, **{f'r{r:g}': float(r) for r in t.val_ratios}}
+    if key not in ratios or not t.min_val_negatives:
+        return t.monitor, None  # an as-is metric: every tile weighs what its pixels do
+    c = val_negatives(ds, cfg.data.ignore_index)
+    if c['valid_tiles'] >= t.min_val_negatives:
+        return t.monitor, None
+    w = ratio_weight(np.array([c['negatives'], c['positives']]), ratios[key])
+    weight = f', each weighted x{w:,.0f}' if w else ''
+    return t.monitor_fallback, (
+        f'validation holds {c["negatives"]} negative tile(s), {c["valid_tiles"]:.2f} tiles of valid pixels{weight} '
+        f"(fewer than train.min_val_negatives={t.min_val_negatives:g}): they would decide '{t.monitor}'; "
+        f"monitoring '{t.monitor_fallback}' instead"
     )
 
 # %% ../nbs/09_learner.ipynb #845aa7dd
@@ -325,16 +365,19 @@ def rts_learner(
         cfg.data.ignore_index,
         t.val_ratios,
         every=t.val_frequency,
+        warn_empty=t.warn_empty_epochs,
         **map_objects(cfg, getattr(dls.train.dataset.norm, 'stats', {})),
     )
-    if t.monitor not in vm.names():
-        raise RtsSegError(
-            f"train.monitor '{t.monitor}' is not a validation metric; choose one of {', '.join(vm.names())}"
-        )
-    pre = (
-        t.monitor.split('_')[0] + '_' if t.monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
-    )
-    shown = list(dict.fromkeys(['iou', t.monitor, f'{pre}map_obj_p30', f'{pre}map_obj_r30', f'{pre}obj_p30']))
+    for k in ('monitor', 'monitor_fallback'):
+        if getattr(t, k) not in vm.names():
+            raise RtsSegError(
+                f"train.{k} '{getattr(t, k)}' is not a validation metric; choose one of {', '.join(vm.names())}"
+            )
+    monitor, why = choose_monitor(cfg, dls.valid.dataset)
+    if why and rank_distrib() == 0:
+        print(f'rts-seg: note: {why}', file=sys.stderr, flush=True)
+    pre = monitor.split('_')[0] + '_' if monitor.split('_')[0] in ('bal', *[f'r{r:g}' for r in t.val_ratios]) else ''
+    shown = list(dict.fromkeys(['iou', 'pred_pos', monitor, f'{pre}map_obj_p30', f'{pre}map_obj_r30', f'{pre}obj_p30']))
     model = create_model(cfg.model, dls.train.dataset[0][0].shape[0])
     tiou = TrainIoU(cfg.data.ignore_index)
     cbs = [vm, tiou, DDP()]
@@ -370,6 +413,7 @@ def rts_learner(
         )
     if t.compile:
         learn.model = torch.compile(learn.model)
+    learn.monitor, learn.monitor_note = monitor, why  # what `protocol_cbs` and calibration use
     return learn
 
 # %% ../nbs/09_learner.ipynb #4ac9d2c4
@@ -670,14 +714,16 @@ def protocol_cbs(
     cfg: Config,  # the run's config (`train` section)
     stats: dict,  # normalisation statistics (the checkpoints carry them)
     resume: dict | None = None,  # a training state to continue from (`load_training_state`)
+    monitor: str | None = None,  # the metric that picks the best epoch (`RtsLearner.monitor`); None: `train.monitor`
 ) -> list[Callback]:
     "The callbacks of a full training run: schedule, checkpoints, early stopping, MLflow, sampler epochs, and `Resume`."
     from rts_seg.sampling import SamplerEpoch
 
     t = cfg.train
+    monitor = monitor or t.monitor
     cbs = [
         ProtocolSchedule(t),
-        Checkpointer(cfg.output_dir, cfg, stats, t.monitor, t.checkpoint_every, t.keep_checkpoints),
+        Checkpointer(cfg.output_dir, cfg, stats, monitor, t.checkpoint_every, t.keep_checkpoints),
         MLflowLogger(),
         SamplerEpoch(),
         DeviceSmoothLoss(),
@@ -685,7 +731,7 @@ def protocol_cbs(
     if t.early_stopping_patience is not None:
         cbs.append(
             EarlyStoppingCallback(
-                monitor=t.monitor,
+                monitor=monitor,
                 comp=np.greater,
                 min_delta=t.early_stopping_min_delta,
                 patience=t.early_stopping_patience,

@@ -1,4 +1,4 @@
-"""Focal, Tversky and class-balanced BCE on one logit per pixel, with ignored pixels counting nowhere.
+"""Focal, Tversky, class-balanced BCE, and focal or BCE plus Dice, on one logit per pixel, with ignored pixels counting nowhere.
 
 Docs: https://rts-seg.github.io/rts_seg/losses.html.md"""
 
@@ -13,7 +13,7 @@ from torch import nn
 from .config import LossConfig
 
 # %% auto #0
-__all__ = ['FocalLoss', 'TverskyLoss', 'BalancedBCELoss', 'get_loss']
+__all__ = ['FocalLoss', 'TverskyLoss', 'BalancedBCELoss', 'BCELoss', 'WithDice', 'get_loss']
 
 # %% ../nbs/07_losses.ipynb #e52c73df
 def _prep(logits: torch.Tensor, target: torch.Tensor, ignore_index: int):
@@ -100,14 +100,54 @@ class BalancedBCELoss(_Binary):
         w = (1 - pos) * t + pos * (1 - t)
         return (w * F.binary_cross_entropy_with_logits(x, t, reduction='none') * v).sum() / n
 
+# %% ../nbs/07_losses.ipynb #5c8b71dc
+class BCELoss(_Binary):
+    "Plain binary cross-entropy on logits, averaged over the counted pixels."
+
+    def __init__(self, ignore_index: int = 255):  # label value that counts nowhere
+        super().__init__()
+        self.ignore_index = ignore_index
+
+    def forward(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W)
+        target: torch.Tensor,  # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+    ) -> torch.Tensor:
+        x, t, valid = _prep(logits, target, self.ignore_index)
+        return (F.binary_cross_entropy_with_logits(x, t, reduction='none') * valid).sum() / valid.sum().clamp_min(1)
+
+
+class WithDice(_Binary):
+    "`base(logits, target) + dice_weight * Dice loss`, the Dice loss over the batch (`TverskyLoss` with 0.5, 0.5)."
+
+    def __init__(
+        self,
+        base: nn.Module,  # the per-pixel loss, e.g. `FocalLoss` or `BCELoss`
+        dice_weight: float = 1.0,  # weight of the Dice term
+        ignore_index: int = 255,  # label value that counts nowhere
+    ):
+        super().__init__()
+        self.base, self.dice_weight, self.dice = base, dice_weight, TverskyLoss(0.5, 0.5, ignore_index)
+
+    def forward(
+        self,
+        logits: torch.Tensor,  # (B, 1, H, W)
+        target: torch.Tensor,  # (B, H, W) labels: 0/1, soft in [0, 1], or `ignore_index`
+    ) -> torch.Tensor:
+        return self.base(logits, target) + self.dice_weight * self.dice(logits, target)
+
 # %% ../nbs/07_losses.ipynb #cdb2b02e
 def get_loss(
     cfg: LossConfig,  # the `loss` config section
     ignore_index: int = 255,  # label value that counts nowhere (`data.ignore_index`)
 ) -> nn.Module:
     "The loss named in the config."
-    if cfg.name == 'focal':
-        return FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
-    if cfg.name == 'tversky':
+    if cfg.name in ('focal', 'focal_dice'):
+        loss: nn.Module = FocalLoss(cfg.alpha, cfg.gamma, ignore_index)
+    elif cfg.name in ('bce', 'bce_dice'):
+        loss = BCELoss(ignore_index)
+    elif cfg.name == 'tversky':
         return TverskyLoss(cfg.tversky_alpha, cfg.tversky_beta, ignore_index)
-    return BalancedBCELoss(ignore_index)
+    else:
+        return BalancedBCELoss(ignore_index)
+    return WithDice(loss, cfg.dice_weight, ignore_index) if cfg.name.endswith('_dice') else loss

@@ -6,19 +6,21 @@ Docs: https://rts-seg.github.io/rts_seg/metrics.html.md"""
 
 # %% ../nbs/08_metrics.ipynb #c211fef1
 from __future__ import annotations
-import math
+import math, sys
 import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 import numpy as np
 import torch
 from fastai.callback.core import Callback
 from fastai.metrics import Metric
+from fastai.torch_core import rank_distrib
 from scipy import ndimage
 
 from .objects import OBJ_IOUS, match_counts, truth_labels
 
 # %% auto #0
 __all__ = ['LOGIT_BINS', 'LOGIT_MAX', 'iou_counts', 'PixelIoU', 'reduce_sum', 'ValStats', 'ratio_weight', 'pr_curve', 'pr_auc',
-           'summarize', 'fit_temperature', 'threshold_for_precision', 'ResultMetric', 'ValidationMetrics', 'TrainIoU']
+           'summarize', 'fit_temperature', 'threshold_for_precision', 'threshold_for_f1', 'ResultMetric',
+           'ValidationMetrics', 'TrainIoU']
 
 # %% ../nbs/08_metrics.ipynb #b0834540
 def iou_counts(
@@ -190,7 +192,7 @@ def summarize(
     stats: ValStats,  # reduced counts
     ratios=(200, 500, 1000),  # realistic ratios (negative tiles per positive); balanced (1) is always added
 ) -> dict[str, float]:
-    "Every metric of `stats`: as they are (`iou`, `pr_auc`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
+    "Every metric of `stats`: as they are (`iou`, `pr_auc`, `pred_pos`, ...), balanced (`bal_...`) and at each ratio (`r500_...`)."
     nan = float('nan')
     res: dict[str, float] = {'n_pos_tiles': int(stats.tiles[1]), 'n_neg_tiles': int(stats.tiles[0])}
     pix, hist, obj, mobj = (
@@ -198,6 +200,10 @@ def summarize(
         for x in (stats.pix, stats.hist, stats.obj, stats.map_obj)
     )
     fams = (('obj', obj), ('map_obj', mobj))  # raw objects, then the map's
+    n_valid = pix.sum()
+    # shares of the valid pixels predicted slump (probability > 0.5) and labelled slump, as they are
+    res['pred_pos'] = pix[:, :, 1].sum() / n_valid if n_valid else nan
+    res['truth_pos'] = pix[:, 1].sum() / n_valid if n_valid else nan
     for r in (None, 1, *ratios):
         w, k = ratio_weight(stats.tiles, r), _ratio_name(r)
         if w is None:
@@ -258,6 +264,24 @@ def threshold_for_precision(
         threshold=float(1 / (1 + np.exp(-edges[i] / temperature))), precision=float(prec[i]), recall=float(rec[i])
     )
 
+# %% ../nbs/08_metrics.ipynb #e3652e73
+def threshold_for_f1(
+    hist: np.ndarray,  # (2, LOGIT_BINS) (weighted) counts
+    temperature: float = 1.0,  # from `fit_temperature`
+) -> dict:
+    "The probability threshold of the highest F1 over the histogram, with its precision, recall and F1 (None if no slump pixel)."
+    prec, rec, edges = pr_curve(np.asarray(hist, float))
+    if not (rec > 0).any():
+        return dict(threshold=None, precision=None, recall=0.0, f1=0.0)
+    f1 = np.where(rec > 0, 2 * prec * rec / np.maximum(prec + rec, 1e-12), 0.0)
+    i = int(np.argmax(f1))  # the first maximum: the highest threshold, just below the pixels it selects
+    return dict(
+        threshold=float(1 / (1 + np.exp(-edges[i] / temperature))),
+        precision=float(prec[i]),
+        recall=float(rec[i]),
+        f1=float(f1[i]),
+    )
+
 # %% ../nbs/08_metrics.ipynb #2e8a6a47
 class ResultMetric(Metric):
     "A fastai metric showing one result of a `ValidationMetrics` callback."
@@ -297,9 +321,10 @@ class ValidationMetrics(Callback):
         every: int = 1,  # validate every `every` epochs (and after the last)
         map_threshold: float = 0.5,  # map objects: probability threshold of the maps (`ValStats`)
         min_pixels: int = 0,  # map objects: smallest component the maps keep (`min_pixels_for`)
+        warn_empty: int = 3,  # warn when this many validations in a row predict no slump pixel (0: never)
     ):
         self.ignore_index, self.ratios, self.ious, self.every = ignore_index, tuple(ratios), tuple(ious), every
-        self.map_threshold, self.min_pixels = map_threshold, min_pixels
+        self.map_threshold, self.min_pixels, self.warn_empty, self.empty = map_threshold, min_pixels, warn_empty, 0
         self.results: dict[str, float] = {}
         self.stats, self.skip = None, False
 
@@ -313,6 +338,9 @@ class ValidationMetrics(Callback):
         if bad:
             raise ValueError(f'unknown metric(s) {bad}; choose from {", ".join(self.names())}')
         return [ResultMetric(self, n) for n in names]
+
+    def before_fit(self):
+        self.empty = 0  # validations in a row that predicted no slump pixel
 
     def before_train(self):  # only in fit: decide whether this epoch validates
         self.skip = (self.epoch + 1) % self.every != 0 and self.epoch + 1 < self.n_epoch
@@ -341,6 +369,7 @@ class ValidationMetrics(Callback):
         if self.stats is None:
             return
         self.results = summarize(self.stats.reduce(), self.ratios)
+        self._check_empty()
         rl = getattr(getattr(self.learn, 'recorder', None), 'loss', None)
         if rl is not None and torch.distributed.is_available() and torch.distributed.is_initialized() and rl.count:
             t = reduce_sum(
@@ -353,6 +382,25 @@ class ValidationMetrics(Callback):
             )
             rl.total, rl.count = t[0], int(t[1])
         self.stats_last, self.stats = self.stats, None
+
+    def _check_empty(self):
+        "Count validations in a row without a predicted slump pixel; say so once when there are `warn_empty` of them."
+        if self.results.get('pred_pos') != 0 or not self.results.get('truth_pos'):
+            self.empty = 0
+            return
+        self.empty += 1
+        if self.empty == self.warn_empty and rank_distrib() == 0:
+            h = self.stats.hist.sum((0, 1)).cpu().numpy()
+            top = (np.flatnonzero(h).max() + 1) * (2 * LOGIT_MAX / LOGIT_BINS) - LOGIT_MAX  # highest logit seen
+            e = getattr(self, 'epoch', 0) + 1
+            print(
+                f'rts-seg: warning: no validation pixel predicted as slump for {self.empty} validations in a row '
+                f'(epochs {e - (self.empty - 1) * self.every}-{e}; highest probability {1 / (1 + math.exp(-top)):.3f}): '
+                'the model predicts background everywhere; the final threshold is calibrated on validation, but if this '
+                'lasts, try loss.name=focal_dice or bce_dice, a higher train.base_lr, or check the labels',
+                file=sys.stderr,
+                flush=True,
+            )
 
 # %% ../nbs/08_metrics.ipynb #97c832fb
 class TrainIoU(Callback):

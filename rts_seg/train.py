@@ -17,10 +17,10 @@ from fastai.torch_core import num_distrib, rank_distrib
 
 from . import __version__
 from rts_seg.config import (
-    DEFAULT_MIN_AREA_M2,
     Config,
     add_train_args,
     config_yaml,
+    default_min_area_m2,
     flat_params,
     load_config,
     save_config,
@@ -38,7 +38,15 @@ from rts_seg.learner import (
     protocol_cbs,
     rts_learner,
 )
-from .metrics import TrainIoU, fit_temperature, pr_curve, ratio_weight, summarize, threshold_for_precision
+from rts_seg.metrics import (
+    TrainIoU,
+    fit_temperature,
+    pr_curve,
+    ratio_weight,
+    summarize,
+    threshold_for_f1,
+    threshold_for_precision,
+)
 from .synthetic import synth_dataset
 
 # %% auto #0
@@ -158,23 +166,50 @@ def _barrier():
 def calibrate(
     st,  # reduced `ValStats` of the best model on the validation tiles
     cfg: Config,  # the run's config: target precision, monitor, validation ratios
+    monitor: str | None = None,  # the monitor the run used (`RtsLearner.monitor`); None: `train.monitor`
 ) -> dict:
-    "Temperature and, per ratio, the threshold reaching `train.target_precision`."
+    "Temperature, per ratio the threshold reaching `train.target_precision` (else the F1-best one), and the run's threshold."
     t = cfg.train
+    monitor = monitor or t.monitor
     hist = st.hist.cpu().double().numpy()
     T = fit_temperature(hist.sum(0))
-    out: dict[str, Any] = dict(temperature=T, target_precision=t.target_precision, monitor=t.monitor, ratios={})
+    out: dict[str, Any] = dict(temperature=T, target_precision=t.target_precision, monitor=monitor, ratios={})
     for r in (None, 1, *t.val_ratios):
         w = ratio_weight(st.tiles, r)
         name = 'as_is' if r is None else 'balanced' if r == 1 else f'1:{r:g}'
-        out['ratios'][name] = (
-            None if w is None else threshold_for_precision(hist[0] * w + hist[1], t.target_precision, T)
+        th = None if w is None else threshold_for_precision(hist[0] * w + hist[1], t.target_precision, T)
+        if th is not None and th['threshold'] is None:
+            th['f1_best'] = threshold_for_f1(hist[0] * w + hist[1], T)
+        out['ratios'][name] = th
+    key = monitor.split('_')[0]
+    name = 'balanced' if key == 'bal' else f'1:{key[1:]}' if key[1:].replace('.', '').isdigit() else 'as_is'
+    if out['ratios'].get(name) is None:
+        name = 'as_is'  # the monitor's ratio cannot be made (no negative tile)
+    pick = out['ratios'][name]
+    if pick is not None and pick['threshold'] is not None:
+        out.update(threshold=pick['threshold'], threshold_rule=f'precision {t.target_precision:g} ({name})')
+    elif pick is not None and pick['f1_best']['threshold'] is not None:
+        f = pick['f1_best']
+        out.update(
+            threshold=f['threshold'],
+            threshold_rule=f'best F1 ({name})',
+            note=f'no threshold reaches precision {t.target_precision:g} on validation ({name}; at most '
+            f'{pick["precision"]:.3f}): the F1-best threshold {f["threshold"]:.3f} instead (precision '
+            f'{f["precision"]:.3f}, recall {f["recall"]:.3f})',
         )
-    key = t.monitor.split('_')[0]
-    pick = out['ratios'].get(
-        'balanced' if key == 'bal' else f'1:{key[1:]}' if key[1:].replace('.', '').isdigit() else 'as_is'
+    else:
+        out.update(threshold=0.5, threshold_rule='0.5 (no slump pixel in validation)')
+    # what that threshold gives on validation, every pixel counted once (to the histogram's bin)
+    h = hist.sum(0)
+    edges = pr_curve(h)[2]
+    i = int(np.flatnonzero(edges <= T * math.log(out['threshold'] / (1 - out['threshold'])) + 1e-9)[0])
+    tp, fp = np.cumsum(h[1][::-1])[i], np.cumsum(h[0][::-1])[i]
+    fn = h[1].sum() - tp
+    out['as_is_at_threshold'] = dict(
+        precision=float(tp / (tp + fp)) if tp + fp else None,
+        recall=float(tp / (tp + fn)) if tp + fn else None,
+        iou=float(tp / (tp + fp + fn)) if tp + fp + fn else None,
     )
-    out['threshold'] = pick['threshold'] if pick and pick['threshold'] is not None else 0.5
     return out
 
 # %% ../nbs/10_train.ipynb #c191d180
@@ -244,13 +279,19 @@ def _finite(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()}
 
 
+def _num(v) -> str:  # 0 stays 0: only a missing value reads nan
+    return 'nan' if v is None else f'{v}' if isinstance(v, int) else f'{v:.4f}'
+
+
 def object_metrics_note(
     cfg: Config,  # the run's config (minimum area)
     mapped: dict,  # `map_objects`' threshold and minimum pixels
     threshold: float | None = None,  # the calibrated threshold of the final metrics, if known
+    stats: dict | None = None,  # normalisation statistics: the training tiles' pixel size sets the default area
 ) -> dict:
     "What the two families of object metrics count (in metrics.json and MLflow): raw `obj_*`, mapped `map_obj_*`."
-    area = DEFAULT_MIN_AREA_M2 if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
+    px = ((stats or {}).get('imagery') or {}).get('pixel_size_m')
+    area = default_min_area_m2(px) if cfg.inference.min_area_m2 is None else cfg.inference.min_area_m2
     t = threshold if threshold is not None else cfg.inference.threshold if cfg.inference.threshold is not None else 0.5
     when = (
         ' (the calibrated threshold)'
@@ -311,7 +352,14 @@ def train(
     if state is not None:
         stats = state['normalization']
     elif r0:
-        stats = compute_stats(root, tiles['train'], cfg.data.clip_percentiles, cfg.data.extra_channels)
+        stats = compute_stats(
+            root,
+            tiles['train'],
+            cfg.data.clip_percentiles,
+            cfg.data.extra_channels,
+            channels=cfg.data.channels,
+            label_map=cfg.data.label_map,
+        )
     if r0:
         save_stats(stats, out / 'normalization_stats.json')
     _barrier()
@@ -338,14 +386,20 @@ def train(
                         'optimizer.name': 'AdamW',
                         'optimizer.fused': device.type == 'cuda',
                         'schedule.name': 'linear warm-up, cosine to min_lr; encoder frozen, then at base_lr x backbone_lr_multiplier',
-                        **{f'metrics.{k}': v for k, v in object_metrics_note(cfg, map_objects(cfg, stats)).items()},
+                        **{
+                            f'metrics.{k}': v
+                            for k, v in object_metrics_note(cfg, map_objects(cfg, stats), stats=stats).items()
+                        },
+                        'train.monitor_used': learn.monitor,
+                        'train.monitor_fallback_reason': learn.monitor_note or 'none',
                     }
                 )
                 atomic_write_text(out / 'requirements.txt', frozen_requirements())
                 for f in ('config.yaml', 'normalization_stats.json', 'requirements.txt'):
                     mlflow.log_artifact(str(out / f))
-        cbs = protocol_cbs(cfg, stats, state)
+        cbs = protocol_cbs(cfg, stats, state, learn.monitor)
         learn.fit(cfg.train.epochs, cbs=cbs)
+        epochs_run = learn.epoch + 1  # before `collect_stats`, whose validation starts fastai's count again
         if learn.preempted:
             if r0:
                 mlflow.end_run('KILLED')
@@ -353,7 +407,9 @@ def train(
         # the best (EMA) weights are back in the model: evaluate them, calibrate, and with TTA
         best = next(c for c in cbs if isinstance(c, Checkpointer))
         st = collect_stats(learn)
-        cal = calibrate(st, cfg)
+        cal = calibrate(st, cfg, learn.monitor)
+        if cal.get('note') and r0:
+            print(f'rts-seg: note: {cal["note"]}', file=sys.stderr, flush=True)
         # objects as the model's maps will draw them: at the calibrated threshold, polygons of at least the minimum area
         mapped = map_objects(cfg, stats, cal['temperature'], cal['threshold'])
         res = summarize(collect_stats(learn, **mapped), cfg.train.val_ratios)
@@ -368,10 +424,15 @@ def train(
             **{f'tta_{cfg.train.tta_eval}_{k}': v for k, v in tta.items()},
             temperature=cal['temperature'],
             threshold=cal['threshold'],
-            object_metrics=object_metrics_note(cfg, mapped, cal['threshold']),
+            val_at_threshold=cal['as_is_at_threshold'],
+            threshold_rule=cal['threshold_rule'],
+            object_metrics=object_metrics_note(cfg, mapped, cal['threshold'], stats),
             epochs=cfg.train.epochs,
-            epochs_run=learn.epoch + 1,
-            best_epoch=best.best_epoch,
+            epochs_run=epochs_run,
+            # 1-based, as the epoch lines count
+            best_epoch=None if best.best_epoch is None else best.best_epoch + 1,
+            monitor=learn.monitor,
+            monitor_fallback_reason=learn.monitor_note,
             seconds=round(time.time() - t0, 1),
             device=str(device),
             world_size=ws,
@@ -407,14 +468,19 @@ def train(
             mlflow.log_metrics(
                 {f'final_{k}': v for k, v in metrics.items() if k.startswith(('val_', 'tta_')) and isinstance(v, float)}
             )
-            mlflow.log_metrics({'temperature': cal['temperature'], 'threshold': cal['threshold']})
+            mlflow.log_metrics(
+                {'temperature': cal['temperature'], 'threshold': cal['threshold'], 'epochs_run': epochs_run}
+            )
             for f in ('metrics.json', 'best.pth', 'threshold_calibration.json', 'pr_curves.png', 'predictions.png'):
                 mlflow.log_artifact(str(out / f))
     _barrier()
     if r0:
+        at = cal['as_is_at_threshold']
         print(
-            f'val_iou {metrics["val_iou"] or float("nan"):.4f}  {cfg.train.monitor} {metrics.get("val_" + cfg.train.monitor) or float("nan"):.4f}  '
-            f'best epoch {best.best_epoch}  threshold {cal["threshold"]:.3f} (T {cal["temperature"]:.2f})  {metrics["seconds"]:.0f} s  -> {out}',
+            f'val_iou {_num(metrics["val_iou"])}  pred_pos {_num(metrics.get("val_pred_pos"))}  {learn.monitor} '
+            f'{_num(metrics.get("val_" + learn.monitor))}  best epoch {_num(metrics["best_epoch"])}/{epochs_run}  '
+            f'threshold {cal["threshold"]:.3f} ({cal["threshold_rule"]}, T {cal["temperature"]:.2f}): val_iou '
+            f'{_num(at["iou"])}  {metrics["seconds"]:.0f} s  -> {out}',
             flush=True,
         )
     return metrics
