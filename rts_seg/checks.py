@@ -9,30 +9,32 @@ from __future__ import annotations
 import rts_seg.core  # first: it silences a torch deprecation warning raised by fastai's imports
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from rasterio.crs import CRS
 
-from .config import EXTRA_BANDS, DataConfig
+from .bands import BANDS_FILE, read_bands, resolve_channels
+from .config import DataConfig
 from .core import RtsSegError, atomic_path
-from .data import channel_names, compute_stats, get_dls, read_group, read_metadata, read_splits, split_tiles
-from .io import join, list_names, open_raster, retry
+from .data import compute_stats, get_dls, read_label, read_metadata, read_source, read_splits, split_tiles
+from .io import grid_units, join, list_names, open_raster, retry, valid_mask
 
 # %% auto #0
-__all__ = ['Problem', 'check_tile', 'show_batch', 'check_loader', 'check_data']
+__all__ = ['MOSTLY_NODATA', 'FEW_SLUMP_PX', 'Problem', 'check_tile', 'show_batch', 'check_loader', 'check_data']
 
 # %% ../nbs/05a_checks.ipynb #1f67b395
 @dataclass
 class Problem:
-    "One thing wrong with a dataset."
+    "One thing wrong with a dataset (`level` 'error'), worth a look ('warning') or worth knowing ('info')."
 
     tile_id: str  # the tile, or '-' for the dataset as a whole
     file: str  # the file concerned
     problem: str  # what is wrong
+    level: str = 'error'  # 'error': training would fail or learn from wrong data; 'warning', 'info': no reason to stop
 
     def __str__(self):
-        return f'{self.tile_id}: {self.file}: {self.problem}'
+        return f'{self.tile_id}: {self.file}: {"" if self.level == "error" else self.level + ": "}{self.problem}'
 
 # %% ../nbs/05a_checks.ipynb #4bf68525
 def _profile(path):
@@ -45,75 +47,109 @@ def _profile(path):
     return retry(rd, path)
 
 
+MOSTLY_NODATA = 0.5  # a tile with less than this share of valid pixels is reported
+FEW_SLUMP_PX = 4  # a Positive tile with fewer slump pixels than this is reported
+
+
 def check_tile(
     root: str,  # dataset root (a folder or gs:// URL)
     tile_id: str,  # the tile
     train_class: str,  # its `TrainClass` in metadata.csv: Positive or Negative
-    extra: bool,  # also check its aux bands (EXTRA/)
-) -> tuple[list[Problem], CRS | None]:
-    "Problems of one tile, and its CRS (None when unreadable)."
+    sources: list[str] | None = None,  # its rasters to check (folders); None: every one the dataset declares
+    bands: dict[str, list[str]] | None = None,  # the dataset's declaration (`read_bands`); None: read it
+    label_map: dict[int, int] | None = None,  # `data.label_map`, applied before the label checks
+) -> tuple[list[Problem], dict | None]:
+    "Problems of one tile, and what it is (CRS, its unit, pixel size, valid share, slump and ignore pixels); None when unreadable."
+    bands = read_bands(root) if bands is None else bands
+    sources = list(bands) if sources is None else sources
     probs: list[Problem] = []
-    crs = None
-    f = {
-        g: join(root, d, f'{tile_id}.tif') for g, d in (('rgb', 'PLANET-RGB'), ('label', 'labels'), ('extra', 'EXTRA'))
-    }
-    got = {}
-    for g in ('rgb', 'label') + (('extra',) if extra else ()):
+    f = {s: join(root, s, f'{tile_id}.tif') for s in [*sources, 'labels']}
+    got: dict[str, tuple] = {}
+    for s in sources:
         try:
-            a, ok, _ = read_group(root, tile_id, g, list(EXTRA_BANDS))
-            got[g] = (a, ok, _profile(f[g]))
+            a, _ = read_source(root, tile_id, s, bands)
+            got[s] = (a, _profile(f[s]))
         except RtsSegError as e:
-            probs.append(Problem(tile_id, f[g], str(e).replace(f'{f[g]}: ', '')))
-    if 'rgb' in got:
-        a, ok, (_, dt, shape, crs, tfm, nd) = got['rgb']
-        if a.dtype.kind not in 'ui':
-            probs.append(Problem(tile_id, f['rgb'], f'dtype {a.dtype}; RGB tiles must be integer (uint8 0-255)'))
-        if crs is None:
-            probs.append(Problem(tile_id, f['rgb'], 'no CRS'))
-    if 'label' in got:
-        lbl = got['label'][0]
-        if train_class == 'Positive' and not (lbl == 1).any():
-            probs.append(Problem(tile_id, f['label'], 'TrainClass is Positive but the label has no RTS pixel (1)'))
-        if train_class == 'Negative' and (lbl == 1).any():
+            probs.append(Problem(tile_id, f[s], str(e).replace(f'{f[s]}: ', '')))
+    lbl = None
+    try:
+        lbl, _ = read_label(root, tile_id, label_map)
+        got['labels'] = (lbl, _profile(f['labels']))
+    except RtsSegError as e:
+        probs.append(Problem(tile_id, f['labels'], str(e).replace(f'{f["labels"]}: ', '')))
+    if train_class not in ('Positive', 'Negative'):
+        probs.append(
+            Problem(tile_id, join(root, 'metadata.csv'), f"TrainClass is '{train_class}'; use Positive or Negative")
+        )
+    if lbl is not None and train_class == 'Negative' and (lbl == 1).any():
+        probs.append(
+            Problem(
+                tile_id, f['labels'], f'TrainClass is Negative but the label has {int((lbl == 1).sum())} RTS pixel(s)'
+            )
+        )
+    if not got or sources[0] not in got:
+        return probs, None
+    a0, (_, _, shape, crs, tfm, _) = got[sources[0]]
+    if crs is None:
+        probs.append(Problem(tile_id, f[sources[0]], 'no CRS'))
+    ok = np.ones(shape, bool)
+    for s, (a, (_, _, s2, c2, t2, nd)) in got.items():
+        if s == sources[0]:
+            pass
+        elif s2 != shape:
+            probs.append(Problem(tile_id, f[s], f"size {s2[1]}x{s2[0]} differs from the image's {shape[1]}x{shape[0]}"))
+            continue
+        elif c2 != crs or not t2.almost_equals(tfm):
             probs.append(
                 Problem(
                     tile_id,
-                    f['label'],
-                    f'TrainClass is Negative but the label has {int((lbl == 1).sum())} RTS pixel(s)',
+                    f[s],
+                    f"georeferencing (CRS/transform) differs from the image's: {c2} {tuple(t2)[:6]} vs {crs} {tuple(tfm)[:6]}",
                 )
             )
-        if train_class not in ('Positive', 'Negative'):
-            probs.append(
-                Problem(tile_id, join(root, 'metadata.csv'), f"TrainClass is '{train_class}'; use Positive or Negative")
-            )
-    for g in ('label', 'extra'):
-        if 'rgb' in got and g in got:
-            _, _, (_, _, shape, crs, tfm, _) = got['rgb']
-            _, _, (_, _, s2, c2, t2, _) = got[g]
-            if s2 != shape:
+            continue
+        if s == 'labels':
+            continue
+        ok &= valid_mask(a, nd)
+        if s != sources[0] and a.dtype.kind == 'f':  # NaN/inf in aux bands that are not their nodata: a broken file
+            bad = ~np.isfinite(a) & ~(np.isnan(a) if nd is not None and np.isnan(nd) else False)
+            if nd is not None and np.isfinite(nd):
+                bad &= a != nd
+            if bad.any():
+                names = [bands[s][i] for i in np.flatnonzero(bad.any((1, 2)))]
                 probs.append(
-                    Problem(tile_id, f[g], f"size {s2[1]}x{s2[0]} differs from the image's {shape[1]}x{shape[0]}")
+                    Problem(tile_id, f[s], f'{int(bad.sum())} NaN/inf value(s) in aux band(s) {", ".join(names)}')
                 )
-            elif c2 != crs or not t2.almost_equals(tfm):
-                probs.append(
-                    Problem(
-                        tile_id,
-                        f[g],
-                        f"georeferencing (CRS/transform) differs from the image's: {c2} {tuple(t2)[:6]} vs {crs} {tuple(tfm)[:6]}",
-                    )
-                )
-    if 'extra' in got:
-        a, ok, prof = got['extra']
-        nd = prof[5]
-        bad = ~np.isfinite(a) & ~(np.isnan(a) if nd is not None and np.isnan(nd) else False)
-        if nd is not None and np.isfinite(nd):
-            bad &= a != nd
-        if bad.any():
-            names = [EXTRA_BANDS[i] for i in np.flatnonzero(bad.any((1, 2)))]
-            probs.append(
-                Problem(tile_id, f['extra'], f'{int(bad.sum())} NaN/inf value(s) in aux band(s) {", ".join(names)}')
+    unit, px = grid_units(crs, tfm) if crs is not None else (None, None)
+    if unit == 'degree':
+        probs.append(
+            Problem(
+                tile_id, f[sources[0]], f'pixels in degrees ({crs}); reproject the tile to a projected CRS in metres'
             )
-    return probs, crs
+        )
+    info: dict[str, Any] = dict(
+        crs=crs.to_string() if crs else None,
+        unit=unit,
+        pixel_size=px,
+        valid=float(ok.mean()),
+        slump=int(((lbl == 1) & ok).sum()) if lbl is not None and lbl.shape == ok.shape else 0,
+        ignore=int((lbl == 255).sum()) if lbl is not None else 0,
+    )
+    if info['valid'] < MOSTLY_NODATA:
+        probs.append(
+            Problem(tile_id, f[sources[0]], f'{100 * (1 - info["valid"]):.1f} % of the tile is nodata', 'warning')
+        )
+    if lbl is not None and train_class == 'Positive' and info['slump'] < FEW_SLUMP_PX:
+        what = 'no RTS pixel (1)' if not info['slump'] else f'only {info["slump"]} RTS pixel(s)'
+        probs.append(
+            Problem(
+                tile_id,
+                f['labels'],
+                f'TrainClass is Positive but the label has {what}',
+                'error' if not info['slump'] else 'warning',
+            )
+        )
+    return probs, info
 
 # %% ../nbs/05a_checks.ipynb #15fd5fa5
 def show_batch(
@@ -158,10 +194,12 @@ def check_loader(
     "Run the training DataLoader for `n_batches` batches and save a picture of the first one."
     try:
         tiles = split_tiles(cfg.root)
-        stats = compute_stats(cfg.root, tiles['train'][:32], cfg.clip_percentiles, cfg.extra_channels)
+        stats = compute_stats(
+            cfg.root, tiles['train'][:32], cfg.clip_percentiles, channels=cfg.input_channels, label_map=cfg.label_map
+        )
         dls = get_dls(cfg.model_copy(update=dict(batch_size=min(cfg.batch_size, 8))), stats)
         for i, (xb, yb) in enumerate(dls.train):
-            c = len(channel_names(cfg.extra_channels))
+            c = len(cfg.input_channels)
             if xb.shape[1] != c or not xb.isfinite().all():
                 return [
                     Problem(
@@ -179,6 +217,42 @@ def check_loader(
     return []
 
 # %% ../nbs/05a_checks.ipynb #7b4f7c0f
+def _dataset_checks(root: str, infos: dict[str, dict], probs: list[Problem], label_map, first: str) -> list[Problem]:
+    "What only the tiles together tell: 0/255 masks, pixel sizes far apart; the CRSs are reported, not refused."
+    out = []
+    if infos and not any(i['slump'] for i in infos.values()):
+        n255 = sum(bool(i['ignore']) for i in infos.values())
+        fix = (
+            '' if label_map else ' (masks drawn as 0/255? set data.label_map="{255: 1}", or rebuild with make-dataset)'
+        )
+        what = f'but {n255} tile(s) have 255, which means ignore' if n255 else 'at all'
+        out.append(Problem('-', join(root, 'labels'), f'no tile has a slump pixel (1) {what}: nothing to learn{fix}'))
+        probs = [p for p in probs if 'TrainClass is Positive but the label has no RTS pixel' not in p.problem]
+    px = {t: i['pixel_size'] for t, i in infos.items() if i['pixel_size'] and i['unit'] == 'metre'}
+    if px:
+        med = float(np.median(list(px.values())))
+        for t, v in px.items():
+            if max(v / med, med / v) > 2:
+                out.append(
+                    Problem(
+                        t,
+                        join(root, first, f'{t}.tif'),
+                        f'{v:g} m pixels, the dataset median is {med:g} m: resample it (a model learns one scale)',
+                    )
+                )
+    crss = sorted({i['crs'] for i in infos.values() if i['crs']})
+    if len(crss) > 1:
+        out.append(
+            Problem(
+                '-',
+                root,
+                f'{len(crss)} CRSs ({", ".join(crss[:5])}{"..." if len(crss) > 5 else ""}): fine for training',
+                'info',
+            )
+        )
+    return probs + out
+
+
 def check_data(
     root: str | Path,  # dataset root (a folder or gs:// URL)
     cfg: DataConfig | None = None,  # data settings used for the DataLoader run (root is replaced)
@@ -186,7 +260,7 @@ def check_data(
     n_batches: int = 2,  # batches to draw through the DataLoader
     verbose: bool = False,  # print progress
 ) -> list[Problem]:
-    "Every problem of the dataset at `root`; an empty list when it is clean."
+    "Every problem of the dataset at `root` (errors, then warnings and notes by `level`); no error when it is clean."
     root = str(root)
     cfg = (cfg or DataConfig()).model_copy(update=dict(root=root))
     probs, meta, regions = [], None, {}
@@ -198,15 +272,23 @@ def check_data(
         regions = {r: s for s, rs in read_splits(root).items() for r in rs}
     except RtsSegError as e:
         probs.append(Problem('-', join(root, 'splits.yaml'), str(e)))
-    files = {d: {n[:-4] for n in list_names(join(root, d), '.tif')} for d in ('PLANET-RGB', 'labels', 'EXTRA')}
-    extra = bool(files['EXTRA']) or bool(cfg.extra_channels)
+    try:
+        bands = read_bands(root)
+        table = resolve_channels(bands, cfg.input_channels, root)
+    except RtsSegError as e:
+        return probs + [Problem('-', join(root, BANDS_FILE), str(e))]
+    needed = list(
+        dict.fromkeys(next(s for s, v in bands.items() if b in v) for c in table for b in c.get('inputs', [c['name']]))
+    )
+    files = {d: {n[:-4] for n in list_names(join(root, d), '.tif')} for d in [*bands, 'labels']}
+    sources = [s for s in bands if s in needed or files[s]]  # what the config reads, and whatever else is there
     if meta is None:
         return probs
     ids = meta.tile_id.tolist()
     for t in sorted(set(ids)):
         if ids.count(t) > 1:
             probs.append(Problem(t, join(root, 'metadata.csv'), f'tile_id listed {ids.count(t)} times'))
-    for d in ('PLANET-RGB', 'labels') + (('EXTRA',) if extra else ()):
+    for d in [*sources, 'labels']:
         for t in sorted(set(ids) - files[d]):
             probs.append(Problem(t, join(root, d, f'{t}.tif'), 'named in metadata.csv but the file does not exist'))
         for t in sorted(files[d] - set(ids)):
@@ -220,28 +302,18 @@ def check_data(
                     f"region '{r}' of metadata.csv is in no split: its tiles would never be used",
                 )
             )
-    crss: dict[str, list[str]] = {}
+    infos: dict[str, dict] = {}
     for i, row in enumerate(meta.itertuples()):
-        if row.tile_id not in files['PLANET-RGB'] or row.tile_id not in files['labels']:
+        if any(row.tile_id not in files[d] for d in [*sources, 'labels']):
             continue
-        p, crs = check_tile(root, row.tile_id, row.TrainClass, extra and row.tile_id in files['EXTRA'])
+        p, info = check_tile(root, row.tile_id, row.TrainClass, sources, bands, cfg.label_map)
         probs += p
-        if crs is not None:
-            crss.setdefault(crs.to_string(), []).append(row.tile_id)
+        if info is not None:
+            infos[row.tile_id] = info
         if verbose and i % 500 == 0:
             print(f'checked {i + 1}/{len(meta)} tiles', flush=True)
-    if len(crss) > 1:
-        main = max(crss, key=lambda c: len(crss[c]))
-        for c, ts in crss.items():
-            if c != main:
-                probs += [
-                    Problem(
-                        t,
-                        join(root, 'PLANET-RGB', f'{t}.tif'),
-                        f'CRS {c} differs from the rest of the dataset ({main})',
-                    )
-                    for t in ts
-                ]
-    if picture is not None and not probs:
+    probs = _dataset_checks(root, infos, probs, cfg.label_map, sources[0])
+    if picture is not None and not [p for p in probs if p.level == 'error']:
         probs += check_loader(cfg, picture, n_batches)
-    return probs
+    order = dict(error=0, warning=1, info=2)
+    return sorted(probs, key=lambda p: order.get(p.level, 0))

@@ -224,7 +224,10 @@ def cmd_stats(sub):
 # %% ../nbs/13_cli.ipynb #6ed75fea
 def cmd_check_data(sub):
     "rts-seg check-data: every check of the data contract, then a few batches through the real DataLoader."
-    s = sub.add_parser('check-data', help='check a dataset against the data contract; exit 1 if anything is wrong')
+    s = sub.add_parser(
+        'check-data',
+        help='check a dataset against the data contract; exit 1 if anything is wrong (warnings do not count)',
+    )
     s.add_argument('--root', required=True, help='dataset root: a folder or gs://bucket/prefix')
     s.add_argument('--config', default=None, help='run config whose data section is used for the DataLoader run')
     s.add_argument('--report', default=None, help='also write the problems here; the batch picture goes next to it')
@@ -243,8 +246,10 @@ def cmd_check_data(sub):
             print(l)
         if a.report:
             atomic_write_text(a.report, ''.join(l + '\n' for l in lines))
-        print(f'{len(probs)} problem(s) in {a.root}' + ('' if probs else f'; batch picture: {pic}'))
-        return 1 if probs else 0
+        errors = [p for p in probs if p.level == 'error']
+        notes = f' ({len(probs) - len(errors)} warning(s) and note(s))' if len(probs) > len(errors) else ''
+        print(f'{len(errors)} problem(s) in {a.root}{notes}' + ('' if errors else f'; batch picture: {pic}'))
+        return 1 if errors else 0
 
     s.set_defaults(fn=fn)
 

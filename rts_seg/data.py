@@ -297,7 +297,7 @@ def compute_stats(
         for k, n in zip(('background', 'slump', 'ignore'), np.bincount(lbl.ravel(), minlength=256)[[0, 1, 255]]):
             counts[k] += int(n)
     _check_labels(root, counts, label_map)
-    edges = {c: np.arange(len(h) + 1) + off[c] for c, h in hist.items()}
+    edges: dict[str, np.ndarray] = {c: np.arange(len(h) + 1) + off[c] for c, h in hist.items()}
     binned = [c for c in channels if c not in hist]
     for c in binned:
         if not np.isfinite(rng[c]).all():
@@ -317,10 +317,12 @@ def compute_stats(
         v = np.stack([vals[c][ok] for c in channels]).astype(np.float64)
         mom.update(np.clip(v, lo[:, None], hi[:, None]))
     groups: dict[str, dict] = {}
-    for i, c in enumerate(table):
-        g = groups.setdefault(c['group'], dict(channels=[], mean=[], std=[], clip_low=[], clip_high=[]))
+    for i, ch in enumerate(table):
+        g: dict[str, list] = groups.setdefault(
+            ch['group'], dict(channels=[], mean=[], std=[], clip_low=[], clip_high=[])
+        )
         for k, x in zip(
-            ('channels', 'mean', 'std', 'clip_low', 'clip_high'), (c['name'], mom.mean[i], mom.std[i], lo[i], hi[i])
+            ('channels', 'mean', 'std', 'clip_low', 'clip_high'), (ch['name'], mom.mean[i], mom.std[i], lo[i], hi[i])
         ):
             g[k].append(x if k == 'channels' else float(x))
     return dict(
@@ -445,6 +447,8 @@ class RTSDataset(torch.utils.data.Dataset):
             raise RtsSegError(f'{lp}: label is {lbl.shape}, image {ip} is {ok.shape}')
         img = np.stack([vals[c] for c in self.image]) if self.image else np.zeros((0, *ok.shape), np.float32)
         ex = np.stack([vals[c] for c in self.extra]).astype(np.float32) if self.extra else None
+        if img.dtype.kind == 'f' and not ok.all():  # float nodata (-inf, NaN) would spread through augmentation
+            img = np.where(ok, img, 0).astype(img.dtype)
         if ex is not None:
             ex[:, ~ok] = 0
         if not ok.all():
