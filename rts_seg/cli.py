@@ -209,13 +209,29 @@ def cmd_stats(sub):
         metavar=('LOW', 'HIGH'),
         help='percentiles to clip at (default 1 99)',
     )
-    s.add_argument('--extra', nargs='*', default=[], help='aux channels by name (ndvi nir re sr)')
+    s.add_argument(
+        '--extra', nargs='*', default=[], help='aux channels by name after red, green, blue (ndvi nir re sr)'
+    )
+    s.add_argument(
+        '--channels',
+        nargs='*',
+        default=None,
+        help="every channel by name (the dataset's bands.yaml, or an index: ndvi ...)",
+    )
+    s.add_argument('--label-map', default=None, help="label values to change first, as YAML, e.g. '{255: 1}'")
     s.add_argument('--out', required=True, help='JSON file to write')
 
     def fn(a):
+        from rts_seg.config import DataConfig, load_yaml
         from rts_seg.data import compute_stats, save_stats, split_tiles
 
-        st = compute_stats(a.root, split_tiles(a.root)[a.split], tuple(a.clip), a.extra)
+        lm = load_yaml(a.label_map) if a.label_map else None
+        if lm is not None and not isinstance(lm, dict):
+            raise RtsSegError(f"--label-map {a.label_map}: expected a mapping of label values, e.g. '{{255: 1}}'")
+        d = DataConfig(extra_channels=a.extra, channels=a.channels, label_map=lm)
+        st = compute_stats(
+            a.root, split_tiles(a.root)[a.split], tuple(a.clip), channels=d.input_channels, label_map=d.label_map
+        )
         save_stats(st, a.out)
         print(f'{st["n_tiles_used"]} tiles, channels {", ".join(st["channels"])}: wrote {a.out}')
 
