@@ -327,7 +327,8 @@ def _region_mosaics(out: OutDir, region: str, recs: list[dict], cfg: InferenceCo
             )
         if not single:
             with rasterio.open(d / names[0]) as s:
-                px = abs(s.transform.a) * (1.0 if s.crs.is_geographic else s.crs.linear_units_factor[1])
+                # one pixel, in metres: the distance across which pieces in two CRSs are one slump
+                px = abs(s.transform.a) * (111_320 if s.crs.is_geographic else s.crs.linear_units_factor[1])
             v = merge_polygons(gpkgs, d / f'{region}.gpkg', dst, join_m=px)
     out.publish(*[f'mosaic/{n}' for n in [*names, f'{region}.gpkg']], keep=True)
     return dict(
