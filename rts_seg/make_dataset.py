@@ -16,16 +16,17 @@ import pyogrio
 import rasterio
 import shapely
 import yaml
-from rasterio.features import rasterize
+from rasterio.features import rasterize, shapes
 from rasterio.warp import transform as warp_transform, transform_geom
 from rasterio.windows import Window
 
+from .bands import BANDS_FILE, RGB
 from .core import RtsSegError, atomic_write_text, readable
 from .io import valid_mask, write_raster
 
 # %% auto #0
-__all__ = ['MASK_SUFFIXES', 'MASK_VALUES', 'BANDS_FILE', 'read_polygons', 'scene_files', 'scale_to_uint8', 'make_dataset',
-           'chip_files', 'match_masks', 'mask_scheme', 'mask_invalid', 'mask_label', 'make_dataset_from_chips']
+__all__ = ['MASK_SUFFIXES', 'MASK_VALUES', 'read_polygons', 'scene_files', 'scale_to_uint8', 'make_dataset', 'chip_files',
+           'match_masks', 'mask_scheme', 'mask_invalid', 'mask_label', 'make_dataset_from_chips', 'consensus_polygons']
 
 # %% ../nbs/05c_make_dataset.ipynb #ffdde696
 def read_polygons(
@@ -92,6 +93,33 @@ def _split_regions(counts: Counter) -> dict[str, list[str]]:
     return splits
 
 
+def _imagery_line(names, dtype, source, to_uint8, what) -> str:
+    "The printed line saying what the imagery tiles hold and whether it was converted."
+    return f'imagery: {", ".join(names)} as {dtype} in {source}/' + (
+        f', scaled from {to_uint8[0]:g}-{to_uint8[1]:g}'
+        if to_uint8 is not None
+        else f' as the {what} have it (--to-uint8 LOW HIGH converts it)'
+        if dtype != 'uint8'
+        else ''
+    )
+
+
+def _scene_bands(sc, src, bands, band_names) -> tuple[list[int], list[str]]:
+    "The 1-based bands of scene `sc` to keep and their names: R, G, B (1, 2, 3) unless told otherwise."
+    if bands is None:
+        bands = list(range(1, src.count + 1)) if band_names else [1, 2, 3]
+    if not bands or min(bands) < 1 or max(bands) > src.count:
+        raise RtsSegError(f'{sc} has {src.count} band(s); --bands asks for {list(bands)}')
+    names = list(band_names) if band_names else RGB if len(bands) == 3 else None
+    if names is None or len(names) != len(bands):
+        raise RtsSegError(
+            f'{sc}: name its {len(bands)} band(s) {list(bands)} with --band-names'
+            + (f', not {len(names)}' if names else ' (e.g. blue green red nir)')
+            + ('; or pick the named ones with --bands' if names else '')
+        )
+    return list(bands), names
+
+
 def make_dataset(
     images: str | Path,  # folder of GeoTIFF scenes, or a glob pattern
     polygons: str | Path,  # slump polygons (GeoJSON, GPKG, shapefile; any CRS)
@@ -100,7 +128,11 @@ def make_dataset(
     region_column: str = 'RegionName',  # polygon attribute naming the region
     uid_column: str | None = 'UID',  # polygon attribute with a slump's id (None: row numbers)
     min_inside: float = 0.5,  # share of a slump's area that must lie in a tile for label 1; else 255
-    bands: list[int] | tuple[int, ...] = (1, 2, 3),  # 1-based scene bands holding R, G, B
+    bands: list[int] | tuple[int, ...] | None = None,  # 1-based scene bands kept (None: 1 2 3; all with band_names)
+    band_names: list[str] | tuple[str, ...] | None = None,  # their names, for bands.yaml (None: red, green, blue)
+    source: str = 'PLANET-RGB',  # folder of the imagery tiles, e.g. S2
+    to_uint8: tuple[float, float] | list[float] | None = None,  # (low, high) scaled onto uint8 0-255; None: keep
+    verbose: bool = True,  # print what the tiles hold
 ) -> Path:
     "Build a dataset in the data-contract layout from scenes and polygons; written in a temporary folder, then renamed."
     out = Path(out)
@@ -118,7 +150,9 @@ def make_dataset(
     uids = attrs.get(uid_column, np.array([f'polygon_{i}' for i in range(len(geoms))]))
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.partial'))
-    rows, cache = [], {}
+    rows, cache, ref = [], {}, None
+    names: list[str] = []
+    crss: Counter[str] = Counter()
     try:
         for sc in scenes:
             try:
@@ -128,9 +162,19 @@ def make_dataset(
             with src:
                 if src.crs is None:
                     raise RtsSegError(f'{sc} has no CRS; georeference it first')
-                if max(bands) > src.count:
-                    raise RtsSegError(f'{sc} has {src.count} band(s); --bands asks for {list(bands)}')
+                keep, names = _scene_bands(sc, src, bands, band_names)
+                sig = (len(keep), src.dtypes[keep[0] - 1])
+                if ref is None:
+                    ref = (sc, sig)
+                elif sig != ref[1]:
+                    raise RtsSegError(
+                        f'{sc} gives {sig[0]} band(s) of {sig[1]}, {ref[0]} {ref[1][0]} of {ref[1][1]}; '
+                        "a dataset's tiles share their bands and type (pick them with --bands)"
+                    )
+                # a scene without nodata: 0 marks the padding beyond its edge (and, as before, pixels 0 in every band)
+                nodata = 0 if to_uint8 is not None or src.nodata is None else src.nodata
                 key = src.crs.to_string()
+                crss[key] += 1
                 if key not in cache:
                     cache[key] = (g := _to_crs(geoms, pcrs, src.crs), shapely.STRtree(g))
                 g, tree = cache[key]
@@ -143,18 +187,20 @@ def make_dataset(
                         win = Window(c0, r0, tile_size, tile_size)
                         tfm = src.window_transform(win)
                         a = src.read(
-                            list(bands),
+                            keep,
                             window=win,
                             boundless=True,
                             fill_value=src.nodata if src.nodata is not None else 0,
                             masked=False,
-                        ).astype(np.float64)
+                        )
                         inside = np.zeros((tile_size, tile_size), bool)
                         inside[: max(0, src.height - r0), : max(0, src.width - c0)] = True
                         valid = inside & valid_mask(a, src.nodata)  # the one nodata rule, as in training and prediction
                         if not valid.any():
                             continue  # all nodata: nothing to learn
-                        img = scale_to_uint8(a, valid)  # 0-255, clipped
+                        img = scale_to_uint8(a, valid, to_uint8) if to_uint8 is not None else a
+                        if to_uint8 is None and not inside.all():
+                            img = np.where(inside, img, np.array(nodata, img.dtype))  # the padding is nodata
                         box = shapely.box(*rasterio.windows.bounds(win, src.transform))
                         hit = tree.query(box, predicate='intersects')
                         frac = np.array(
@@ -168,7 +214,7 @@ def make_dataset(
                             lbl[rasterize(g[full], (tile_size, tile_size), transform=tfm) > 0] = 1
                         lbl[~valid] = 255
                         tid = f'{sc.stem}_{r0 // tile_size:03d}_{c0 // tile_size:03d}'
-                        write_raster(work / 'PLANET-RGB' / f'{tid}.tif', img, src.crs, tfm, nodata=0)
+                        write_raster(work / source / f'{tid}.tif', img, src.crs, tfm, nodata=nodata)
                         write_raster(work / 'labels' / f'{tid}.tif', lbl, src.crs, tfm)
                         cx, cy = tfm * (tile_size / 2, tile_size / 2)
                         lon, lat = warp_transform(src.crs, 'EPSG:4326', [cx], [cy])
@@ -198,10 +244,20 @@ def make_dataset(
             work / 'splits.yaml',
             yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True),
         )
+        if source != 'PLANET-RGB' or names != RGB:  # bands other than today's R, G, B are declared by name
+            atomic_write_text(
+                work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
+            )
         readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if verbose:
+        assert ref is not None
+        dtype = 'uint8' if to_uint8 is not None else ref[1][1]
+        print(_imagery_line(names, dtype, source, to_uint8, 'scenes'))
+        if len(crss) > 1:
+            print(f"CRSs: {', '.join(f'{k} ({n})' for k, n in crss.most_common())}, each tile in its scene's")
     return out
 
 # %% ../nbs/05c_make_dataset.ipynb #385d900a
@@ -307,9 +363,6 @@ def mask_label(
     return lbl
 
 # %% ../nbs/05c_make_dataset.ipynb #7362ad0c
-BANDS_FILE = 'bands.yaml'  # the dataset's band names by source folder, as `rts_seg.data.read_bands` reads them
-
-
 def _open(path: Path, what: str):
     "`rasterio.open`, with an unreadable file as `RtsSegError`."
     try:
@@ -410,7 +463,7 @@ def make_dataset_from_chips(
                 descr = [src.descriptions[b - 1] for b in img_bands]
                 names = list(band_names) if band_names else descr if all(descr) else None
                 if names is None and len(img_bands) == 3:
-                    names = ['red', 'green', 'blue']
+                    names = list(RGB)
                     notes.append(
                         f'imagery bands {img_bands} taken as red, green, blue (name them with --band-names otherwise)'
                     )
@@ -486,7 +539,7 @@ def make_dataset_from_chips(
                 'name the regions with --regions CSV, or put the chips in one subfolder per region'
             )
         # bands other than today's R, G, B in PLANET-RGB are declared by name
-        if source != 'PLANET-RGB' or names != ['red', 'green', 'blue']:
+        if source != 'PLANET-RGB' or names != RGB:
             atomic_write_text(
                 work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
             )
@@ -495,16 +548,7 @@ def make_dataset_from_chips(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     dtype = 'uint8' if to_uint8 is not None else ref[1][1]
-    notes.append(
-        f'imagery: {", ".join(names)} as {dtype} in {source}/'
-        + (
-            f', scaled from {to_uint8[0]:g}-{to_uint8[1]:g}'
-            if to_uint8 is not None
-            else ' as the chips have it (--to-uint8 LOW HIGH converts it)'
-            if dtype != 'uint8'
-            else ''
-        )
-    )
+    notes.append(_imagery_line(names, dtype, source, to_uint8, 'chips'))
     if len(crss) > 1:
         notes.append(f"CRSs: {', '.join(f'{k} ({n})' for k, n in crss.most_common())}, each tile in its chip's")
     if len(sizes) > 1:
@@ -520,3 +564,48 @@ def make_dataset_from_chips(
     if verbose and notes:
         print('\n'.join(notes))
     return out
+
+# %% ../nbs/05c_make_dataset.ipynb #2d2bf0c3
+def consensus_polygons(
+    files: list[str | Path] | tuple[str | Path, ...],  # polygon files, one per mapper (any format OGR reads, any CRS)
+    like: str | Path,  # raster whose grid the votes are counted on
+    min_share: float = 0.5,  # share of the files that must mark a pixel for it to be kept
+    out: str | Path | None = None,  # polygon file (GPKG, GeoJSON) to write or append to; None: none
+    crs: str | None = None,  # CRS of a new `out` (None: the raster's); an existing one keeps its own
+    attrs: dict | None = None,  # attributes of every polygon written, e.g. {'RegionName': 'Peel'}
+) -> tuple[np.ndarray, np.ndarray]:
+    "Per pixel of `like`'s grid, how many files mark a slump (int16), and the pixels at least `min_share` of them mark."
+    if not files:
+        raise RtsSegError('consensus_polygons: no polygon files given')
+    if not 0 < min_share <= 1:
+        raise RtsSegError(f'min_share {min_share:g}: a share of the files, above 0 and at most 1')
+    with _open(Path(like), 'raster') as src:
+        shape, tfm, rcrs = src.shape, src.transform, src.crs
+    if rcrs is None:
+        raise RtsSegError(f'{like} has no CRS; the polygons cannot be put on its grid')
+    votes = np.zeros(shape, np.int16)
+    for f in files:
+        geoms, _, pcrs = read_polygons(f)
+        drawn = [x for x in geoms if x is not None and not x.is_empty]
+        if drawn:
+            votes += rasterize(_to_crs(drawn, pcrs, rcrs), out_shape=shape, transform=tfm, dtype='uint8') > 0
+    keep = votes >= min_share * len(files) - 1e-9
+    if out is not None:
+        out = Path(out)
+        polys = [shapely.geometry.shape(g) for g, _ in shapes(keep.astype(np.uint8), mask=keep, transform=tfm)]
+        dst = read_polygons(out)[2] if out.exists() else crs or rcrs.to_wkt()
+        polys = list(_to_crs(polys, rcrs, rasterio.crs.CRS.from_user_input(dst))) if polys else []
+        n0 = pyogrio.read_info(out)['features'] if out.exists() else 0
+        fields = {k: np.array([str(v)] * len(polys), dtype=object) for k, v in (attrs or {}).items()}
+        fields['UID'] = np.array([f'consensus_{n0 + i}' for i in range(len(polys))], dtype=object)
+        pyogrio.raw.write(
+            out,
+            np.array([shapely.to_wkb(p) for p in polys], dtype=object),
+            list(fields.values()),
+            list(fields),
+            geometry_type='MultiPolygon',
+            promote_to_multi=True,
+            crs=dst,
+            append=out.exists(),
+        )
+    return votes, keep
