@@ -21,7 +21,7 @@ from .core import RtsSegError, atomic_path, atomic_write_text
 from .objects import match_objects
 
 # %% auto #0
-__all__ = ['SIZE_BINS', 'NBINS', 'evaluate']
+__all__ = ['SIZE_BINS', 'NBINS', 'evaluate', 'compare_polygons', 'agreement']
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
 SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')]  # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
@@ -62,7 +62,9 @@ def _truth_on(t: Path, src) -> np.ndarray:
     meta, _, geoms, _ = pyogrio.raw.read(t, read_geometry=True, columns=[])
     import shapely
 
-    gs = [transform_geom(meta['crs'], src.crs, shapely.from_wkb(g).__geo_interface__) for g in geoms]
+    # a feature without a geometry (as some shapefiles hold) or with an empty one marks nothing
+    drawn = [x for x in shapely.from_wkb(geoms) if x is not None and not x.is_empty]
+    gs = [transform_geom(meta['crs'], src.crs, x.__geo_interface__) for x in drawn]
     return (
         rasterize(((g, 1) for g in gs), out_shape=src.shape, transform=src.transform, fill=0, dtype='uint8')
         if gs
@@ -112,28 +114,19 @@ def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
                 obj[iou]['fn'][tbin[k - 1]] += 1
 
 
-def evaluate(
-    pred: str | Path,  # output folder of `rts-seg predict`
-    truth: str | Path,  # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
-    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
-    out: str | Path | None = None,  # where evaluation.json and pr_curve.png go; default `pred`
-    min_area_m2: float | None = None,  # mapped objects: smallest component kept; None: the prediction's
+def _score(
+    items,  # (prob, mask, truth, pixel area in m2) of each image: float32 (-1 nodata), 0/1, 0/1/255
+    ious: Sequence[float],  # object IoU thresholds
+    min_area_m2: float,  # mapped objects: smallest component kept
 ) -> dict:
-    "Pixel IoU, PR-AUC and object precision/recall/F1 (overall and by size), raw and as mapped, of predictions against truth."
-    pred, truth = Path(pred), Path(truth)
-    if not truth.exists():
-        raise RtsSegError(f'truth not found: {truth}')
-    min_area_m2, min_area_source = _min_area(pred, min_area_m2)
-    inter = union = 0
+    "Pixel IoU, PR-AUC, raw and mapped object scores of `items`, and the PR curve (`_curve`: recall, precision)."
+    inter = union = n = 0
     hist = np.zeros((2, NBINS), np.int64)
     nb = len(SIZE_BINS) - 1
     new = lambda: {iou: dict(tp=np.zeros(nb, int), fp=np.zeros(nb, int), fn=np.zeros(nb, int)) for iou in ious}
     obj, obj_map = new(), new()  # raw: every component of the mask; mapped: those of at least min_area_m2
-    pairs = _pairs(pred, truth)
-    for name, pp, mp, t in pairs:
-        with rasterio.open(pp) as ps, rasterio.open(mp) as ms:
-            prob, mask, y = ps.read(1), ms.read(1), _truth_on(t, ps)
-            px = abs(ps.transform.a * ps.transform.e)
+    for prob, mask, y, px in items:
+        n += 1
         valid = (prob >= 0) & (y != 255)
         p1, t1 = (mask == 1) & valid, (y == 1) & valid
         inter += int((p1 & t1).sum())
@@ -173,19 +166,41 @@ def evaluate(
         )
         for iou, o in obj.items()
     }
-    res = dict(
-        pred=str(pred),
-        truth=str(truth),
-        n_images=len(pairs),
+    return dict(
+        n_images=n,
         pixel_iou=inter / union if union else float('nan'),
         pixel_intersection=inter,
         pixel_union=union,
         pr_auc=ap,
         objects=scores(obj),
         min_area_m2=min_area_m2,
-        min_area_source=min_area_source,
         objects_mapped=scores(obj_map),
+        _curve=(rec, prec),
     )
+
+
+def evaluate(
+    pred: str | Path,  # output folder of `rts-seg predict`
+    truth: str | Path,  # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
+    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
+    out: str | Path | None = None,  # where evaluation.json and pr_curve.png go; default `pred`
+    min_area_m2: float | None = None,  # mapped objects: smallest component kept; None: the prediction's
+) -> dict:
+    "Pixel IoU, PR-AUC and object precision/recall/F1 (overall and by size), raw and as mapped, of predictions against truth."
+    pred, truth = Path(pred), Path(truth)
+    if not truth.exists():
+        raise RtsSegError(f'truth not found: {truth}')
+    min_area_m2, min_area_source = _min_area(pred, min_area_m2)
+
+    def items():
+        for name, pp, mp, t in _pairs(pred, truth):
+            with rasterio.open(pp) as ps, rasterio.open(mp) as ms:
+                yield ps.read(1), ms.read(1), _truth_on(t, ps), abs(ps.transform.a * ps.transform.e)
+
+    s = _score(items(), ious, min_area_m2)
+    rec, prec = s.pop('_curve')
+    mapped = s.pop('objects_mapped')
+    res = dict(pred=str(pred), truth=str(truth), **s, min_area_source=min_area_source, objects_mapped=mapped)
     out = Path(out or pred)
     atomic_write_text(out / 'evaluation.json', json.dumps(res, indent=2))
     from matplotlib.figure import (
@@ -195,8 +210,55 @@ def evaluate(
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
     ax.plot(rec, prec)
-    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {ap:.3f}')
+    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {res["pr_auc"]:.3f}')
     with atomic_path(out / 'pr_curve.png') as tmp:
         fig.savefig(tmp, format='png', dpi=100)
     res['pr_curve_png'] = str(out / 'pr_curve.png')
     return res
+
+# %% ../nbs/11b_evaluate.ipynb #23bc0d0e
+def _drawn_on(polygons: Path, src) -> np.ndarray:
+    "The polygons of a file as a 0/1 uint8 raster on the grid of the open raster `src`."
+    if not polygons.is_file():
+        raise RtsSegError(f'polygon file not found: {polygons}')
+    return _truth_on(polygons, src)
+
+
+def compare_polygons(
+    a: str | Path,  # polygon file scored as the prediction (any format OGR reads, any CRS)
+    b: str | Path,  # polygon file scored as the truth
+    like: str | Path,  # raster whose grid both are drawn on; its nodata counts nowhere
+    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
+    min_area_m2: float = 0,  # mapped objects: smallest component of `a` kept
+) -> dict:
+    "Pixel IoU and object precision/recall/F1 (raw and mapped, overall and by size) of polygons `a` against `b`, as `evaluate` scores them."
+    a, b = Path(a), Path(b)
+    with rasterio.open(like) as src:
+        ya, yb = _drawn_on(a, src), _drawn_on(b, src)
+        nodata = ~src.read_masks(1).astype(bool)
+        px = abs(src.transform.a * src.transform.e)
+    prob = np.where(nodata, -1, ya).astype(np.float32)
+    s = _score([(prob, ya, yb, px)], ious, float(min_area_m2))
+    s.pop('_curve')
+    return dict(a=str(a), b=str(b), like=str(like), **s)
+
+
+def agreement(
+    files: Sequence[str | Path] | dict,  # polygon files, one per mapper (a dict: by name)
+    like: str | Path,  # raster whose grid they are drawn on
+    iou: float = 0.3,  # object IoU threshold
+    score: str = 'f1',  # f1, precision, recall (objects) or pixel_iou
+):
+    "Every mapper scored against every other (`compare_polygons`): a DataFrame, rows as prediction, columns as truth."
+    import pandas as pd
+
+    named = dict(files) if isinstance(files, dict) else {Path(f).parent.name or Path(f).stem: f for f in files}
+    if len(named) < 2:
+        raise RtsSegError(f'agreement needs at least two polygon files, not {len(named)}')
+    m = pd.DataFrame(np.nan, index=list(named), columns=list(named))
+    for i in named:
+        for j in named:
+            if i != j:
+                r = compare_polygons(named[i], named[j], like, ious=(iou,))
+                m.loc[i, j] = r['pixel_iou'] if score == 'pixel_iou' else r['objects'][str(iou)][score]
+    return m
