@@ -393,23 +393,28 @@ def run_inference(
     # the network (a bundle's, or exported), and what it needs: its channels and where they come from
     net, bundle = load_model(model)
     cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
-    aux = 'EXTRA' in bundle.sources
+    srcs = (
+        bundle.sources
+    )  # the rasters of a tile, by folder: ['PLANET-RGB'], ['PLANET-RGB', 'EXTRA'], ['S2', 'DEM'] ...
+    aux = srcs[1] if len(srcs) > 1 else None
     tiles = None
     if tile_list is not None:
         if imagery is None:
-            raise RtsSegError(
-                '--tile-list needs --imagery ROOT (the folder with PLANET-RGB/' + (' and EXTRA/)' if aux else ')')
-            )
+            raise RtsSegError(f'--tile-list needs --imagery ROOT (the folder with {"/, ".join(srcs)}/)')
         if extra:
             raise RtsSegError(
-                "--extra goes with --scene; with --tile-list the aux bands are read from --imagery's EXTRA/ folder"
+                f"--extra goes with --scene; with --tile-list the aux bands are read from --imagery's {aux or 'EXTRA'}/ folder"
+            )
+        if len(srcs) > 2:
+            raise RtsSegError(
+                f'the model reads {len(srcs)} rasters per tile ({", ".join(srcs)}); a tile list reads two: stack all but the first into one'
             )
         tiles = read_tile_list(tile_list)
         mine = shard_tiles(list(tiles.tile_id), i, n)
         plan = [
             (
-                join(imagery, 'PLANET-RGB', f'{t}.tif'),
-                join(imagery, 'EXTRA', f'{t}.tif') if aux else None,
+                join(imagery, srcs[0], f'{t}.tif'),
+                join(imagery, aux, f'{t}.tif') if aux else None,
                 f'tiles/{t}',
                 t,
             )
