@@ -371,7 +371,7 @@ Bundle.norm_columns, Bundle.resolve = _norm_columns, _resolve
 
 # %% ../nbs/06a_bundle.ipynb #22e2e514
 def _pick_bands(self: Bundle, src, path: str, names: list[str], bands: list[int] | dict[str, int] | None) -> list[int]:
-    "The 1-based bands of `src` holding `names`: chosen by the user, else by the raster's band descriptions, its band count or the training layout."
+    "The 1-based bands of `src` holding `names`: chosen by the user, else by the raster's band descriptions, the training raster's layout or, as many as `names`, in their order."
     need = ', '.join(names)
     if isinstance(bands, dict):
         miss = [n for n in names if n not in bands]
@@ -389,11 +389,11 @@ def _pick_bands(self: Bundle, src, path: str, names: list[str], bands: list[int]
     desc = [(d or '').strip().lower() for d in src.descriptions]
     if all(n.lower() in desc for n in names):  # bands described by name, as rts-seg and most tools can write them
         return [desc.index(n.lower()) + 1 for n in names]
-    if src.count == len(names):
-        return list(range(1, len(names) + 1))
     srcs = {self.source_of(n) for n in names}
     if len(srcs) == 1 and src.count == len(self.bands[s := srcs.pop()]):  # laid out as the training rasters of `s`
         return [self.bands[s].index(n) + 1 for n in names]
+    if src.count == len(names):
+        return list(range(1, len(names) + 1))
     layouts = ' or '.join(
         f'the {len(v)} {s} bands ({", ".join(v)})' for s, v in self.bands.items() if set(v) & set(names)
     )
