@@ -204,7 +204,7 @@ def test_other_sensor_is_refused_in_one_line(run, tmp_path, request):
         f'red=3,green=2,blue=1,nir={nir}',
     )
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
-    assert SENSORS[run['sensor']]['dtype'] in r.stderr, r.stderr
+    assert 'uint16' in r.stderr and 'float' in r.stderr, r.stderr  # what the scene is, what the model was trained on
     assert not list(tmp_path.glob('*_prob.tif'))
 
 
