@@ -16,7 +16,7 @@ from .io import exists, join, read_bytes
 
 # %% auto #0
 __all__ = ['RGB', 'BANDS_FILE', 'LEGACY_BANDS', 'LEGACY_GROUPS', 'INDICES', 'OPTICAL', 'read_bands', 'resolve_channels',
-           'normalized_difference']
+           'normalized_difference', 'parse_bands']
 
 # %% ../nbs/02a_bands.ipynb #658b6b10
 RGB = ['red', 'green', 'blue']
@@ -87,3 +87,39 @@ def normalized_difference(
     x, y = a.float(), b.float()
     den = x + y
     return ((x - y) / den.masked_fill(den == 0, 1)).masked_fill(den == 0, 0)
+
+# %% ../nbs/02a_bands.ipynb #df7ed795
+_BANDS_FIX = "give 1-based band numbers in the model's channel order (--bands 3 2 1) or channel=band pairs (--bands red=3,green=2,blue=1)"
+
+
+def parse_bands(
+    words: list[str]
+    | tuple[str, ...],  # numbers, or name=number pairs (commas or spaces), e.g. the words after --bands
+    flag: str = '--bands',  # how the user gave them, named in errors
+    fix: str = _BANDS_FIX,  # what to do instead, said in errors
+) -> list[int] | dict[str, int]:
+    "Bands as `inference.bands` takes them: a list of 1-based bands, or a mapping of channel name to band."
+    items = [w.strip() for word in words for w in str(word).split(',') if w.strip()]
+    bad = lambda why: RtsSegError(f'{flag} {" ".join(map(str, words))}: {why}; {fix}')
+    if not items:
+        raise bad('no band given')
+    named = ['=' in w for w in items]
+    if any(named) and not all(named):
+        raise bad('band numbers and name=band pairs mixed')
+
+    def band(s: str) -> int:
+        if not s.strip().isdigit() or int(s) < 1:
+            raise bad(f"'{s}' is not a 1-based band number")
+        return int(s)
+
+    if not any(named):
+        return [band(w) for w in items]
+    res: dict[str, int] = {}
+    for w in items:
+        name, _, b = (x.strip() for x in w.partition('='))
+        if not name:
+            raise bad(f"'{w}' has no channel name")
+        if name in res:
+            raise bad(f"channel '{name}' given twice")
+        res[name] = band(b)
+    return res

@@ -395,14 +395,14 @@ def _pick_bands(self: Bundle, src, path: str, names: list[str], bands: list[int]
     if src.count == len(names):
         return list(range(1, len(names) + 1))
     layouts = ' or '.join(
-        f'the {len(v)} {s} bands ({", ".join(v)})' for s, v in self.bands.items() if set(v) & set(names)
+        f'the {len(v)} {s} bands ({", ".join(v)})'
+        for s, v in self.bands.items()
+        if set(v) & set(names) and len(v) != len(names)
     )
     raise RtsSegError(
         f'{path} has {src.count} band(s); the model needs {len(names)} ({need})'
         + (f' or {layouts}' if layouts else '')
-        + ': name them with --bands (e.g. --bands '
-        + ','.join(f'{n}={i + 1}' for i, n in enumerate(names[:3]))
-        + '...) or in the band descriptions'
+        + ': choose them with --bands (inference.bands)'
     )
 
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .bands import parse_bands
 from .config import InferenceConfig, add_train_args, config_yaml, load_config
 from .core import RtsSegError, run_cli
 
 # %% auto #0
-__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'parse_bands', 'split_bands', 'bands_override', 'predict_config', 'cmd_predict',
-           'cmd_stats', 'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate',
-           'cmd_export', 'cmd_serve', 'cmd_launch', 'parser', 'main']
+__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'split_bands', 'bands_override', 'predict_config', 'cmd_predict', 'cmd_stats',
+           'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export',
+           'cmd_serve', 'cmd_launch', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -56,39 +57,6 @@ def cmd_train(sub):
     t.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #528d3c91
-_BANDS_FIX = "give 1-based band numbers in the model's channel order (--bands 3 2 1) or channel=band pairs (--bands red=3,green=2,blue=1)"
-
-
-def parse_bands(
-    words: list[str] | tuple[str, ...],  # the words after --bands: numbers, or name=number pairs (commas or spaces)
-) -> list[int] | dict[str, int]:
-    "`--bands` as `inference.bands`: a list of 1-based bands, or a mapping of channel name to band."
-    items = [w.strip() for word in words for w in str(word).split(',') if w.strip()]
-    bad = lambda why: RtsSegError(f'--bands {" ".join(map(str, words))}: {why}; {_BANDS_FIX}')
-    if not items:
-        raise bad('no band given')
-    named = ['=' in w for w in items]
-    if any(named) and not all(named):
-        raise bad('band numbers and name=band pairs mixed')
-
-    def band(s: str) -> int:
-        if not s.strip().isdigit() or int(s) < 1:
-            raise bad(f"'{s}' is not a 1-based band number")
-        return int(s)
-
-    if not any(named):
-        return [band(w) for w in items]
-    res: dict[str, int] = {}
-    for w in items:
-        name, _, b = (x.strip() for x in w.partition('='))
-        if not name:
-            raise bad(f"'{w}' has no channel name")
-        if name in res:
-            raise bad(f"channel '{name}' given twice")
-        res[name] = band(b)
-    return res
-
-
 def split_bands(
     words: list[str] | tuple[str, ...],  # what argparse gave --bands (nargs='+' also takes the overrides after it)
 ) -> tuple[list[str], list[str]]:

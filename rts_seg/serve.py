@@ -16,6 +16,7 @@ import rasterio
 import shapely
 
 from . import __version__
+from .bands import parse_bands
 from .config import InferenceConfig
 from .core import RtsSegError
 from .export import fetch_model
@@ -155,14 +156,12 @@ def _unreadable(path: str | Path) -> str | None:
     return None
 
 
-def _bands(s: str | None) -> list[int] | None:
-    "`?bands=4,3,2` as a list (None when not given)."
+def _bands(s: str | None) -> list[int] | dict[str, int] | None:
+    "`?bands=4,3,2` as a list, `?bands=red=3,green=2,blue=1` as a mapping (None when not given)."
     if s is None or not s.strip():
         return None
-    try:
-        return [int(b) for b in s.split(',')]
-    except ValueError:
-        raise RtsSegError(f'bands={s!r}: give 1-based band numbers separated by commas, e.g. bands=3,2,1') from None
+    fix = "give 1-based band numbers in the model's channel order (bands=3,2,1) or channel=band pairs (bands=red=3,green=2,blue=1)"
+    return parse_bands([s], 'bands=', fix)
 
 # %% ../nbs/11d_serve.ipynb #776f609c
 def create_app(
@@ -270,7 +269,9 @@ def create_app(
             raise HTTPException(422, f'{uri} not found')
         return p, _stem(p.name)
 
-    def predict(fileobj, filename: str | None, uri: str | None, prob: bool, bands: list[int] | None) -> dict:
+    def predict(
+        fileobj, filename: str | None, uri: str | None, prob: bool, bands: list[int] | dict[str, int] | None
+    ) -> dict:
         "Save or fetch the scene, check it, predict and vectorise it: the GeoJSON answer (in a worker thread)."
         tmp = Path(tempfile.mkdtemp(prefix='rts_seg_serve_'))
         try:
