@@ -347,6 +347,12 @@ def train(
             'initialised encoder (model.encoder_weights is null); set it to 0 unless that is what you want',
             file=sys.stderr,
         )
+    if cfg.train.backbone_lr_multiplier < 1 and not cfg.model.encoder_weights and r0:
+        print(
+            f'rts-seg: note: train.backbone_lr_multiplier={cfg.train.backbone_lr_multiplier:g} trains a randomly initialised '
+            'encoder (model.encoder_weights is null) more slowly than the decoder; 1.0 suits an encoder trained from scratch',
+            file=sys.stderr,
+        )
     seed_everything(cfg.train.seed)
     tiles = split_tiles(root)
     if state is not None:
