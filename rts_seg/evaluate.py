@@ -99,7 +99,8 @@ def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
     "Add the matched and unmatched components of `pl` and the missed ones of `tl`, by size bin, to `obj`."
     pl = np.where(valid, pl, 0)
     psize = np.bincount(pl.ravel(), minlength=npred + 1)[1:]
-    mean_p = ndimage.mean(prob, pl, range(1, npred + 1)) if npred else []
+    with np.errstate(invalid='ignore'):  # a component all ignore pixels has no mean; it is left out below
+        mean_p = ndimage.mean(prob, pl, range(1, npred + 1)) if npred else []
     order = (
         [int(i) + 1 for i in np.argsort(-np.nan_to_num(np.asarray(mean_p)), kind='stable') if psize[i]] if npred else []
     )
