@@ -271,15 +271,15 @@ def cmd_make_dataset(sub):
         type=int,
         nargs='+',
         default=None,
-        help='1-based bands of the imagery: scenes R G B (default 1 2 3); chips any (default: all but the label band)',
+        help='1-based bands of the imagery: scenes R G B (default 1 2 3; all with --band-names); chips any (default: all but the label band)',
     )
     s.add_argument(
         '--band-names',
         nargs='+',
         default=None,
-        help="chips: their names (default: the chips' descriptions, or red green blue)",
+        help="their names, declared in bands.yaml (default: the chips' descriptions, or red green blue)",
     )
-    s.add_argument('--source', default='PLANET-RGB', help='chips: folder of the imagery tiles (default PLANET-RGB)')
+    s.add_argument('--source', default='PLANET-RGB', help='folder of the imagery tiles, e.g. S2 (default PLANET-RGB)')
     s.add_argument(
         '--mask-values',
         default='auto',
@@ -295,7 +295,7 @@ def cmd_make_dataset(sub):
         nargs=2,
         default=None,
         metavar=('LOW', 'HIGH'),
-        help='chips: scale the imagery from LOW-HIGH onto uint8 0-255 (e.g. 0 255; 0 10000 for S2); default: keep its type',
+        help='scale the imagery from LOW-HIGH onto uint8 0-255 (e.g. 0 255; 0 10000 for S2); default: keep its type',
     )
     s.add_argument(
         '--nodata-warn',
@@ -313,21 +313,13 @@ def cmd_make_dataset(sub):
                 'make-dataset needs --images IMAGES --polygons FILE, or --chips CHIPS with --masks or --label-band'
             )
         if a.images is not None:
-            given = (
-                [
-                    f'--{k.replace("_", "-")}'
-                    for k in ('masks', 'label_band', 'band_names', 'regions', 'to_uint8')
-                    if getattr(a, k) is not None
-                ]
-                + (['--mask-values'] if a.mask_values != 'auto' else [])
-                + (['--source'] if a.source != 'PLANET-RGB' else [])
-            )
+            given = [
+                f'--{k.replace("_", "-")}' for k in ('masks', 'label_band', 'regions') if getattr(a, k) is not None
+            ] + (['--mask-values'] if a.mask_values != 'auto' else [])
             if given:
                 raise RtsSegError(f'{", ".join(given)}: only with --chips, not with --images')
             if a.polygons is None:
                 raise RtsSegError('--images needs --polygons FILE (the slump polygons)')
-            if a.bands is not None and len(a.bands) != 3:
-                raise RtsSegError(f'--bands {" ".join(map(str, a.bands))}: give the three scene bands holding R, G, B')
             from rts_seg.make_dataset import make_dataset
 
             root = make_dataset(
@@ -338,7 +330,10 @@ def cmd_make_dataset(sub):
                 a.region_column,
                 a.uid_column,
                 a.min_inside,
-                a.bands or (1, 2, 3),
+                bands=a.bands,
+                band_names=a.band_names,
+                source=a.source,
+                to_uint8=a.to_uint8,
             )
         else:
             if a.polygons is not None:
