@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bands import LEGACY_BANDS, resolve_channels
+from .bands import LEGACY_BANDS, OPTICAL, resolve_channels
 from .config import Config, InferenceConfig, ModelConfig, default_min_area_m2
 from .core import RtsSegError, atomic_path
-from .io import grid_units
+from .io import grid_units, valid_mask
 from .models import create_model
 
 # %% auto #0
@@ -406,6 +406,27 @@ def _pick_bands(self: Bundle, src, path: str, names: list[str], bands: list[int]
     )
 
 
+def _check_scale(self: Bundle, src, path: str, names: list[str], picked: list[int]):
+    "Refuse float imagery whose optical values are on another scale than training's (reflectances of 0-1 for a model of 0-10000)."
+    means = {
+        c: g['mean'][i] for g in self.normalization.get('groups', {}).values() for i, c in enumerate(g['channels'])
+    }
+    chk = [(n, b) for n, b in zip(names, picked) if n in OPTICAL and means.get(n, 0) > 0]
+    if not chk:
+        return
+    h, w = min(src.height, 64), min(src.width, 64)  # a decimated read: a few kB whatever the scene
+    a = src.read([b for _, b in chk], out_shape=(len(chk), h, w)).astype(np.float64)
+    ok = valid_mask(a, src.nodata)
+    for (n, _), v in zip(chk, a):
+        med, want = (float(np.median(v[ok])) if ok.any() else 0.0), means[n]
+        if med > 0 and not 0.1 <= med / want <= 10:
+            trained = self.imagery.get('dtypes', {}).get(self.source_of(n), 'other')
+            raise RtsSegError(
+                f'{path} is {src.dtypes[0]} with {n} values around {med:.3g}; the model was trained on {trained} values '
+                f"around {want:.3g}: convert the imagery to the training data's scale (another sensor or product?)"
+            )
+
+
 def _check_raster(
     self: Bundle,
     src,  # an open rasterio dataset
@@ -430,6 +451,8 @@ def _check_raster(
             f'{path} is {src.dtypes[0]}; the model was trained on {"/".join(trained)} values ({", ".join(names)}): '
             f"convert the imagery to {trained[0]} with the training data's scaling (float imagery is taken as it is)"
         )
+    if got == 'float':
+        _check_scale(self, src, path, names, picked)
     unit, px = grid_units(src.crs, src.transform)
     if im.get('crs_units') and unit != im['crs_units']:
         raise RtsSegError(

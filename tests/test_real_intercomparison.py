@@ -181,15 +181,9 @@ def test_trains_and_predicts_the_held_out_site_and_is_scored_against_each_expert
     print(f'{sensor}: expert vs expert F1@0.3 median {np.median(off):.2f} range {off.min():.2f}-{off.max():.2f}')
 
 
-def test_other_sensor_is_refused_in_one_line(run, tmp_path, request):
+def test_other_sensor_is_refused_in_one_line(run, tmp_path):
     "The held-out site's scene of the other sensor, its bands named as the model wants them: refused, one line."
     assert run['train'].returncode == 0, run['train'].stderr[-3000:]
-    if run['sensor'] == 'S2':
-        # float imagery is taken as it is (_check_raster in 06a_bundle), and 15 m pixels are within the 2x tolerance,
-        # so Landsat-8 TOA reflectances (0-1) go into a model trained on Sentinel-2 uint16 (0-10000) unrefused
-        request.applymarker(
-            pytest.mark.xfail(strict=True, reason='float imagery is not checked against integer training')
-        )
     other = 'L8' if run['sensor'] == 'S2' else 'S2'
     nir = SENSORS[other]['names'].index('nir') + 1
     r = rts_seg(
