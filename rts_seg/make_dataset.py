@@ -93,6 +93,25 @@ def _split_regions(counts: Counter) -> dict[str, list[str]]:
     return splits
 
 
+def _write_index(
+    work: Path,  # the dataset being written
+    rows: list[dict],  # metadata.csv's rows
+    source: str,  # folder of the imagery tiles
+    names: list[str],  # their band names
+    what: str,  # named when there is no row, e.g. 'no tile with valid pixels in DIR'
+) -> tuple[pd.DataFrame, dict]:
+    "Write metadata.csv, splits.yaml and, for bands other than today's R, G, B in PLANET-RGB, bands.yaml."
+    if not rows:
+        raise RtsSegError(what)
+    meta = pd.DataFrame(rows)
+    meta.to_csv(work / 'metadata.csv', index=False)
+    splits = _split_regions(Counter(meta.RegionName))
+    atomic_write_text(work / 'splits.yaml', yaml.safe_dump(splits, sort_keys=False, allow_unicode=True))
+    if source != 'PLANET-RGB' or names != RGB:
+        atomic_write_text(work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None))
+    return meta, splits
+
+
 def _imagery_line(names, dtype, source, to_uint8, what) -> str:
     "The printed line saying what the imagery tiles hold and whether it was converted."
     return f'imagery: {", ".join(names)} as {dtype} in {source}/' + (
@@ -236,18 +255,7 @@ def make_dataset(
                                 UIDs=';'.join(str(uids[i]) for i in full) if pos else '',
                             )
                         )
-        if not rows:
-            raise RtsSegError(f'no tile with valid pixels in {images}')
-        meta = pd.DataFrame(rows)
-        meta.to_csv(work / 'metadata.csv', index=False)
-        atomic_write_text(
-            work / 'splits.yaml',
-            yaml.safe_dump(_split_regions(Counter(meta.RegionName)), sort_keys=False, allow_unicode=True),
-        )
-        if source != 'PLANET-RGB' or names != RGB:  # bands other than today's R, G, B are declared by name
-            atomic_write_text(
-                work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
-            )
+        _write_index(work, rows, source, names, f'no tile with valid pixels in {images}')
         readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
     finally:
@@ -527,21 +535,11 @@ def make_dataset_from_chips(
                         UIDs=table.loc[f.stem, 'UIDs'] if table is not None and 'UIDs' in table.columns else '',
                     )
                 )
-        if not rows:
-            raise RtsSegError(f'no chip with valid pixels in {chips}')
-        meta = pd.DataFrame(rows)
-        meta.to_csv(work / 'metadata.csv', index=False)
-        splits = _split_regions(Counter(meta.RegionName))
-        atomic_write_text(work / 'splits.yaml', yaml.safe_dump(splits, sort_keys=False, allow_unicode=True))
+        meta, splits = _write_index(work, rows, source, names, f'no chip with valid pixels in {chips}')
         if none := [k for k, v in splits.items() if not v]:
             notes.append(
                 f'{meta.RegionName.nunique()} region(s), so no {" or ".join(none)} region in splits.yaml: '
                 'name the regions with --regions CSV, or put the chips in one subfolder per region'
-            )
-        # bands other than today's R, G, B in PLANET-RGB are declared by name
-        if source != 'PLANET-RGB' or names != RGB:
-            atomic_write_text(
-                work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None)
             )
         readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
