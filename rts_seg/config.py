@@ -189,6 +189,8 @@ class InferenceConfig(Section):
         None  # polygons smaller than this are dropped; None = the model's (`default_min_area_m2`)
     )
     simplify_m: Optional[float] = None  # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
+    # CRS of each region's merged polygons with a tile list, e.g. EPSG:3413; None: the CRS of most of its tiles
+    polygon_crs: Optional[str] = None
 
 # %% ../nbs/01_config.ipynb #332b8647
 class Config(Section):

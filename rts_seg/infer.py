@@ -376,7 +376,7 @@ def run_inference(
     cfg: InferenceConfig | None = None,  # the `inference` section
     shard: str | None = None,  # this VM's share of the tile list: 'i/n', or 'auto' from the batch engine
     resume: bool = False,  # skip tiles that a manifest lists as finished
-    polygon_crs: str | None = None,  # CRS of each region's polygons, e.g. EPSG:3413; None: most of its tiles'
+    polygon_crs: str | None = None,  # CRS of each region's polygons, e.g. EPSG:3413; None: `inference.polygon_crs`
 ) -> dict:
     "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
     t0, cfg = time.time(), cfg or InferenceConfig()
@@ -385,6 +385,7 @@ def run_inference(
         print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
     if (scenes is None) == (tile_list is None):
         raise RtsSegError('give either --scene or --tile-list (with --imagery)')
+    polygon_crs = polygon_crs or cfg.polygon_crs  # None: the CRS of most of each region's tiles
     if polygon_crs is not None:
         try:
             polygon_crs = CRS.from_user_input(polygon_crs).to_string()

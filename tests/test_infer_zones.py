@@ -124,6 +124,18 @@ def test_region_across_two_zones_and_float_noise(tiny, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     log2 = json.loads((out / 'inference_log.json').read_text())
     assert (log2['failed'], log2['tiles']['predicted'], log2['mosaics'][0]['polygons']) == (None, 0, delta['polygons'])
+    # the region's polygons in a declared CRS (inference.polygon_crs)
+    r = predict(
+        tiny,
+        tiles[tiles.RegionName == 'delta'],
+        tmp_path / 'img',
+        out,
+        '--resume',
+        *exact,
+        'inference.polygon_crs=EPSG:32609',
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert pyogrio.read_info(out / 'mosaic' / 'delta.gpkg')['crs'] == 'EPSG:32609'
 
 
 def test_log_written_when_prediction_fails(tiny, tmp_path):
