@@ -272,8 +272,8 @@ def check_data(
         regions = {r: s for s, rs in read_splits(root).items() for r in rs}
     except RtsSegError as e:
         probs.append(Problem('-', join(root, 'splits.yaml'), str(e)))
+    bands = read_bands(root)  # a bands.yaml that cannot be read stops here, as a root that cannot be listed does
     try:
-        bands = read_bands(root)
         table = resolve_channels(bands, cfg.input_channels, root)
     except RtsSegError as e:
         return probs + [Problem('-', join(root, BANDS_FILE), str(e))]

@@ -26,6 +26,7 @@ train:
   base_lr: 0.003
   warmup_epochs: 0.5
   freeze_backbone_epochs: 0
+  backbone_lr_multiplier: 1.0
 """
 
 

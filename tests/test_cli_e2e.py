@@ -99,7 +99,8 @@ def test_predict_scene(tiny, tmp_path):
         prob, mask = p.read(1), k.read(1)
     assert s.shape[0] % 128 and s.shape[1] % 128  # an odd-sized scene
     assert ((prob >= 0) & (prob <= 1)).all()
-    assert ((mask == 1) == (prob > 0.5)).all()
+    thr = json.loads((tmp_path / 'inference_log.json').read_text())['threshold']  # the model's calibrated one
+    assert ((mask == 1) == (prob > thr)).all()
 
 
 def test_errors_are_one_line(tiny, tmp_path):
