@@ -316,13 +316,14 @@ def compute_stats(
         vals, ok, _ = tr.read(t)
         v = np.stack([vals[c][ok] for c in channels]).astype(np.float64)
         mom.update(np.clip(v, lo[:, None], hi[:, None]))
+    std = np.where(mom.std > 0, mom.std, 1.0)  # a constant channel (all 0, say) normalises to 0, not to NaN
     groups: dict[str, dict] = {}
     for i, ch in enumerate(table):
         g: dict[str, list] = groups.setdefault(
             ch['group'], dict(channels=[], mean=[], std=[], clip_low=[], clip_high=[])
         )
         for k, x in zip(
-            ('channels', 'mean', 'std', 'clip_low', 'clip_high'), (ch['name'], mom.mean[i], mom.std[i], lo[i], hi[i])
+            ('channels', 'mean', 'std', 'clip_low', 'clip_high'), (ch['name'], mom.mean[i], std[i], lo[i], hi[i])
         ):
             g[k].append(x if k == 'channels' else float(x))
     return dict(
