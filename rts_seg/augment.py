@@ -63,7 +63,13 @@ class OpticalJitter(A.ImageOnlyTransform):
         l = self.limit
         return dict(b=self.py_random.uniform(1 - l, 1 + l), c=self.py_random.uniform(1 - l, 1 + l))
 
-    def apply(self, img: np.ndarray, b: float = 1.0, c: float = 1.0, **params) -> np.ndarray:
+    def apply(
+        self,
+        img: np.ndarray,  # (H, W, I) optical bands in their data type
+        b: float = 1.0,  # brightness factor
+        c: float = 1.0,  # contrast factor
+        **params,
+    ) -> np.ndarray:
         x = img.astype(np.float32)
         m = x.mean((0, 1), keepdims=True)
         y = b * (m + c * (x - m))

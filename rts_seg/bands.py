@@ -93,8 +93,7 @@ _BANDS_FIX = "give 1-based band numbers in the model's channel order (--bands 3 
 
 
 def parse_bands(
-    words: list[str]
-    | tuple[str, ...],  # numbers, or name=number pairs (commas or spaces), e.g. the words after --bands
+    words: list[str] | tuple[str, ...],  # numbers, or name=number pairs (by commas or spaces)
     flag: str = '--bands',  # how the user gave them, named in errors
     fix: str = _BANDS_FIX,  # what to do instead, said in errors
 ) -> list[int] | dict[str, int]:

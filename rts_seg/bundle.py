@@ -29,8 +29,7 @@ __all__ = ['NODATA_RULE', 'BUNDLE_FORMAT', 'channel_table', 'stats_hash', 'confi
 # %% ../nbs/06a_bundle.ipynb #b069f21e
 def channel_table(
     channels: list[str],  # input channel names in order, e.g. ['red', 'green', 'blue', 'ndvi', 're']
-    bands: dict[str, list[str]]
-    | None = None,  # the dataset's sources and band names (`read_bands`); None: today's layout
+    bands: dict[str, list[str]] | None = None,  # sources and band names (`read_bands`); None: today's layout
 ) -> list[dict]:
     "Where each input channel comes from: name, source (raster folder, or 'index'), 1-based band or the bands it is computed from, normalisation group."
     return resolve_channels(LEGACY_BANDS if bands is None else bands, channels)

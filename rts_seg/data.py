@@ -177,7 +177,11 @@ class TileReader:
                 if b not in self.reads.setdefault(s, []):
                     self.reads[s].append(b)
 
-    def path(self, source: str, tile_id: str) -> str:
+    def path(
+        self,
+        source: str,  # a raster folder, e.g. S2
+        tile_id: str,  # the tile
+    ) -> str:
         return join(self.root, source, f'{tile_id}.tif')
 
     def read(self, tile_id: str) -> tuple[dict[str, np.ndarray], np.ndarray, dict[str, dict]]:
@@ -264,8 +268,7 @@ def compute_stats(
     clip: tuple[float, float] = (1.0, 99.0),  # percentiles to clip each channel at
     extra_channels: list[str] | tuple[str, ...] = (),  # today's layout: aux bands after red, green, blue
     bins: int = 4096,  # histogram bins of a channel that is not a small integer type
-    channels: list[str]
-    | None = None,  # every input channel by name (`data.input_channels`); None: RGB + extra_channels
+    channels: list[str] | None = None,  # every channel by name (`data.input_channels`); None: RGB + extra
     label_map: dict[int, int] | None = None,  # `data.label_map`, for the label check
 ) -> dict:
     "Per-channel clip bounds, mean and std over `tile_ids`, streaming over tiles; the labels are checked on the way."
