@@ -18,7 +18,7 @@ from .bands import BANDS_FILE, read_bands, resolve_channels
 from .config import DataConfig
 from .core import RtsSegError, atomic_path
 from .data import compute_stats, get_dls, read_label, read_metadata, read_source, read_splits, split_tiles
-from .io import grid_units, join, list_names, open_raster, retry, valid_mask
+from .io import grid_units, join, list_names, valid_mask
 
 # %% auto #0
 __all__ = ['MOSTLY_NODATA', 'FEW_SLUMP_PX', 'Problem', 'check_tile', 'show_batch', 'check_loader', 'check_data']
@@ -37,14 +37,9 @@ class Problem:
         return f'{self.tile_id}: {self.file}: {"" if self.level == "error" else self.level + ": "}{self.problem}'
 
 # %% ../nbs/05a_checks.ipynb #4bf68525
-def _profile(path):
-    "(count, dtype, shape, crs, transform, nodata) of a raster, read from its header only."
-
-    def rd():
-        with open_raster(path) as s:
-            return s.count, s.dtypes[0], s.shape, s.crs, s.transform, s.nodata
-
-    return retry(rd, path)
+def _profile(p: dict) -> tuple:
+    "(count, dtype, shape, crs, transform, nodata) of a raster's rasterio profile."
+    return p['count'], p['dtype'], (p['height'], p['width']), p['crs'], p['transform'], p['nodata']
 
 
 MOSTLY_NODATA = 0.5  # a tile with less than this share of valid pixels is reported
@@ -67,14 +62,14 @@ def check_tile(
     got: dict[str, tuple] = {}
     for s in sources:
         try:
-            a, _ = read_source(root, tile_id, s, bands)
-            got[s] = (a, _profile(f[s]))
+            a, prof = read_source(root, tile_id, s, bands)  # one read: pixels and profile
+            got[s] = (a, _profile(prof))
         except RtsSegError as e:
             probs.append(Problem(tile_id, f[s], str(e).replace(f'{f[s]}: ', '')))
     lbl = None
     try:
-        lbl, _ = read_label(root, tile_id, label_map)
-        got['labels'] = (lbl, _profile(f['labels']))
+        lbl, prof = read_label(root, tile_id, label_map)
+        got['labels'] = (lbl, _profile(prof))
     except RtsSegError as e:
         probs.append(Problem(tile_id, f['labels'], str(e).replace(f'{f["labels"]}: ', '')))
     if train_class not in ('Positive', 'Negative'):
