@@ -401,35 +401,128 @@ def cmd_image_check(sub):
     s.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #bd92b02f
+def _evaluate_summary(r: dict, iou: str, out: Path) -> str:
+    "The line `rts-seg evaluate` prints: scores with their 95 % intervals, or the model among several truths."
+    from rts_seg.evaluate import _ci_text
+
+    if 'standing' in r:  # several truths
+        s, f = r['standing'], f'f1@{iou}'
+        rng = lambda v: f'{v[0]:.3f}-{v[1]:.3f}'
+        rank = lambda m: f'{m["rank"]} of {m["of"]}' + (f' (tied with {m["tied"]})' if m['tied'] else '')
+        return (
+            f'{r["n_images"]} image(s), {len(r["truths"])} truths: the model against them: pixel IoU median '
+            f'{s["pixel_iou"]["model_median"]:.3f}, F1@{iou} as mapped median {s[f]["model_median"]:.3f}; '
+            f'the truths against each other: pixel IoU median {s["pixel_iou"]["experts_median"]:.3f} '
+            f'({rng(s["pixel_iou"]["experts_range"])}), F1@{iou} median {s[f]["experts_median"]:.3f} '
+            f'({rng(s[f]["experts_range"])}); the model ranks {rank(s[f])} by median F1@{iou} '
+            f'({rank(s["pixel_iou"])} by pixel IoU) -> {out / "evaluation.json"}'
+        )
+    ci = r['ci95']
+    o, m = r['objects'][iou], r['objects_mapped'][iou]
+    co, cm = (
+        ci[k][iou] if ci[k] else dict(precision=None, recall=None, f1=None) for k in ('objects', 'objects_mapped')
+    )
+    prf = lambda o, c: ' '.join(
+        f'{k[0].upper() if k != "f1" else "F1"} {_ci_text(o[k], c[k])}' for k in ('precision', 'recall', 'f1')
+    )
+    how = (
+        f'95 % intervals over {ci["resamples"]} resamples of {ci["n"]} {ci["unit"]}s'
+        if ci['pixel_iou'] or ci['pr_auc']
+        else f'no interval: {ci.get("reason", "no resample has a score")}'
+    )
+    return (
+        f'{r["n_images"]} image(s): pixel IoU {_ci_text(r["pixel_iou"], ci["pixel_iou"])}, '
+        f'PR-AUC {_ci_text(r["pr_auc"], ci["pr_auc"])}; objects at IoU {iou}: as mapped (>= {r["min_area_m2"]:g} m2) '
+        f'{prf(m, cm)}, raw (every component) {prf(o, co)} ({how}) -> {out / "evaluation.json"}'
+    )
+
+
 def cmd_evaluate(sub):
-    "rts-seg evaluate: pixel IoU, PR-AUC and object scores of predictions against ground truth."
-    e = sub.add_parser('evaluate', help='score predictions against label GeoTIFFs or polygons')
-    e.add_argument('--pred', required=True, help='output folder of rts-seg predict')
+    "rts-seg evaluate: pixel IoU, PR-AUC and object scores (with 95 % intervals) of predictions, or of a model, against one or several truths."
+    e = sub.add_parser(
+        'evaluate', help='score predictions (or a model) against label GeoTIFFs or polygons, of one or several experts'
+    )
+    e.add_argument('--pred', default=None, help='output folder of rts-seg predict')
     e.add_argument(
-        '--truth', required=True, help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file'
+        '--model',
+        nargs='+',
+        default=None,
+        help='instead of --pred: model bundle(s) (best.pth; several, or a folder of runs: an ensemble) to predict --images with',
+    )
+    e.add_argument(
+        '--images', nargs='+', default=None, help='with --model: GeoTIFFs (or folders of them) named as the labels'
+    )
+    e.add_argument(
+        '--truth',
+        required=True,
+        nargs='+',
+        help='folder of label GeoTIFFs ({name}.tif or {name}_label.tif), or a polygon file (any CRS); several: '
+        'experts, scored against each other too',
     )
     e.add_argument(
         '--iou', type=float, nargs='+', default=[0.1, 0.3, 0.5], help='object IoU thresholds (default 0.1 0.3 0.5)'
     )
-    e.add_argument('--out', default=None, help='folder for evaluation.json and pr_curve.png (default --pred)')
+    e.add_argument(
+        '--out', default=None, help='folder for evaluation.json and pr_curve.png (default --pred; with --model: needed)'
+    )
     e.add_argument(
         '--min-area-m2',
         type=float,
         default=None,
         help="mapped objects: the smallest polygon kept (default: the prediction's, from its inference_log.json)",
     )
+    e.add_argument(
+        '--regions',
+        default=None,
+        help="CSV with tile_id and RegionName: the intervals resample regions (default: the truth dataset's metadata.csv)",
+    )
+    e.add_argument(
+        '--unit',
+        choices=['auto', 'image', 'region'],
+        default='auto',
+        help='what the 95 %% intervals resample: auto (regions when there are 5 or more), image or region',
+    )
+    e.add_argument('--resamples', type=int, default=1000, help='bootstrap resamples of the intervals (default 1000)')
+    e.add_argument('--config', default=None, help='with --model: YAML with an inference section')
+    e.add_argument(
+        '--bands', nargs='+', default=None, help="with --model: the images' bands in the model's order, as for predict"
+    )
+    e.add_argument('--device', default=None, help='with --model: shortcut for inference.device=...')
 
     def fn(a):
-        from rts_seg.evaluate import evaluate
+        if a.model and a.pred:
+            raise RtsSegError('give --pred (a prediction folder) or --model (with --images), not both')
+        if not (a.model or a.pred):
+            raise RtsSegError('give --pred (the output folder of rts-seg predict) or --model with --images')
+        if a.model and not a.images:
+            raise RtsSegError('--model needs --images: the GeoTIFFs to predict, named as the labels of --truth')
+        if a.images and not a.model:
+            raise RtsSegError('--images goes with --model; to score predictions already made, give --pred alone')
+        if a.model and not a.out:
+            raise RtsSegError('--model needs --out: the folder for the predictions (out/pred) and evaluation.json')
+        kw = dict(ious=a.iou, min_area_m2=a.min_area_m2, regions=a.regions, unit=a.unit, resamples=a.resamples)
+        if a.model:
+            cfg = predict_config(
+                argparse.Namespace(
+                    config=a.config,
+                    bands=a.bands,
+                    overrides=[],
+                    tile_size=None,
+                    stride=None,
+                    batch_size=None,
+                    threshold=None,
+                    device=a.device,
+                )
+            )
+            from rts_seg.evaluate import evaluate_model
 
-        r = evaluate(a.pred, a.truth, a.iou, a.out, a.min_area_m2)
-        iou = str(a.iou[min(1, len(a.iou) - 1)])
-        o, m = r['objects'][iou], r['objects_mapped'][iou]
-        print(
-            f'{r["n_images"]} image(s): pixel IoU {r["pixel_iou"]:.3f}, PR-AUC {r["pr_auc"]:.3f}; objects at IoU {iou}: '
-            f'as mapped (>= {r["min_area_m2"]:g} m2) P {m["precision"]:.3f} R {m["recall"]:.3f} F1 {m["f1"]:.3f}, '
-            f'raw (every component) P {o["precision"]:.3f} R {o["recall"]:.3f} F1 {o["f1"]:.3f} -> {Path(a.out or a.pred) / "evaluation.json"}'
-        )
+            r = evaluate_model(a.model, a.images, a.truth, a.out, cfg, **kw)
+        else:
+            from rts_seg.evaluate import evaluate
+
+            r = evaluate(a.pred, a.truth, out=a.out, **kw)
+        iou = str(float(a.iou[min(1, len(a.iou) - 1)]))
+        print(_evaluate_summary(r, iou, Path(a.out or a.pred)))
 
     e.set_defaults(fn=fn)
 

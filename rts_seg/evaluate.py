@@ -11,9 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pyogrio
+import pyogrio.raw
 import rasterio
+import shapely
 from rasterio.features import rasterize
-from rasterio.warp import transform_geom
+from rasterio.warp import reproject, transform_bounds, transform_geom
 from scipy import ndimage
 
 from .config import DEFAULT_MIN_AREA_M2
@@ -21,7 +24,8 @@ from .core import RtsSegError, atomic_path, atomic_write_text
 from .objects import match_objects
 
 # %% auto #0
-__all__ = ['SIZE_BINS', 'NBINS', 'evaluate', 'compare_polygons', 'agreement']
+__all__ = ['SIZE_BINS', 'NBINS', 'CI_RESAMPLES', 'CI_SEED', 'REGIONS_MIN', 'RECALL_GRID', 'image_stats', 'resample_scores',
+           'bootstrap_ci', 'evaluate', 'compare_polygons', 'agreement']
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
 SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')]  # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
@@ -50,21 +54,50 @@ def _pairs(pred: Path, truth: Path):
     return out
 
 
-def _truth_on(t: Path, src) -> np.ndarray:
-    "Truth (0, 1, 255) on the grid of the open raster `src`."
+def _check_truth(t: Path):
+    "Refuse, in one line naming it, a truth that is missing or that neither GDAL nor OGR can read."
+    if not t.exists():
+        raise RtsSegError(f'truth not found: {t}')
+    if t.is_dir():
+        return
+    try:
+        if t.suffix.lower() in ('.tif', '.tiff'):
+            with rasterio.open(t):
+                pass
+        else:
+            pyogrio.read_info(t)
+    except Exception as e:  # GDAL's and OGR's errors have no common type
+        raise RtsSegError(
+            f'cannot read truth {t} ({" ".join(str(e).split()).split("; ")[0]}): give a polygon file (GeoPackage, GeoJSON, '
+            'shapefile) or label GeoTIFFs'
+        ) from None
+
+
+def _polygons(t: Path, cache: dict | None = None) -> tuple:
+    "(CRS, non-empty shapely geometries) of a polygon file, read once per `cache`."
+    if cache is not None and t in cache:
+        return cache[t]
+    meta, _, geoms, _ = pyogrio.raw.read(t, read_geometry=True, columns=[])
+    # a feature without a geometry (as some shapefiles hold) or with an empty one marks nothing
+    v = meta['crs'], [x for x in shapely.from_wkb(geoms) if x is not None and not x.is_empty]
+    if cache is not None:
+        cache[t] = v
+    return v
+
+
+def _truth_on(t: Path, src, cache: dict | None = None) -> np.ndarray:
+    "Truth (0, 1, 255) on the grid of the open raster `src`: polygons drawn, labels of another grid reprojected."
     if t.suffix.lower() in ('.tif', '.tiff'):
         with rasterio.open(t) as l:
-            if (l.crs, l.transform, l.shape) != (src.crs, src.transform, src.shape):
-                raise RtsSegError(f'{t} is not on the grid of its prediction (CRS, transform or shape differ)')
-            return l.read(1)
-    import pyogrio.raw
-
-    meta, _, geoms, _ = pyogrio.raw.read(t, read_geometry=True, columns=[])
-    import shapely
-
-    # a feature without a geometry (as some shapefiles hold) or with an empty one marks nothing
-    drawn = [x for x in shapely.from_wkb(geoms) if x is not None and not x.is_empty]
-    gs = [transform_geom(meta['crs'], src.crs, x.__geo_interface__) for x in drawn]
+            if (l.crs, l.transform, l.shape) == (src.crs, src.transform, src.shape):
+                return l.read(1)
+            if l.crs is None:
+                raise RtsSegError(f'{t} has no CRS and is not on the grid of its prediction {src.name}')
+            y = np.full(src.shape, 255, np.uint8)  # outside the labels: ignored
+            reproject(rasterio.band(l, 1), y, dst_transform=src.transform, dst_crs=src.crs, dst_nodata=255)
+            return y  # nearest neighbour, the default: labels stay 0, 1, 255
+    crs, drawn = _polygons(t, cache)
+    gs = [transform_geom(crs, src.crs, x.__geo_interface__) for x in drawn]
     return (
         rasterize(((g, 1) for g in gs), out_shape=src.shape, transform=src.transform, fill=0, dtype='uint8')
         if gs
@@ -96,7 +129,7 @@ def _min_area(pred: Path, min_area_m2: float | None) -> tuple[float, str]:
 
 
 def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
-    "Add the matched and unmatched components of `pl` and the missed ones of `tl`, by size bin, to `obj`."
+    "Add the matched (0) and unmatched (1) components of `pl`, and the missed ones of `tl` (2), by size bin, to `obj`."
     pl = np.where(valid, pl, 0)
     psize = np.bincount(pl.ravel(), minlength=npred + 1)[1:]
     with np.errstate(invalid='ignore'):  # a component all ignore pixels has no mean; it is left out below
@@ -105,14 +138,109 @@ def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
         [int(i) + 1 for i in np.argsort(-np.nan_to_num(np.asarray(mean_p)), kind='stable') if psize[i]] if npred else []
     )
     pbin = [_size_bin(a * px) for a in psize]
-    for iou in ious:
+    for k, iou in enumerate(ious):
         m = match_objects(pl, tl, order, ntruth, iou)
         for p in order:
-            obj[iou]['tp' if p in m else 'fp'][pbin[p - 1]] += 1
+            obj[k, 0 if p in m else 1, pbin[p - 1]] += 1
         hit = set(m.values())
-        for k in range(1, ntruth + 1):
-            if k not in hit and tsize[k - 1]:
-                obj[iou]['fn'][tbin[k - 1]] += 1
+        for t in range(1, ntruth + 1):
+            if t not in hit and tsize[t - 1]:
+                obj[k, 2, tbin[t - 1]] += 1
+
+
+def image_stats(
+    prob: np.ndarray,  # probabilities, float32, -1 where there is no data
+    mask: np.ndarray,  # the mask at the prediction's threshold, 0/1
+    y: np.ndarray,  # the truth on the same grid: 0, 1, 255 (ignore)
+    px: float,  # pixel area, m2
+    ious: Sequence[float],  # object IoU thresholds
+    min_area_m2: float,  # mapped objects: smallest component kept
+) -> dict:
+    "One image's counts, from which every score (and every bootstrap resample) is computed: they add up over images."
+    valid = (prob >= 0) & (y != 255)
+    p1, t1 = (mask == 1) & valid, (y == 1) & valid
+    b = np.minimum((prob[valid] * NBINS).astype(int), NBINS - 1)
+    hist = np.stack([np.bincount(b[y[valid] == k], minlength=NBINS) for k in (0, 1)])
+    # objects are whole components (an ignore band does not split them); their ignore pixels count nowhere
+    pl, npred = ndimage.label((mask == 1) & (prob >= 0))
+    tl, ntruth = ndimage.label(y == 1)
+    tl = np.where(valid, tl, 0)
+    tsize = np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
+    tbin = [_size_bin(a * px) for a in tsize]
+    # objects[iou, (tp, fp, fn), size bin]; raw: every component of the mask; mapped: those of at least min_area_m2
+    obj = np.zeros((len(ious), 3, len(SIZE_BINS) - 1), np.int64)
+    _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious)
+    small = np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2  # whole components, as vectorize measures
+    small[0] = True
+    if small[1:].any():
+        obj_map = np.zeros_like(obj)
+        _tally(obj_map, prob, np.where(small[pl], 0, pl), npred, tl, ntruth, tsize, tbin, valid, px, ious)
+    else:
+        obj_map = obj.copy()  # nothing below the minimum: the map is the mask
+    pixels = np.array([(p1 & t1).sum(), (p1 | t1).sum()], np.int64)
+    return dict(pixels=pixels, hist=hist, objects=obj, objects_mapped=obj_map)
+
+
+def _pr(hist: np.ndarray) -> tuple:
+    "Recall, precision (threshold at each bin edge, from high to low) and average precision of (..., 2, NBINS) histograms."
+    tp = np.cumsum(hist[..., 1, ::-1], -1)
+    fp = np.cumsum(hist[..., 0, ::-1], -1)
+    pos = hist[..., 1, :].sum(-1)
+    prec = tp / np.maximum(tp + fp, 1)
+    rec = tp / np.maximum(pos, 1)[..., None]
+    steps = np.diff(rec, axis=-1, prepend=0)
+    ap = np.where(pos > 0, np.sum(steps * prec, -1), np.nan)
+    return rec, prec, ap
+
+
+def _prf(tp, fp, fn) -> tuple:
+    "Precision, recall (NaN without a prediction, or without truth) and F1 (0 when both are 0 or NaN); arrays broadcast."
+    tp, fp, fn = (np.asarray(a, float) for a in (tp, fp, fn))
+    with np.errstate(invalid='ignore', divide='ignore'):
+        p, r = tp / (tp + fp), tp / (tp + fn)
+        p0, r0 = np.nan_to_num(p), np.nan_to_num(r)
+        f1 = np.where(p0 + r0 > 0, 2 * p0 * r0 / (p0 + r0), 0.0)
+    return p, r, f1
+
+
+def _metrics(
+    s: dict,  # summed `image_stats`
+    ious: Sequence[float],  # object IoU thresholds
+    min_area_m2: float,  # the minimum area of the mapped objects
+    n: int,  # images
+) -> dict:
+    "Pixel IoU, PR-AUC, raw and mapped object scores of summed counts, and the PR curve (`_curve`: recall, precision)."
+    inter, union = (int(v) for v in s['pixels'])
+    rec, prec, ap = _pr(s['hist'])
+
+    def prf(tp, fp, fn):
+        p, r, f1 = _prf(tp, fp, fn)
+        return dict(tp=int(tp), fp=int(fp), fn=int(fn), precision=float(p), recall=float(r), f1=float(f1))
+
+    names = [f'{lo:g}-{hi:g}' for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
+    scores = lambda obj: {
+        str(iou): dict(
+            **prf(*o.sum(-1)),
+            by_size_m2={nm: prf(*o[:, i]) for i, nm in enumerate(names)},
+        )
+        for iou, o in zip(ious, obj)
+    }
+    return dict(
+        n_images=n,
+        pixel_iou=inter / union if union else float('nan'),
+        pixel_intersection=inter,
+        pixel_union=union,
+        pr_auc=float(ap),
+        objects=scores(s['objects']),
+        min_area_m2=min_area_m2,
+        objects_mapped=scores(s['objects_mapped']),
+        _curve=(rec, prec),
+    )
+
+
+def _total(stats: Sequence[dict]) -> dict:
+    "Counts of several images added up."
+    return {k: sum(s[k] for s in stats) for k in ('pixels', 'hist', 'objects', 'objects_mapped')}
 
 
 def _score(
@@ -120,100 +248,358 @@ def _score(
     ious: Sequence[float],  # object IoU thresholds
     min_area_m2: float,  # mapped objects: smallest component kept
 ) -> dict:
-    "Pixel IoU, PR-AUC, raw and mapped object scores of `items`, and the PR curve (`_curve`: recall, precision)."
-    inter = union = n = 0
-    hist = np.zeros((2, NBINS), np.int64)
-    nb = len(SIZE_BINS) - 1
-    new = lambda: {iou: dict(tp=np.zeros(nb, int), fp=np.zeros(nb, int), fn=np.zeros(nb, int)) for iou in ious}
-    obj, obj_map = new(), new()  # raw: every component of the mask; mapped: those of at least min_area_m2
-    for prob, mask, y, px in items:
-        n += 1
-        valid = (prob >= 0) & (y != 255)
-        p1, t1 = (mask == 1) & valid, (y == 1) & valid
-        inter += int((p1 & t1).sum())
-        union += int((p1 | t1).sum())
-        b = np.minimum((prob[valid] * NBINS).astype(int), NBINS - 1)
-        hist += np.stack([np.bincount(b[y[valid] == k], minlength=NBINS) for k in (0, 1)])
-        # objects are whole components (an ignore band does not split them); their ignore pixels count nowhere
-        pl, npred = ndimage.label((mask == 1) & (prob >= 0))
-        tl, ntruth = ndimage.label(y == 1)
-        tl = np.where(valid, tl, 0)
-        tsize = np.bincount(tl.ravel(), minlength=ntruth + 1)[1:]
-        tbin = [_size_bin(a * px) for a in tsize]
-        _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious)
-        # whole components, as vectorize measures them
-        small = np.bincount(pl.ravel(), minlength=npred + 1) * px < min_area_m2
-        small[0] = True
-        _tally(obj_map, prob, np.where(small[pl], 0, pl), npred, tl, ntruth, tsize, tbin, valid, px, ious)
-    # PR curve from the histograms: a threshold at each bin edge, from high to low
-    tp = np.cumsum(hist[1][::-1])
-    fp = np.cumsum(hist[0][::-1])
-    prec = tp / np.maximum(tp + fp, 1)
-    rec = tp / max(hist[1].sum(), 1)
-    ap = float(np.sum(np.diff(np.concatenate([[0], rec])) * prec)) if hist[1].sum() else float('nan')
-    f1 = lambda p, r: float(2 * p * r / (p + r)) if p + r else 0.0
+    "Scores of `items` (`_metrics`), with each image's counts (`_stats`) for the bootstrap."
+    stats = [image_stats(*it, ious, min_area_m2) for it in items]
+    if not stats:
+        raise RtsSegError('nothing to score: no image')
+    return dict(**_metrics(_total(stats), ious, min_area_m2, len(stats)), _stats=stats)
 
-    def prf(tp, fp, fn):
-        p, r = (tp / (tp + fp) if tp + fp else float('nan')), (tp / (tp + fn) if tp + fn else float('nan'))
+# %% ../nbs/11b_evaluate.ipynb #cfbbc020
+CI_RESAMPLES = 1000  # bootstrap resamples of the confidence intervals
+CI_SEED = 0  # their seed: the same prediction and truth give the same intervals
+REGIONS_MIN = 5  # regions are resampled (unit 'auto') when there are at least this many
+RECALL_GRID = np.linspace(0, 1, 101)  # recall at which the PR curve's band is drawn
+
+
+def _units(
+    stats: Sequence[dict],  # `image_stats` of each image
+    groups: Sequence | None = None,  # each image's region (None: each image its own unit)
+) -> dict:
+    "Per resampling unit, flat arrays of its counts: pixels (n, 2), hist (n, 2 NBINS), objects (n, ious, 3) over all sizes."
+    u = dict(
+        pixels=np.stack([s['pixels'] for s in stats]),
+        hist=np.stack([s['hist'].ravel() for s in stats]),
+        objects=np.stack([s['objects'].sum(-1) for s in stats]),
+        objects_mapped=np.stack([s['objects_mapped'].sum(-1) for s in stats]),
+    )
+    if groups is None:
+        return u
+    _, inv = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
+    member = (inv[None, :] == np.arange(inv.max() + 1)[:, None]).astype(np.int64)  # (regions, images)
+    return {k: np.tensordot(member, v, 1) for k, v in u.items()}
+
+
+def resample_scores(
+    units: dict,  # `_units`: counts per resampling unit
+    w: np.ndarray,  # (B, n) how many times each unit is drawn in each of B resamples
+) -> dict:
+    "The scores of each resample (arrays of B): pixel IoU, PR-AUC, objects' precision/recall/F1 per IoU, PR-curve band."
+    w = np.asarray(w, float)
+    pix = w @ units['pixels']
+    with np.errstate(invalid='ignore', divide='ignore'):
+        iou = np.where(pix[:, 1] > 0, pix[:, 0] / pix[:, 1], np.nan)
+    rec, prec, ap = _pr((w @ units['hist']).reshape(len(w), 2, NBINS))
+    curve = np.stack([np.interp(RECALL_GRID, r, p) for r, p in zip(rec, prec)])
+    objs = {}
+    for fam in ('objects', 'objects_mapped'):
+        o = np.tensordot(w, units[fam], 1)  # (B, ious, 3)
+        objs[fam] = _prf(o[..., 0], o[..., 1], o[..., 2])  # each (B, ious)
+    return dict(pixel_iou=iou, pr_auc=ap, curve=curve, **objs)
+
+
+def _interval(a: np.ndarray, level: float) -> list | None:
+    "The central `level` percentile interval of the finite values of `a`; None when there are none."
+    a = a[np.isfinite(a)]
+    if not len(a):
+        return None
+    q = 100 * (1 - level) / 2
+    return [float(v) for v in np.percentile(a, [q, 100 - q])]
+
+
+def bootstrap_ci(
+    stats: Sequence[dict],  # `image_stats` of each image
+    ious: Sequence[float],  # the IoU thresholds the stats hold
+    groups: Sequence | None = None,  # each image's region, to resample regions; None: images
+    resamples: int = CI_RESAMPLES,  # bootstrap resamples
+    seed: int = CI_SEED,  # random seed of the draws
+    level: float = 0.95,  # coverage of the intervals
+) -> dict:
+    "Percentile bootstrap intervals of pixel IoU, PR-AUC and object precision/recall/F1, resampling images (or regions)."
+    unit = 'image' if groups is None else 'region'
+    u = _units(stats, groups)
+    n = len(u['pixels'])
+    head = dict(unit=unit, n=n, resamples=resamples, seed=seed, level=level)
+    if n < 2:
         return dict(
-            tp=int(tp), fp=int(fp), fn=int(fn), precision=p, recall=r, f1=f1(np.nan_to_num(p), np.nan_to_num(r))
+            head,
+            resamples=0,
+            reason=f'one {unit}: an interval needs at least two {unit}s to resample',
+            pixel_iou=None,
+            pr_auc=None,
+            objects=None,
+            objects_mapped=None,
         )
-
-    names = [f'{lo:g}-{hi:g}' for lo, hi in zip(SIZE_BINS[:-1], SIZE_BINS[1:])]
-    scores = lambda obj: {
-        str(iou): dict(
-            **prf(o['tp'].sum(), o['fp'].sum(), o['fn'].sum()),
-            by_size_m2={n: prf(o['tp'][i], o['fp'][i], o['fn'][i]) for i, n in enumerate(names)},
-        )
-        for iou, o in obj.items()
+    w = np.random.default_rng(seed).multinomial(n, np.full(n, 1 / n), size=resamples)
+    r = resample_scores(u, w)
+    fam = lambda prf: {
+        str(iou): {m: _interval(v[:, k], level) for m, v in zip(('precision', 'recall', 'f1'), prf)}
+        for k, iou in enumerate(ious)
     }
+    q = 100 * (1 - level) / 2
+    with np.errstate(all='ignore'):
+        band = np.nanpercentile(r['curve'], [q, 100 - q], axis=0)
     return dict(
-        n_images=n,
-        pixel_iou=inter / union if union else float('nan'),
-        pixel_intersection=inter,
-        pixel_union=union,
-        pr_auc=ap,
-        objects=scores(obj),
-        min_area_m2=min_area_m2,
-        objects_mapped=scores(obj_map),
-        _curve=(rec, prec),
+        head,
+        pixel_iou=_interval(r['pixel_iou'], level),
+        pr_auc=_interval(r['pr_auc'], level),
+        objects=fam(r['objects']),
+        objects_mapped=fam(r['objects_mapped']),
+        _band=band,
     )
 
 
-def evaluate(
-    pred: str | Path,  # output folder of `rts-seg predict`
-    truth: str | Path,  # folder of label GeoTIFFs, or a polygon file (GeoJSON, GeoPackage)
-    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
-    out: str | Path | None = None,  # where evaluation.json and pr_curve.png go; default `pred`
-    min_area_m2: float | None = None,  # mapped objects: smallest component kept; None: the prediction's
+def _regions(
+    names: Sequence[str],  # the images' names (scene stem, tile id)
+    truth: Path,  # the truth (a label folder inside a dataset has metadata.csv beside it)
+    regions: str | Path | dict | None,  # tile list CSV (tile_id, RegionName) or {name: region}; None: the dataset's
+) -> tuple[list | None, str | None]:
+    "Each image's region (None when unknown), and where they came from."
+    src = regions
+    if regions is None:
+        meta = truth.parent / 'metadata.csv'
+        if not (truth.is_dir() and meta.is_file()):
+            return None, None
+        src = regions = meta
+    if not isinstance(regions, dict):
+        import pandas as pd
+
+        if not Path(regions).is_file():
+            raise RtsSegError(f'region list not found: {regions}')
+        df = pd.read_csv(regions, dtype=str, keep_default_na=False)
+        if not {'tile_id', 'RegionName'} <= set(df.columns):
+            raise RtsSegError(f'{regions} needs tile_id and RegionName columns (it has {", ".join(df.columns)})')
+        regions = dict(zip(df.tile_id, df.RegionName))
+    got = [regions.get(n) for n in names]
+    return (got, str(src)) if all(g is not None for g in got) else (None, None)
+
+
+def _ci(
+    stats: Sequence[dict],  # `image_stats` of each image
+    names: Sequence[str],  # their names
+    ious: Sequence[float],  # IoU thresholds
+    truth: Path,  # where the truth is (a dataset's regions are found beside a label folder)
+    regions: str | Path | dict | None,  # as for `_regions`
+    unit: str,  # auto, image or region
+    resamples: int,  # bootstrap resamples
+    seed: int,  # their seed
 ) -> dict:
-    "Pixel IoU, PR-AUC and object precision/recall/F1 (overall and by size), raw and as mapped, of predictions against truth."
-    pred, truth = Path(pred), Path(truth)
-    if not truth.exists():
-        raise RtsSegError(f'truth not found: {truth}')
-    min_area_m2, min_area_source = _min_area(pred, min_area_m2)
+    "`bootstrap_ci` over regions or images, as `unit` asks and the regions allow."
+    if unit not in ('auto', 'image', 'region'):
+        raise RtsSegError(f'unit {unit!r}: auto, image or region')
+    groups, src = _regions(names, truth, regions) if unit != 'image' else (None, None)
+    k = len(set(groups)) if groups else 0
+    note = None
+    if unit == 'region' and k < 2:
+        raise RtsSegError(
+            f'resampling regions needs at least two: {"the images have " + str(k) if groups else "no region is known for every image"}; '
+            'give a tile list with tile_id and RegionName (--regions), or resample images'
+        )
+    if unit == 'auto' and groups and k < REGIONS_MIN:
+        note = f'{k} region(s), fewer than {REGIONS_MIN}: images resampled (neighbouring tiles are not independent)'
+        groups = None
+    ci = bootstrap_ci(stats, ious, groups, resamples, seed)
+    if src:
+        ci['regions_from'] = src
+    if note:
+        ci['note'] = note
+    return ci
 
-    def items():
-        for name, pp, mp, t in _pairs(pred, truth):
-            with rasterio.open(pp) as ps, rasterio.open(mp) as ms:
-                yield ps.read(1), ms.read(1), _truth_on(t, ps), abs(ps.transform.a * ps.transform.e)
+# %% ../nbs/11b_evaluate.ipynb #1475026b
+def _names(truths: Sequence[Path]) -> list[str]:
+    "Short distinct names of the truths: their stems, else their folders' names (experts/01/site.shp: 01), else paths."
+    for f in (lambda p: p.stem, lambda p: p.parent.name, lambda p: f'{p.parent.name}/{p.stem}', str):
+        names = [f(t) for t in truths]
+        if len(set(names)) == len(names) and all(names):
+            return names
+    raise RtsSegError(f'a truth is given twice: {next(t for t in truths if truths.count(t) > 1)}')
 
-    s = _score(items(), ious, min_area_m2)
-    rec, prec = s.pop('_curve')
-    mapped = s.pop('objects_mapped')
-    res = dict(pred=str(pred), truth=str(truth), **s, min_area_source=min_area_source, objects_mapped=mapped)
-    out = Path(out or pred)
-    atomic_write_text(out / 'evaluation.json', json.dumps(res, indent=2))
-    from matplotlib.figure import (
-        Figure,
-    )  # not pyplot: no global state, no backend switch (inline plots in a notebook keep working)
+
+def _images(pred: Path, truths: Sequence[Path]) -> list[tuple]:
+    "(name, prob, mask, [each truth's source]) of the predictions every truth has a label for."
+    by = [{n: t for n, _, _, t in _pairs(pred, t)} for t in truths]
+    out = [(n, p, m, [b[n] for b in by]) for n, p, m, _ in _pairs(pred, truths[0]) if all(n in b for b in by)]
+    if not out:
+        raise RtsSegError(f'no prediction in {pred} has a label in every truth folder ({", ".join(map(str, truths))})')
+    return out
+
+
+def _overlaps(t: Path, y: np.ndarray, src, cache: dict) -> bool:
+    "Whether truth `t` reaches the grid of `src`: labels not all ignore, or polygons (if any) whose bounds meet it."
+    if t.suffix.lower() in ('.tif', '.tiff'):
+        return bool((y != 255).any())
+    crs, drawn = _polygons(t, cache)
+    if not drawn:
+        return True  # a truth without slumps: nothing to place
+    b = transform_bounds(crs, src.crs, *shapely.total_bounds(drawn))
+    s = src.bounds
+    return b[0] <= s.right and b[2] >= s.left and b[1] <= s.top and b[3] >= s.bottom
+
+
+def _standing(
+    by_truth: dict,  # the model's scores against each truth, by name
+    pairs: dict,  # each truth's scores against each other, by (prediction, truth) names
+    ious: Sequence[float],  # IoU thresholds
+) -> dict:
+    "Where the model stands among the truths: its median against them beside their pairwise median, range and ranks."
+    names, out = list(by_truth), {}
+    pick = {'pixel_iou': (lambda r: r['pixel_iou'], lambda r: r['pixel_iou'])}
+    for iou in map(str, ious):  # the model as mapped; drawn polygons need no minimum area
+        pick[f'f1@{iou}'] = (
+            lambda r, i=iou: r['objects_mapped'][i]['f1'],
+            lambda r, i=iou: r['objects'][i]['f1'],
+        )
+    for metric, (of_model, of_pair) in pick.items():
+        model = {n: of_model(by_truth[n]) for n in names}
+        pw = np.array([of_pair(r) for r in pairs.values()], float)
+        med = float(np.nanmedian(list(model.values())))
+        # each truth's median against the others: the model's median is ranked among them
+        each = {n: float(np.nanmedian([of_pair(r) for (a, _), r in pairs.items() if a == n])) for n in names}
+        out[metric] = dict(
+            model=model,
+            model_median=med,
+            experts_median=float(np.nanmedian(pw)),
+            experts_range=[float(np.nanmin(pw)), float(np.nanmax(pw))],
+            experts_each_median=each,
+            rank=1 + sum(v > med for v in each.values()),  # ties: the model first
+            tied=sum(v == med for v in each.values()),
+            of=len(names) + 1,
+            pairs_below=float(np.mean(pw[np.isfinite(pw)] < med)),
+        )
+    return out
+
+
+def _clean(m: dict) -> dict:
+    "Scores without their private parts (`_curve`, `_stats`) and without n_images and min_area_m2."
+    return {k: v for k, v in m.items() if not k.startswith('_') and k not in ('n_images', 'min_area_m2')}
+
+
+def _short(r: dict) -> dict:
+    "Pixel IoU and object counts and scores (no size bins) of a `_metrics` result: one expert against another."
+    return dict(
+        pixel_iou=r['pixel_iou'],
+        objects={i: {k: v for k, v in o.items() if k != 'by_size_m2'} for i, o in r['objects'].items()},
+    )
+
+
+def _figure(
+    curves: dict,  # label: (recall, precision)
+    title: str,  # the title
+    path: Path,  # where the PNG goes
+    band: np.ndarray | None = None,  # (2, len(RECALL_GRID)) precision interval along recall
+    band_label: str = '',  # the band's legend
+):
+    "The PR curve(s), with the bootstrap band when given."
+    from matplotlib.figure import Figure  # not pyplot: no global state, no backend switch (notebooks keep their plots)
 
     fig = Figure(figsize=(5, 4))
     ax = fig.subplots()
-    ax.plot(rec, prec)
-    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=f'PR-AUC {res["pr_auc"]:.3f}')
-    with atomic_path(out / 'pr_curve.png') as tmp:
+    if band is not None:
+        ax.fill_between(RECALL_GRID, band[0], band[1], alpha=0.25, lw=0, label=band_label)
+    many = len(curves) > 1
+    for lab, (rec, prec) in curves.items():
+        ax.plot(rec, prec, lw=1 if many else 1.5, label=lab if many else None)
+    ax.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=title)
+    if band is not None or 1 < len(curves) <= 12:
+        ax.legend(fontsize=7, loc='lower left', ncol=2 if many else 1)
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format='png', dpi=100)
+
+
+def _ci_text(v: float, ci: list | None) -> str:
+    "0.610 [0.550, 0.660], or the value alone without an interval."
+    return f'{v:.3f}' + (f' [{ci[0]:.3f}, {ci[1]:.3f}]' if ci else '')
+
+# %% ../nbs/11b_evaluate.ipynb #20d29969
+def evaluate(
+    pred: str | Path,  # output folder of `rts-seg predict`
+    truth: str | Path | Sequence[str | Path],  # label folder or polygon file; several: experts, scored pairwise too
+    ious: Sequence[float] = (0.1, 0.3, 0.5),  # object IoU thresholds
+    out: str | Path | None = None,  # where evaluation.json and pr_curve.png go; default `pred`
+    min_area_m2: float | None = None,  # mapped objects: smallest component kept; None: the prediction's
+    regions: str | Path | dict | None = None,  # tile list (tile_id, RegionName) or {name: region}; None: the dataset's
+    unit: str = 'auto',  # resampled unit of the intervals: auto (regions if enough), image or region
+    resamples: int = CI_RESAMPLES,  # bootstrap resamples
+    seed: int = CI_SEED,  # their seed
+) -> dict:
+    "Pixel IoU, PR-AUC and object P/R/F1 (overall and by size), raw and as mapped, with 95 % intervals; against several truths, their spread too."
+    pred = Path(pred)
+    truths = [Path(truth)] if isinstance(truth, (str, Path)) else [Path(t) for t in truth]
+    if not truths:
+        raise RtsSegError('no truth given')
+    for t in truths:
+        _check_truth(t)
+    names = _names(truths)
+    ious = [float(i) for i in ious]
+    min_area_m2, min_area_source = _min_area(pred, min_area_m2)
+    images, cache = _images(pred, truths), {}
+    model: list[list] = [[] for _ in truths]  # per truth, the model's counts per image
+    pairs: dict = {(a, b): [] for a in range(len(truths)) for b in range(len(truths)) if a != b}
+    reach = [False] * len(truths)
+    for _, pp, mp, ts in images:
+        with rasterio.open(pp) as ps, rasterio.open(mp) as ms:
+            prob, mask, px = ps.read(1), ms.read(1), abs(ps.transform.a * ps.transform.e)
+            ys = [_truth_on(t, ps, cache) for t in ts]
+            reach = [r or _overlaps(t, y, ps, cache) for r, t, y in zip(reach, ts, ys)]
+        for k, y in enumerate(ys):
+            model[k].append(image_stats(prob, mask, y, px, ious, min_area_m2))
+        for a, b in pairs:  # truth a drawn as a prediction (probability 1 inside) against truth b, on the same pixels
+            drawn = (ys[a] == 1).astype(np.uint8)
+            pa = np.where((prob < 0) | (ys[a] == 255), -1, drawn).astype(np.float32)
+            pairs[a, b].append(image_stats(pa, drawn, ys[b], px, ious, 0.0))
+    for t, r in zip(truths, reach):
+        if not r:
+            raise RtsSegError(f'truth {t} does not overlap the prediction in {pred}: is it of another site?')
+    keys = [n for n, *_ in images]
+    scored = [
+        dict(
+            **_metrics(_total(s), ious, min_area_m2, len(s)), ci95=_ci(s, keys, ious, t, regions, unit, resamples, seed)
+        )
+        for s, t in zip(model, truths)
+    ]
+    out = Path(out or pred)
+    head = dict(pred=str(pred))
+    if len(truths) == 1:  # one truth: the scores at the top
+        r = scored[0]
+        rec, prec = r.pop('_curve')
+        ci = r['ci95']
+        band = ci.pop('_band', None)
+        mapped = r.pop('objects_mapped')
+        res = dict(
+            head, truth=str(truths[0]), **{k: v for k, v in r.items() if k != 'ci95'}, min_area_source=min_area_source
+        )
+        res.update(objects_mapped=mapped, ci95=ci)
+        atomic_write_text(out / 'evaluation.json', json.dumps(res, indent=2))
+        what = f'{ci["n"]} {ci["unit"]}s' if ci['pr_auc'] else 'one image: no interval'
+        _figure(
+            {'': (rec, prec)},
+            f'PR-AUC {_ci_text(res["pr_auc"], ci["pr_auc"])}',
+            out / 'pr_curve.png',
+            band,
+            f'{100 * ci["level"]:g} % bootstrap band ({what})',
+        )
+    else:
+        pair_scores = {(names[a], names[b]): _metrics(_total(s), ious, 0.0, len(s)) for (a, b), s in pairs.items()}
+        for r in scored:
+            r['ci95'].pop('_band', None)
+        by_truth = {n: _clean(r) for n, r in zip(names, scored)}
+        res = dict(
+            head,
+            truth=[str(t) for t in truths],
+            truths=dict(zip(names, map(str, truths))),
+            n_images=len(images),
+            min_area_m2=min_area_m2,
+            min_area_source=min_area_source,
+            by_truth=by_truth,
+            standing=_standing(by_truth, pair_scores, ious),
+            pairwise=[dict(pred=a, truth=b, **_short(r)) for (a, b), r in pair_scores.items()],
+        )
+        atomic_write_text(out / 'evaluation.json', json.dumps(res, indent=2))
+        aps = [r['pr_auc'] for r in scored]
+        _figure(
+            {f'{n} ({ap:.2f})': r['_curve'] for n, r, ap in zip(names, scored, aps)},
+            f'against {len(truths)} truths: PR-AUC median {np.nanmedian(aps):.3f}',
+            out / 'pr_curve.png',
+        )
     res['pr_curve_png'] = str(out / 'pr_curve.png')
     return res
 
@@ -240,7 +626,7 @@ def compare_polygons(
         px = abs(src.transform.a * src.transform.e)
     prob = np.where(nodata, -1, ya).astype(np.float32)
     s = _score([(prob, ya, yb, px)], ious, float(min_area_m2))
-    s.pop('_curve')
+    s.pop('_curve'), s.pop('_stats')
     return dict(a=str(a), b=str(b), like=str(like), **s)
 
 
