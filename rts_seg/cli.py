@@ -15,8 +15,8 @@ from .core import RtsSegError, run_cli
 
 # %% auto #0
 __all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'split_bands', 'bands_override', 'predict_config', 'cmd_predict', 'cmd_stats',
-           'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_export',
-           'cmd_serve', 'cmd_launch', 'parser', 'main']
+           'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_track',
+           'cmd_export', 'cmd_serve', 'cmd_launch', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -526,6 +526,60 @@ def cmd_evaluate(sub):
 
     e.set_defaults(fn=fn)
 
+# %% ../nbs/13_cli.ipynb #7f96d772
+def cmd_track(sub):
+    "rts-seg track: slumps followed across years, with a persistent id, status, area change and headwall retreat."
+    e = sub.add_parser('track', help='follow slumps across years of polygons: ids, status, area change, retreat')
+    e.add_argument(
+        '--polygons',
+        nargs='+',
+        required=True,
+        help="one per year: a polygon file, a folder of them (an rts-seg predict output) or a quoted glob ('2019/*.gpkg')",
+    )
+    e.add_argument(
+        '--years', type=int, nargs='+', default=None, help='the year of each (default: the 4-digit year in each name)'
+    )
+    e.add_argument('--out', required=True, help='GeoPackage to write (layers slumps, lineage); .csv and .png beside it')
+    e.add_argument(
+        '--crs', default=None, help="CRS to measure in (default: the first file's if projected, else its UTM zone)"
+    )
+    e.add_argument(
+        '--min-overlap',
+        type=float,
+        default=0.2,
+        help='polygons of consecutive years are one slump when they overlap by this share of the smaller (default 0.2)',
+    )
+    e.add_argument(
+        '--stable-pct', type=float, default=10.0, help="|area change| below this %% per year is 'stable' (default 10)"
+    )
+    e.add_argument(
+        '--join-m',
+        type=float,
+        default=0.0,
+        help='within a year, pieces in different files closer than this are one slump',
+    )
+    e.add_argument(
+        '--layer', default=None, help="layer to read from each file (default: 'rts' if present, else the first)"
+    )
+
+    def fn(a):
+        import sys, warnings
+        from rts_seg.track import track
+
+        with warnings.catch_warnings(record=True) as ws:
+            warnings.simplefilter('always')
+            r = track(a.polygons, a.out, a.years, a.crs, a.min_overlap, a.stable_pct, a.join_m, a.layer)
+        for w in ws:
+            print(f'rts-seg: warning: {w.message}', file=sys.stderr)
+        st = ', '.join(f'{n} {s}' for s, n in r['status'].items() if n)
+        print(
+            f'{r["slumps"]} slumps over {len(r["years"])} years ({", ".join(map(str, r["years"]))}; polygons '
+            f'{"/".join(map(str, r["polygons"]))}) in {r["crs"]}; slump-years: {st} -> {r["gpkg"]} '
+            f'(layers slumps, lineage), {r["csv"]}, {r["png"]}'
+        )
+
+    e.set_defaults(fn=fn)
+
 # %% ../nbs/13_cli.ipynb #6c122e5d
 def cmd_export(sub):
     "rts-seg export: the model as ONNX or TorchScript, with a JSON sidecar of its bundle."
@@ -727,6 +781,7 @@ COMMANDS = [
     cmd_train,
     cmd_predict,
     cmd_evaluate,
+    cmd_track,
     cmd_export,
     cmd_serve,
     cmd_launch,
