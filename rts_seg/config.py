@@ -191,6 +191,9 @@ class InferenceConfig(Section):
     simplify_m: Optional[float] = None  # Douglas-Peucker tolerance in metres; None = the model's (one pixel by default)
     # CRS of each region's merged polygons with a tile list, e.g. EPSG:3413; None: the CRS of most of its tiles
     polygon_crs: Optional[str] = None
+    # a tile list's region mosaics: vrt (GDAL VRTs of the tiles' COGs, polygons unioned only across tile seams; no
+    # pixel copied), cog (one COG per region and CRS, polygons of the whole mosaic) or both
+    mosaics: Literal['vrt', 'cog', 'both'] = 'both'
 
 # %% ../nbs/01_config.ipynb #332b8647
 class Config(Section):

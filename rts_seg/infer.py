@@ -11,24 +11,34 @@ import datetime, hashlib, json, os, re, shutil, signal, sys, tempfile, threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import escape
 
 import pandas as pd
+import pystac
 import rasterio
+import rasterio.transform
+import shapely
+from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.merge import merge
+from rasterio.warp import transform_bounds
+from shapely.geometry import mapping
 import torch
 
-from .export import load_model
 from .config import InferenceConfig
-from .core import RtsSegError, atomic_write_text
+from .core import RtsSegError, atomic_path, atomic_write_text
 from .io import exists, get_fs, is_remote, join
 from .predict import OUTPUTS, TMP_OPTS, Predictor, Scene, predict_scenes, write_cog
 from .vectorize import merge_polygons, vectorize
 
 # %% auto #0
-__all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'RES_RTOL', 'GRID_TOL_PX', 'resolve_shard', 'parse_shard', 'shard_tiles', 'OutDir',
-           'read_tile_list', 'mosaic_grid', 'write_mosaic', 'one_line', 'crs_label', 'build_mosaics', 'run_inference']
+__all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'RES_RTOL', 'GRID_TOL_PX', 'GDAL_TYPES', 'MEDIA', 'resolve_shard', 'parse_shard',
+           'shard_tiles', 'OutDir', 'read_tile_list', 'check_grid', 'mosaic_grid', 'write_mosaic', 'one_line',
+           'crs_label', 'write_region_index', 'region_records', 'tile_grid', 'write_vrt', 'to_geoparquet', 'stac_item',
+           'write_catalog', 'reduce_region', 'build_mosaics', 'run_mosaic', 'resolve_polygon_crs', 'tile_plan',
+           'scene_plan', 'check_images', 'prepare_outputs', 'TileRecorder', 'model_info', 'run_log', 'write_json',
+           'finish_tile_list', 'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
 SHARD_ENV = {
@@ -125,6 +135,7 @@ class OutDir:
             self.local = Path(uri)
             self.local.mkdir(parents=True, exist_ok=True)
         self.last = 0.0
+        self.bytes_in = 0  # bytes of the files `fetch` and `get` gave: what a reduce moves
 
     def publish(self, *rels: str, keep: bool = False):
         "Upload files (paths relative to the folder) of a remote folder; remove the local copies unless `keep`."
@@ -138,12 +149,19 @@ class OutDir:
     def fetch(self, pattern: str) -> list[str]:
         "Download the files matching `pattern` (relative glob) of a remote folder; their relative paths."
         if not self.remote:
-            return sorted(str(p.relative_to(self.local)) for p in self.local.glob(pattern))
+            return self.get(*sorted(str(p.relative_to(self.local)) for p in self.local.glob(pattern)))
         rels = [u[len(self.fs._strip_protocol(self.uri)) + 1 :] for u in sorted(self.fs.glob(join(self.uri, pattern)))]
-        for r in rels:
-            (self.local / r).parent.mkdir(parents=True, exist_ok=True)
-            self.fs.get(join(self.uri, r), str(self.local / r))
-        return rels
+        return self.get(*rels)
+
+    def get(self, *rels: str) -> list[str]:
+        "Download these files (paths relative to the folder) of a remote folder; `rels`. `bytes_in` counts them (local too)."
+        if self.remote and rels:
+            for r in rels:
+                (self.local / r).parent.mkdir(parents=True, exist_ok=True)
+            # one call: gcsfs downloads the files concurrently
+            self.fs.get([join(self.uri, r) for r in rels], [str(self.local / r) for r in rels])
+        self.bytes_in += sum((self.local / r).stat().st_size for r in rels if (self.local / r).exists())
+        return list(rels)
 
 # %% ../nbs/11c_infer.ipynb #d7f9ca53
 def read_tile_list(path: str | Path) -> pd.DataFrame:
@@ -210,16 +228,12 @@ def _res_classes(res: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return out
 
 
-def mosaic_grid(
-    paths: list[str | Path],  # single-band rasters
+def check_grid(
+    paths: list,  # the rasters (named in errors)
+    props: list[tuple],  # of each: (CRS, (x, y) pixel size, data type, nodata, affine transform)
     dst: str | Path,  # the mosaic they are for (named in errors)
 ) -> tuple[float, float]:
-    "The pixel size to mosaic `paths` at; an error naming the files where their CRS, grid, data type or nodata differ."
-    props = []
-    for p in paths:
-        with rasterio.open(p) as s:
-            nd = s.nodata
-            props.append((str(s.crs), s.res, s.dtypes[0], 'nan' if nd is not None and nd != nd else nd, s.transform))
+    "The pixel size to mosaic rasters of these properties at; an error naming the files where their CRS, grid, data type or nodata differ."
     for k, what in enumerate(('CRS', 'pixel size', 'data type', 'nodata')):
         by: dict[str, list] = {}
         if k == 1:
@@ -242,6 +256,19 @@ def mosaic_grid(
             f'the rasters of {dst} are not on one pixel grid ({names} off that of {Path(str(paths[0])).name}); cannot mosaic them'
         )
     return res
+
+
+def mosaic_grid(
+    paths: list[str | Path],  # single-band rasters
+    dst: str | Path,  # the mosaic they are for (named in errors)
+) -> tuple[float, float]:
+    "The pixel size to mosaic `paths` at; an error naming the files where their CRS, grid, data type or nodata differ."
+    props = []
+    for p in paths:
+        with rasterio.open(p) as s:
+            nd = s.nodata
+            props.append((str(s.crs), s.res, s.dtypes[0], 'nan' if nd is not None and nd != nd else nd, s.transform))
+    return check_grid(paths, props, dst)
 
 
 def write_mosaic(
@@ -280,167 +307,467 @@ def crs_label(
     return str(epsg) if epsg else 'crs' + hashlib.sha1(crs.to_wkt().encode()).hexdigest()[:8]
 
 
-def _region_mosaics(out: OutDir, region: str, recs: list[dict], cfg: InferenceConfig, polygon_crs: str | None) -> dict:
-    "One region's mosaics (one per CRS of its tiles) and its polygons, in one GeoPackage in one CRS."
-    L, d = out.local, out.local / 'mosaic'
-    by: dict[str, list] = {}  # the region's tiles by CRS: (record, bounds)
+def _region_dir(region: str) -> str:
+    "The region as a folder name: refused if it could climb out of its folder."
+    if not region or '/' in region or region in ('.', '..'):
+        raise RtsSegError(f'RegionName {region!r} cannot name a folder; use letters, digits, - and _')
+    return region
+
+
+def write_region_index(
+    dst: OutDir,  # the run's output folder
+    tiles: pd.DataFrame,  # the tile list (tile_id, RegionName)
+    recs: list[dict],  # this shard's finished tiles' records
+    i: int,  # this shard
+    n: int,  # number of shards
+):
+    "`index/{region}/{i}of{n}.jsonl`: this shard's records of each region, so a region's reduce reads only its own."
+    region = dict(zip(tiles.tile_id, tiles.RegionName.astype(str)))
+    by: dict[str, list[dict]] = {}
+    for r in recs:
+        by.setdefault(region[r['key']], []).append(r)
+    rels = []
+    for reg, rs in by.items():
+        rel = f'index/{_region_dir(reg)}/{i}of{n}.jsonl'
+        (dst.local / rel).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(dst.local / rel, ''.join(json.dumps(r, sort_keys=True) + '\n' for r in rs))
+        rels.append(rel)
+    dst.publish(*rels, keep=True)
+
+
+def region_records(
+    out: OutDir,  # the run's output folder
+    region: str,  # a RegionName of the tile list
+    tiles: pd.DataFrame | None = None,  # the tile list: check that each of the region's tiles is finished
+) -> list[dict]:
+    "A region's finished tiles' records, from its index files alone, sorted by tile id."
+    recs = {}
+    for rel in out.fetch(f'index/{_region_dir(region)}/*.jsonl'):
+        for line in (out.local / rel).read_text().splitlines():
+            r = json.loads(line)
+            recs[r['key']] = r
+    if tiles is not None:
+        want = set(tiles.tile_id[tiles.RegionName.astype(str) == region])
+        if not want:
+            raise RtsSegError(f'region {region!r} is not in the tile list (RegionName)')
+        if missing := sorted(want - set(recs)):
+            raise RtsSegError(
+                f'region {region}: {len(missing)} of its {len(want)} tiles are not finished (e.g. {missing[0]}); '
+                'run or resume the prediction first'
+            )
+        return [recs[t] for t in sorted(want)]
+    if not recs:
+        raise RtsSegError(f'{out.uri}/index/{region}/ holds no finished tiles; run the prediction first')
+    return [recs[t] for t in sorted(recs)]
+
+# %% ../nbs/11c_infer.ipynb #c7f31fe8
+def tile_grid(
+    path: str | Path,  # a raster
+) -> dict:
+    "Its grid as a manifest keeps it: CRS (WKT), affine transform (6 numbers), width, height, data type, nodata."
+    with rasterio.open(path) as s:
+        nd = s.nodata
+        return dict(
+            crs=s.crs.to_wkt() if s.crs else None,
+            transform=list(s.transform)[:6],
+            width=s.width,
+            height=s.height,
+            dtype=s.dtypes[0],
+            nodata=None if nd is None else 'nan' if nd != nd else nd,
+        )
+
+
+GDAL_TYPES = dict(
+    uint8='Byte',
+    int8='Int8',
+    uint16='UInt16',
+    int16='Int16',
+    uint32='UInt32',
+    int32='Int32',
+    float32='Float32',
+    float64='Float64',
+)  # numpy data type -> GDAL's name in a VRT
+
+
+def write_vrt(
+    paths: list[str],  # single-band rasters, each relative to the VRT's folder (or absolute)
+    grids: list[dict],  # their grids (`tile_grid`): one CRS, pixel size, data type and nodata
+    dst: str | Path,  # the VRT to write
+) -> Path:
+    "A GDAL VRT mosaic of `paths` that copies no pixel: where rasters overlap a later one wins, unless it holds nodata."
+    props = [
+        (g['crs'], (g['transform'][0], -g['transform'][4]), g['dtype'], g['nodata'], Affine(*g['transform']))
+        for g in grids
+    ]
+    rx, ry = check_grid(paths, props, dst)
+    x0, y0 = min(p[4].c for p in props), max(p[4].f for p in props)
+    rects = []
+    for g, p in zip(grids, props):
+        col, row = round((p[4].c - x0) / rx), round((y0 - p[4].f) / ry)
+        rects.append((col, row, round(g['width'] * p[1][0] / rx), round(g['height'] * p[1][1] / ry)))
+    g0, nd = grids[0], grids[0]['nodata']
+    ndx = f'<NoDataValue>{nd}</NoDataValue>' if nd is not None else ''
+    src = ''.join(
+        f'<ComplexSource><SourceFilename relativeToVRT="{int(not Path(f).is_absolute())}">{escape(str(f))}</SourceFilename>'
+        f'<SourceBand>1</SourceBand><SrcRect xOff="0" yOff="0" xSize="{g["width"]}" ySize="{g["height"]}"/>'
+        f'<DstRect xOff="{c}" yOff="{r}" xSize="{w}" ySize="{h}"/>'
+        + (f'<NODATA>{nd}</NODATA>' if nd is not None else '')
+        + '</ComplexSource>\n'
+        for f, g, (c, r, w, h) in zip(paths, grids, rects)
+    )
+    xml = (
+        f'<VRTDataset rasterXSize="{max(c + w for c, _, w, _ in rects)}" rasterYSize="{max(r + h for _, r, _, h in rects)}">\n'
+        f'<SRS dataAxisToSRSAxisMapping="1,2">{escape(g0["crs"])}</SRS>\n'
+        f'<GeoTransform>{x0!r}, {rx!r}, 0.0, {y0!r}, 0.0, {-ry!r}</GeoTransform>\n'
+        f'<VRTRasterBand dataType="{GDAL_TYPES[g0["dtype"]]}" band="1">{ndx}\n{src}</VRTRasterBand>\n</VRTDataset>\n'
+    )
+    atomic_write_text(dst, xml)
+    return Path(dst)
+
+
+def to_geoparquet(
+    gpkg: str | Path,  # polygons (`vectorize`, `merge_polygons`)
+    dst: str | Path,  # the GeoParquet file to write
+    layer: str = 'rts',  # the GeoPackage's layer
+) -> Path:
+    "The GeoPackage's polygons as GeoParquet 1.1 (WKB geometry, PROJJSON CRS, bounding box), for DuckDB, GeoPandas, BigQuery."
+    import pyarrow as pa, pyarrow.parquet as pq, pyogrio.raw, shapely
+
+    meta, _, wkb, vals = pyogrio.raw.read(gpkg, layer=layer)
+    geoms = shapely.from_wkb(wkb)
+    col = dict(
+        encoding='WKB',
+        geometry_types=sorted({g.geom_type for g in geoms}),
+        crs=CRS.from_user_input(meta['crs']).to_dict(projjson=True),
+    )
+    if len(geoms):
+        col['bbox'] = [float(v) for v in shapely.total_bounds(geoms)]
+    t = pa.table(
+        {**{f: pa.array(v) for f, v in zip(meta['fields'], vals)}, 'geometry': pa.array(list(wkb), pa.binary())}
+    )
+    geo = dict(version='1.1.0', primary_column='geometry', columns=dict(geometry=col))
+    with atomic_path(dst) as tmp:
+        pq.write_table(t.replace_schema_metadata({b'geo': json.dumps(geo).encode()}), tmp)
+    return Path(dst)
+
+# %% ../nbs/11c_infer.ipynb #509d8052
+MEDIA = dict(
+    tif=pystac.MediaType.COG, vrt='application/xml', gpkg=pystac.MediaType.GEOPACKAGE, parquet=pystac.MediaType.PARQUET
+)  # an output file's extension -> its media type in the STAC items
+
+
+def stac_item(
+    summary: dict,  # `reduce_region`'s result
+    bounds: list[tuple],  # (CRS, (west, south, east, north)) of the region's tiles, one per CRS
+    info: dict | None,  # `model_info` of the run (its `run_info.json`); None: unknown
+) -> dict:
+    "The region's STAC item: its footprint in WGS 84, its mosaics and polygons as assets, the model's provenance as properties."
+    ws, ss, es, ns = zip(*[transform_bounds(crs, 'EPSG:4326', *b) for crs, b in bounds])
+    bbox = [min(ws), min(ss), max(es), max(ns)]
+    info = info or {}
+    props = {
+        'rts_seg:tiles': summary['tiles'],
+        'rts_seg:polygons': summary['polygons'],
+        'rts_seg:total_area_m2': summary['total_area_m2'],
+        'rts_seg:model': info.get('model'),
+        'rts_seg:checkpoint': info.get('checkpoint'),
+        'rts_seg:provenance': info.get('provenance'),
+        'rts_seg:normalization_hash': info.get('normalization_hash'),
+        'rts_seg:inference': {
+            k: v for k, v in info.items() if k not in ('model', 'checkpoint', 'provenance', 'normalization_hash')
+        },
+    }
+    item = pystac.Item(
+        summary['region'], mapping(shapely.box(*bbox)), bbox, datetime.datetime.now(datetime.timezone.utc), props
+    )
+    files = [summary['gpkg'], summary['parquet']] + [
+        r[k] for r in summary['rasters'] for k in sorted(r) if k not in ('crs', 'tiles')
+    ]
+    for f in files:
+        name = f.rsplit('/', 1)[-1]
+        ext = name.rsplit('.', 1)[-1]
+        item.add_asset(
+            name.replace('.', '_'), pystac.Asset(f'../mosaic/{name}', media_type=MEDIA[ext], roles=['data'], title=name)
+        )
+    d = item.to_dict(include_self_link=False, transform_hrefs=False)
+    d['links'] = [
+        dict(rel='root', href='./catalog.json', type='application/json'),
+        dict(rel='parent', href='./catalog.json', type='application/json'),
+    ]
+    return d
+
+
+def write_catalog(
+    dst: OutDir,  # the run's output folder
+    regions: list[str],  # every region of the tile list (its items are `stac/{region}.json`)
+):
+    "`stac/catalog.json`: a STAC catalog linking each region's item; every reduce task writes the same one."
+    cat = pystac.Catalog('rts-seg', f'rts_seg outputs in {dst.uri}: per region, mosaics (COG or VRT) and polygons')
+    d = cat.to_dict(include_self_link=False, transform_hrefs=False)
+    d['links'] = [dict(rel='root', href='./catalog.json', type='application/json')] + [
+        dict(rel='item', href=f'./{_region_dir(r)}.json', type='application/json') for r in sorted(regions)
+    ]
+    write_json(dst, 'stac/catalog.json', d)
+
+# %% ../nbs/11c_infer.ipynb #427d98c6
+def _crs_groups(out: OutDir, recs: list[dict]) -> tuple[dict[str, list], dict[str, CRS]]:
+    "The region's tiles by CRS label: (record, grid); a record without its grid (an older run) reads its raster's header."
+    by: dict[str, list] = {}
     crss: dict[str, CRS] = {}
     labels: dict[str, str] = {}
     for r in recs:
-        with rasterio.open(L / r['prob']) as s:
-            wkt = s.crs.to_wkt()
-            lab = labels[wkt] if wkt in labels else labels.setdefault(wkt, crs_label(s.crs))
-            crss.setdefault(lab, s.crs)
-            by.setdefault(lab, []).append((r, tuple(s.bounds)))
+        g = r.get('grid') or tile_grid(out.local / out.get(r['prob'])[0])
+        wkt = g['crs']
+        if wkt not in labels:
+            crs = CRS.from_wkt(wkt)
+            labels[wkt] = crs_label(crs)
+            crss.setdefault(labels[wkt], crs)
+        by.setdefault(labels[wkt], []).append((r, g))
+    return by, crss
+
+
+def _bounds(items: list) -> tuple:
+    "(west, south, east, north) of tiles given as (record, grid)."
+    bs = [rasterio.transform.array_bounds(g['height'], g['width'], Affine(*g['transform'])) for _, g in items]
+    return min(b[0] for b in bs), min(b[1] for b in bs), max(b[2] for b in bs), max(b[3] for b in bs)
+
+
+def _pixel_m(crs: CRS, res: float) -> float:
+    "A pixel of `res` CRS units, in metres."
+    return res * (111_320 if crs.is_geographic else crs.linear_units_factor[1])
+
+
+def reduce_region(
+    out: OutDir,  # the run's output folder
+    region: str,  # its RegionName
+    recs: list[dict],  # its finished tiles' records (manifest lines; `region_records`)
+    cfg: InferenceConfig,  # `mosaics` (vrt, cog or both), minimum area and simplification
+    polygon_crs: str | None = None,  # CRS of its polygons; None: that of most of its tiles
+    info: dict | None = None,  # the run's `model_info`, for its STAC item; None: read `run_info.json`
+) -> dict:
+    "One region's mosaics (VRT and/or COG per CRS), polygons (GeoPackage, GeoParquet) and STAC item, from its files alone."
+    if info is None and out.fetch('run_info.json'):
+        info = json.loads((out.local / 'run_info.json').read_text())
+    L, d, kinds = out.local, out.local / 'mosaic', cfg.mosaics
+    by, crss = _crs_groups(out, recs)
     multi = len(by) > 1
     main = max(sorted(by), key=lambda k: len(by[k]))  # the CRS of most tiles (on a tie, the first label)
     dst = polygon_crs or crss[main].to_string()
+    cog = kinds in ('cog', 'both')
+    keys = [k for k in OUTPUTS if all(k in r for r in recs)]  # unc: an ensemble's only
+    if cog:  # only this region's rasters
+        out.get(*[r[k] for r in recs for k in keys])
     rasters: list[dict] = []
-    gpkgs: list[str | Path] = []
     names: list[str] = []
-    single = not multi and polygon_crs is None  # the region's polygons straight from its mosaic
+    gpkgs: list[str | Path] = []
+    single = cog and not multi and polygon_crs is None  # the region's polygons straight from its one mosaic
     d.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=d, prefix=f'.{region}.') as tmp:
         for lab in sorted(by):
             items, stem = by[lab], f'{region}_{lab}' if multi else region
-            cogs = {
-                k: write_mosaic([L / r[k] for r, _ in items], d / f'{stem}_{k}.tif', OUTPUTS[k][2]) for k in OUTPUTS
-            }
-            g = d / f'{region}.gpkg' if single else Path(tmp) / f'{lab}.gpkg'
-            v = vectorize(
-                cogs['mask'],
-                cogs['prob'],
-                g,
-                cogs['scale'],
-                cfg.min_area_m2 or 0.0,
-                cfg.simplify_m,
-                tiles=[(r['key'], b) for r, b in items],
-            )
-            gpkgs.append(g)
-            names += [f'{stem}_{k}.tif' for k in OUTPUTS]
-            rasters.append(
-                dict(
-                    crs=crss[lab].to_string(),
-                    tiles=len(items),
-                    **{k: f'{out.uri}/mosaic/{stem}_{k}.tif' for k in OUTPUTS},
+            entry: dict[str, Any] = dict(crs=crss[lab].to_string(), tiles=len(items))
+            if kinds in ('vrt', 'both'):
+                for k in keys:
+                    grids = [{**g, 'dtype': OUTPUTS[k][0], 'nodata': OUTPUTS[k][1]} for _, g in items]
+                    write_vrt([f'../{r[k]}' for r, _ in items], grids, d / f'{stem}_{k}.vrt')
+                    names.append(f'{stem}_{k}.vrt')
+                    entry[f'{k}_vrt'] = f'{out.uri}/mosaic/{stem}_{k}.vrt'
+            if cog:
+                cogs = {
+                    k: write_mosaic([L / r[k] for r, _ in items], d / f'{stem}_{k}.tif', OUTPUTS[k][2]) for k in keys
+                }
+                names += [f'{stem}_{k}.tif' for k in keys]
+                entry.update({k: f'{out.uri}/mosaic/{stem}_{k}.tif' for k in keys})
+                g = d / f'{region}.gpkg' if single else Path(tmp) / f'{lab}.gpkg'
+                c = cfg
+                v = vectorize(
+                    cogs['mask'],
+                    cogs['prob'],
+                    g,
+                    cogs['scale'],
+                    c.min_area_m2 or 0.0,
+                    c.simplify_m,
+                    tiles=[(r['key'], _bounds([(r, gr)])) for r, gr in items],
+                    unc_path=cogs.get('unc'),
                 )
-            )
-        if not single:
-            with rasterio.open(d / names[0]) as s:
-                # one pixel, in metres: the distance across which pieces in two CRSs are one slump
-                px = abs(s.transform.a) * (111_320 if s.crs.is_geographic else s.crs.linear_units_factor[1])
-            v = merge_polygons(gpkgs, d / f'{region}.gpkg', dst, join_m=px)
-    out.publish(*[f'mosaic/{n}' for n in [*names, f'{region}.gpkg']], keep=True)
-    return dict(
+                gpkgs.append(g)
+            rasters.append(entry)
+        main_res = abs(by[main][0][1]['transform'][0])
+        if not cog:  # each tile's polygons; only those meeting across a seam (within a pixel) are unioned
+            gpkgs = [L / p for p in out.get(*[r['gpkg'] for r in recs])]
+        if not single:  # a pixel, in metres: the distance across which pieces of two files are one slump
+            v = merge_polygons(gpkgs, d / f'{region}.gpkg', dst, join_m=_pixel_m(crss[main], main_res))
+    to_geoparquet(d / f'{region}.gpkg', d / f'{region}.parquet')
+    out.publish(*[f'mosaic/{n}' for n in [*names, f'{region}.gpkg', f'{region}.parquet']], keep=True)
+    res = dict(
         region=region,
         tiles=len(recs),
         crs=dst if single else v['crs'],
         gpkg=f'{out.uri}/mosaic/{region}.gpkg',
+        parquet=f'{out.uri}/mosaic/{region}.parquet',
         polygons=v['polygons'],
         total_area_m2=v['total_area_m2'],
         rasters=rasters,
+        stac=f'{out.uri}/stac/{region}.json',
     )
+    write_json(out, f'stac/{region}.json', stac_item(res, [(crss[k], _bounds(by[k])) for k in sorted(by)], info))
+    return res
 
 
 def build_mosaics(
     out: OutDir,  # the run's output folder
     tiles: pd.DataFrame,  # the tile list (tile_id, RegionName)
     done: dict,  # finished tiles' records, by tile id (the manifests)
-    cfg: InferenceConfig,  # minimum area and simplification of the merged polygons
+    cfg: InferenceConfig,  # mosaics, minimum area and simplification of the merged polygons
     polygon_crs: str | None = None,  # CRS of every region's polygons; None: that of most of the region's tiles
+    regions: list[str] | None = None,  # only these regions; None: all of the list's
 ) -> list[dict]:
-    "Per region: mosaic COGs (one per CRS of its tiles) and polygons merged across tile seams; a failed region says why."
+    "Per region, one after the other, `reduce_region`; a failed region says why, the others still get theirs."
     res = []
-    if out.remote:
-        out.fetch('tiles/*_[pms]*.tif')
-    for region, df in tiles.groupby('RegionName', sort=True):
-        recs = [done[t] for t in sorted(df.tile_id)]
+    groups = dict(list(tiles.groupby(tiles.RegionName.astype(str), sort=True)))
+    for region in regions if regions is not None else sorted(groups):
+        recs = [done[t] for t in sorted(groups[region].tile_id)]
         try:
-            res.append(_region_mosaics(out, str(region), recs, cfg, polygon_crs))
+            res.append(reduce_region(out, region, recs, cfg, polygon_crs))
         except Exception as e:  # the other regions still get theirs; the run then fails, naming this one
             if not isinstance(e, RtsSegError):
                 traceback.print_exc()
             msg = one_line(e)
             print(f'region {region}: no mosaic: {msg}', file=sys.stderr, flush=True)
             res.append(dict(region=region, tiles=len(recs), error=msg))
+    write_catalog(out, sorted(groups))
     return res
 
-# %% ../nbs/11c_infer.ipynb #120f60ba
-def run_inference(
-    model: str | Path,  # model bundle from `rts-seg train` (best.pth), or an exported best.onnx / best.pt
-    out: str | Path,  # output folder
-    scenes: list[str | Path] | None = None,  # whole-scene mode: GeoTIFFs
-    extra: list[str | Path] | None = None,  # whole-scene mode: per scene, a raster of its aux bands on its grid
-    tile_list: str | Path | None = None,  # tile-list mode: CSV with tile_id (and RegionName)
-    imagery: str | Path | None = None,  # tile-list mode: root of PLANET-RGB/{tile_id}.tif (and EXTRA/)
-    cfg: InferenceConfig | None = None,  # the `inference` section
-    shard: str | None = None,  # this VM's share of the tile list: 'i/n', or 'auto' from the batch engine
-    resume: bool = False,  # skip tiles that a manifest lists as finished
-    polygon_crs: str | None = None,  # CRS of each region's polygons, e.g. EPSG:3413; None: `inference.polygon_crs`
-) -> dict:
-    "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
-    t0, cfg = time.time(), cfg or InferenceConfig()
-    i, n, shard_source = resolve_shard(shard)
-    if shard_source not in (None, '--shard'):
-        print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
-    if (scenes is None) == (tile_list is None):
-        raise RtsSegError('give either --scene or --tile-list (with --imagery)')
-    polygon_crs = polygon_crs or cfg.polygon_crs  # None: the CRS of most of each region's tiles
-    if polygon_crs is not None:
+
+def run_mosaic(
+    out: str | Path,  # the run's output folder
+    tile_list: str | Path,  # its tile list
+    regions: list[str] | None = None,  # these regions; None: all, or this task's share with `task`
+    task: str | None = None,  # 'i/n' or 'auto' (a batch task's index): every n-th of the sorted regions
+    cfg: InferenceConfig | None = None,  # mosaics (vrt, cog, both); minimum area and simplification: the run's
+    polygon_crs: str | None = None,  # CRS of every region's polygons; None: `inference.polygon_crs`
+) -> list[dict]:
+    "`rts-seg mosaic`: reduce regions of a tile-list run, each from its own files only; one task per share of regions."
+    cfg = cfg or InferenceConfig()
+    polygon_crs = resolve_polygon_crs(polygon_crs, cfg)
+    tiles = read_tile_list(tile_list)
+    every = sorted(tiles.RegionName.astype(str).unique())
+    if regions and task:
+        raise RtsSegError('give --region or --task, not both')
+    if unknown := sorted(set(regions or []) - set(every)):
+        raise RtsSegError(f'region {unknown[0]!r} is not in {tile_list} (its regions: {", ".join(every[:5])} ...)')
+    i, n, _ = resolve_shard(task)
+    mine = regions or every[i::n]
+    dst = OutDir(out)
+    info = json.loads((dst.local / 'run_info.json').read_text()) if dst.fetch('run_info.json') else {}
+    # what the run resolved from its model (minimum area, simplification) unless set here
+    cfg = cfg.model_copy(update={k: info.get(k) for k in ('min_area_m2', 'simplify_m') if getattr(cfg, k) is None})
+    res = []
+    for region in mine:
+        t0 = time.time()
         try:
-            polygon_crs = CRS.from_user_input(polygon_crs).to_string()
-        except CRSError as e:
-            raise RtsSegError(f'polygon CRS {polygon_crs!r} is not a CRS ({e}); give one such as EPSG:3413') from None
-    # the network (a bundle's, or exported), and what it needs: its channels and where they come from
-    net, bundle = load_model(model)
-    cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
-    srcs = (
-        bundle.sources
-    )  # the rasters of a tile, by folder: ['PLANET-RGB'], ['PLANET-RGB', 'EXTRA'], ['S2', 'DEM'] ...
-    aux = srcs[1] if len(srcs) > 1 else None
-    tiles = None
-    if tile_list is not None:
-        if imagery is None:
-            raise RtsSegError(f'--tile-list needs --imagery ROOT (the folder with {"/, ".join(srcs)}/)')
-        if extra:
-            raise RtsSegError(
-                f"--extra goes with --scene; with --tile-list the aux bands are read from --imagery's {aux or 'EXTRA'}/ folder"
-            )
-        if len(srcs) > 2:
-            raise RtsSegError(
-                f'the model reads {len(srcs)} rasters per tile ({", ".join(srcs)}); a tile list reads two: stack all but the first into one'
-            )
-        tiles = read_tile_list(tile_list)
-        mine = shard_tiles(list(tiles.tile_id), i, n)
-        plan = [
-            (
-                join(imagery, srcs[0], f'{t}.tif'),
-                join(imagery, aux, f'{t}.tif') if aux else None,
-                f'tiles/{t}',
-                t,
-            )
-            for t in mine
-        ]
-    else:
-        if n != 1:
-            raise RtsSegError('--shard splits a tile list; with --scene give each VM its own scenes')
-        assert scenes is not None
-        if extra and len(extra) != len(scenes):
-            raise RtsSegError(
-                f'--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order'
-            )
-        extras: list[str | Path | None] = list(extra) if extra else [None] * len(scenes)
-        plan = [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extras)]
+            r = reduce_region(dst, region, region_records(dst, region, tiles), cfg, polygon_crs, info)
+        except Exception as e:
+            if not isinstance(e, RtsSegError):
+                traceback.print_exc()
+            print(f'region {region}: no mosaic: {one_line(e)}', file=sys.stderr, flush=True)
+            r = dict(region=region, error=one_line(e))
+        r['wall_seconds'] = round(time.time() - t0, 2)
+        write_json(dst, f'mosaic/{region}.json', r)
+        res.append(r)
+        print(f'region {region}: {r.get("polygons", 0)} polygons in {r["wall_seconds"]} s', flush=True)
+    write_catalog(dst, every)
+    if dst.remote:
+        shutil.rmtree(dst.local, ignore_errors=True)
+    if bad := [r for r in res if 'error' in r]:
+        raise RtsSegError(
+            f'mosaic of {len(bad)} of {len(res)} region(s) failed: '
+            + '; '.join(f'{r["region"]}: {r["error"]}' for r in bad)
+        )
+    return res
+
+# %% ../nbs/11c_infer.ipynb #905df82d
+def resolve_polygon_crs(
+    polygon_crs: str | None,  # --polygon-crs, e.g. EPSG:3413; None: `cfg.polygon_crs`
+    cfg: InferenceConfig,  # the `inference` section
+) -> str | None:
+    "The CRS of every region's polygons, checked and written as 'EPSG:3413'; None: that of most of a region's tiles."
+    crs = polygon_crs or cfg.polygon_crs
+    if crs is None:
+        return None
+    try:
+        return CRS.from_user_input(crs).to_string()
+    except CRSError as e:
+        raise RtsSegError(f'polygon CRS {crs!r} is not a CRS ({e}); give one such as EPSG:3413') from None
+
+
+def tile_plan(
+    sources: list[str],  # the model's rasters of a tile, by folder (`Bundle.sources`): ['PLANET-RGB', 'EXTRA']
+    tile_list: str | Path,  # CSV with tile_id (and RegionName)
+    imagery: str | Path | None,  # root of {source}/{tile_id}.tif
+    extra: list | None,  # --extra (whole-scene mode only: refused here)
+    i: int,  # this shard
+    n: int,  # number of shards
+) -> tuple[pd.DataFrame, list[tuple]]:
+    "The tile list, and this shard's work: (image, aux image or None, output stem, key) per tile."
+    aux = sources[1] if len(sources) > 1 else None
+    if imagery is None:
+        raise RtsSegError(f'--tile-list needs --imagery ROOT (the folder with {"/, ".join(sources)}/)')
+    if extra:
+        raise RtsSegError(
+            f"--extra goes with --scene; with --tile-list the aux bands are read from --imagery's {aux or 'EXTRA'}/ folder"
+        )
+    if len(sources) > 2:
+        raise RtsSegError(
+            f'the model reads {len(sources)} rasters per tile ({", ".join(sources)}); a tile list reads two: stack all but the first into one'
+        )
+    tiles = read_tile_list(tile_list)
+    plan = [
+        (join(imagery, sources[0], f'{t}.tif'), join(imagery, aux, f'{t}.tif') if aux else None, f'tiles/{t}', t)
+        for t in shard_tiles(list(tiles.tile_id), i, n)
+    ]
+    return tiles, plan
+
+
+def scene_plan(
+    scenes: list[str | Path],  # GeoTIFFs
+    extra: list[str | Path] | None,  # per scene, a raster of its aux bands on its grid
+    n: int,  # number of shards (scenes are not sharded: must be 1)
+) -> list[tuple]:
+    "Whole-scene work: (image, aux image or None, output stem, key) per scene, named by the scene's file."
+    if n != 1:
+        raise RtsSegError('--shard splits a tile list; with --scene give each VM its own scenes')
+    if extra and len(extra) != len(scenes):
+        raise RtsSegError(
+            f'--extra gives {len(extra)} raster(s) for {len(scenes)} scene(s); give one per scene, in the same order'
+        )
+    extras: list[str | Path | None] = list(extra) if extra else [None] * len(scenes)
+    return [(str(s), str(e) if e else None, Path(str(s)).stem, Path(str(s)).stem) for s, e in zip(scenes, extras)]
+
+
+def check_images(
+    plan: list[tuple],  # from `tile_plan` or `scene_plan`
+):
+    "Every image of the plan exists, else an error naming the first missing one."
     for path, ex, _, _ in plan:
         for p in (path, ex):
             if p is not None and not exists(p):
                 raise RtsSegError(f'image not found: {p}')
-    dst = OutDir(out)
-    jobs = [Scene(path, dst.local / rel, key=key, extra=ex) for path, ex, rel, key in plan]
+
+# %% ../nbs/11c_infer.ipynb #c4dce375
+def prepare_outputs(
+    dst: OutDir,  # the run's output folder
+    jobs: list[Scene],  # this shard's work
+    i: int,  # this shard
+    n: int,  # number of shards
+    resume: bool,  # finish an earlier run
+    fresh: bool,  # a run that starts afresh unless resumed (whole scenes); a tile list's manifest refuses instead
+) -> tuple[str, str]:
+    "This shard's manifest and log names; refuse to overwrite an earlier run, or clean what a killed one left half-written."
     mname, lname = f'manifest_{i}of{n}.jsonl', 'inference_log.json' if n == 1 else f'inference_log_{i}of{n}.json'
     manifest = dst.local / mname
     dst.fetch(mname)
-    if manifest.exists() and not resume and tiles is None:
+    if manifest.exists() and not resume and fresh:
         manifest.unlink()  # scenes: a new run starts afresh
     if manifest.exists() and not resume:
         raise RtsSegError(
@@ -454,117 +781,244 @@ def run_inference(
         if n == 1:  # mosaics: only a whole-list run can be sure that no other shard is building them
             for f in _partials(dst.local / 'mosaic'):
                 f.unlink(missing_ok=True)
-    done = _manifests(dst)
-    todo = [j for j in jobs if j.key not in done] if resume else jobs
-    predictor = Predictor.from_config((net, bundle), cfg)
-    threshold = cfg.threshold
-    kill_after = int(os.environ.get('RTS_SEG_KILL_AFTER', 0))  # test hook: SIGKILL this process after N tiles
-    finished: list[dict] = []
-    lock = threading.Lock()
+    return mname, lname
 
-    def on_done(r):
+
+class TileRecorder:
+    "`predict_scenes`' `on_done`: a finished tile's polygons, its files uploaded, then its line in the manifest."
+
+    def __init__(
+        self,
+        dst: OutDir,  # the run's output folder
+        mname: str,  # this shard's manifest (relative to `dst`)
+        cfg: InferenceConfig,  # minimum area and simplification of the tile's polygons
+        done: dict,  # finished tiles' records by key (updated here)
+        kill_after: int = 0,  # test hook: SIGKILL this process after this many tiles (0: never)
+    ):
+        self.dst, self.mname, self.cfg, self.done, self.kill_after = dst, mname, cfg, done, kill_after
+        self.finished: list[dict] = []
+        self.lock = threading.Lock()
+
+    def record(self, r: dict) -> dict:
+        "The manifest record of a finished tile (`predict_scenes`' result), its polygons written beside its COGs."
         gpkg = Path(r['prob']).with_name(f'{r["key"]}.gpkg')
-        v = vectorize(r['mask'], r['prob'], gpkg, r['scale'], cfg.min_area_m2 or 0.0, cfg.simplify_m, tiles=None)
-        rel = lambda f: str(Path(f).relative_to(dst.local))
-        rec = {k: rel(r[k]) for k in OUTPUTS}
+        c = self.cfg
+        v = vectorize(
+            r['mask'],
+            r['prob'],
+            gpkg,
+            r['scale'],
+            c.min_area_m2 or 0.0,
+            c.simplify_m,
+            tiles=None,
+            unc_path=r.get('unc'),
+        )
+        rel = lambda f: str(Path(f).relative_to(self.dst.local))
+        rec = {k: rel(r[k]) for k in OUTPUTS if k in r}  # unc: an ensemble's only
         rec.update(
             {k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
             gpkg=rel(gpkg),
             polygons=v['polygons'],
             rts_area_m2=v['total_area_m2'],
+            grid=tile_grid(r['prob']),  # what a VRT needs, so the reduce stage reads no raster
         )
-        dst.publish(*[rec[k] for k in OUTPUTS], rec['gpkg'])  # files first, then the manifest that lists them
-        with lock:  # tiles finish on several threads at once
-            _append(manifest, rec)
-            done[r['key']] = rec
-            finished.append(rec)
+        return rec
+
+    def __call__(self, r: dict):
+        rec, dst = self.record(r), self.dst
+        dst.publish(
+            *[rec[k] for k in OUTPUTS if k in rec], rec['gpkg']
+        )  # files first, then the manifest that lists them
+        with self.lock:  # tiles finish on several threads at once
+            _append(dst.local / self.mname, rec)
+            self.done[r['key']] = rec
+            self.finished.append(rec)
             if dst.remote and time.time() - dst.last > 30:
-                dst.publish(mname, keep=True)
+                dst.publish(self.mname, keep=True)
                 dst.last = time.time()
             if r['windows'] == r['skipped_windows']:
                 print(f'{r["key"]}: all nodata, skipped', flush=True)
-            if kill_after and len(finished) >= kill_after:
+            if self.kill_after and len(self.finished) >= self.kill_after:
                 os.kill(os.getpid(), signal.SIGKILL)
 
+    def close(self):
+        "Upload the manifest as it stands."
+        if (self.dst.local / self.mname).exists():
+            self.dst.publish(self.mname, keep=True)
+
+# %% ../nbs/11c_infer.ipynb #41dee9ec
+def model_info(
+    predictor: Predictor,  # the loaded model
+    bundle,  # its `Bundle`
+    model: str | Path | list,  # where it was loaded from (an ensemble: several files, or a folder)
+    cfg: InferenceConfig,  # the resolved `inference` section
+) -> dict:
+    "What made the outputs: the model, its provenance and normalisation hash, and the inference settings."
+    return dict(
+        model=predictor.model_info,
+        checkpoint=predictor.checkpoint or str(model),  # an ensemble: its members' files
+        members=predictor.members_info(),  # each member's file, normalisation hash, temperature, threshold
+        normalization_hash=predictor.normalization_hash,
+        channels=[c['name'] for c in bundle.channels],
+        provenance=bundle.provenance,
+        min_area_m2=cfg.min_area_m2,
+        simplify_m=cfg.simplify_m,
+        scales=cfg.scales,
+        tta=cfg.tta,
+        merge=cfg.merge,
+        threshold=cfg.threshold,
+        temperature=predictor.temperature,
+        tile_size=cfg.tile_size,
+        stride=cfg.stride,
+        precision=predictor.precision,
+        batch_size=cfg.batch_size,
+    )
+
+
+def run_log(
+    info: dict,  # `model_info`
+    shard: tuple[int, int, str | None],  # `resolve_shard`'s (i, n, source)
+    recs: list[dict],  # the records of this shard's finished tiles
+    total: int,  # tiles (or scenes) of this shard
+    predicted: int,  # of them predicted by this run
+    resumed: int,  # of them finished before it
+    mosaics: list[dict],  # the regions' reduce results
+    failed: str | None,  # what failed, in one line
+    t0: float,  # when the run started (`time.time()`)
+    device: torch.device,  # where it ran
+) -> dict:
+    "The run's log: what made it (`model_info`), its shard, counts, polygons, mosaics, failure and timing."
+    i, n, source = shard
+    return dict(
+        **info,
+        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
+        shard=f'{i}/{n}',
+        shard_source=source,
+        tiles=dict(
+            total=total,
+            predicted=predicted,
+            resumed=resumed,
+            all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs),
+        ),
+        windows=sum(r['windows'] for r in recs),
+        skipped_windows=sum(r['skipped_windows'] for r in recs),
+        polygons=sum(r['polygons'] for r in recs),
+        total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
+        mosaics=mosaics,
+        failed=failed,
+        wall_seconds=round(time.time() - t0, 2),
+        gpu=torch.cuda.get_device_name(device) if device.type == 'cuda' else None,
+        device=str(device),
+    )
+
+
+def write_json(
+    dst: OutDir,  # output folder
+    rel: str,  # file name under it
+    obj: Any,  # JSON-ready object
+):
+    "Write a JSON file atomically and upload it (keeping the local copy)."
+    (dst.local / rel).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(dst.local / rel, json.dumps(obj, indent=2))
+    dst.publish(rel, keep=True)
+
+
+def finish_tile_list(
+    dst: OutDir,  # the run's output folder
+    tiles: pd.DataFrame,  # the tile list
+    mine: list[str],  # this shard's tiles
+    i: int,  # this shard
+    n: int,  # number of shards
+    cfg: InferenceConfig,  # the `inference` section (mosaics, minimum area, simplification)
+    polygon_crs: str | None,  # CRS of every region's polygons
+    mosaic: bool = True,  # reduce the regions here if every tile is done; False: `rts-seg mosaic` tasks do it
+) -> tuple[list[dict], str | None]:
+    "Write this shard's region indexes; if the whole list is done (and `mosaic`), reduce every region: results, failure."
+    done = _manifests(dst)
+    write_region_index(dst, tiles, [done[t] for t in mine if t in done], i, n)
+    left = len(set(tiles.tile_id) - set(done))
+    if not mosaic:
+        return [], None
+    if left:
+        print(f'{left} tile(s) of the list not finished yet (other shards); mosaics later', flush=True)
+        return [], None
+    mosaics = build_mosaics(dst, tiles, done, cfg, polygon_crs)
+    bad = [m for m in mosaics if 'error' in m]
+    failed = None
+    if bad:
+        failed = f'mosaic of {len(bad)} of {len(mosaics)} region(s) failed: ' + '; '.join(
+            f'{m["region"]}: {m["error"]}' for m in bad
+        )
+    return mosaics, failed
+
+# %% ../nbs/11c_infer.ipynb #120f60ba
+def run_inference(
+    model: str | Path | list,  # best.pth or an export (.onnx, .pt); several, or a folder of runs: an ensemble
+    out: str | Path,  # output folder
+    scenes: list[str | Path] | None = None,  # whole-scene mode: GeoTIFFs
+    extra: list[str | Path] | None = None,  # whole-scene mode: per scene, a raster of its aux bands on its grid
+    tile_list: str | Path | None = None,  # tile-list mode: CSV with tile_id (and RegionName)
+    imagery: str | Path | None = None,  # tile-list mode: root of PLANET-RGB/{tile_id}.tif (and EXTRA/)
+    cfg: InferenceConfig | None = None,  # the `inference` section
+    shard: str | None = None,  # this VM's share of the tile list: 'i/n', or 'auto' from the batch engine
+    resume: bool = False,  # skip tiles that a manifest lists as finished
+    polygon_crs: str | None = None,  # CRS of each region's polygons, e.g. EPSG:3413; None: `inference.polygon_crs`
+    mosaic: bool = True,  # tile list: the last shard reduces the regions; False: leave it to `rts-seg mosaic` tasks
+) -> dict:
+    "Predict scenes or a (sharded) tile list; COGs, polygons, manifest, mosaics and `inference_log.json`."
+    t0, cfg = time.time(), cfg or InferenceConfig()
+    i, n, shard_source = resolve_shard(shard)
+    if shard_source not in (None, '--shard'):
+        print(f"shard {i}/{n}, from {shard_source}'s task index", flush=True)
+    if (scenes is None) == (tile_list is None):
+        raise RtsSegError('give either --scene or --tile-list (with --imagery)')
+    polygon_crs = resolve_polygon_crs(polygon_crs, cfg)
+    predictor = Predictor.from_config(model, cfg)  # one model, or an ensemble: several files or a folder of runs
+    bundle = predictor.bundle
+    cfg = bundle.resolve(cfg)  # what the config leaves open: the model's tile size, threshold, minimum area
+    tiles, plan = (
+        tile_plan(bundle.sources, tile_list, imagery, extra, i, n)
+        if tile_list is not None
+        else (None, scene_plan(scenes or [], extra, n))
+    )
+    check_images(plan)
+    dst = OutDir(out)
+    jobs = [Scene(path, dst.local / rel, key=key, extra=ex) for path, ex, rel, key in plan]
+    mname, lname = prepare_outputs(dst, jobs, i, n, resume, fresh=tiles is None)
+    done = _manifests(dst)
+    todo = [j for j in jobs if j.key not in done] if resume else jobs
+    info = model_info(predictor, bundle, model, cfg)
+    write_json(dst, 'run_info.json', info)  # what the reduce tasks' STAC items cite
+    recorder = TileRecorder(dst, mname, cfg, done, int(os.environ.get('RTS_SEG_KILL_AFTER', 0)))
     mosaics: list[dict] = []
     stage, failed = 'predict', None
 
-    def write_log() -> dict[str, Any]:
-        "The run's log, as it stands, written atomically (and uploaded)."
+    def log() -> dict:
         recs = [done[j.key] for j in jobs if j.key in done]
-        dev = predictor.device
-        log: dict[str, Any] = dict(
-            model=predictor.model_info,
-            checkpoint=str(model),
-            normalization_hash=predictor.normalization_hash,
-            channels=[c['name'] for c in bundle.channels],
-            provenance=bundle.provenance,
-            min_area_m2=cfg.min_area_m2,
-            simplify_m=cfg.simplify_m,
-            date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
-            scales=cfg.scales,
-            tta=cfg.tta,
-            merge=cfg.merge,
-            threshold=threshold,
-            temperature=predictor.temperature,
-            tile_size=cfg.tile_size,
-            stride=cfg.stride,
-            precision=predictor.precision,
-            batch_size=cfg.batch_size,
-            shard=f'{i}/{n}',
-            shard_source=shard_source,
-            tiles=dict(
-                total=len(jobs),
-                predicted=len(finished),
-                resumed=len(jobs) - len(todo),
-                all_nodata=sum(r['windows'] == r['skipped_windows'] for r in recs),
-            ),
-            windows=sum(r['windows'] for r in recs),
-            skipped_windows=sum(r['skipped_windows'] for r in recs),
-            polygons=sum(r['polygons'] for r in recs),
-            total_rts_area_m2=sum(r['rts_area_m2'] for r in recs),
-            mosaics=mosaics,
-            failed=failed,
-            wall_seconds=round(time.time() - t0, 2),
-            gpu=torch.cuda.get_device_name(dev) if dev.type == 'cuda' else None,
-            device=str(dev),
-        )
-        atomic_write_text(dst.local / lname, json.dumps(log, indent=2))
-        dst.publish(lname, keep=True)
-        return log
+        counts = (len(jobs), len(recorder.finished), len(jobs) - len(todo))
+        res = run_log(info, (i, n, shard_source), recs, *counts, mosaics, failed, t0, predictor.device)
+        write_json(dst, lname, res)
+        return res
 
     try:
         if todo:
-            predict_scenes(predictor, todo, cfg, on_done=on_done)
-        if manifest.exists():
-            dst.publish(mname, keep=True)
+            predict_scenes(predictor, todo, cfg, on_done=recorder)
+        recorder.close()
         if tiles is not None:
-            done = _manifests(dst)
-            if set(tiles.tile_id) <= set(done):
-                stage = 'mosaic'
-                mosaics = build_mosaics(dst, tiles, done, cfg, polygon_crs)
-                bad = [m for m in mosaics if 'error' in m]
-                if bad:
-                    failed = f'mosaic of {len(bad)} of {len(mosaics)} region(s) failed: ' + '; '.join(
-                        f'{m["region"]}: {m["error"]}' for m in bad
-                    )
-            else:
-                print(
-                    f'{len(set(tiles.tile_id) - set(done))} tile(s) of the list not finished yet (other shards); mosaics later',
-                    flush=True,
-                )
+            stage = 'mosaic'
+            mosaics, failed = finish_tile_list(dst, tiles, [j.key for j in jobs], i, n, cfg, polygon_crs, mosaic)
     except Exception as e:  # the log still says what was done, and what failed
         failed = f'{stage}: {one_line(e)}'
-        write_log()
+        log()
         raise
-    log = write_log()
+    res = log()
     if dst.remote:
         shutil.rmtree(dst.local, ignore_errors=True)
     print(
-        f'{len(finished)} predicted, {len(jobs) - len(todo)} already done, {log["polygons"]} polygons, '
-        f'{log["total_rts_area_m2"] / 1e6:.3f} km2 of RTS in {log["wall_seconds"]} s -> {dst.uri}',
+        f'{len(recorder.finished)} predicted, {len(jobs) - len(todo)} already done, {res["polygons"]} polygons, '
+        f'{res["total_rts_area_m2"] / 1e6:.3f} km2 of RTS in {res["wall_seconds"]} s -> {dst.uri}',
         flush=True,
     )
     if failed:
         raise RtsSegError(failed)
-    return log
+    return res
