@@ -144,20 +144,21 @@ def _unit(crs: CRS) -> float:
 # %% ../nbs/11e_track.ipynb #ab404092
 def load_year(
     source: str | Path,  # the year's polygon file, folder or quoted glob
-    crs: CRS | None = None,  # CRS to bring them into; None: that of the first file (a UTM zone if geographic)
+    crs: CRS | None = None,  # CRS to bring them into; None: the first file's (its UTM zone if geographic)
     layer: str | None = None,  # layer of each file; None: `rts` if present, else the first
     join_m: float = 0.0,  # pieces in different files that meet or lie closer than this (metres) are one slump
-) -> tuple[list, list[str], CRS]:
+) -> tuple[list, list[str], CRS | None]:
     "One year's polygons from one or many files, in one metric CRS; pieces that meet across files (tile seams) dissolved."
     polys, files = [], []
-    for k, f in enumerate(polygon_files(source)):
+    for f in polygon_files(source):
         ps, src = read_polygons(f, layer)
-        crs = crs or metric_crs(ps, src)
-        ps = [p for p in _to(ps, src, crs) if not p.is_empty]
+        if crs is None and (ps or src.is_projected):  # a geographic file without polygons cannot choose a UTM zone
+            crs = metric_crs(ps, src)
+        if crs is not None:
+            ps = [p for p in _to(ps, src, crs) if not p.is_empty]
         polys += ps
         files += [f.name] * len(ps)
-    assert crs is not None
-    if len(set(files)) < 2:
+    if crs is None or len(set(files)) < 2:
         return polys, files, crs
     parent = list(range(len(polys)))  # union-find of the pieces that meet across files
 
@@ -340,7 +341,7 @@ def track_polygons(
                         geometry=None,
                     )
                 )
-        prev, prev_ids, prev_areas = ps, [int(i) for i in ids], areas  # type: ignore[misc]
+        prev, prev_ids, prev_areas = ps, [i for i in ids if i is not None], areas
     cols = [*SLUMP_FIELDS, 'geometry']
     return pd.DataFrame(rows, columns=cols).sort_values(['year', 'slump_id'], kind='stable').reset_index(drop=True)
 
@@ -390,12 +391,12 @@ def lineage(
             if len(gone)
             else 'present'
             if last.year == last_year
-            else into[(int(sid), years[years.index(last.year) + 1])]  # type: ignore[call-overload]
+            else into[(int(sid), years[years.index(last.year) + 1])]
         )
         far = headwall_retreat(first.geometry, last.geometry, unit)[0] if dy else float('nan')
         rows.append(
             dict(
-                slump_id=int(sid),  # type: ignore[call-overload]
+                slump_id=int(sid),
                 first_year=int(first.year),
                 last_year=int(last.year),
                 years_seen=len(s),
@@ -532,10 +533,12 @@ def track(
         )
     if years is not None and len(years) != len(polygons):
         raise RtsSegError(f'{len(years)} years for {len(polygons)} polygon sources; give one year per source')
-    ys = list(years) if years is not None else [year_of(p) for p in polygons]
-    for p, y in zip(polygons, ys):
+    ys: list[int] = []
+    for k, p in enumerate(polygons):
+        y = years[k] if years is not None else year_of(p)
         if y is None:
             raise RtsSegError(f'no 4-digit year in {p}; name the files by year (e.g. rts_2019.gpkg) or give --years')
+        ys.append(int(y))
     for y in set(ys):
         if ys.count(y) > 1:
             dup = [str(p) for p, v in zip(polygons, ys) if v == y]
@@ -560,7 +563,8 @@ def track(
             )
         polys.append(ps)
         srcs.append(s)
-    assert dst is not None
+    if dst is None:
+        raise RtsSegError(f'no polygon in any of {", ".join(map(str, polygons))}: nothing to track')
     unit = _unit(dst)
     slumps = track_polygons([y for y, _ in by_year], polys, min_overlap, stable_pct, unit, srcs)
     lin = lineage(slumps, unit)
