@@ -23,6 +23,7 @@ from rasterio.windows import Window
 from .bands import BANDS_FILE, RGB
 from .core import RtsSegError, atomic_write_text, readable
 from .io import valid_mask, write_raster
+from .terrain import TERRAIN_BANDS, TERRAIN_SOURCE, check_dem, terrain_like, terrain_tags, write_bands
 
 # %% auto #0
 __all__ = ['MASK_SUFFIXES', 'MASK_VALUES', 'read_polygons', 'scene_files', 'scale_to_uint8', 'make_dataset', 'chip_files',
@@ -99,16 +100,18 @@ def _write_index(
     source: str,  # folder of the imagery tiles
     names: list[str],  # their band names
     what: str,  # named when there is no row, e.g. 'no tile with valid pixels in DIR'
+    more: dict[str, list[str]] | None = None,  # further sources and their bands, e.g. {'DEM': [relelev, ...]}
 ) -> tuple[pd.DataFrame, dict]:
-    "Write metadata.csv, splits.yaml and, for bands other than today's R, G, B in PLANET-RGB, bands.yaml."
+    "Write metadata.csv, splits.yaml and, for bands other than today's R, G, B in PLANET-RGB alone, bands.yaml."
     if not rows:
         raise RtsSegError(what)
     meta = pd.DataFrame(rows)
     meta.to_csv(work / 'metadata.csv', index=False)
     splits = _split_regions(Counter(meta.RegionName))
     atomic_write_text(work / 'splits.yaml', yaml.safe_dump(splits, sort_keys=False, allow_unicode=True))
-    if source != 'PLANET-RGB' or names != RGB:
-        atomic_write_text(work / BANDS_FILE, yaml.safe_dump({source: names}, sort_keys=False, default_flow_style=None))
+    if source != 'PLANET-RGB' or names != RGB or more:
+        decl = {source: names, **(more or {})}
+        atomic_write_text(work / BANDS_FILE, yaml.safe_dump(decl, sort_keys=False, default_flow_style=None))
     return meta, splits
 
 
@@ -139,6 +142,22 @@ def _scene_bands(sc, src, bands, band_names) -> tuple[list[int], list[str]]:
     return list(bands), names
 
 
+def _write_terrain(dem, work: Path, tid: str, crs, transform, shape):
+    "The terrain bands of a tile on its grid, in DEM/{tid}.tif (`rts_seg.terrain`)."
+    t = terrain_like(dem, (crs, transform, shape), min_cover=0)  # coverage: checked for the whole scene or chip
+    write_bands(work / TERRAIN_SOURCE / f'{tid}.tif', t, TERRAIN_BANDS, crs, transform, tags=terrain_tags())
+
+
+def _terrain_decl(dem) -> dict[str, list[str]] | None:
+    "The terrain source of bands.yaml, with a DEM."
+    return {TERRAIN_SOURCE: list(TERRAIN_BANDS)} if dem is not None else None
+
+
+def _terrain_line(dem) -> str:
+    "The printed line saying where the terrain bands are."
+    return f'terrain: {", ".join(TERRAIN_BANDS)} as float32 in {TERRAIN_SOURCE}/, from {dem} (rts_seg.terrain)'
+
+
 def make_dataset(
     images: str | Path,  # folder of GeoTIFF scenes, or a glob pattern
     polygons: str | Path,  # slump polygons (GeoJSON, GPKG, shapefile; any CRS)
@@ -151,6 +170,7 @@ def make_dataset(
     band_names: list[str] | tuple[str, ...] | None = None,  # their names, for bands.yaml (None: red, green, blue)
     source: str = 'PLANET-RGB',  # folder of the imagery tiles, e.g. S2
     to_uint8: tuple[float, float] | list[float] | None = None,  # (low, high) scaled onto uint8 0-255; None: keep
+    dem: str | Path | None = None,  # a DEM under the scenes: its terrain bands on each tile's grid, in DEM/
     verbose: bool = True,  # print what the tiles hold
 ) -> Path:
     "Build a dataset in the data-contract layout from scenes and polygons; written in a temporary folder, then renamed."
@@ -181,6 +201,8 @@ def make_dataset(
             with src:
                 if src.crs is None:
                     raise RtsSegError(f'{sc} has no CRS; georeference it first')
+                if dem is not None:  # the scene, not each tile: tiles may reach beyond it (and the DEM)
+                    check_dem(dem, src)
                 keep, names = _scene_bands(sc, src, bands, band_names)
                 sig = (len(keep), src.dtypes[keep[0] - 1])
                 if ref is None:
@@ -235,6 +257,8 @@ def make_dataset(
                         tid = f'{sc.stem}_{r0 // tile_size:03d}_{c0 // tile_size:03d}'
                         write_raster(work / source / f'{tid}.tif', img, src.crs, tfm, nodata=nodata)
                         write_raster(work / 'labels' / f'{tid}.tif', lbl, src.crs, tfm)
+                        if dem is not None:
+                            _write_terrain(dem, work, tid, src.crs, tfm, (tile_size, tile_size))
                         cx, cy = tfm * (tile_size / 2, tile_size / 2)
                         lon, lat = warp_transform(src.crs, 'EPSG:4326', [cx], [cy])
                         pos = (lbl == 1).any()
@@ -255,7 +279,7 @@ def make_dataset(
                                 UIDs=';'.join(str(uids[i]) for i in full) if pos else '',
                             )
                         )
-        _write_index(work, rows, source, names, f'no tile with valid pixels in {images}')
+        _write_index(work, rows, source, names, f'no tile with valid pixels in {images}', _terrain_decl(dem))
         readable(work)  # mkdtemp's 0o700 would hide the dataset from other users
         work.rename(out)
     finally:
@@ -264,6 +288,8 @@ def make_dataset(
         assert ref is not None
         dtype = 'uint8' if to_uint8 is not None else ref[1][1]
         print(_imagery_line(names, dtype, source, to_uint8, 'scenes'))
+        if dem is not None:
+            print(_terrain_line(dem))
         if len(crss) > 1:
             print(f"CRSs: {', '.join(f'{k} ({n})' for k, n in crss.most_common())}, each tile in its scene's")
     return out
@@ -409,6 +435,7 @@ def make_dataset_from_chips(
     region_column: str = 'RegionName',  # column of `regions` naming the region
     to_uint8: tuple[float, float] | list[float] | None = None,  # (low, high) scaled onto uint8 0-255; None: keep
     nodata_warn: float = 0.5,  # list chips with at least this share of nodata pixels
+    dem: str | Path | None = None,  # a DEM under the chips: its terrain bands on each chip's grid, in DEM/
     verbose: bool = True,  # print what was detected, converted and found wanting
 ) -> Path:
     "Build a dataset in the data-contract layout from chips and their raster masks, one tile per chip."
@@ -460,6 +487,8 @@ def make_dataset_from_chips(
         with _open(f, 'chip') as src:
             if src.crs is None:
                 raise RtsSegError(f'chip {f} has no CRS; georeference it first')
+            if dem is not None:
+                check_dem(dem, src)
             if label_band is not None and not 1 <= label_band <= src.count:
                 raise RtsSegError(f'chip {f} has {src.count} band(s); --label-band {label_band} is not one of them')
             img_bands = imagery_bands(src)
@@ -521,6 +550,8 @@ def make_dataset_from_chips(
                 else:
                     write_raster(work / source / f'{f.stem}.tif', img, src.crs, src.transform, nodata=src.nodata)
                 write_raster(work / 'labels' / f'{f.stem}.tif', lbl, src.crs, src.transform)
+                if dem is not None:
+                    _write_terrain(dem, work, f.stem, src.crs, src.transform, src.shape)
                 b = src.bounds
                 lon, lat = warp_transform(src.crs, 'EPSG:4326', [(b.left + b.right) / 2], [(b.bottom + b.top) / 2])
                 crss[src.crs.to_string()] += 1
@@ -535,7 +566,9 @@ def make_dataset_from_chips(
                         UIDs=table.loc[f.stem, 'UIDs'] if table is not None and 'UIDs' in table.columns else '',
                     )
                 )
-        meta, splits = _write_index(work, rows, source, names, f'no chip with valid pixels in {chips}')
+        meta, splits = _write_index(
+            work, rows, source, names, f'no chip with valid pixels in {chips}', _terrain_decl(dem)
+        )
         if none := [k for k, v in splits.items() if not v]:
             notes.append(
                 f'{meta.RegionName.nunique()} region(s), so no {" or ".join(none)} region in splits.yaml: '
@@ -547,6 +580,8 @@ def make_dataset_from_chips(
         shutil.rmtree(work, ignore_errors=True)
     dtype = 'uint8' if to_uint8 is not None else ref[1][1]
     notes.append(_imagery_line(names, dtype, source, to_uint8, 'chips'))
+    if dem is not None:
+        notes.append(_terrain_line(dem))
     if len(crss) > 1:
         notes.append(f"CRSs: {', '.join(f'{k} ({n})' for k, n in crss.most_common())}, each tile in its chip's")
     if len(sizes) > 1:

@@ -25,7 +25,7 @@ from .io import is_remote
 # %% auto #0
 __all__ = ['TERRAIN_BANDS', 'TERRAIN_SOURCE', 'TERRAIN_ALIASES', 'TERRAIN_DEFAULTS', 'COG_OPTS', 'horn_gradient', 'slope_degrees',
            'hillshade', 'ring_kernel', 'focal_mean', 'terrain_bands', 'dem_coverage', 'check_coverage', 'work_grid',
-           'dem_on_grid', 'terrain_like', 'synthetic_dem', 'write_bands', 'terrain_tags', 'write_terrain',
+           'dem_on_grid', 'check_dem', 'terrain_like', 'synthetic_dem', 'write_bands', 'terrain_tags', 'write_terrain',
            'predict_terrain']
 
 # %% ../nbs/05b_terrain.ipynb #d0bb2376
@@ -199,8 +199,14 @@ def work_grid(
     k = max(1, round(dem_px / (abs(transform.a) * factor)))
     wx, wy = abs(transform.a) * k, abs(transform.e) * k
     m = math.ceil(margin / (min(wx, wy) * factor)) + 2
-    wt = Affine(wx, 0, transform.c - m * wx, 0, -wy, transform.f + m * wy)
-    return wt, (math.ceil(shape[0] / k) + 2 * m, math.ceil(shape[1] / k) + 2 * m), k, m, dem_px
+    if k == 1:  # the image's own grid, grown by m pixels: the bands come back by slicing
+        wt = Affine(wx, 0, transform.c - m * wx, 0, -wy, transform.f + m * wy)
+        return wt, (shape[0] + 2 * m, shape[1] + 2 * m), k, m, dem_px
+    # coarser: a lattice of the CRS (multiples of wx, wy), the same for every tile of a scene, so cut tiles agree with it
+    l, b, r, t = rasterio.transform.array_bounds(*shape, transform)
+    x0, y0 = math.floor(l / wx - m) * wx, math.ceil(t / wy + m) * wy
+    w, h = math.ceil((r - x0) / wx) + m, math.ceil((y0 - b) / wy) + m
+    return Affine(wx, 0, x0, 0, -wy, y0), (h, w), k, m, dem_px
 
 
 def dem_on_grid(
@@ -221,10 +227,28 @@ def dem_on_grid(
         dst_crs=crs,
         dst_nodata=np.nan,
         resampling=resampling,
+        # a fixed kernel: GDAL would widen bilinear's by each chunk's own scale, so tiles would differ from their scene
+        **(dict(XSCALE=1, YSCALE=1) if resampling == Resampling.bilinear else {}),
     )
     return z
 
 # %% ../nbs/05b_terrain.ipynb #38fbd626
+def check_dem(
+    dem,  # the DEM: a path or an open rasterio dataset
+    like,  # the image: a path, an open rasterio dataset, or (crs, transform, (h, w))
+    min_cover: float = 0.99,  # the least share of the image the DEM must cover (0: no check)
+):
+    "Raise `RtsSegError` for a DEM without a CRS, or one that covers less than `min_cover` of the image."
+    if isinstance(dem, (str, Path)):
+        with _open(dem, 'DEM') as d:
+            return check_dem(d, like, min_cover)
+    name, crs, t, shape = like if isinstance(like, tuple) and len(like) == 4 else _grid(like)
+    if dem.crs is None:
+        raise RtsSegError(f'DEM {dem.name} has no CRS; assign it first (e.g. gdal_edit.py -a_srs EPSG:3413 {dem.name})')
+    if min_cover > 0:
+        check_coverage(dem, name, crs, t, shape, min_cover)
+
+
 def terrain_like(
     dem: str | Path,  # the DEM (GeoTIFF, VRT): any CRS, any resolution, elevations in metres
     like,  # the image whose grid the bands go on: a path, an open rasterio dataset, or (crs, transform, (h, w))
@@ -243,10 +267,7 @@ def terrain_like(
         raise RtsSegError(f'{name} is not north-up (transform {tuple(t)[:6]}); warp it first (gdalwarp)')
     p = {**TERRAIN_DEFAULTS, **kw}
     with _open(dem, 'DEM') as d:
-        if d.crs is None:
-            raise RtsSegError(f'DEM {dem} has no CRS; assign it first (e.g. gdal_edit.py -a_srs EPSG:3413 {dem})')
-        if min_cover > 0:
-            check_coverage(d, name, crs, t, shape, min_cover)
+        check_dem(d, (name, crs, t, shape), min_cover)
         wt, wshape, k, m, dem_px = work_grid(d, crs, t, shape, max(p['relelev_radius'], p['tpi_radii'][1]))
         wpx = abs(wt.a) * crs.linear_units_factor[1]
         z = dem_on_grid(d, crs, wt, wshape, Resampling.average if dem_px < 0.75 * wpx else Resampling.bilinear)
