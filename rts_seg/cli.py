@@ -14,9 +14,9 @@ from .config import InferenceConfig, add_train_args, config_yaml, load_config
 from .core import RtsSegError, run_cli
 
 # %% auto #0
-__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'split_bands', 'bands_override', 'predict_config', 'cmd_predict', 'cmd_stats',
-           'cmd_check_data', 'cmd_make_dataset', 'cmd_image_tag', 'cmd_image_check', 'cmd_evaluate', 'cmd_track',
-           'cmd_export', 'cmd_serve', 'cmd_launch', 'parser', 'main']
+__all__ = ['COMMANDS', 'cmd_synth', 'cmd_train', 'split_bands', 'bands_override', 'predict_config', 'split_models', 'cmd_predict',
+           'cmd_mosaic', 'cmd_stats', 'cmd_check_data', 'cmd_make_dataset', 'cmd_terrain', 'cmd_image_tag',
+           'cmd_image_check', 'cmd_evaluate', 'cmd_track', 'cmd_export', 'cmd_serve', 'cmd_launch', 'parser', 'main']
 
 # %% ../nbs/13_cli.ipynb #8a43d4fa
 def cmd_synth(sub):
@@ -96,13 +96,30 @@ def predict_config(a: argparse.Namespace) -> InferenceConfig:
     return cfg
 
 
+def split_models(
+    models: str | list[str],  # what --model took: one path (or $MODEL_PATH), or several
+    overrides: list[str],  # the key=value overrides
+) -> tuple[str | list[str], list[str]]:
+    "The model (one path) or the ensemble (a list) of `--model`, and the overrides, with any `section.key=value` that `--model`'s list took back among them."
+    import re
+
+    ms = [models] if isinstance(models, str) else list(models)
+    over = [m for m in ms if re.match(r'^[A-Za-z_]+\.[A-Za-z_.]+=', m)]
+    ms = [m for m in ms if m not in over]
+    if not ms:
+        raise RtsSegError('--model names no model file: give a best.pth (several for an ensemble), then the overrides')
+    return (ms[0] if len(ms) == 1 else ms), over + list(overrides)
+
+
 def cmd_predict(sub):
     "rts-seg predict: probability, mask and scale COGs, polygons and a log, for scenes or a sharded tile list."
     q = sub.add_parser('predict', help='predict slumps over whole scenes or a tile list')
     q.add_argument(
         '--model',
         required=True,
-        help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar; a path or gs:// URI (downloaded once)',
+        nargs='+',
+        help='model bundle written by rts-seg train (best.pth), or an exported best.onnx / best.pt with its .json sidecar; a path or gs:// URI (downloaded once); '
+        'several, or a folder of runs (train --seeds), average their calibrated probabilities (an ensemble)',
     )
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
@@ -117,6 +134,11 @@ def cmd_predict(sub):
         default=None,
         help='per --scene, a raster of its aux bands on its grid (a model trained with data.extra_channels)',
     )
+    q.add_argument(
+        '--dem',
+        default=None,
+        help="with --scene: a DEM (any CRS) whose terrain bands the model reads are computed on each scene's grid",
+    )
     q.add_argument('--out', required=True, help='output folder')
     q.add_argument('--config', default=None, help='YAML with an inference section (e.g. configs/inference.yaml)')
     q.add_argument(
@@ -126,6 +148,12 @@ def cmd_predict(sub):
         '(Cloud Batch, Cloud Run jobs; auto/N with a Kubernetes indexed Job of N completions)',
     )
     q.add_argument('--resume', action='store_true', help='skip tiles a manifest in --out lists as finished')
+    q.add_argument(
+        '--no-mosaic',
+        dest='mosaic',
+        action='store_false',
+        help='tile list: leave the regions to rts-seg mosaic tasks (the last shard reduces them otherwise)',
+    )
     for flag, key, typ in (
         ('--tile-size', 'tile_size', int),
         ('--stride', 'stride', int),
@@ -144,9 +172,14 @@ def cmd_predict(sub):
     q.add_argument('overrides', nargs='*', help='config overrides, e.g. inference.tta=full inference.scales=[1.0,0.5]')
 
     def fn(a):
+        a.model, a.overrides = split_models(a.model, a.overrides)
         cfg = predict_config(a)  # before torch loads, so a mistake in the config is reported at once
         from rts_seg.infer import run_inference
 
+        if a.dem:  # the terrain bands on each scene's grid, written once in --out, become its aux raster
+            from rts_seg.terrain import predict_terrain
+
+            a.extra = predict_terrain(a.model, a.scene, a.dem, a.out, a.resume, a.tile_list, a.extra)
         run_inference(
             a.model,
             a.out,
@@ -157,9 +190,38 @@ def cmd_predict(sub):
             cfg=cfg,
             shard=a.shard,
             resume=a.resume,
+            mosaic=a.mosaic,
         )
 
     q.set_defaults(fn=fn)
+
+# %% ../nbs/13_cli.ipynb #c5a024cf
+def cmd_mosaic(sub):
+    "rts-seg mosaic: the reduce stage of a tile-list run, per region, each region from its own files."
+    m = sub.add_parser(
+        'mosaic', help="a tile-list run's region mosaics (VRT/COG), merged polygons (GeoPackage, GeoParquet), STAC"
+    )
+    m.add_argument('--out', required=True, help="the run's output folder (a path or gs:// URI)")
+    m.add_argument('--tile-list', required=True, help='its tile list (CSV with tile_id, RegionName)')
+    which = m.add_mutually_exclusive_group()
+    which.add_argument('--region', nargs='+', default=None, help='these regions (default: all)')
+    which.add_argument(
+        '--task',
+        default=None,
+        help="this task's share of the regions: i/n, or auto from a batch engine's task index (rts-seg launch mosaic)",
+    )
+    m.add_argument('--config', default=None, help='YAML with an inference section')
+    m.add_argument(
+        'overrides', nargs='*', help='config overrides, e.g. inference.mosaics=vrt inference.polygon_crs=EPSG:3413'
+    )
+
+    def fn(a):
+        cfg = load_config(a.config, a.overrides).inference
+        from rts_seg.infer import run_mosaic
+
+        run_mosaic(a.out, a.tile_list, regions=a.region, task=a.task, cfg=cfg)
+
+    m.set_defaults(fn=fn)
 
 # %% ../nbs/13_cli.ipynb #6200846a
 def cmd_stats(sub):
@@ -303,6 +365,11 @@ def cmd_make_dataset(sub):
         default=0.5,
         help='chips: list those with at least this share of nodata (default 0.5)',
     )
+    s.add_argument(
+        '--dem',
+        default=None,
+        help="a DEM under the imagery (any CRS): terrain bands (relelev slope shade tpi) on each tile's grid in DEM/",
+    )
 
     def fn(a):
         import pandas as pd
@@ -334,6 +401,7 @@ def cmd_make_dataset(sub):
                 band_names=a.band_names,
                 source=a.source,
                 to_uint8=a.to_uint8,
+                dem=a.dem,
             )
         else:
             if a.polygons is not None:
@@ -353,11 +421,47 @@ def cmd_make_dataset(sub):
                 region_column=a.region_column,
                 to_uint8=a.to_uint8,
                 nodata_warn=a.nodata_warn,
+                dem=a.dem,
             )
         meta = pd.read_csv(root / 'metadata.csv', keep_default_na=False)
         print(
             f'wrote {len(meta)} tiles ({(meta.TrainClass == "Positive").sum()} positive) in {meta.RegionName.nunique()} region(s) to {root}'
         )
+
+    s.set_defaults(fn=fn)
+
+# %% ../nbs/13_cli.ipynb #4465438a
+def cmd_terrain(sub):
+    "rts-seg terrain: relative elevation, slope, shaded relief and TPI of a DEM on the grid of an image."
+    s = sub.add_parser('terrain', help="terrain bands of a DEM on an image's grid (a float32 COG, bands named)")
+    s.add_argument('--dem', required=True, help='DEM GeoTIFF or VRT: any CRS, any resolution, elevations in metres')
+    s.add_argument('--like', required=True, help='image whose grid the bands go on (its CRS, transform and size)')
+    s.add_argument('--out', required=True, help='GeoTIFF to write (a COG)')
+    s.add_argument(
+        '--bands',
+        nargs='+',
+        default=None,
+        help="which, in order (default relelev slope shade tpi); re and sr, today's EXTRA names, are taken too",
+    )
+    s.add_argument(
+        '--relelev-radius', type=float, default=100.0, help='relelev: radius of the disk averaged, m (default 100)'
+    )
+    s.add_argument(
+        '--tpi-radii',
+        type=float,
+        nargs=2,
+        default=(100.0, 500.0),
+        metavar=('INNER', 'OUTER'),
+        help='tpi: radii of the ring averaged, m (default 100 500)',
+    )
+    s.add_argument('--azimuth', type=float, default=315.0, help='shade: light from, degrees from north (default 315)')
+    s.add_argument('--altitude', type=float, default=45.0, help='shade: light above the horizon, degrees (default 45)')
+
+    def fn(a):
+        from rts_seg.terrain import TERRAIN_BANDS, write_terrain
+
+        kw = dict(relelev_radius=a.relelev_radius, tpi_radii=tuple(a.tpi_radii), azimuth=a.azimuth, altitude=a.altitude)
+        write_terrain(a.dem, a.like, a.out, a.bands or TERRAIN_BANDS, **kw)
 
     s.set_defaults(fn=fn)
 
@@ -612,8 +716,9 @@ def cmd_serve(sub):
     )
     s.add_argument(
         '--model',
+        nargs='+',
         default=os.environ.get('MODEL_PATH'),
-        help='model bundle (best.pth) or export, a path or gs:// URI (default $MODEL_PATH)',
+        help='model bundle (best.pth) or export, a path or gs:// URI (default $MODEL_PATH); several, or a folder of runs: an ensemble',
     )
     s.add_argument('--host', default='127.0.0.1', help='interface to listen on (0.0.0.0 in a container)')
     s.add_argument('--port', type=int, default=8080, help='TCP port (default 8080)')
@@ -629,7 +734,7 @@ def cmd_serve(sub):
             raise RtsSegError('rts-seg serve needs --model PATH_OR_URI, or MODEL_PATH set to one')
         from rts_seg.serve import serve
 
-        serve(a.model, a.host, a.port, a.device, a.max_mb)
+        serve(split_models(a.model, [])[0], a.host, a.port, a.device, a.max_mb)
 
     s.set_defaults(fn=fn)
 
@@ -720,14 +825,34 @@ def cmd_launch(sub):
         metavar='NAME=projects/P/secrets/S/versions/V',
         help='a Secret Manager version as an environment variable of the tasks',
     )
+    q.add_argument(
+        '--mosaic-tasks',
+        type=int,
+        default=16,
+        help='tasks of the reduce job NAME-mosaic, each a share of the regions (default 16); 0: the last shard reduces all',
+    )
+    q.add_argument('--mosaic-machine', default='n2-highmem-8', help='CPU machine type of the reduce tasks')
+    q.add_argument(
+        '--wait', action='store_true', help='stay until the prediction job has succeeded, then submit the reduce job'
+    )
     common(q, 'g2-standard-8')
     q.add_argument(
         'overrides', nargs='*', metavar='key=value', help='inference overrides for every task, e.g. inference.tta=full'
     )
+    r = kinds.add_parser('mosaic', help="a Cloud Batch job of CPU tasks: a finished prediction's regions, reduced")
+    r.add_argument('--tile-list', required=True, help='gs:// URI of the tile list of the prediction')
+    r.add_argument('--out', required=True, help='gs:// output folder of the prediction')
+    r.add_argument('--tasks', type=int, default=16, help='tasks, each every n-th region (default 16)')
+    r.add_argument('--no-spot', dest='spot', action='store_false', help='standard VMs instead of spot ones')
+    r.add_argument('--spot', dest='spot', action='store_true', default=True, help='spot VMs (the default)')
+    r.add_argument('--retries', type=int, default=3, help='retries of a task whose VM was lost (default 3)')
+    r.add_argument('--secret', action='append', default=[], metavar='NAME=projects/P/secrets/S/versions/V')
+    common(r, 'n2-highmem-8')
+    r.add_argument('overrides', nargs='*', metavar='key=value', help='e.g. inference.mosaics=vrt')
 
     def fn(a):
         from rts_seg.image import find_root
-        from rts_seg.launch import launch_predict, launch_train
+        from rts_seg.launch import launch_mosaic, launch_predict, launch_train
 
         kw = dict(
             registry=a.registry,
@@ -757,6 +882,20 @@ def cmd_launch(sub):
                 disk_gb=a.disk_gb,
                 **kw,
             )
+        elif a.kind == 'mosaic':
+            if a.gpus or a.accelerator:
+                raise RtsSegError('launch mosaic runs on CPU machines: leave out --gpus and --accelerator')
+            kw = {k: v for k, v in kw.items() if k not in ('gpus', 'accelerator')}
+            launch_mosaic(
+                root,
+                a.tile_list,
+                a.out,
+                tasks=a.tasks,
+                retries=a.retries,
+                overrides=a.overrides,
+                secrets=a.secret,
+                **kw,
+            )
         else:
             launch_predict(
                 root,
@@ -770,6 +909,9 @@ def cmd_launch(sub):
                 max_run_hours=a.max_run_hours,
                 overrides=a.overrides,
                 secrets=a.secret,
+                mosaic_tasks=a.mosaic_tasks,
+                mosaic_machine=a.mosaic_machine,
+                wait=a.wait,
                 **kw,
             )
 
@@ -780,6 +922,7 @@ COMMANDS = [
     cmd_synth,
     cmd_train,
     cmd_predict,
+    cmd_mosaic,
     cmd_evaluate,
     cmd_track,
     cmd_export,
@@ -788,6 +931,7 @@ COMMANDS = [
     cmd_stats,
     cmd_check_data,
     cmd_make_dataset,
+    cmd_terrain,
     cmd_image_tag,
     cmd_image_check,
 ]  # in the order `rts-seg --help` lists them

@@ -114,7 +114,9 @@ def terrain_bands(
 ) -> np.ndarray:
     "Terrain bands (C, H, W) float32 of a DEM on its grid; NaN where the elevation is unknown."
     if bad := [b for b in bands if b not in TERRAIN_BANDS]:
-        raise RtsSegError(f'unknown terrain band(s) {", ".join(bad)}; terrain bands are {", ".join(TERRAIN_BANDS)}')
+        raise RtsSegError(
+            f'unknown terrain band(s) {", ".join(bad)}; terrain bands are {", ".join(TERRAIN_BANDS)} (re, sr: relelev, shade)'
+        )
     if not relelev_radius > 0 or not 0 <= tpi_radii[0] < tpi_radii[1]:
         raise RtsSegError(
             f'terrain radii: relelev {relelev_radius:g} m must be above 0, and tpi {tpi_radii[0]:g}-{tpi_radii[1]:g} m an inner radius below the outer one'
@@ -266,14 +268,15 @@ def terrain_like(
     if t.b or t.d or t.e >= 0:
         raise RtsSegError(f'{name} is not north-up (transform {tuple(t)[:6]}); warp it first (gdalwarp)')
     p = {**TERRAIN_DEFAULTS, **kw}
+    terrain_bands(np.zeros((3, 3)), 1.0, bands, **p)  # the names and radii, checked before any reading
     with _open(dem, 'DEM') as d:
         check_dem(d, (name, crs, t, shape), min_cover)
         wt, wshape, k, m, dem_px = work_grid(d, crs, t, shape, max(p['relelev_radius'], p['tpi_radii'][1]))
-        wpx = abs(wt.a) * crs.linear_units_factor[1]
+        wpx, dcrs = abs(wt.a) * crs.linear_units_factor[1], d.crs.to_string()
         z = dem_on_grid(d, crs, wt, wshape, Resampling.average if dem_px < 0.75 * wpx else Resampling.bilinear)
     if verbose:
         print(
-            f'DEM {dem}: {dem_px:.3g} m pixels in {crs.to_string()}; bands derived on {wshape[1]} x {wshape[0]} px of {wpx:.3g} m'
+            f'DEM {dem} ({dcrs}, pixels of {dem_px:.3g} m): bands derived on {wshape[1]} x {wshape[0]} px of {wpx:.3g} m in {crs.to_string()}'
         )
     out = terrain_bands(z, wpx, bands, **p)
     if k == 1:  # the work grid is the image's, with a margin
