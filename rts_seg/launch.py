@@ -6,7 +6,7 @@ Docs: https://rts-seg.github.io/rts_seg/launch.html.md"""
 
 # %% ../nbs/12a_launch.ipynb #e452368b
 from __future__ import annotations
-import base64, datetime, json, re, shlex, shutil, subprocess, urllib.error, urllib.parse, urllib.request
+import base64, datetime, json, re, shlex, shutil, subprocess, time, urllib.error, urllib.parse, urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ from .io import is_remote
 # %% auto #0
 __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 'REQUIRED', 'RETRY_EXIT_CODES', 'SECRET_NAME',
            'Machine', 'gpu_machine', 'parse_ref', 'gcp_token', 'registry_has', 'build_plan', 'check_api', 'fuse_path',
-           'vertex_job', 'batch_job', 'batch_cost', 'parse_env', 'parse_secrets', 'Launch', 'launch_train',
-           'launch_predict']
+           'vertex_job', 'batch_job', 'cpu_machine', 'batch_cost', 'parse_env', 'parse_secrets', 'Launch',
+           'wait_for_job', 'launch_train', 'mosaic_plan', 'launch_predict', 'launch_mosaic']
 
 # %% ../nbs/12a_launch.ipynb #b1919cbe
 @dataclass(frozen=True)
@@ -386,8 +386,9 @@ def batch_job(
     secrets: dict | None = None,  # NAME -> Secret Manager version (projects/P/secrets/S/versions/V), in the env
     service_account: str | None = None,  # the VMs' identity; default: the Compute Engine default service account
     labels: dict | None = None,  # job labels
+    entrypoint: str | None = None,  # instead of the image's entry point: rts-seg (for mosaic)
 ) -> dict:
-    "A Cloud Batch `Job`: `tasks` tasks of the inference image on GPU VMs, retried when a VM is lost."
+    "A Cloud Batch `Job`: `tasks` tasks of the inference image on GPU VMs (or CPU ones), retried when a VM is lost."
     if tasks < 1:
         raise RtsSegError(f'--tasks must be at least 1 (got {tasks})')
     if not 1 <= parallelism <= tasks:
@@ -395,7 +396,13 @@ def batch_job(
     if not 0 <= retries <= 10:
         raise RtsSegError(f"--retries must be between 0 and 10 (Cloud Batch's range); got {retries}")
     task = dict(
-        runnables=[dict(container=dict(imageUri=image, commands=list(commands)))],
+        runnables=[
+            dict(
+                container=dict(
+                    imageUri=image, commands=list(commands), **({'entrypoint': entrypoint} if entrypoint else {})
+                )
+            )
+        ],
         maxRetryCount=retries,
         maxRunDuration=f'{round(max_run_hours * 3600)}s',
         lifecyclePolicies=[dict(action='RETRY_TASK', actionCondition=dict(exitCodes=RETRY_EXIT_CODES))],
@@ -405,14 +412,10 @@ def batch_job(
             **({'variables': dict(env)} if env else {}),
             **({'secretVariables': dict(secrets)} if secrets else {}),
         }
-    inst = dict(
-        installGpuDrivers=True,
-        policy=dict(
-            machineType=machine.name,
-            provisioningModel='SPOT' if spot else 'STANDARD',
-            accelerators=[dict(type=machine.batch, count=machine.gpus)],
-        ),
-    )
+    policy: dict[str, Any] = dict(machineType=machine.name, provisioningModel='SPOT' if spot else 'STANDARD')
+    if machine.gpus:
+        policy['accelerators'] = [dict(type=machine.batch, count=machine.gpus)]
+    inst = dict(installGpuDrivers=True, policy=policy) if machine.gpus else dict(policy=policy)
     alloc = dict(instances=[inst], location=dict(allowedLocations=[f'regions/{region}']))
     if service_account:
         alloc['serviceAccount'] = dict(email=service_account)
@@ -422,6 +425,15 @@ def batch_job(
         logsPolicy=dict(destination='CLOUD_LOGGING'),
         labels=dict(labels or {}),
     )
+
+
+def cpu_machine(
+    name: str,  # a machine type without GPUs, e.g. n2-highmem-8, e2-standard-4
+) -> Machine:
+    "A machine type for CPU work (the reduce tasks); one with GPUs is refused."
+    if any(re.fullmatch(p, name) for p, _ in FAMILIES) or not re.fullmatch(r'[a-z][a-z0-9]*-[a-z0-9-]+', name):
+        raise RtsSegError(f'--mosaic-machine {name}: give a machine type without GPUs, e.g. n2-highmem-8')
+    return Machine(name, 0, '', '', 'cpu')
 
 # %% ../nbs/12a_launch.ipynb #8ef5f467
 def batch_cost(
@@ -486,24 +498,30 @@ class Launch:
     "What a launch did or would do."
 
     image: str  # image reference
-    in_registry: bool  # the registry had it before the launch
+    in_registry: bool | None  # the registry had it before the launch; None: not known (a dry run that could not ask)
     build: list  # the build commands (empty when the image was there)
     job: dict  # the job spec
     job_file: Path  # where it is (or would be) written
     submit: list  # the gcloud command
     spec: dict | None = None  # what the job file holds, when not the whole job (Vertex AI's --config takes the jobSpec)
+    unchecked: str = ''  # why the registry was not asked (a dry run offline)
+    then: Launch | None = None  # a job to submit once this one has succeeded (the reduce tasks of a prediction)
 
     def __str__(self):
         q = lambda c: c if isinstance(c, str) else shlex.join(map(str, c))
-        lines = [
-            f'# image {self.image}: '
-            + ('in the registry, no build' if self.in_registry else 'not in the registry; build it with Cloud Build:')
-        ]
-        lines += [q(c) for c in self.build] + [
-            f'# job spec ({self.job_file}):',
-            json.dumps(self.job, indent=2),
-            q(self.submit),
-        ]
+        state = {
+            True: 'in the registry, no build',
+            False: 'not in the registry; build it with Cloud Build:',
+            None: f'could not check the registry for this tag ({self.unchecked}); if it lacks it, build it with Cloud Build:',
+        }[self.in_registry]
+        lines = [f'# image {self.image}: {state}', *[q(c) for c in self.build]]
+        lines += [f'# job spec ({self.job_file}):', json.dumps(self.job, indent=2), q(self.submit)]
+        if self.then:
+            lines += [
+                f'# then, once {self.submit[4] if len(self.submit) > 4 else "it"} has succeeded, its reduce job ({self.then.job_file}):',
+                json.dumps(self.then.job, indent=2),
+                q(self.then.submit),
+            ]
         return '\n'.join(lines)
 
 # %% ../nbs/12a_launch.ipynb #0584fde9
@@ -527,8 +545,8 @@ def _project(registry: str, project: str | None) -> str | None:
     return rest.split('/')[0] if host.endswith('docker.pkg.dev') and rest else None
 
 
-def _go(plan: Launch, build_args: list, dry_run: bool, token: str | None) -> Launch:
-    "Print the plan; unless `dry_run`, build the image if needed, write the job spec and submit it."
+def _go(plan: Launch, build_args: list, dry_run: bool, token: str | None, wait: bool = False) -> Launch:
+    "Print the plan; unless `dry_run`, build the image if needed, write the job spec(s) and submit (the second once the first succeeded, with `wait`)."
     print(plan, flush=True)
     if dry_run:
         return plan
@@ -541,14 +559,47 @@ def _go(plan: Launch, build_args: list, dry_run: bool, token: str | None) -> Lau
             raise RtsSegError(f'the Cloud Build of {plan.image} failed; its log is above')
         if not registry_has(plan.image, token):
             raise RtsSegError(f'Cloud Build finished but the registry has no {plan.image}')
-    atomic_write_text(plan.job_file, json.dumps(plan.spec or plan.job, indent=2) + '\n')
+    for p in (plan, plan.then):
+        if p:
+            atomic_write_text(p.job_file, json.dumps(p.spec or p.job, indent=2) + '\n')
     if subprocess.run(plan.submit).returncode:
         raise RtsSegError(f'gcloud refused the job; its message is above (spec: {plan.job_file})')
+    if plan.then:
+        if not wait:
+            print(
+                f'# once {plan.submit[4]} has succeeded, submit its reduce job: {shlex.join(plan.then.submit)}',
+                flush=True,
+            )
+        else:
+            wait_for_job(plan.submit)
+            if subprocess.run(plan.then.submit).returncode:
+                raise RtsSegError(f'gcloud refused the reduce job; its message is above (spec: {plan.then.job_file})')
     return plan
 
 
-def _image(root, machine, target, registry, source, branch, image) -> tuple[str, bool, list, list, str | None]:
-    "The image reference, whether the registry has it, the build commands and arguments, and the token used."
+def wait_for_job(
+    submit: list[str],  # the `gcloud batch jobs submit NAME --location=R ...` command of the job
+    every_s: float = 60,  # seconds between two looks
+) -> str:
+    "Wait until a Cloud Batch job has succeeded (its state, by `gcloud batch jobs describe`); an error if it failed."
+    where = [a for a in submit if a.startswith(('--location=', '--project='))]
+    ask = ['gcloud', 'batch', 'jobs', 'describe', submit[4], *where, '--format=value(status.state)']
+    while True:
+        r = subprocess.run(ask, capture_output=True, text=True)
+        state = r.stdout.strip()
+        if r.returncode:
+            raise RtsSegError(f'gcloud could not describe job {submit[4]}: {r.stderr.strip()[-300:]}')
+        if state == 'SUCCEEDED':
+            return state
+        if state in ('FAILED', 'DELETION_IN_PROGRESS', 'CANCELLED'):
+            raise RtsSegError(
+                f'job {submit[4]} is {state}; rerun the same launch (finished tiles are kept), then submit the reduce job'
+            )
+        time.sleep(every_s)
+
+
+def _image(root, machine, target, registry, source, branch, image, dry_run=False):
+    "The image reference, whether the registry has it (None: a dry run could not ask), the build commands and arguments, the token, and why it was not asked."
     if not registry:
         raise RtsSegError(
             'give --registry HOST/PATH (e.g. us-central1-docker.pkg.dev/my-project/rts), or set RTS_SEG_REGISTRY'
@@ -556,8 +607,13 @@ def _image(root, machine, target, registry, source, branch, image) -> tuple[str,
     ref, cmds, args = build_plan(root, machine.arch, target, registry, source, branch, image)
     host = parse_ref(ref)[0]
     token = gcp_token() if host.endswith(('pkg.dev', 'gcr.io')) else None
-    have = registry_has(ref, token)
-    return ref, have, [] if have else cmds, args, token
+    try:
+        have = registry_has(ref, token)
+    except RtsSegError as e:  # offline, or no credentials: a dry run still shows the plan, with its build
+        if not dry_run:
+            raise
+        return ref, None, cmds, args, token, str(e)
+    return ref, have, [] if have else cmds, args, token, ''
 
 
 def launch_train(
@@ -601,7 +657,7 @@ def launch_train(
         raise RtsSegError(
             f'data.root={cfg.data.root} is a local folder the job cannot see; give data.root=gs://BUCKET/PATH'
         )
-    ref, have, cmds, build_args, token = _image(root, m, 'train', registry, source, branch, image)
+    ref, have, cmds, build_args, token, why = _image(root, m, 'train', registry, source, branch, image, dry_run)
     n = _name('rts-train', name)
     args = [
         '--config',
@@ -642,9 +698,70 @@ def launch_train(
         f'--labels=app=rts-seg,image-tag={_label(parse_ref(ref)[2])}',
         f'--config={f}',
     ]
-    return _go(Launch(ref, have, cmds, job, f, submit, spec=job['jobSpec']), build_args, dry_run, token)
+    return _go(Launch(ref, have, cmds, job, f, submit, spec=job['jobSpec'], unchecked=why), build_args, dry_run, token)
 
 # %% ../nbs/12a_launch.ipynb #4b336600
+def _gs(**flags: str):
+    "Refuse a path the tasks could not reach: each of `flags` (--flag -> value) must be gs://."
+    for flag, v in flags.items():
+        if not str(v).startswith('gs://'):
+            raise RtsSegError(
+                f'--{flag.replace("_", "-")} {v}: the tasks run on Google Cloud and read and write gs:// only; copy it to a bucket'
+            )
+
+
+def mosaic_plan(
+    ref: str,  # image reference (the infer image: it has `rts-seg`)
+    name: str,  # the prediction job's name; the reduce job is NAME-mosaic
+    out: str,  # gs:// output folder of the prediction
+    tile_list: str,  # gs:// URI of its tile list
+    region: str,  # Cloud Batch region
+    tasks: int = 16,  # reduce tasks: each takes every n-th region of the sorted list
+    machine: str = 'n2-highmem-8',  # machine type of each task (CPU only)
+    project: str | None = None,  # Google Cloud project
+    overrides: list[str] | None = None,  # inference.* overrides (mosaics, polygon_crs ...)
+    spot: bool = True,  # spot VMs
+    retries: int = 3,  # retries of a task whose VM failed it
+    env: dict | None = None,  # environment variables
+    secrets: dict | None = None,  # Secret Manager references
+    service_account: str | None = None,  # the VMs' identity
+    labels: dict | None = None,  # job labels
+) -> Launch:
+    "The reduce job of a prediction: `tasks` CPU tasks of `rts-seg mosaic --task auto`, each reducing its share of the regions."
+    n = f'{name[:56].rstrip("-")}-mosaic'
+    cmds = ['mosaic', '--out', out, '--tile-list', tile_list, '--task', 'auto', *(overrides or [])]
+    job = batch_job(
+        ref,
+        cpu_machine(machine),
+        cmds,
+        tasks,
+        tasks,
+        region,
+        spot,
+        retries,
+        24,
+        env,
+        secrets,
+        service_account,
+        labels,
+        entrypoint='rts-seg',
+    )
+    if probs := check_api(job, 'Job'):
+        raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
+    f = Path('launches') / f'{n}.json'
+    submit = [
+        'gcloud',
+        'batch',
+        'jobs',
+        'submit',
+        n,
+        f'--location={region}',
+        *([f'--project={project}'] if project else []),
+        f'--config={f}',
+    ]
+    return Launch(ref, True, [], job, f, submit)
+
+
 def launch_predict(
     root: str | Path,  # repository root (the image is built from it)
     model: str,  # gs:// URI of the model (best.pth, or an export with its sidecar)
@@ -671,19 +788,19 @@ def launch_predict(
     service_account: str | None = None,  # the VMs' identity
     image: str = 'rts-seg',  # image name
     dry_run: bool = False,  # print, build and submit nothing
+    mosaic_tasks: int = 16,  # reduce tasks (a second job, NAME-mosaic); 0: the last shard reduces every region
+    mosaic_machine: str = 'n2-highmem-8',  # machine type of the reduce tasks (CPU only)
+    wait: bool = False,  # stay until the prediction job has succeeded, then submit the reduce job
 ) -> Launch:
-    "Predict a tile list on a Cloud Batch job: one task per shard, each `rts-seg predict ... --shard auto --resume`."
+    "Predict a tile list on Cloud Batch: one task per shard (`rts-seg predict ... --shard auto --resume`), then a reduce job."
     from rts_seg.config import load_config
 
-    for flag, v in (('--model', model), ('--tile-list', tile_list), ('--imagery', imagery), ('--out', out)):
-        if not str(v).startswith('gs://'):
-            raise RtsSegError(
-                f'{flag} {v}: the tasks run on Google Cloud and read and write gs:// only; copy it to a bucket'
-            )
+    _gs(model=model, tile_list=tile_list, imagery=imagery, out=out)
     overrides = list(overrides or [])
     load_config(None, overrides)  # a mistake: here, not in 64 tasks
     m = gpu_machine(machine, gpus, accelerator)
-    ref, have, cmds, build_args, token = _image(Path(root).resolve(), m, 'infer', registry, source, branch, image)
+    root = Path(root).resolve()
+    ref, have, cmds, build_args, token, why = _image(root, m, 'infer', registry, source, branch, image, dry_run)
     n = _name('rts-predict', name)
     commands = [
         '--model',
@@ -697,8 +814,10 @@ def launch_predict(
         '--shard',
         'auto',
         '--resume',
-        *overrides,
     ]
+    commands += ['--no-mosaic'] * bool(mosaic_tasks) + overrides
+    labels = {'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])}
+    e, s = parse_env(env), parse_secrets(secrets)
     job = batch_job(
         ref,
         m,
@@ -709,10 +828,10 @@ def launch_predict(
         spot,
         retries,
         max_run_hours,
-        parse_env(env),
-        parse_secrets(secrets),
+        e,
+        s,
         service_account,
-        labels={'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])},
+        labels=labels,
     )
     if probs := check_api(job, 'Job'):
         raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
@@ -728,4 +847,75 @@ def launch_predict(
         *([f'--project={p}'] if p else []),
         f'--config={f}',
     ]
-    return _go(Launch(ref, have, cmds, job, f, submit), build_args, dry_run, token)
+    then = None
+    if mosaic_tasks:
+        then = mosaic_plan(
+            ref,
+            n,
+            out,
+            tile_list,
+            region,
+            mosaic_tasks,
+            mosaic_machine,
+            p,
+            overrides,
+            spot,
+            retries,
+            e,
+            s,
+            service_account,
+            labels,
+        )
+    return _go(Launch(ref, have, cmds, job, f, submit, unchecked=why, then=then), build_args, dry_run, token, wait)
+
+
+def launch_mosaic(
+    root: str | Path,  # repository root (the image is built from it)
+    tile_list: str,  # gs:// URI of the prediction's tile list
+    out: str,  # gs:// output folder of the prediction
+    registry: str,  # HOST/PATH of the images
+    region: str,  # Cloud Batch region
+    tasks: int = 16,  # reduce tasks: each takes every n-th region
+    machine: str = 'n2-highmem-8',  # machine type (CPU only)
+    project: str | None = None,  # Google Cloud project; default: the registry's, else gcloud's
+    spot: bool = True,  # spot VMs
+    retries: int = 3,  # retries of a task whose VM failed it
+    overrides: list[str] | None = None,  # inference.* overrides: mosaics, polygon_crs
+    source: str = 'local',  # image from the working tree (local) or a clean export of a branch (git)
+    branch: str | None = None,  # with source git
+    name: str | None = None,  # job name (NAME-mosaic); default rts-predict-DATE-TIME-mosaic
+    env: list[str] | None = None,  # NAME=VALUE for the tasks (no secrets)
+    secrets: list[str] | None = None,  # NAME=projects/P/secrets/S/versions/V
+    service_account: str | None = None,  # the VMs' identity
+    image: str = 'rts-seg',  # image name
+    dry_run: bool = False,  # print, build and submit nothing
+    image_machine: str = 'g2-standard-8',  # the prediction's machine type: its GPU generation names the image reused
+) -> Launch:
+    "The reduce stage of a finished prediction on Cloud Batch: `tasks` CPU tasks of `rts-seg mosaic --task auto`."
+    from rts_seg.config import load_config
+
+    _gs(tile_list=tile_list, out=out)
+    overrides = list(overrides or [])
+    load_config(None, overrides)
+    ref, have, cmds, build_args, token, why = _image(
+        Path(root).resolve(), gpu_machine(image_machine), 'infer', registry, source, branch, image, dry_run
+    )
+    plan = mosaic_plan(
+        ref,
+        _name('rts-predict', name),
+        out,
+        tile_list,
+        region,
+        tasks,
+        machine,
+        _project(registry, project),
+        overrides,
+        spot,
+        retries,
+        parse_env(env),
+        parse_secrets(secrets),
+        service_account,
+        {'app': 'rts-seg', 'image-tag': _label(parse_ref(ref)[2])},
+    )
+    plan.in_registry, plan.build, plan.unchecked = have, cmds, why
+    return _go(plan, build_args, dry_run, token)

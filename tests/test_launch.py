@@ -191,6 +191,8 @@ def test_launch_predict_submits_a_batch_job(registry, tmp_path):
         import json, subprocess, sys
         a = sys.argv[1:]
         open({str(log)!r}, 'a').write(json.dumps(a) + '\\n')
+        if a[:3] == ['batch', 'jobs', 'describe']: # the prediction job, finished
+            print('SUCCEEDED')
         if a[:2] == ['builds', 'submit']: # Cloud Build pushes _IMAGE:_TAG
             s = dict(kv.split('=', 1) for kv in a[a.index('--substitutions') + 1].split(','))
             subprocess.run(['skopeo', 'copy', '--quiet', '--dest-tls-verify=false', 'oci:{registry['layout']}', f"docker://{{s['_IMAGE']}}:{{s['_TAG']}}"], check=True)
@@ -259,6 +261,7 @@ def test_launch_predict_submits_a_batch_job(registry, tmp_path):
         '--shard',
         'auto',
         '--resume',
+        '--no-mosaic',  # the reduce is a job of its own
         'inference.tta=full',
     ]
     assert g['taskSpec']['maxRetryCount'] == 3 and g['taskSpec']['lifecyclePolicies'] == [
@@ -275,15 +278,95 @@ def test_launch_predict_submits_a_batch_job(registry, tmp_path):
         ),
     )
     assert job['allocationPolicy']['location'] == dict(allowedLocations=['regions/europe-west4'])
-    # the same launch again: the image is there now, so no build
+    # the reduce job, written beside it, printed to submit once the prediction has succeeded
+    red = json.loads((tmp_path / 'launches' / 'rts-predict-arctic-mosaic.json').read_text())
+    assert check_api(red, 'Job') == [] and red['taskGroups'][0]['taskCount'] == 16
+    rc = red['taskGroups'][0]['taskSpec']['runnables'][0]['container']
+    assert (rc['imageUri'], rc['entrypoint']) == (ref, 'rts-seg')
+    assert rc['commands'] == [
+        'mosaic',
+        '--out',
+        'gs://b/pred/arctic',
+        '--tile-list',
+        'gs://b/tiles/arctic.csv',
+        '--task',
+        'auto',
+        'inference.tta=full',
+    ]
+    assert red['allocationPolicy']['instances'] == [
+        dict(policy=dict(machineType='n2-highmem-8', provisioningModel='SPOT'))
+    ]
+    assert 'submit its reduce job: gcloud batch jobs submit rts-predict-arctic-mosaic' in r.stdout
+    # the same launch again, waiting: the image is there now, so no build; the reduce job once the first succeeded
     log.unlink()
-    r = rts_seg(*args, cwd=tmp_path, env=env)
+    r = rts_seg(*args, '--wait', cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr
-    assert [c[:2] for c in map(json.loads, log.read_text().splitlines())] == [
-        ['batch', 'jobs']
-    ] and 'in the registry, no build' in r.stdout
+    calls = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [c[:3] for c in calls] == [
+        ['batch', 'jobs', 'submit'],
+        ['batch', 'jobs', 'describe'],
+        ['batch', 'jobs', 'submit'],
+    ]
+    assert calls[1][3:] == ['rts-predict-arctic', '--location=europe-west4', '--format=value(status.state)']
+    assert calls[2][3:] == [
+        'rts-predict-arctic-mosaic',
+        '--location=europe-west4',
+        '--config=launches/rts-predict-arctic-mosaic.json',
+    ]
+    assert 'in the registry, no build' in r.stdout
     # local paths are refused: the tasks could not read them
     r = rts_seg(
         *[a if a != 'gs://b/tiles/arctic.csv' else 'tiles.csv' for a in args], '--dry-run', cwd=tmp_path, env=env
     )
     assert r.returncode == 2 and '--tile-list tiles.csv: the tasks run on Google Cloud' in r.stderr
+
+
+def test_dry_run_offline(tmp_path):
+    "A registry that does not answer (a closed port): the dry run says the tag could not be checked, prints the plan with its build step, exit 0."
+    import socket
+
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    reg = f'127.0.0.1:{port}/my-project/rts'
+    common = ['--root', ROOT, '--registry', reg, '--region', 'us-central1', '--dry-run']
+    r = rts_seg(
+        'launch',
+        'predict',
+        '--model',
+        'gs://b/m.pth',
+        '--tile-list',
+        'gs://b/t.csv',
+        '--imagery',
+        'gs://b/i',
+        '--out',
+        'gs://b/o',
+        '--name',
+        'rts-predict-offline',
+        *common,
+        'inference.mosaics=vrt',
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    first, build, job, submit = plan(r.stdout)
+    ref = f'{reg}/rts-seg-infer:{image_tag(ROOT, "ampere")}-ampere'
+    assert first.startswith(f'# image {ref}: could not check the registry for this tag') and 'did not answer' in first
+    assert (
+        build and build[0].startswith('gcloud builds submit') and f'_TAG={image_tag(ROOT, "ampere")}-ampere' in build[0]
+    )
+    assert (
+        check_api(job, 'Job') == [] and job['taskGroups'][0]['taskSpec']['runnables'][0]['container']['imageUri'] == ref
+    )
+    assert submit.startswith('gcloud batch jobs submit rts-predict-offline ')
+    assert 'gcloud batch jobs submit rts-predict-offline-mosaic' in r.stdout
+    assert not (tmp_path / 'launches').exists()  # a dry run writes nothing
+    r = rts_seg(
+        'launch', 'mosaic', '--tile-list', 'gs://b/t.csv', '--out', 'gs://b/o', '--tasks', '4', *common, cwd=tmp_path
+    )
+    assert r.returncode == 0, r.stderr
+    first, build, job, submit = plan(r.stdout)
+    assert 'could not check the registry' in first and build and job['taskGroups'][0]['taskCount'] == 4
+    assert submit.startswith('gcloud batch jobs submit rts-predict-') and '-mosaic ' in submit
+    # a real launch offline still stops, naming the registry
+    r = rts_seg('launch', 'mosaic', '--tile-list', 'gs://b/t.csv', '--out', 'gs://b/o', *common[:-1], cwd=tmp_path)
+    assert r.returncode == 2 and 'did not answer' in r.stderr
