@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/evaluate.html.md"""
 # %% ../nbs/11b_evaluate.ipynb #adbfbd56
 from __future__ import annotations
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +25,7 @@ from .objects import match_objects
 
 # %% auto #0
 __all__ = ['SIZE_BINS', 'NBINS', 'CI_RESAMPLES', 'CI_SEED', 'REGIONS_MIN', 'RECALL_GRID', 'image_stats', 'resample_scores',
-           'bootstrap_ci', 'evaluate', 'compare_polygons', 'agreement']
+           'bootstrap_ci', 'evaluate', 'compare_polygons', 'agreement', 'evaluate_model']
 
 # %% ../nbs/11b_evaluate.ipynb #860ddf26
 SIZE_BINS = [0, 1_000, 10_000, 100_000, float('inf')]  # m2: < 0.1 ha, 0.1-1 ha, 1-10 ha, > 10 ha
@@ -249,7 +249,7 @@ def _score(
     min_area_m2: float,  # mapped objects: smallest component kept
 ) -> dict:
     "Scores of `items` (`_metrics`), with each image's counts (`_stats`) for the bootstrap."
-    stats = [image_stats(*it, ious, min_area_m2) for it in items]
+    stats = [image_stats(p, m, y, px, ious, min_area_m2) for p, m, y, px in items]
     if not stats:
         raise RtsSegError('nothing to score: no image')
     return dict(**_metrics(_total(stats), ious, min_area_m2, len(stats)), _stats=stats)
@@ -442,7 +442,7 @@ def _standing(
 ) -> dict:
     "Where the model stands among the truths: its median against them beside their pairwise median, range and ranks."
     names, out = list(by_truth), {}
-    pick = {'pixel_iou': (lambda r: r['pixel_iou'], lambda r: r['pixel_iou'])}
+    pick: dict[str, tuple[Callable, Callable]] = {'pixel_iou': (lambda r: r['pixel_iou'], lambda r: r['pixel_iou'])}
     for iou in map(str, ious):  # the model as mapped; drawn polygons need no minimum area
         pick[f'f1@{iou}'] = (
             lambda r, i=iou: r['objects_mapped'][i]['f1'],
@@ -531,7 +531,7 @@ def evaluate(
     names = _names(truths)
     ious = [float(i) for i in ious]
     min_area_m2, min_area_source = _min_area(pred, min_area_m2)
-    images, cache = _images(pred, truths), {}
+    images, cache = _images(pred, truths), dict[Path, tuple]()
     model: list[list] = [[] for _ in truths]  # per truth, the model's counts per image
     pairs: dict = {(a, b): [] for a in range(len(truths)) for b in range(len(truths)) if a != b}
     reach = [False] * len(truths)
@@ -546,8 +546,8 @@ def evaluate(
             drawn = (ys[a] == 1).astype(np.uint8)
             pa = np.where((prob < 0) | (ys[a] == 255), -1, drawn).astype(np.float32)
             pairs[a, b].append(image_stats(pa, drawn, ys[b], px, ious, 0.0))
-    for t, r in zip(truths, reach):
-        if not r:
+    for t, ok in zip(truths, reach):
+        if not ok:
             raise RtsSegError(f'truth {t} does not overlap the prediction in {pred}: is it of another site?')
     keys = [n for n, *_ in images]
     scored = [
@@ -649,3 +649,48 @@ def agreement(
                 r = compare_polygons(named[i], named[j], like, ious=(iou,))
                 m.loc[i, j] = r['pixel_iou'] if score == 'pixel_iou' else r['objects'][str(iou)][score]
     return m
+
+# %% ../nbs/11b_evaluate.ipynb #76bca036
+def _image_files(images: str | Path | Sequence[str | Path]) -> list[Path]:
+    "GeoTIFFs given as files or folders (each folder: its *.tif, sorted), refused in one line when missing or clashing."
+    items = [images] if isinstance(images, (str, Path)) else list(images)
+    if not items:
+        raise RtsSegError('no images given: --images takes GeoTIFFs or a folder of them')
+    out: list[Path] = []
+    for i in map(Path, items):
+        if i.is_dir():
+            found = sorted([*i.glob('*.tif'), *i.glob('*.tiff')])
+            if not found:
+                raise RtsSegError(f'{i} holds no GeoTIFF (*.tif)')
+            out += found
+        elif i.is_file():
+            out.append(i)
+        else:
+            raise RtsSegError(f'image not found: {i}')
+    stems = [p.stem for p in out]
+    dup = next((p for p, s in zip(out, stems) if stems.count(s) > 1), None)
+    if dup is not None:
+        raise RtsSegError(
+            f'two images are named {dup.stem} ({dup} and another): their predictions would overwrite each other'
+        )
+    return out
+
+
+def evaluate_model(
+    model: str | Path | Sequence[str | Path],  # model bundle (best.pth); several, or a folder of runs: an ensemble
+    images: str | Path | Sequence[str | Path],  # GeoTIFFs to predict, or folders of them; named as the truth's labels
+    truth: str | Path | Sequence[str | Path],  # as for `evaluate`: label folder or polygon file(s)
+    out: str | Path,  # folder: predictions go to `out/pred`, evaluation.json and pr_curve.png to `out`
+    cfg=None,  # the `inference` section (`InferenceConfig`); None: the defaults and the model's
+    **kwargs,  # any argument of `evaluate`: ious, min_area_m2, regions, unit, resamples, seed
+) -> dict:
+    "Predict `images` with a model (or an ensemble) into `out/pred`, as `rts-seg predict` does, then `evaluate` them."
+    for t in [truth] if isinstance(truth, (str, Path)) else truth:
+        _check_truth(Path(t))  # before the (long) prediction
+    scenes: list[str | Path] = list(_image_files(images))
+    out = Path(out)
+    from rts_seg.infer import run_inference
+
+    models = [model] if isinstance(model, (str, Path)) else list(model)
+    run_inference(models[0] if len(models) == 1 else models, out / 'pred', scenes=scenes, cfg=cfg)
+    return evaluate(out / 'pred', truth, out=out, **kwargs)

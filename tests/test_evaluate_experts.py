@@ -2,7 +2,7 @@
 truths scored against the prediction and against each other (the intercomparison's experts, real files), and
 `rts-seg evaluate --model` predicting images first. Real GeoTIFFs and polygon files, real CLI runs."""
 
-import glob, json, os
+import glob, json, os, shutil
 from pathlib import Path
 
 import numpy as np
@@ -284,7 +284,7 @@ def test_bykovsky_experts_disagree_on_where_the_slumps_are(tmp_path):
 
 def test_evaluate_with_a_model(tiny, tmp_path):
     "rts-seg evaluate --model --images: predicted into out/pred as predict would, then scored against the labels."
-    imgs = sorted((tiny['data'] / 'PLANET-RGB').glob('*.tif'))[::6][:4]
+    imgs = sorted((tiny['data'] / 'PLANET-RGB').glob('*.tif'))[::10][:3]
     r = rts_seg(
         'evaluate',
         '--model',
@@ -300,14 +300,28 @@ def test_evaluate_with_a_model(tiny, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-3000:]
     ev = json.loads((tmp_path / 'evaluation.json').read_text())
-    assert ev['n_images'] == 4 and ev['pred'] == str(tmp_path / 'pred')
+    assert ev['n_images'] == 3 and ev['pred'] == str(tmp_path / 'pred')
     assert sorted(p.name for p in (tmp_path / 'pred').glob('*_prob.tif')) == sorted(f'{i.stem}_prob.tif' for i in imgs)
     log = json.loads((tmp_path / 'pred' / 'inference_log.json').read_text())
     assert ev['min_area_source'] == 'inference_log' and ev['min_area_m2'] == log['min_area_m2']
-    assert ev['ci95']['regions_from'] == str(tiny['data'] / 'metadata.csv') and ev['ci95']['n'] == 4
+    assert ev['ci95']['regions_from'] == str(tiny['data'] / 'metadata.csv') and ev['ci95']['n'] == 3
     # the same predictions scored with --pred: the same figures
     again = evaluate(tmp_path / 'pred', tiny['data'] / 'labels', out=tmp_path / 'again')
     assert again['pixel_iou'] == ev['pixel_iou'] and again['ci95']['pixel_iou'] == ev['ci95']['pixel_iou']
+    # an ensemble of the model and a copy of it: the probabilities of the model alone
+    from rts_seg.config import InferenceConfig
+    from rts_seg.evaluate import evaluate_model
+
+    shutil.copy(tiny['run'] / 'best.pth', tmp_path / 'copy.pth')
+    members = [tiny['run'] / 'best.pth', tmp_path / 'copy.pth']
+    ens = evaluate_model(members, imgs, tiny['data'] / 'labels', tmp_path / 'ens', InferenceConfig(device='cpu'))
+    for i in imgs:
+        with (
+            rasterio.open(tmp_path / 'pred' / f'{i.stem}_prob.tif') as a,
+            rasterio.open(ens['pred'] + f'/{i.stem}_prob.tif') as b,
+        ):
+            np.testing.assert_allclose(b.read(1), a.read(1), atol=1e-5)
+    assert ens['n_images'] == 3 and ens['pixel_iou'] == pytest.approx(ev['pixel_iou'], abs=0.01)
     # a misspelt truth is refused before anything is predicted
     r = rts_seg(
         'evaluate',
