@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+import numpy as np
 import pandas as pd
 import pystac
 import rasterio
@@ -22,7 +23,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.merge import merge
-from rasterio.warp import transform_bounds
+from rasterio.warp import transform as warp_xy, transform_bounds, transform_geom
 from shapely.geometry import mapping
 import torch
 
@@ -30,15 +31,15 @@ from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, atomic_write_text
 from .io import exists, get_fs, is_remote, join
 from .predict import OUTPUTS, TMP_OPTS, Predictor, Scene, predict_scenes, write_cog
-from .vectorize import merge_polygons, vectorize
+from .vectorize import FIELDS, _metric, _nw_order, _write_gpkg, merge_polygons, vectorize
 
 # %% auto #0
 __all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'RES_RTOL', 'GRID_TOL_PX', 'GDAL_TYPES', 'MEDIA', 'resolve_shard', 'parse_shard',
            'shard_tiles', 'OutDir', 'read_tile_list', 'check_grid', 'mosaic_grid', 'write_mosaic', 'one_line',
            'crs_label', 'write_region_index', 'region_records', 'tile_grid', 'write_vrt', 'to_geoparquet', 'stac_item',
-           'write_catalog', 'reduce_region', 'build_mosaics', 'run_mosaic', 'resolve_polygon_crs', 'tile_plan',
-           'scene_plan', 'check_images', 'prepare_outputs', 'TileRecorder', 'model_info', 'run_log', 'write_json',
-           'finish_tile_list', 'run_inference']
+           'write_catalog', 'tile_features', 'seam_union', 'reduce_region', 'build_mosaics', 'run_mosaic',
+           'resolve_polygon_crs', 'tile_plan', 'scene_plan', 'check_images', 'prepare_outputs', 'TileRecorder',
+           'model_info', 'run_log', 'write_json', 'finish_tile_list', 'run_inference']
 
 # %% ../nbs/11c_infer.ipynb #f7afc964
 SHARD_ENV = {
@@ -509,6 +510,99 @@ def write_catalog(
     ]
     write_json(dst, 'stac/catalog.json', d)
 
+# %% ../nbs/11c_infer.ipynb #789e276d
+def tile_features(
+    gpkg: str | Path,  # a tile's polygons (`vectorize`)
+    layer: str = 'rts',  # its layer
+) -> list[list]:
+    "A tile's polygons as its manifest record keeps them: [WKB in hex, fields without rts_id] each."
+    import pyogrio.raw
+
+    meta, _, wkb, vals = pyogrio.raw.read(gpkg, layer=layer)
+    names = list(meta['fields'])
+    return [
+        [bytes(w).hex(), {f: (v.item() if hasattr(v, 'item') else v) for f, v in zip(names, row) if f != 'rts_id'}]
+        for w, row in zip(wkb, zip(*vals))
+    ]
+
+
+def seam_union(
+    pieces: list[tuple],  # per tile: (key, CRS, bounds, features as `tile_features` gives them)
+    out_path: str | Path,  # the GeoPackage to write
+    crs: str,  # its CRS, e.g. 'EPSG:3413'
+    join_m: float,  # pieces of two tiles closer than this (metres) are one slump
+    layer: str = 'rts',  # GeoPackage layer name
+) -> dict:
+    "One GeoPackage of many tiles' polygons: those within `join_m` of their tile's edge are unioned across tiles, the others pass through."
+    dst = CRS.from_user_input(crs)
+    polys, rows, srcs, tile, edge = [], [], [], [], []
+    for k, (key, src, bounds, feats) in enumerate(pieces):
+        if not feats:
+            continue
+        gs = [shapely.from_wkb(bytes.fromhex(w)) for w, _ in feats]
+        ring = shapely.box(*bounds).exterior
+        tol = join_m / 111_320 if src.is_geographic else join_m / src.linear_units_factor[1]
+        edge += list(shapely.distance(gs, ring) <= tol)  # only these can continue in the next tile
+        if src != dst:
+            gs = [shapely.geometry.shape(t) for t in transform_geom(src, dst, [g.__geo_interface__ for g in gs])]
+        polys += gs
+        rows += [r for _, r in feats]
+        srcs += [src] * len(gs)
+        tile += [k] * len(gs)
+    parent = list(range(len(polys)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    cand = [i for i in range(len(polys)) if edge[i]]
+    if cand:
+        tol = join_m / 111_320 if dst.is_geographic else join_m / dst.linear_units_factor[1]
+        a, b = shapely.STRtree([polys[i] for i in cand]).query(
+            [polys[i] for i in cand], predicate='dwithin', distance=tol
+        )
+        for i, j in zip(a, b):
+            i, j = cand[i], cand[j]
+            if tile[i] != tile[j]:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(polys)):
+        groups.setdefault(root(i), []).append(i)
+    out, recs = [], []
+    for g in groups.values():
+        if len(g) == 1:  # a polygon away from the seams (or alone at one): as its tile wrote it
+            out.append(polys[g[0]])
+            recs.append(rows[g[0]])
+            continue
+        u = shapely.normalize(shapely.unary_union([polys[i] for i in g]))
+        big = max(g, key=lambda i: rows[i]['area_m2'])  # measured again in the CRS of the largest piece
+        (m,), unit = _metric([shapely.geometry.shape(transform_geom(dst, srcs[big], u.__geo_interface__))], srcs[big])
+        top = max(g, key=lambda i: rows[i]['max_prob'])
+        (lon,), (lat,) = warp_xy(dst, 'EPSG:4326', [u.centroid.x], [u.centroid.y])
+        w = [float(rows[i]['area_m2']) for i in g]
+        out.append(u)
+        recs.append(
+            dict(
+                area_m2=m.area * unit**2,
+                perimeter_m=m.length * unit,
+                centroid_lat=lat,
+                centroid_lon=lon,
+                mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
+                max_prob=rows[top]['max_prob'],
+                prob_std=float(np.average([rows[i].get('prob_std', np.nan) for i in g], weights=w)),
+                detection_scale=rows[top]['detection_scale'],
+                tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
+            )
+        )
+    order = _nw_order(out)
+    out, recs = [out[i] for i in order], [recs[i] for i in order]
+    get = lambda r, f: r.get(f, '' if f == 'tile_ids' else np.nan)  # a field a tile's file lacked (an older run)
+    cols = {f: np.array([get(r, f) for r in recs], dtype=object if f == 'tile_ids' else float) for f in FIELDS[1:]}
+    cols['rts_id'] = np.arange(1, len(out) + 1, dtype=np.int64)
+    _write_gpkg(out_path, out, cols, dst.to_wkt(), layer)
+    return dict(gpkg=str(out_path), polygons=len(out), total_area_m2=float(cols['area_m2'].sum()), crs=dst.to_string())
+
 # %% ../nbs/11c_infer.ipynb #427d98c6
 def _crs_groups(out: OutDir, recs: list[dict]) -> tuple[dict[str, list], dict[str, CRS]]:
     "The region's tiles by CRS label: (record, grid); a record without its grid (an older run) reads its raster's header."
@@ -535,6 +629,11 @@ def _bounds(items: list) -> tuple:
 def _pixel_m(crs: CRS, res: float) -> float:
     "A pixel of `res` CRS units, in metres."
     return res * (111_320 if crs.is_geographic else crs.linear_units_factor[1])
+
+
+def _features(out: OutDir, rec: dict) -> list:
+    "A tile's polygons: from its record, else (a run from before records kept them) from its GeoPackage."
+    return rec['features'] if 'features' in rec else tile_features(out.local / out.get(rec['gpkg'])[0])
 
 
 def reduce_region(
@@ -593,9 +692,12 @@ def reduce_region(
                 gpkgs.append(g)
             rasters.append(entry)
         main_res = abs(by[main][0][1]['transform'][0])
-        if not cog:  # each tile's polygons; only those meeting across a seam (within a pixel) are unioned
-            gpkgs = [L / p for p in out.get(*[r['gpkg'] for r in recs])]
-        if not single:  # a pixel, in metres: the distance across which pieces of two files are one slump
+        if not cog:  # each tile's polygons (its record's); only those at a seam are unioned, across tiles
+            pieces = [
+                (r['key'], crss[lab], _bounds([(r, g)]), _features(out, r)) for lab in sorted(by) for r, g in by[lab]
+            ]
+            v = seam_union(pieces, d / f'{region}.gpkg', dst, join_m=_pixel_m(crss[main], main_res))
+        elif not single:  # a pixel, in metres: the distance across which pieces of two files are one slump
             v = merge_polygons(gpkgs, d / f'{region}.gpkg', dst, join_m=_pixel_m(crss[main], main_res))
     to_geoparquet(d / f'{region}.gpkg', d / f'{region}.parquet')
     out.publish(*[f'mosaic/{n}' for n in [*names, f'{region}.gpkg', f'{region}.parquet']], keep=True)
@@ -821,6 +923,7 @@ class TileRecorder:
             polygons=v['polygons'],
             rts_area_m2=v['total_area_m2'],
             grid=tile_grid(r['prob']),  # what a VRT needs, so the reduce stage reads no raster
+            features=tile_features(gpkg),  # and its polygons: nor any GeoPackage
         )
         return rec
 
