@@ -210,11 +210,12 @@ def headwall_retreat(
         grown = shapely.buffer(shapely.buffer(grown, -tol, join_style='mitre'), tol, join_style='mitre')
     if grown.is_empty or grown.area == 0:
         return 0.0, 0.0
-    step = max(1.0 / unit, grown.length / 2000)  # sampled every metre, at most ~2000 points per slump
+    edge = shapely.boundary(before)
+    step = max(1.0 / unit, grown.length / 1000)  # its outline sampled every metre, at most ~1000 points
     pts = shapely.points(shapely.get_coordinates(shapely.segmentize(grown, step)))
-    far = float(shapely.distance(pts, before).max())
+    far = float(shapely.distance(pts, edge).max())  # outside `before`: the distance to it is that to its boundary
     # the front: the earlier boundary the added area lies against
-    front = shapely.intersection(shapely.boundary(before), shapely.buffer(grown, 1e-3 / unit)).length
+    front = shapely.intersection(edge, shapely.buffer(grown, 1e-3 / unit)).length
     return far * unit, (grown.area / front * unit if front > 0 else float('nan'))
 
 # %% ../nbs/11e_track.ipynb #92152e5e
@@ -368,48 +369,49 @@ def lineage(
     unit: float = 1.0,  # metres per CRS unit of their geometries
 ) -> pd.DataFrame:
     "One row per `slump_id`: first and last year seen, origin, fate, statuses, growth and retreat between them, footprint."
-    last_year = int(slumps.year.max()) if len(slumps) else 0
-    seen = slumps[slumps.status != 'gone']
-    # where an id that ended went: the id of the slump its polygon continues in, if any
+    recs = slumps.to_dict('records')
+    years = sorted({r['year'] for r in recs})
     into: dict[tuple[int, int], str] = {}  # (id, year) -> where that id's polygon went in that year
-    for r in seen.itertuples():
-        for p in filter(None, str(r.prev_ids).split(';')):
-            if int(p) != r.slump_id:
-                into.setdefault((int(p), int(r.year)), f'{r.status} into {r.slump_id} in {r.year}')
-    years = sorted(set(slumps.year))
+    by_id: dict[int, list[dict]] = {}
+    for r in recs:
+        by_id.setdefault(r['slump_id'], []).append(r)
+        for p in filter(None, r['prev_ids'].split(';')) if r['status'] != 'gone' else []:
+            if int(p) != r['slump_id']:
+                into.setdefault((int(p), r['year']), f'{r["status"]} into {r["slump_id"]} in {r["year"]}')
     rows = []
-    for sid, g in slumps.groupby('slump_id', sort=True):
-        s = g[g.status != 'gone']
-        first, last = s.iloc[0], s.iloc[-1]
-        dy = int(last.year - first.year)
-        gone = g[g.status == 'gone']
-        origin = 'start' if first.year == slumps.year.min() else first.status
-        if first.status in ('split', 'merged') and first.prev_ids:
-            origin = f'{first.status} from {first.prev_ids}'
+    for sid in sorted(by_id):
+        g = by_id[sid]
+        s = [r for r in g if r['status'] != 'gone']
+        first, last = s[0], s[-1]
+        dy = last['year'] - first['year']
+        gone = [r['year'] for r in g if r['status'] == 'gone']
+        origin = 'start' if first['year'] == years[0] else first['status']
+        if first['status'] in ('split', 'merged') and first['prev_ids']:
+            origin = f'{first["status"]} from {first["prev_ids"]}'
         fate = (
-            f'gone in {int(gone.year.iloc[0])}'
-            if len(gone)
+            f'gone in {gone[0]}'
+            if gone
             else 'present'
-            if last.year == last_year
-            else into[(int(sid), years[years.index(last.year) + 1])]
+            if last['year'] == years[-1]
+            else into[(sid, years[years.index(last['year']) + 1])]
         )
-        far = headwall_retreat(first.geometry, last.geometry, unit)[0] if dy else float('nan')
+        far = headwall_retreat(first['geometry'], last['geometry'], unit)[0] if dy else float('nan')
         rows.append(
             dict(
                 slump_id=int(sid),
-                first_year=int(first.year),
-                last_year=int(last.year),
+                first_year=int(first['year']),
+                last_year=int(last['year']),
                 years_seen=len(s),
                 origin=origin,
                 fate=fate,
-                statuses=' '.join(f'{y}:{st}' for y, st in zip(g.year, g.status)),
-                area_first_m2=float(first.area_m2),
-                area_last_m2=float(last.area_m2),
-                growth_m2=float(last.area_m2 - first.area_m2),
-                growth_pct_yr=100 * (last.area_m2 / first.area_m2 - 1) / dy if dy else float('nan'),
+                statuses=' '.join(f'{r["year"]}:{r["status"]}' for r in g),
+                area_first_m2=first['area_m2'],
+                area_last_m2=last['area_m2'],
+                growth_m2=last['area_m2'] - first['area_m2'],
+                growth_pct_yr=100 * (last['area_m2'] / first['area_m2'] - 1) / dy if dy else float('nan'),
                 retreat_max_m=far,
                 retreat_m_yr=far / dy if dy else float('nan'),
-                geometry=_polygonal(shapely.unary_union(list(s.geometry))),
+                geometry=_polygonal(shapely.unary_union([r['geometry'] for r in s])),
             )
         )
     return pd.DataFrame(rows, columns=[*LINEAGE_FIELDS, 'geometry'])
@@ -426,11 +428,18 @@ STATUS_COLORS = dict(
 )
 
 
+def _rings(geoms) -> list[np.ndarray]:
+    "The exterior rings of the polygons in `geoms`, as (n, 2) arrays for matplotlib's collections."
+    return [np.asarray(p.exterior.coords)[:, :2] for g in geoms for p in shapely.get_parts(g)]
+
+
 def plot_tracks(
     slumps: pd.DataFrame,  # the rows of `track_polygons`
     top: int = 15,  # area curves drawn: the slumps largest in any year
+    max_labels: int = 300,  # ids written on the map when there are at most this many slumps
 ):
     "A map of the last year's slumps coloured by status (earlier outlines grey, gone ones dashed) and their areas through time."
+    from matplotlib.collections import LineCollection, PolyCollection
     from matplotlib.figure import Figure  # not pyplot: no global state, no backend switch
     from matplotlib.lines import Line2D
 
@@ -439,23 +448,19 @@ def plot_tracks(
     years = sorted(set(slumps.year))
     drawn = slumps.dropna(subset=['geometry'])
     last_shape = drawn.groupby('slump_id').geometry.last()
-
-    def outline(p, **kw):
-        for part in shapely.get_parts(p):
-            ax.plot(*part.exterior.xy, **kw)
-
-    for y, g in drawn[drawn.year < years[-1]].groupby('year'):
-        for p in g.geometry:  # earlier years: grey, darker the later
-            outline(p, color=str(0.8 - 0.5 * years.index(y) / max(len(years) - 1, 1)), lw=0.8)
-    for r in slumps[slumps.status == 'gone'].itertuples():
-        outline(last_shape[r.slump_id], color=STATUS_COLORS['gone'], lw=1.2, ls='--')
-    for r in drawn[drawn.year == years[-1]].itertuples():
-        c = STATUS_COLORS[r.status]
-        for part in shapely.get_parts(r.geometry):
-            ax.fill(*part.exterior.xy, color=c, alpha=0.5, lw=0)
-        outline(r.geometry, color=c, lw=1.2)
-    for sid, p in last_shape.items():
-        ax.annotate(str(sid), (p.centroid.x, p.centroid.y), ha='center', va='center', fontsize=8)
+    for y, g in drawn[drawn.year < years[-1]].groupby('year'):  # earlier years: grey, darker the later
+        grey = str(0.8 - 0.5 * years.index(y) / max(len(years) - 1, 1))
+        ax.add_collection(LineCollection(_rings(g.geometry), colors=grey, linewidths=0.8))
+    gone = last_shape[slumps[slumps.status == 'gone'].slump_id]
+    ax.add_collection(LineCollection(_rings(gone), colors=STATUS_COLORS['gone'], linewidths=1.2, linestyles='--'))
+    for st, g in drawn[drawn.year == years[-1]].groupby('status'):
+        rings = _rings(g.geometry)
+        ax.add_collection(PolyCollection(rings, facecolors=STATUS_COLORS[st], alpha=0.5, edgecolors='none'))
+        ax.add_collection(LineCollection(rings, colors=STATUS_COLORS[st], linewidths=1.2))
+    if len(last_shape) <= max_labels:
+        for sid, p in last_shape.items():
+            ax.annotate(str(sid), (p.centroid.x, p.centroid.y), ha='center', va='center', fontsize=8)
+    ax.autoscale_view()
     ax.set_aspect('equal')
     ax.ticklabel_format(useOffset=False, style='plain')
     ax.tick_params(labelsize=7)
