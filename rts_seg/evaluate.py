@@ -353,9 +353,9 @@ def _regions(
     truth: Path,  # the truth (a label folder inside a dataset has metadata.csv beside it)
     regions: str | Path | dict | None,  # tile list CSV (tile_id, RegionName) or {name: region}; None: the dataset's
 ) -> tuple[list | None, str | None]:
-    "Each image's region (None when unknown), and where they came from."
-    src = regions
-    if regions is None:
+    "Each image's region and where they came from; (None, None) when a dataset's metadata.csv does not give them all."
+    auto, src = regions is None, regions
+    if auto:
         meta = truth.parent / 'metadata.csv'
         if not (truth.is_dir() and meta.is_file()):
             return None, None
@@ -367,10 +367,21 @@ def _regions(
             raise RtsSegError(f'region list not found: {regions}')
         df = pd.read_csv(regions, dtype=str, keep_default_na=False)
         if not {'tile_id', 'RegionName'} <= set(df.columns):
+            if auto:
+                return None, None
             raise RtsSegError(f'{regions} needs tile_id and RegionName columns (it has {", ".join(df.columns)})')
         regions = dict(zip(df.tile_id, df.RegionName))
     got = [regions.get(n) for n in names]
-    return (got, str(src)) if all(g is not None for g in got) else (None, None)
+    missing = [n for n, g in zip(names, got) if g is None]
+    if not missing:
+        return got, str(src)
+    if auto:
+        return None, None
+    raise RtsSegError(
+        f'{src} gives no region for {missing[0]}'
+        + (f' and {len(missing) - 1} more' if len(missing) > 1 else '')
+        + ': list every predicted image, or leave the regions out'
+    )
 
 
 def _ci(
