@@ -355,12 +355,14 @@ def _regions(
 ) -> tuple[list | None, str | None]:
     "Each image's region and where they came from; (None, None) when a dataset's metadata.csv does not give them all."
     auto, src = regions is None, regions
-    if auto:
+    if regions is None:
         meta = truth.parent / 'metadata.csv'
         if not (truth.is_dir() and meta.is_file()):
             return None, None
         src = regions = meta
-    if not isinstance(regions, dict):
+    if isinstance(regions, dict):
+        table = regions
+    else:
         import pandas as pd
 
         if not Path(regions).is_file():
@@ -370,8 +372,8 @@ def _regions(
             if auto:
                 return None, None
             raise RtsSegError(f'{regions} needs tile_id and RegionName columns (it has {", ".join(df.columns)})')
-        regions = dict(zip(df.tile_id, df.RegionName))
-    got = [regions.get(n) for n in names]
+        table = dict(zip(df.tile_id, df.RegionName))
+    got = [table.get(n) for n in names]
     missing = [n for n, g in zip(names, got) if g is None]
     if not missing:
         return got, str(src)
