@@ -25,7 +25,8 @@ __all__ = ['VECTOR_SUFFIXES', 'STATUSES', 'SLUMP_FIELDS', 'LINEAGE_FIELDS', 'STA
            'plot_tracks', 'write_tracks', 'track']
 
 # %% ../nbs/11e_track.ipynb #6ef2465e
-VECTOR_SUFFIXES = ('.gpkg', '.shp', '.geojson', '.parquet', '.fgb', '.json')  # .json only when named: not in folders
+# in order of preference: `rts-seg predict` writes each region's polygons twice, {region}.gpkg and {region}.parquet
+VECTOR_SUFFIXES = ('.gpkg', '.shp', '.geojson', '.fgb', '.parquet', '.json')  # .json only when named, not in folders
 _YEAR = re.compile(r'(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)')
 
 
@@ -41,11 +42,12 @@ def year_of(path: str | Path) -> int | None:
 
 
 def _vector_files(d: Path) -> list[Path]:
-    return sorted(
-        p
-        for p in d.iterdir()
-        if p.is_file() and p.suffix.lower() in VECTOR_SUFFIXES[:-1] and not p.name.startswith('.')
-    )
+    "The polygon files in folder `d`, one per name: `peel.gpkg` rather than `peel.parquet` (the same polygons)."
+    files = [p for p in d.iterdir() if p.is_file() and p.suffix.lower() in VECTOR_SUFFIXES[:-1] and p.name[0] != '.']
+    best: dict[str, Path] = {}
+    for p in sorted(files, key=lambda p: VECTOR_SUFFIXES.index(p.suffix.lower())):
+        best.setdefault(p.stem, p)
+    return sorted(best.values())
 
 
 def polygon_files(
@@ -83,6 +85,25 @@ def _polygonal(g) -> shapely.Geometry | None:
     return parts[0] if len(parts) == 1 else shapely.normalize(shapely.unary_union(parts))
 
 
+def _read_geoparquet(path) -> tuple[dict, np.ndarray | None]:
+    "GeoParquet (WKB geometry, PROJJSON CRS) read with pyarrow, where GDAL has no Parquet driver; as `pyogrio.raw.read`."
+    import json, pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    geo = json.loads((t.schema.metadata or {}).get(b'geo', b'null'))
+    if not geo:
+        raise ValueError('not GeoParquet: no "geo" metadata')
+    name = geo['primary_column']
+    col = geo['columns'][name]
+    if col.get('encoding', 'WKB').upper() != 'WKB':
+        raise ValueError(f'geometry encoded as {col["encoding"]}; write it as WKB')
+    crs = col.get('crs', 'OGC:CRS84')  # the GeoParquet default: longitude/latitude; null: unknown
+    meta = dict(
+        crs=None if crs is None else CRS.from_user_input(json.dumps(crs) if isinstance(crs, dict) else crs).to_string()
+    )
+    return meta, np.array(t.column(name).to_pylist(), dtype=object)
+
+
 def read_polygons(
     path: str | Path,  # any vector file pyogrio reads (GeoPackage, shapefile, GeoJSON, GeoParquet, ...)
     layer: str | None = None,  # its layer; None: `rts` (what `rts-seg predict` writes) if present, else the first
@@ -91,10 +112,13 @@ def read_polygons(
     import pyogrio, pyogrio.raw
 
     try:
-        if layer is None:
-            names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
-            layer = 'rts' if 'rts' in names else names[0] if names else None
-        meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, columns=[])
+        if Path(path).suffix.lower() == '.parquet' and 'Parquet' not in pyogrio.list_drivers():
+            meta, wkb = _read_geoparquet(path)
+        else:
+            if layer is None:
+                names = [str(n) for n in pyogrio.list_layers(path)[:, 0]]
+                layer = 'rts' if 'rts' in names else names[0] if names else None
+            meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, columns=[])
     except Exception as e:  # pyogrio's DataSourceError and the like: name the file
         raise RtsSegError(f'cannot read polygons {path}: {str(e).splitlines()[0]}') from None
     if not meta.get('crs'):

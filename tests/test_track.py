@@ -2,15 +2,18 @@
 year a sharded run, a slump cut by its seam), the errors a user can make, and the experts' polygons of the labelling
 intercomparison (Nitze et al. 2024) used as years, for real shapes."""
 
-import os
+import json, os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pyogrio
 import pyogrio.raw
 import pytest
 import shapely
+from rasterio.crs import CRS
 from rasterio.warp import transform_geom
 from shapely.geometry import shape
 
@@ -49,6 +52,15 @@ def write(path, polys, crs, driver='GPKG', layer=None):
     )
 
 
+def write_geoparquet(path, polys, crs):
+    "Polygons given in EPSG:32608 as GeoParquet 1.1 in `crs` (WKB, PROJJSON), as `rts-seg predict` writes them."
+    polys = [shape(transform_geom('EPSG:32608', crs, p.__geo_interface__)) for p in polys]
+    col = dict(encoding='WKB', geometry_types=['Polygon'], crs=CRS.from_user_input(crs).to_dict(projjson=True))
+    geo = dict(version='1.1.0', primary_column='geometry', columns=dict(geometry=col))
+    t = pa.table({'rts_id': pa.array(range(len(polys))), 'geometry': pa.array([shapely.to_wkb(p) for p in polys])})
+    pq.write_table(t.replace_schema_metadata({b'geo': json.dumps(geo).encode()}), path)
+
+
 def year_polys(k):
     return [q for p in SLUMPS.values() if p[k] is not None for q in shapely.get_parts(p[k])]
 
@@ -56,7 +68,7 @@ def year_polys(k):
 @pytest.fixture(scope='module')
 def years(tmp_path_factory):
     """2019: a GeoPackage in UTM 8N; 2020: a sharded run in EPSG:3413 (mosaic/ of two regions; `grows` cut by their seam,
-    and tiles/ that must be ignored); 2021: GeoJSON in lon/lat."""
+    their GeoParquet copies, and tiles/ that must be ignored); 2021: GeoJSON in lon/lat."""
     d = tmp_path_factory.mktemp('track')
     write(d / 'rts_2019.gpkg', year_polys(0), 'EPSG:32608')
     (d / 'run2020' / 'mosaic').mkdir(parents=True)
@@ -67,6 +79,8 @@ def years(tmp_path_factory):
     write(d / 'run2020' / 'mosaic' / 'west.gpkg', [b(5000, 5000, 5010, 5010)], 'EPSG:3413', layer='other')
     write(d / 'run2020' / 'mosaic' / 'west.gpkg', west, 'EPSG:3413', layer='rts')  # the layer predict writes
     write(d / 'run2020' / 'mosaic' / 'east.gpkg', east, 'EPSG:3413', layer='rts')
+    for name, polys in (('west', west), ('east', east)):  # predict's GeoParquet copies: not read twice
+        write_geoparquet(d / 'run2020' / 'mosaic' / f'{name}.parquet', polys, 'EPSG:3413')
     write(d / 'run2020' / 'tiles' / 't1.gpkg', [b(2000, 2000, 2100, 2100)], 'EPSG:3413', layer='rts')
     write(d / 'rts_2021.geojson', year_polys(2), 'EPSG:4326', driver='GeoJSON')
     return d
@@ -145,14 +159,14 @@ def test_track_glob_years_and_crs(years):
     d = years
     out = d / 'g' / 'lin.gpkg'
     r = rts_seg(
-        'track', '--polygons', d / 'rts_2019.gpkg', str(d / 'run2020' / 'mosaic' / '*.gpkg'),
+        'track', '--polygons', d / 'rts_2019.gpkg', str(d / 'run2020' / 'mosaic' / '*.parquet'),
         '--years', 2018, 2020, '--crs', 'EPSG:3413', '--out', out,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     s, meta = read(out, 'slumps')
     assert meta['crs'] == 'EPSG:3413' and sorted(set(s.year)) == [2018, 2020]
     # two years apart: the growth of `grows` (+15 %) is 7.5 % per year, below the 10 % of `stable`
-    g = s[(s.year == 2020) & (s.source == 'east.gpkg;west.gpkg')].iloc[0]
+    g = s[(s.year == 2020) & (s.source == 'east.parquet;west.parquet')].iloc[0]  # GeoParquet, read with pyarrow
     assert g.d_area_pct_yr == pytest.approx(7.5, abs=0.01) and g.status == 'stable'
     # EPSG:3413's scale at 68 N is not 1: areas differ from UTM's by about 1 %, the statuses are the same
     r2 = rts_seg(
