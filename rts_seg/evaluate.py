@@ -1,4 +1,4 @@
-"""Predictions against ground truth: pixel IoU, PR-AUC, object precision/recall/F1 by size, as JSON and a PR curve.
+"""Predictions against ground truth: pixel IoU, PR-AUC, object precision/recall/F1 by size with 95 % intervals, against one truth or several, as JSON and a PR curve.
 
 Docs: https://rts-seg.github.io/rts_seg/evaluate.html.md"""
 
