@@ -255,3 +255,51 @@ def test_track_experts_as_years(tmp_path):
         grown = now[now.status.isin(['growing', 'stable', 'shrinking', 'merged', 'split'])]
         assert (grown.retreat_max_m >= 0).all() and (grown.retreat_max_m < 1000).all()
     assert {'growing', 'shrinking', 'gone'} <= set(s.status)  # experts disagree: real shapes exercise the cases
+
+
+def test_track_predict_run(tiny, tmp_path):
+    """A tile-list run of `rts-seg predict` (a region of two tiles) as 2020, read from its output folder as predict leaves
+    it (mosaic/peel.gpkg, not its .parquet copy nor tiles/), and its first tile's GeoPackage as 2021: the slumps of the
+    first tile stable, those of the second gone."""
+    from rasterio.transform import from_origin
+    import rasterio
+
+    src = sorted((tiny['data'] / 'PLANET-RGB').glob('*.tif'))[:2]
+    (tmp_path / 'img' / 'PLANET-RGB').mkdir(parents=True)
+    for k, s in enumerate(src):  # two tiles side by side, 3 m pixels, in UTM 8N
+        with rasterio.open(s) as a:
+            img, prof = a.read(), a.profile
+        prof.update(crs='EPSG:32608', transform=from_origin(500_000 + 192 * k, 7_600_000, 3, 3))
+        with rasterio.open(tmp_path / 'img' / 'PLANET-RGB' / f't{k}.tif', 'w', **prof) as o:
+            o.write(img)
+    pd.DataFrame(dict(tile_id=['t0', 't1'], RegionName='peel')).to_csv(tmp_path / 'tiles.csv', index=False)
+    run = tmp_path / 'run2020'
+    r = rts_seg(
+        'predict', '--model', tiny['run'] / 'best.pth', '--tile-list', tmp_path / 'tiles.csv',
+        '--imagery', tmp_path / 'img', '--out', run, '--tile-size', 64,
+        'inference.min_area_m2=0', 'inference.simplify_m=0',
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (run / 'mosaic' / 'peel.parquet').exists() and (run / 'tiles' / 't0.gpkg').exists()
+    r = rts_seg(
+        'track', '--polygons', run, run / 'tiles' / 't0.gpkg', '--years', 2020, 2021, '--out', tmp_path / 'l.gpkg'
+    )
+    assert r.returncode == 0, r.stderr
+    s, meta = read(tmp_path / 'l.gpkg', 'slumps')
+    assert meta['crs'] == 'EPSG:32608'
+    for year, f in ((2020, run / 'mosaic' / 'peel.gpkg'), (2021, run / 'tiles' / 't0.gpkg')):
+        _, _, wkb, _ = pyogrio.raw.read(f)
+        here = s[(s.year == year) & (s.status != 'gone')]
+        assert len(here) == len(wkb) and set(here.source) <= {f.name}  # read once
+        assert here.area_m2.sum() == pytest.approx(shapely.area(shapely.from_wkb(wkb)).sum(), rel=1e-9)
+    y20 = s[s.year == 2020]
+    assert len(y20) > 0, 'the tiny model found no slump: nothing tracked'
+    t0 = shapely.box(500_000 + 1, 7_600_000 - 191, 500_000 + 190, 7_600_000 - 1)  # the tiles, less their edges
+    t1 = shapely.box(500_192 + 1, 7_600_000 - 191, 500_192 + 190, 7_600_000 - 1)
+    for r20 in y20.itertuples():  # each slump of 2020 wholly in one tile: stable in the first, gone in the second
+        now = s[(s.year == 2021) & (s.slump_id == r20.slump_id)]
+        if t0.contains(r20.geometry):
+            assert now.status.tolist() == ['stable'] and now.d_area_m2.item() == pytest.approx(0, abs=1e-6)
+        if t1.contains(r20.geometry):
+            assert now.status.tolist() == ['gone']
+    assert {'stable', 'gone'} <= set(s[s.year == 2021].status), s[['slump_id', 'year', 'status']]
