@@ -174,12 +174,12 @@ def cmd_predict(sub):
     def fn(a):
         a.model, a.overrides = split_models(a.model, a.overrides)
         cfg = predict_config(a)  # before torch loads, so a mistake in the config is reported at once
-        from rts_seg.infer import run_inference
-
         if a.dem:  # the terrain bands on each scene's grid, written once in --out, become its aux raster
             from rts_seg.terrain import predict_terrain
 
             a.extra = predict_terrain(a.model, a.scene, a.dem, a.out, a.resume, a.tile_list, a.extra)
+        from rts_seg.infer import run_inference
+
         run_inference(
             a.model,
             a.out,
