@@ -7,7 +7,7 @@ Docs: https://rts-seg.github.io/rts_seg/predict.html.md"""
 # %% ../nbs/11_predict.ipynb #b6231cbd
 from __future__ import annotations
 import rts_seg.core  # first: it silences a torch deprecation warning
-import collections, contextlib, functools, math, queue, threading, time
+import collections, contextlib, copy, dataclasses, functools, math, queue, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,9 +29,10 @@ from .io import is_remote, open_raster, valid_mask
 from .models import TTA_MODES, d4, d4_inverse
 
 # %% auto #0
-__all__ = ['COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'WindowPlan', 'Predictor', 'blend_weights',
-           'MergeBuffer', 'write_cog', 'SceneWriter', 'ScenePart', 'Scene', 'RowCache', 'StripReader', 'WindowJob',
-           'cut_window', 'forward_scales', 'forward_batch', 'Merger', 'SceneOutputs', 'predict_scenes', 'predict_scene']
+__all__ = ['UNC_STEP', 'COG_OPTS', 'OUTPUTS', 'TMP_OPTS', 'IN_MEMORY_PX', 'window_starts', 'WindowPlan', 'model_paths',
+           'check_members', 'Member', 'Predictor', 'blend_weights', 'MergeBuffer', 'write_cog', 'SceneWriter',
+           'ScenePart', 'Scene', 'RowCache', 'StripReader', 'WindowJob', 'cut_window', 'forward_scales',
+           'forward_batch', 'Merger', 'SceneOutputs', 'predict_scenes', 'predict_scene']
 
 # %% ../nbs/11_predict.ipynb #3f1e2b0f
 def window_starts(
@@ -99,108 +100,271 @@ class WindowPlan:
             end = max(need, r1)
             yield y, end, r0, max(r0, r1)
 
-# %% ../nbs/11_predict.ipynb #e36c85f5
-class Predictor:
-    "A model ready for inference: raw windows in, probabilities out, on any device and precision."
+# %% ../nbs/11_predict.ipynb #c50249cb
+def model_paths(
+    model: str | Path | list | tuple,  # a model file or URI, a folder of runs, or a list of those
+) -> list[str]:
+    "The model files `model` names: a folder stands for its `best.pth`, or else for those of its subfolders (the `seed<N>/` runs of `train --seeds`)."
+    items = [model] if isinstance(model, (str, Path)) else list(model)
+    out: list[str] = []
+    for m in items:
+        p = Path(str(m))
+        if not is_remote(str(m)) and p.is_dir():  # one run, or one run per subfolder (not mlflow's copies deeper down)
+            found = [p / 'best.pth'] if (p / 'best.pth').is_file() else sorted(p.glob('*/best.pth'))
+            if not found:
+                raise RtsSegError(
+                    f'{p} holds no best.pth, nor do its subfolders; give model files or a folder of training runs'
+                )
+            out += [str(f) for f in found]
+        else:
+            out.append(str(m))
+    if not out:
+        raise RtsSegError('no model given: give --model PATH (several for an ensemble)')
+    dup = next((m for i, m in enumerate(out) if m in out[:i]), None)
+    if dup is not None:
+        raise RtsSegError(f'{dup} is named twice; give each member of an ensemble once')
+    return out
 
-    checkpoint: str | None  # the model file it was loaded from; None when given a network
+
+def _member_key(b: Bundle) -> dict:
+    "What members of an ensemble must share: the channels (and where they come from), the window, the pixel size."
+    px = b.imagery.get('pixel_size_m')
+    return {
+        'channels': ', '.join(f'{c["name"]} ({c["source"]})' for c in b.channels),
+        'tile size': b.tile_size,
+        'pixel size (m)': None if px is None else round(float(px), 2),
+    }
+
+
+def check_members(
+    bundles: list[Bundle],  # the members' bundles
+    names: list[str],  # their files (or labels), named in the error
+):
+    "Refuse, in one line naming two files and what differs, members that cannot share one input: channels, tile size, pixel size."
+    k0 = _member_key(bundles[0])
+    for b, n in zip(bundles[1:], names[1:]):
+        k = _member_key(b)
+        for what in k0:
+            if k[what] != k0[what] and None not in (k[what], k0[what]):
+                raise RtsSegError(
+                    f'{n} cannot join an ensemble with {names[0]}: their {what} differ ({k[what]} vs {k0[what]}); '
+                    'ensemble models trained on the same bands and tiles'
+                )
+
+# %% ../nbs/11_predict.ipynb #e36c85f5
+@dataclass
+class Member:
+    "One model of a predictor: its network, bundle and temperature, and which normalisation its input is."
+
+    model: torch.nn.Module  # on the device, in eval mode (compiled if asked)
+    bundle: Bundle  # what it was trained with
+    temperature: float  # its logits are divided by it before the sigmoid
+    slot: int = 0  # its normalisation: the `slot`-th block of channels of `Predictor.normalize`'s output
+    checkpoint: str | None = None  # the file it was loaded from
+
+    def info(self) -> dict:
+        "What the logs record of it."
+        b = self.bundle
+        return dict(
+            checkpoint=self.checkpoint,
+            normalization_hash=b.normalization_hash,
+            temperature=self.temperature,
+            threshold=b.threshold,
+            model=b.model,
+            epoch=b.provenance.get('epoch'),
+        )
+
+
+class Predictor:
+    "One model, or an ensemble of models with the same channels, ready for inference: raw windows in, probabilities out, on any device and precision."
+
+    checkpoint: str | list | None  # the model file(s) it was loaded from; None when given networks
+    members: list[Member]
 
     def __init__(
         self,
-        model: torch.nn.Module,  # a segmentation model with one output logit
-        bundle: Bundle | dict,  # the model's bundle (what `best.pth` holds), or bare normalisation statistics
+        model: torch.nn.Module | list,  # a segmentation model with one output logit, or a list of them (an ensemble)
+        bundle: Bundle | dict | list,  # its bundle (`best.pth`) or bare statistics; a list for a list
         device: str = 'auto',  # auto, cpu, cuda or cuda:N
         precision: str = 'auto',  # auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16
         channels_last: bool = True,  # NHWC layout on the GPU
         compile: bool = False,  # torch.compile the model
         tta: str = 'none',  # none, minimal, standard or full
-        threshold: float | None = None,  # default mask threshold; None = the bundle's calibrated one (else 0.5)
-        temperature: float | None = None,  # logits are divided by it before the sigmoid; None = the bundle's (else 1)
+        threshold: float | None = None,  # mask threshold; None = the bundle's calibrated one (ensemble: their mean)
+        temperature: float | None = None,  # logits are divided by it; None = each bundle's (else 1)
+        checkpoint: str | list | None = None,  # the file(s) the model(s) came from, named in logs and errors
     ):
         self.device = get_device(device)
         cuda = self.device.type == 'cuda'
         if precision == 'auto':
             precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
-        if not isinstance(bundle, Bundle):
-            bundle = Bundle(
+        models, bundles = (list(a) if isinstance(a, list) else [a] for a in (model, bundle))
+        assert len(models) == len(bundles), 'one bundle per model'
+        bundles = [
+            b
+            if isinstance(b, Bundle)
+            else Bundle(
                 model={},
-                channels=bundle.get('channel_table') or channel_table(bundle['channels']),
-                normalization=bundle,
-                imagery=dict(bundle.get('imagery') or {}),
+                channels=b.get('channel_table') or channel_table(b['channels']),
+                normalization=b,
+                imagery=dict(b.get('imagery') or {}),
             )
+            for b in bundles
+        ]
+        files = checkpoint if isinstance(checkpoint, list) else [checkpoint] * (checkpoint is not None)
+        names = files if len(files) == len(bundles) else [f'model {i + 1}' for i in range(len(bundles))]
+        check_members(bundles, names)
+        # the ensemble's mask threshold: the mean of the members' calibrated thresholds
+        b0 = bundles[0]
+        bundle = (
+            b0
+            if len(bundles) == 1
+            else dataclasses.replace(b0, calibration=dict(threshold=float(np.mean([b.threshold for b in bundles]))))
+        )
         self.bundle, self.precision, self.tta, self.views = bundle, precision, tta, TTA_MODES[tta]
         self.threshold = bundle.threshold if threshold is None else threshold
-        self.temperature = float(bundle.temperature if temperature is None else temperature)
-        self.normalization_hash, self.in_channels = bundle.normalization_hash, bundle.in_channels
-        # every group, in channel order
-        self.lo, self.hi, self.mean, self.std = (t[None, :, None, None] for t in bundle.norm_columns(self.device))
-        model = model.to(self.device).eval()
+        self.in_channels = b0.in_channels
+        # one normalisation per distinct set of statistics, in member order: (lo, hi, mean, std) of every group
+        hashes = list(dict.fromkeys(b.normalization_hash for b in bundles))
+        self.norms = [
+            tuple(
+                t[None, :, None, None]
+                for t in next(b for b in bundles if b.normalization_hash == h).norm_columns(self.device)
+            )
+            for h in hashes
+        ]
+        self.normalization_hash = '+'.join(hashes)  # one hash; an ensemble of several statistics: theirs, joined
+        self.norm_channels = self.in_channels * len(self.norms)  # what `normalize` gives per pixel
+        self.lo, self.hi, self.mean, self.std = self.norms[0]
         self.channels_last = channels_last and cuda
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = torch.compile(model) if compile else model
-        self.checkpoint, self.model_info = (
-            None,
+        self.members = []
+        for i, (m, b) in enumerate(zip(models, bundles)):
+            m = m.to(self.device).eval()
+            if self.channels_last:
+                m = m.to(memory_format=torch.channels_last)
+            t = float(b.temperature if temperature is None else temperature)
+            ck = files[i] if len(files) == len(bundles) else None
+            self.members.append(
+                Member(torch.compile(m) if compile else m, b, t, hashes.index(b.normalization_hash), ck)
+            )
+        self.model = self.members[0].model
+        self.checkpoint = checkpoint
+        # samples per pixel: views x members; with more than one their spread is the uncertainty
+        self.spread = len(self.members) * len(self.views) > 1
+        self.model_info = (
             dict(
-                model=bundle.model,
-                rts_seg_version=bundle.provenance.get('rts_seg_version'),
-                epoch=bundle.provenance.get('epoch'),
-            ),
+                model=b0.model,
+                rts_seg_version=b0.provenance.get('rts_seg_version'),
+                epoch=b0.provenance.get('epoch'),
+            )
+            if len(self.members) == 1
+            else [dict(model=b.model, epoch=b.provenance.get('epoch')) for b in bundles]
         )
+
+    @property
+    def temperature(self) -> float | list[float]:
+        "The temperature of the model; an ensemble's: one per member."
+        ts = [m.temperature for m in self.members]
+        return ts[0] if len(ts) == 1 else ts
+
+    def with_tta(
+        self,
+        tta: str,  # none, minimal, standard or full
+    ) -> Predictor:
+        "The same model(s) with other TTA views (a shallow copy: the networks are shared)."
+        p = copy.copy(self)
+        p.tta, p.views = tta, TTA_MODES[tta]
+        p.spread = len(p.members) * len(p.views) > 1
+        return p
+
+    def members_info(self) -> list[dict]:
+        "Each member's file, normalisation hash, temperature, threshold and model: what logs and results name."
+        return [m.info() for m in self.members]
 
     @classmethod
     def from_config(
         cls,
-        model: str | Path | tuple,  # best.pth or an export (path or URI), or a loaded `(network, bundle)` pair
+        model: str | Path | tuple | list,  # model file(s), a folder of runs, or a `(network, bundle)` pair
         cfg: InferenceConfig | None = None,  # the `inference` section: device, precision, channels_last, compile, tta
     ) -> Predictor:
-        "A predictor with the settings of an `inference` config."
+        "A predictor (an ensemble when `model` names several files) with the settings of an `inference` config."
         cfg = cfg or InferenceConfig()
-        net, b = model if isinstance(model, tuple) else load_model(model)
-        p = cls(
-            net,
-            b,
+        kw = dict(
             device=cfg.device,
             precision=cfg.precision,
             channels_last=cfg.channels_last,
             compile=cfg.compile,
             tta=cfg.tta,
         )
-        if not isinstance(model, tuple):
-            p.checkpoint = str(model)
-        return p
+        if isinstance(model, tuple):
+            return cls(*model, **kw)
+        paths = model_paths(model)
+        pairs = [load_model(p) for p in paths]
+        if len(paths) == 1:
+            return cls(*pairs[0], checkpoint=paths[0], **kw)
+        return cls([n for n, _ in pairs], [b for _, b in pairs], checkpoint=paths, **kw)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, **kwargs):
-        "Load a model bundle (`best.pth`) written by `rts-seg train`, or a model exported from one (ONNX, TorchScript); kwargs as for `Predictor`."
-        m, b = load_model(path)
-        p = cls(m, b, **kwargs)
-        p.checkpoint = str(path)
-        return p
+    def from_checkpoint(
+        cls,
+        path: str | Path | list,  # a model file, a folder of runs, or a list of them
+        **kwargs,  # as for `Predictor`
+    ):
+        "Load a model bundle (`best.pth`) written by `rts-seg train`, or a model exported from one (ONNX, TorchScript), or several (an ensemble); kwargs as for `Predictor`."
+        paths = model_paths(path)
+        pairs = [load_model(p) for p in paths]
+        if len(paths) == 1:
+            return cls(*pairs[0], checkpoint=paths[0], **kwargs)
+        return cls([n for n, _ in pairs], [b for _, b in pairs], checkpoint=paths, **kwargs)
 
     def normalize(
         self,
         x: torch.Tensor,  # raw (B, C, H, W) values on the device
         valid: torch.Tensor,  # (B, H, W) validity
     ) -> torch.Tensor:
-        "Normalise raw (B, C, H, W) values on the device; invalid pixels become 0 (the mean)."
-        x = (torch.clamp(x.float(), self.lo, self.hi) - self.mean) / self.std
-        return torch.where(valid[:, None], x, 0.0)
+        "Normalise raw (B, C, H, W) values on the device (invalid pixels become 0, the mean): (B, C, H, W), or, for an ensemble of several statistics, each normalisation in turn along the channels."
+        xs = [
+            torch.where(valid[:, None], (torch.clamp(x.float(), lo, hi) - mu) / sd, 0.0)
+            for lo, hi, mu, sd in self.norms
+        ]
+        return xs[0] if len(xs) == 1 else torch.cat(xs, 1)
 
     @torch.no_grad()
+    def probs(
+        self,
+        x: torch.Tensor,  # normalised (B, C', H, W) on the device, as `normalize` gives it
+        spread: bool = False,  # also the spread of the probabilities across views and members
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        "Slump probability (B, H, W): sigmoid(logit / temperature) averaged over the TTA views and members; and (`spread`) its standard deviation across them, else None."
+        n, C = len(self.members) * len(self.views), self.in_channels
+        out = torch.zeros((), device=self.device)  # the sum of the samples
+        # the sums of their differences from the first, and of their squares: the variance without cancellation
+        first, s1, s2 = None, 0.0, 0.0
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            for m in self.members:
+                xm = x if len(self.norms) == 1 else x[:, m.slot * C : (m.slot + 1) * C]
+                if self.channels_last:
+                    xm = xm.contiguous(memory_format=torch.channels_last)
+                for k, f in self.views:
+                    p = d4_inverse(torch.sigmoid(m.model(d4(xm, k, f)).float() / m.temperature), k, f)
+                    out = out + p
+                    if spread:
+                        first = p if first is None else first
+                        d = p - first
+                        s1, s2 = s1 + d, s2 + d * d
+        mean = (out / n)[:, 0]
+        if not spread:
+            return mean, None
+        m1 = s1 / n
+        return mean, (s2 / n - m1 * m1)[:, 0].clamp_min(0).sqrt()
+
     def __call__(
         self,
-        x: torch.Tensor,  # normalised (B, C, H, W) on the device
+        x: torch.Tensor,  # normalised (B, C', H, W) on the device
     ) -> torch.Tensor:
-        "Slump probability (B, H, W): sigmoid(logit / temperature), averaged over the TTA views."
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out = torch.zeros((), device=self.device)  # the sum of the views
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-            for k, f in self.views:
-                out = out + d4_inverse(torch.sigmoid(self.model(d4(x, k, f)).float() / self.temperature), k, f)
-        return (out / len(self.views))[:, 0]
+        "Slump probability (B, H, W): sigmoid(logit / temperature), averaged over the TTA views (and the members of an ensemble)."
+        return self.probs(x)[0]
 
 # %% ../nbs/11_predict.ipynb #a85ab72b
 def blend_weights(
@@ -212,11 +376,16 @@ def blend_weights(
     return np.outer(w1, w1).astype(np.float32)
 
 # %% ../nbs/11_predict.ipynb #3ce40f67
+# the uncertainty raster's unit: uint8 value v is a standard deviation of v * 0.002 (0 to 0.5 in 0..250)
+UNC_STEP = 0.002
+
+
 class MergeBuffer:
     "Merge buffer for `rows` x `width` pixels of one scene, from row `top` down, on the model's device."
 
     acc: torch.Tensor | None
     wsum: torch.Tensor | None  # the weighted sum and the weights (blend); None when merging by maximum
+    unc: torch.Tensor | None  # the spread: of the max (max), or its weighted sum (blend); None when not tracked
 
     def __init__(
         self,
@@ -225,6 +394,7 @@ class MergeBuffer:
         blend: np.ndarray | torch.Tensor | None,  # a window's weights (`blend_weights`); None: merge by maximum
         device='cpu',  # where the buffer lives
         code: int | None = None,  # the scale code when there is one scale (nothing tracked per pixel)
+        spread: bool = False,  # also merge the spread of the probabilities (the uncertainty)
     ):
         self.top, self.device, self.const = 0, torch.device(device), code or 0
         z = lambda dt: torch.zeros((rows, width), dtype=dt, device=self.device)
@@ -232,6 +402,7 @@ class MergeBuffer:
         self.code = None if code else z(torch.uint8)  # the scale of the max (0: none yet)
         self.blend = None if blend is None else torch.as_tensor(blend, device=self.device)
         self.acc, self.wsum = (z(torch.float32), z(torch.float32)) if blend is not None else (None, None)
+        self.unc = z(torch.float32) if spread else None
 
     def merge(
         self,
@@ -240,44 +411,54 @@ class MergeBuffer:
         p: torch.Tensor,  # (h, w) probabilities of the window
         code: torch.Tensor | int,  # the scale that gave them: (h, w), or one for all
         valid: torch.Tensor,  # (h, w) validity
+        unc: torch.Tensor | None = None,  # (h, w) their spread, when the buffer tracks it
     ):
-        "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x), their scale `code` and validity; on the device."
+        "Merge window probabilities `p` (h, w) whose top-left pixel is scene (y, x), their scale `code`, validity and spread `unc`; on the device."
         h, w = p.shape
         sl = np.s_[y - self.top : y - self.top + h, x : x + w]
         best = self.best[sl]
         if self.code is not None:
             cd = self.code[sl]
             cd.copy_(torch.where((p > best) | (cd == 0), code, cd))
+        if self.unc is not None and unc is not None and self.blend is None:
+            u = self.unc[sl]
+            u.copy_(torch.where((p > best) | (best == 0), unc, u))  # the spread of the window giving the max
         torch.maximum(best, p, out=best)
         self.valid[sl] |= valid
         if self.blend is not None and self.acc is not None and self.wsum is not None:
             wt = self.blend[:h, :w]
             self.acc[sl] += wt * p
             self.wsum[sl] += wt
+            if self.unc is not None and unc is not None:
+                self.unc[sl] += wt * unc  # blended like the probability
 
     def pop(
         self,
         n: int,  # rows to pop
         threshold: float,  # of the mask
     ):
-        "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, and a CUDA event to wait for."
+        "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, uncertainty (uint8 in steps of `UNC_STEP`, 255 where nodata; None when not tracked), and a CUDA event to wait for."
         valid = self.valid[:n]
-        prob = (
-            self.acc[:n] / self.wsum[:n].clamp_min(1e-12)
-            if self.acc is not None and self.wsum is not None
-            else self.best[:n].clone()
-        )
+        blend = self.acc is not None and self.wsum is not None
+        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if blend else self.best[:n].clone()
         prob.masked_fill_(~valid, -1)
         mask = (prob > threshold).to(torch.uint8).masked_fill_(~valid, 255)
         code = self.code[:n].masked_fill(~valid, 0) if self.code is not None else valid.to(torch.uint8) * self.const
         counts = torch.stack([(mask == 1).sum(), valid.sum()])
-        out: tuple[torch.Tensor, ...] = (prob, mask, code, counts)
+        unc = None
+        if self.unc is not None:
+            u = self.unc[:n] / self.wsum[:n].clamp_min(1e-12) if blend else self.unc[:n]
+            unc = torch.round(u / UNC_STEP).clamp_(0, 254).to(torch.uint8).masked_fill_(~valid, 255)
+        out: tuple = (prob, mask, code, counts, unc)
         ev = None
         if self.device.type == 'cuda':
-            out = tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in out)
+            out = tuple(
+                None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                for t in out
+            )
             ev = torch.cuda.Event()
             ev.record()
-        for a in (self.best, self.code, self.valid, self.acc, self.wsum):
+        for a in (self.best, self.code, self.valid, self.acc, self.wsum, self.unc):
             if a is None:
                 continue
             if n < len(a):
@@ -307,26 +488,34 @@ def write_cog(
     return Path(dst)
 
 # %% ../nbs/11_predict.ipynb #5e4c7627
-OUTPUTS = dict(prob=('float32', -1, 'AVERAGE'), mask=('uint8', 255, 'NEAREST'), scale=('uint8', 0, 'NEAREST'))
+OUTPUTS = dict(
+    prob=('float32', -1, 'AVERAGE'),
+    mask=('uint8', 255, 'NEAREST'),
+    scale=('uint8', 0, 'NEAREST'),
+    unc=('uint8', 255, 'AVERAGE'),  # written only when there is a spread to measure (several views or members)
+)
 TMP_OPTS = dict(compress='ZSTD', zstd_level=1)  # the temporary strips: fast to write, small on disk
 IN_MEMORY_PX = 2**23  # scenes up to this many pixels (e.g. 512 px tiles) keep their strips in memory, not in files
 
 
 class SceneWriter:
-    "Append strips of prob/mask/scale to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
+    "Append strips of prob/mask/scale (and unc) to temporary GeoTIFFs (in memory for small scenes); `close` turns them into COGs."
 
-    pending: list[tuple]  # rows not written yet (less than a block), as (prob, mask, code)
+    pending: list[tuple]  # rows not written yet (less than a block), as (prob, mask, code[, unc])
 
     def __init__(
         self,
-        stem: Path,  # outputs are `{stem}_prob.tif`, `_mask.tif`, `_scale.tif`
+        stem: Path,  # outputs are `{stem}_prob.tif`, `_mask.tif`, `_scale.tif` (and `_unc.tif`)
         profile: dict,  # GeoTIFF profile of the scene: size, CRS, transform
+        unc: bool = False,  # also write the uncertainty (`_unc.tif`)
     ):
         self.stem, self.row, self.pending = Path(stem), 0, []
         self.stem.parent.mkdir(parents=True, exist_ok=True)
         self.dsts, self.tmps, self.mems = {}, {}, {}
+        self.keys = [k for k in OUTPUTS if unc or k != 'unc']
         small = profile['height'] * profile['width'] <= IN_MEMORY_PX
-        for k, (dtype, nodata, _) in OUTPUTS.items():
+        for k in self.keys:
+            dtype, nodata, _ = OUTPUTS[k]
             prof = {
                 **profile,
                 'count': 1,
@@ -343,6 +532,11 @@ class SceneWriter:
             else:
                 self.tmps[k] = self.stem.parent / f'.{self.stem.name}_{k}.tmp.tif'  # a rerun after a kill overwrites it
                 self.dsts[k] = rasterio.open(self.tmps[k], 'w', **prof, **TMP_OPTS)
+            if k == 'unc':  # GDAL's scale: readers that apply it (QGIS, rasterio's `scales`) see standard deviations
+                self.dsts[k].scales = (UNC_STEP,)
+                self.dsts[k].update_tags(
+                    1, meaning='standard deviation of the probability across TTA views and ensemble members'
+                )
         self.height, self.width = profile['height'], profile['width']
         self.slump_pixels, self.valid_pixels = 0, 0
 
@@ -352,6 +546,7 @@ class SceneWriter:
         mask,  # (rows, width) mask
         code,  # (rows, width) scale codes
         counts,  # (slump, valid) pixels of these rows
+        unc=None,  # (rows, width) uncertainty (uint8), when the writer writes it
         event=None,  # a CUDA event: wait for the rows' copy from the GPU
         final: bool = False,  # the scene's last rows: write what is left
     ):
@@ -360,7 +555,7 @@ class SceneWriter:
             event.synchronize()
         self.slump_pixels += int(counts[0])
         self.valid_pixels += int(counts[1])
-        self.pending.append(tuple(np.asarray(a) for a in (prob, mask, code)))
+        self.pending.append(tuple(np.asarray(a) for a in (prob, mask, code, unc)[: len(self.keys)]))
         n = sum(len(p[0]) for p in self.pending)
         k = n if final else n // 256 * 256
         if not k:
@@ -368,12 +563,12 @@ class SceneWriter:
         parts = self.pending[0] if len(self.pending) == 1 else [np.concatenate(a) for a in zip(*self.pending)]
         self.pending = [tuple(a[k:] for a in parts)] if k < n else []
         win = Window(0, self.row, self.width, k)
-        for key, a in zip(OUTPUTS, parts):
+        for key, a in zip(self.keys, parts):
             self.dsts[key].write(a[:k], 1, window=win)
         self.row += k
 
     def close(self) -> dict[str, Path]:
-        "Finish the COGs (those of a large scene all three at once); returns their paths."
+        "Finish the COGs (those of a large scene all at once); returns their paths."
         for d in self.dsts.values():
             d.close()
         cog = lambda k, **kw: write_cog(
@@ -381,9 +576,9 @@ class SceneWriter:
         )
         try:
             if self.mems:
-                return {k: cog(k, num_threads='1') for k in OUTPUTS}  # small: many scenes are finished at once
-            with ThreadPoolExecutor(len(OUTPUTS)) as ex:
-                cogs = {k: ex.submit(cog, k) for k in OUTPUTS}
+                return {k: cog(k, num_threads='1') for k in self.keys}  # small: many scenes are finished at once
+            with ThreadPoolExecutor(len(self.keys)) as ex:
+                cogs = {k: ex.submit(cog, k) for k in self.keys}
             return {k: f.result() for k, f in cogs.items()}
         finally:
             self.abort()
@@ -580,7 +775,7 @@ class RowCache:
         self.Wp = max(scene.width, tile_size) + 2 * pad
         self.top = self.end = -pad  # scene rows top:end are held
         dev = predictor.device
-        self.x = torch.zeros((predictor.in_channels, 0, self.Wp), device=dev)
+        self.x = torch.zeros((predictor.norm_channels, 0, self.Wp), device=dev)  # an ensemble's: each normalisation
         self.v = torch.zeros((0, self.Wp), dtype=torch.bool, device=dev)
         self.hv = np.zeros((0, scene.width), bool) if scene.masked else None  # validity, on the host
 
@@ -822,47 +1017,50 @@ def cut_window(
 
 # %% ../nbs/11_predict.ipynb #993ec9f4
 def forward_scales(
-    predictor: Predictor,  # model, TTA, temperature
+    predictor: Predictor,  # model(s), TTA, temperature
     xs: list[torch.Tensor],  # per scale (largest first): normalised (N, C, T*f, T*f) windows with their context
     plan: WindowPlan,  # window size and scales
-) -> tuple[torch.Tensor, torch.Tensor | int]:
-    "Probabilities (N, T, T), the highest over the scales, and the scale code that gave each (an int when there is one scale)."
-    T = plan.size
+) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor | None]:
+    "Probabilities (N, T, T), the highest over the scales, the scale code that gave each (an int when there is one scale), and their spread across views and members at that scale (None when the predictor has one view of one model)."
+    T, spread = plan.size, predictor.spread
 
-    def at(x, f):  # probabilities at scale 1/f, cropped to the window
+    def at(x, f):  # probabilities (and spread) at scale 1/f, cropped to the window
         o = (T * f - T) // 2
         if f > 1:
             x = F.avg_pool2d(x, f)
-        p = predictor(x)
-        return (
-            F.interpolate(p[:, None], scale_factor=f, mode='bilinear', align_corners=False)[:, 0, o : o + T, o : o + T]
-            if f > 1
-            else p
-        )
+        p, u = predictor.probs(x, spread)
+        if f == 1:
+            return p, u
+        up = lambda a: F.interpolate(a[:, None], scale_factor=f, mode='bilinear', align_corners=False)[
+            :, 0, o : o + T, o : o + T
+        ]
+        return up(p), None if u is None else up(u)
 
     (x0, *rest), (f0, *fs) = xs, plan.codes
-    best = at(x0, f0)
+    best, unc = at(x0, f0)
     if len(plan.codes) == 1:
-        return best, f0
+        return best, f0, unc
     code = torch.full_like(best, f0, dtype=torch.uint8)
     for x, f in zip(rest, fs):
-        p = at(x, f)
+        p, u = at(x, f)
         up = p > best
         best, code = torch.where(up, p, best), torch.where(up, f, code).to(torch.uint8)
-    return best, code
+        if unc is not None and u is not None:
+            unc = torch.where(up, u, unc)
+    return best, code, unc
 
 # %% ../nbs/11_predict.ipynb #a70a1506
 def forward_batch(
-    predictor: Predictor,  # model, TTA, temperature
+    predictor: Predictor,  # model(s), TTA, temperature
     batch: list[WindowJob],  # windows cut, some maybe skipped
     plan: WindowPlan,  # window size and scales
 ):
-    "Enqueue the forward pass of a batch: `(windows sent, probabilities, scale codes, validity, flag of values outside [0, 1])`, or None if all were skipped."
+    "Enqueue the forward pass of a batch: `(windows sent, probabilities, scale codes, validity, flag of values outside [0, 1], spread or None)`, or None if all were skipped."
     todo = [it for it in batch if not it.skip]
     if not todo:
         return None
     views = [it.views() for it in todo]
-    best, code = forward_scales(
+    best, code, unc = forward_scales(
         predictor, [torch.stack([xs[si] for xs, _ in views]) for si in range(len(plan.codes))], plan
     )
     vwin = torch.stack([v for _, v in views])
@@ -872,7 +1070,7 @@ def forward_batch(
     cuda = predictor.device.type == 'cuda'
     # read once the batch has run
     flag = torch.empty((), dtype=torch.bool, pin_memory=cuda).copy_(bad, non_blocking=cuda)
-    return todo, best, code, vwin, flag
+    return todo, best, code, vwin, flag, unc
 
 # %% ../nbs/11_predict.ipynb #0da9233f
 class Merger:
@@ -885,9 +1083,11 @@ class Merger:
         plan: WindowPlan,  # windows and scales
         cfg: InferenceConfig,  # merge (max or blend), blend window, threshold
         device: torch.device,  # where the buffers live
+        spread: bool = False,  # also merge the spread of the probabilities (`Predictor.spread`)
     ):
         assert cfg.threshold is not None, 'resolve the config first (Bundle.resolve)'
         self.plan, self.threshold, self.device, self.state = plan, cfg.threshold, device, {}
+        self.spread = spread
         blend = blend_weights(plan.size, cfg.blend_window) if cfg.merge == 'blend' else None
         # on the device once, not once per scene
         self.blend = None if blend is None else torch.as_tensor(blend, device=device)
@@ -898,13 +1098,21 @@ class Merger:
         p=None,  # its (T, T) probabilities; None when skipped
         code=None,  # the scale that gave them: (T, T), or one int
         valid=None,  # its (T, T) validity
+        unc=None,  # its (T, T) spread, if measured
     ) -> tuple | None:
-        "Merge window `it` (probabilities `p`, scale `code`, validity; nothing if skipped); a finished strip when its row is complete."
+        "Merge window `it` (probabilities `p`, scale `code`, validity, spread; nothing if skipped); a finished strip when its row is complete."
         s, T = it.scene, self.plan.size
         if id(s) not in self.state:
             codes = self.plan.codes
             self.state[id(s)] = (
-                MergeBuffer(min(T, s.height), s.width, self.blend, self.device, codes[0] if len(codes) == 1 else None),
+                MergeBuffer(
+                    min(T, s.height),
+                    s.width,
+                    self.blend,
+                    self.device,
+                    codes[0] if len(codes) == 1 else None,
+                    self.spread,
+                ),
                 dict(key=s.key, scene=str(s.path), windows=s.windows, skipped_windows=0, t0=time.time()),
             )
         band, info = self.state[id(s)]
@@ -912,7 +1120,14 @@ class Merger:
         if it.skip:
             info['skipped_windows'] += 1
         else:
-            band.merge(it.y, it.x, p[:h, :wd], code if isinstance(code, int) else code[:h, :wd], valid[:h, :wd])
+            band.merge(
+                it.y,
+                it.x,
+                p[:h, :wd],
+                code if isinstance(code, int) else code[:h, :wd],
+                valid[:h, :wd],
+                None if unc is None else unc[:h, :wd],
+            )
         if not it.row_last:
             return None
         strip, end = band.pop(s.row_end[it.y] - band.top, self.threshold), None
@@ -930,7 +1145,7 @@ class Merger:
         "Merge a batch as `forward_batch` returned it (once it has run); the finished strips."
         k = {}
         if out is not None:
-            todo, best, code, vwin, flag = out
+            todo, best, code, vwin, flag, unc = out
             if flag.item():
                 raise RtsSegError(
                     f'probabilities outside [0, 1] (or not finite) in {todo[0].scene.path}: the checkpoint is broken'
@@ -942,7 +1157,9 @@ class Merger:
             r = (
                 self.add(it)
                 if i is None
-                else self.add(it, best[i], code if isinstance(code, int) else code[i], vwin[i])
+                else self.add(
+                    it, best[i], code if isinstance(code, int) else code[i], vwin[i], None if unc is None else unc[i]
+                )
             )
             if r is not None:
                 strips.append(r)
@@ -981,7 +1198,7 @@ class SceneOutputs:
                 continue
             try:
                 if id(s) not in ws:
-                    ws[id(s)] = SceneWriter(s.out_stem, s.profile)
+                    ws[id(s)] = SceneWriter(s.out_stem, s.profile, unc=strip[4] is not None)
                 with self.clock('write', cpu=True):
                     ws[id(s)].write(*strip, final=end is not None)
                 if end:
@@ -1048,13 +1265,13 @@ def predict_scenes(
     on_done=None,  # called with each scene's result dict once its outputs are final (from finishing threads, maybe several at once)
     timings: dict | None = None,  # if given, filled with the seconds spent per stage (profiling)
 ) -> list[dict]:
-    "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene."
+    "Stream the windows of `scenes` through `predictor`; write probability, mask and scale COGs per scene, and the uncertainty COG when the predictor has several views or members."
     t_start, cfg = (
         time.perf_counter(),
         predictor.bundle.resolve(cfg or InferenceConfig()),
     )  # what the config leaves open: the model's
     plan, clock, cuda = WindowPlan.from_config(cfg), _Clock(), predictor.device.type == 'cuda'
-    merger = Merger(plan, cfg, predictor.device)
+    merger = Merger(plan, cfg, predictor.device, predictor.spread)
     outputs = SceneOutputs(cfg.workers, {id(s): i for i, s in enumerate(scenes)}, on_done, clock)
     reader, batch, pending = StripReader(scenes, predictor, cfg, plan, clock), [], None
 
@@ -1104,18 +1321,20 @@ def predict_scenes(
 
 # %% ../nbs/11_predict.ipynb #064be160
 def predict_scene(
-    model: str | Path | Predictor,  # checkpoint from `rts-seg train` (best.pth), or a `Predictor`
+    model: str | Path | list | Predictor,  # best.pth, several (an ensemble), a folder of runs, or a `Predictor`
     scene: str | Path,  # GeoTIFF with the model's bands (RGB, and its aux bands unless `extra` holds them)
     out_dir: str | Path,  # where the outputs go
     extra: str | Path | None = None,  # aux bands on the scene's grid, for a model trained with `data.extra_channels`
     cfg: InferenceConfig | None = None,  # the `inference` section; keyword arguments override it
     **kwargs,  # any `InferenceConfig` field, e.g. tile_size=256, tta='full'
 ) -> dict:
-    "Predict slump probability over a whole scene; write `{scene}_prob.tif`, `_mask.tif` and `_scale.tif` COGs."
+    "Predict slump probability over a whole scene; write `{scene}_prob.tif`, `_mask.tif` and `_scale.tif` COGs (and `_unc.tif` with TTA or an ensemble)."
     cfg = (cfg or InferenceConfig()).model_copy(update=kwargs)
     cfg = InferenceConfig(**cfg.model_dump())  # validate the overrides
     if not isinstance(model, Predictor):
         model = Predictor.from_config(model, cfg)
+    elif 'tta' in kwargs:  # asked for here: it overrides the predictor's own
+        model = model.with_tta(kwargs['tta'])
     cfg = model.bundle.resolve(cfg)
     for f in (scene, extra):
         if f is not None and not Path(f).is_file():
@@ -1130,10 +1349,11 @@ def predict_scene(
         tile_size=cfg.tile_size,
         stride=cfg.stride,
         scales=cfg.scales,
-        tta=cfg.tta,
+        tta=model.tta,
         merge=cfg.merge,
         threshold=cfg.threshold,
         temperature=model.temperature,
+        members=model.members_info(),
     )
     print(
         f'{scene.name}: {res["windows"]} windows ({res["skipped_windows"]} all nodata), {res["slump_pixels"]} slump pixels -> {res["prob"]}',

@@ -21,7 +21,7 @@ from .config import InferenceConfig
 from .core import RtsSegError
 from .export import fetch_model
 from .io import get_fs, is_remote, retry
-from .predict import Predictor, Scene, WindowPlan, predict_scenes
+from .predict import Predictor, Scene, WindowPlan, model_paths, predict_scenes
 from .vectorize import FIELDS, vectorize
 
 # %% ../nbs/11d_serve.ipynb #0f43e1db
@@ -165,7 +165,7 @@ def _bands(s: str | None) -> list[int] | dict[str, int] | None:
 
 # %% ../nbs/11d_serve.ipynb #776f609c
 def create_app(
-    model: str,  # model bundle (best.pth) or export (.onnx, .pt): a local path or a URI (gs://...)
+    model: str | list,  # model bundle (best.pth) or export (.onnx, .pt), a path or URI (gs://...); several: an ensemble
     device: str = 'auto',  # auto, cpu, cuda or cuda:N
     max_mb: float = 512,  # largest request body (and remote scene) in MiB; larger ones get 413
     cfg: InferenceConfig | None = None,  # the `inference` section; what it leaves open comes from the bundle
@@ -189,23 +189,25 @@ def create_app(
     cfg = cfg or InferenceConfig()
     if device != 'auto':
         cfg = cfg.model_copy(update=dict(device=device))
-    path = fetch_model(model, cache)
-    predictor = Predictor.from_config(path, cfg)
+    paths = [fetch_model(m, cache) for m in model_paths(model)]  # several: an ensemble
+    predictor = Predictor.from_config(paths, cfg)
     bundle, cfg = predictor.bundle, predictor.bundle.resolve(cfg)
     plan, min_area = WindowPlan.from_config(cfg), cfg.min_area_m2  # windows and polygons as the bundle resolved them
     assert min_area is not None, 'Bundle.resolve fills in min_area_m2'
     max_bytes, lock = int(max_mb * 2**20), threading.Lock()
     h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(2**24), b''):
-            h.update(chunk)
+    for path in paths:  # an ensemble's files in turn
+        with open(path, 'rb') as f:
+            for chunk in iter(lambda: f.read(2**24), b''):
+                h.update(chunk)
     health = dict(
         status='ok',
-        model=str(model),
+        model=str(model) if isinstance(model, (str, Path)) else [str(m) for m in model],
         model_sha256=h.hexdigest()[:16],
         device=str(predictor.device),
         precision=predictor.precision,
-        normalization_hash=bundle.normalization_hash,
+        normalization_hash=predictor.normalization_hash,
+        members=[{k: m[k] for k in ('checkpoint', 'normalization_hash')} for m in predictor.members_info()],
         channels=[c['name'] for c in bundle.channels],
         tile_size=cfg.tile_size,
         threshold=cfg.threshold,
@@ -313,7 +315,15 @@ def create_app(
                         400, f'{shown} is cut short or corrupt: its pixels cannot be read ({hide(bad)})'
                     ) from None
                 raise  # not the scene's fault
-            v = vectorize(r['mask'], r['prob'], tmp / 'out' / f'{name}.gpkg', r['scale'], min_area, c.simplify_m)
+            v = vectorize(
+                r['mask'],
+                r['prob'],
+                tmp / 'out' / f'{name}.gpkg',
+                r['scale'],
+                min_area,
+                c.simplify_m,
+                unc_path=r.get('unc'),
+            )
             fc = feature_collection(v['gpkg'])
             fc['rts_seg'] = dict(
                 scene=shown,
@@ -389,7 +399,7 @@ def create_app(
 
 # %% ../nbs/11d_serve.ipynb #d5d6feca
 def serve(
-    model: str,  # model bundle (best.pth) or export, a local path or gs:// URI (`rts-seg serve` defaults it to $MODEL_PATH)
+    model: str | list,  # best.pth or an export, a path or gs:// URI (default $MODEL_PATH); several: an ensemble
     host: str = '127.0.0.1',  # 0.0.0.0 to listen on every interface (the container)
     port: int = 8080,  # TCP port
     device: str = 'auto',  # auto, cpu, cuda or cuda:N

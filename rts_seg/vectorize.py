@@ -60,6 +60,7 @@ FIELDS = [
     'centroid_lon',
     'mean_prob',
     'max_prob',
+    'prob_std',
     'detection_scale',
     'tile_ids',
 ]
@@ -100,8 +101,8 @@ def _write_gpkg(out_path, polys, cols, crs_wkt, layer):
         )
 
 
-def _stats(p, prob, scale):
-    "Mean and max probability inside polygon `p`, and the scale of the max."
+def _stats(p, prob, scale, unc=None):
+    "Mean and max probability inside polygon `p`, the scale of the max, and the mean uncertainty (0 without an uncertainty raster)."
     win = from_bounds(*p.bounds, transform=prob.transform).round_offsets(op='floor').round_lengths(op='ceil')
     win = Window(win.col_off, win.row_off, win.width + 1, win.height + 1).intersection(
         Window(0, 0, prob.width, prob.height)
@@ -109,13 +110,18 @@ def _stats(p, prob, scale):
     a = prob.read(1, window=win)
     inside = geometry_mask([p], out_shape=a.shape, transform=prob.window_transform(win), invert=True) & (a >= 0)
     if not inside.any():
-        return float('nan'), float('nan'), float('nan')
+        return float('nan'), float('nan'), float('nan'), float('nan')
     v = a[inside]
     s = 1.0
     if scale is not None:
         c = scale.read(1, window=win)[inside][np.argmax(v)]
         s = 1 / float(c) if c else float('nan')
-    return float(v.mean()), float(v.max()), s
+    sd = 0.0
+    if unc is not None:
+        u = unc.read(1, window=win)[inside]
+        u = u[u != unc.nodata] if unc.nodata is not None else u
+        sd = float(u.mean()) * (unc.scales[0] or 1.0) if u.size else float('nan')
+    return float(v.mean()), float(v.max()), s, sd
 
 
 def vectorize(
@@ -128,6 +134,7 @@ def vectorize(
     tiles: list[tuple[str, tuple]] | None = None,  # (tile_id, bounds) to fill `tile_ids`; None = the scene's name
     strip_rows: int = 1024,  # rows read at a time
     layer: str = 'rts',  # GeoPackage layer name
+    unc_path: str | Path | None = None,  # uint8 uncertainty COG (`{scene}_unc.tif`) for `prob_std`; None: 0
 ) -> dict:
     "Write the slump polygons of a mask, with their statistics, to a GeoPackage; returns a summary."
     try:
@@ -143,11 +150,13 @@ def vectorize(
         keep = [i for i, g in enumerate(m) if g.area * unit**2 >= min_area_m2]
         polys = [polys[i] for i in keep]
         scale = rasterio.open(scale_path) if scale_path and polys else None
+        unc = rasterio.open(unc_path) if unc_path and polys else None
         try:
-            stats = [_stats(p, prob, scale) for p in polys]
+            stats = [_stats(p, prob, scale, unc) for p in polys]
         finally:
-            if scale:
-                scale.close()
+            for r in (scale, unc):
+                if r:
+                    r.close()
     tol = simplify_m if simplify_m is not None else res
     polys = [shapely.normalize(shapely.simplify(p, 0)) for p in polys]  # canonical: no collinear vertices, fixed start
     polys = [
@@ -172,6 +181,7 @@ def vectorize(
         centroid_lon=np.array(lon, float),
         mean_prob=np.array([s[0] for s in stats], float),
         max_prob=np.array([s[1] for s in stats], float),
+        prob_std=np.array([s[3] for s in stats], float),
         detection_scale=np.array([s[2] for s in stats], float),
         tile_ids=np.array(tids, dtype=object),
     )
@@ -247,6 +257,7 @@ def merge_polygons(
                 centroid_lon=lon,
                 mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
                 max_prob=rows[top]['max_prob'],
+                prob_std=float(np.average([rows[i].get('prob_std', np.nan) for i in g], weights=w)),
                 detection_scale=rows[top]['detection_scale'],
                 tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
             )

@@ -27,6 +27,7 @@ FIELDS = [
     'centroid_lon',
     'mean_prob',
     'max_prob',
+    'prob_std',
     'detection_scale',
     'tile_ids',
 ]
