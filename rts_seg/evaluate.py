@@ -557,7 +557,7 @@ def evaluate(
             model[k].append(image_stats(prob, mask, y, px, ious, min_area_m2))
         for a, b in pairs:  # truth a drawn as a prediction (probability 1 inside) against truth b, on the same pixels
             drawn = (ys[a] == 1).astype(np.uint8)
-            pa = np.where((prob < 0) | (ys[a] == 255), -1, drawn).astype(np.float32)
+            pa = np.where((prob < 0) | (ys[a] == 255), -1.0, drawn).astype(np.float32)  # -1.0: not a uint8 255
             pairs[a, b].append(image_stats(pa, drawn, ys[b], px, ious, 0.0))
     for t, ok in zip(truths, reach):
         if not ok:
@@ -637,7 +637,7 @@ def compare_polygons(
         ya, yb = _drawn_on(a, src), _drawn_on(b, src)
         nodata = ~src.read_masks(1).astype(bool)
         px = abs(src.transform.a * src.transform.e)
-    prob = np.where(nodata, -1, ya).astype(np.float32)
+    prob = np.where(nodata, -1.0, ya).astype(np.float32)  # -1.0: -1 with uint8 would wrap to 255, a valid pixel
     s = _score([(prob, ya, yb, px)], ious, float(min_area_m2))
     s.pop('_curve'), s.pop('_stats')
     return dict(a=str(a), b=str(b), like=str(like), **s)

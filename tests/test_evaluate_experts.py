@@ -335,3 +335,45 @@ def test_evaluate_with_a_model(tiny, tmp_path):
         tmp_path / 'x',
     )
     assert r.returncode == 2 and 'nope.gpkg' in r.stderr and not (tmp_path / 'x' / 'pred').exists(), r.stderr
+
+
+def test_several_label_folders(tmp_path):
+    "Two label folders as truths: the model against each, and each against the other, on the same pixels."
+    items = predictions(tmp_path, 3)
+    (tmp_path / 'other').mkdir()
+    ys = []
+    for i, f in enumerate(sorted((tmp_path / 'truth').glob('*.tif'))):
+        with rasterio.open(f) as s:
+            y = ndimage.binary_dilation(s.read(1) == 1, iterations=1).astype(np.uint8)  # drawn a pixel wider
+            y[:4] = 255  # and some rows left out
+            write_raster(tmp_path / 'other' / f.name, y, s.crs, s.transform, nodata=None)
+        ys.append((items[i][2], y))
+    r = rts_seg('evaluate', '--pred', tmp_path / 'pred', '--truth', tmp_path / 'truth', tmp_path / 'other')
+    assert r.returncode == 0, r.stderr
+    ev = json.loads((tmp_path / 'pred' / 'evaluation.json').read_text())
+    assert list(ev['by_truth']) == ['truth', 'other'] and ev['n_images'] == 3
+    pw = {(p['pred'], p['truth']): p['pixel_iou'] for p in ev['pairwise']}
+    # the truths' pixel IoU, by hand: over the pixels neither ignores
+    inter = sum(((a == 1) & (b == 1) & (a != 255) & (b != 255)).sum() for a, b in ys)
+    union = sum((((a == 1) | (b == 1)) & (a != 255) & (b != 255)).sum() for a, b in ys)
+    assert pw['truth', 'other'] == pytest.approx(inter / union) and pw['other', 'truth'] == pytest.approx(inter / union)
+    one = evaluate(tmp_path / 'pred', tmp_path / 'other', out=tmp_path)
+    assert ev['by_truth']['other']['pixel_iou'] == one['pixel_iou']
+    assert ev['by_truth']['other']['ci95']['pixel_iou'] == one['ci95']['pixel_iou']
+    assert 'ranks' in r.stdout and 'the truths against each other: pixel IoU median' in r.stdout
+
+
+def test_compare_polygons_leaves_nodata_out(tmp_path):
+    "Pixels where `like` has no data count nowhere, in compare_polygons as in evaluate's pairs of truths."
+    from rts_seg.evaluate import compare_polygons
+
+    tfm = from_origin(500_000, 7_600_000, 10, 10)
+    img = np.ones((20, 20), np.uint16)
+    img[:, :5] = 0  # nodata: a quarter of the grid
+    write_raster(tmp_path / 'like.tif', img, 'EPSG:32608', tfm, nodata=0)
+    whole = polygons(tmp_path / 'a.gpkg', [shapely.box(500_000, 7_599_800, 500_200, 7_600_000)], 'EPSG:32608')
+    half = polygons(tmp_path / 'b.gpkg', [shapely.box(500_000, 7_599_800, 500_100, 7_600_000)], 'EPSG:32608')
+    r = compare_polygons(whole, half, tmp_path / 'like.tif')
+    assert (r['pixel_intersection'], r['pixel_union']) == (100, 300)  # columns 5-9 shared; 5-19 in either
+    r = compare_polygons(half, whole, tmp_path / 'like.tif')
+    assert (r['pixel_intersection'], r['pixel_union']) == (100, 300)
