@@ -560,6 +560,10 @@ def track(
         raise RtsSegError(
             f'tracking needs polygons of at least two years; got {len(polygons)} ({", ".join(map(str, polygons))})'
         )
+    if not 0 < min_overlap <= 1:
+        raise RtsSegError(f'--min-overlap {min_overlap} must lie in (0, 1]: the share of the smaller polygon, e.g. 0.2')
+    if stable_pct < 0 or join_m < 0:
+        raise RtsSegError(f'--stable-pct ({stable_pct}) and --join-m ({join_m}) cannot be negative')
     if years is not None and len(years) != len(polygons):
         raise RtsSegError(f'{len(years)} years for {len(polygons)} polygon sources; give one year per source')
     ys: list[int] = []

@@ -212,6 +212,9 @@ def test_track_errors(years, capsys):
     (d / 'empty2023').mkdir()
     assert 'holds no polygon file' in err('--polygons', d / 'rts_2019.gpkg', d / 'empty2023', '--out', out)
     assert 'not projected' in err('--polygons', d / 'rts_2019.gpkg', d / 'run2020', '--crs', 'EPSG:4326', '--out', out)
+    assert 'must lie in (0, 1]' in err(
+        '--polygons', d / 'rts_2019.gpkg', d / 'run2020', '--min-overlap', 0, '--out', out
+    )
     assert not out.exists()
     # a year without polygons: a warning, and every slump gone, then new again
     write(d / 'none_2020.gpkg', [], 'EPSG:32608')
