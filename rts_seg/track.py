@@ -14,7 +14,7 @@ import pandas as pd
 import shapely
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
-from rasterio.warp import transform_geom
+from rasterio.warp import transform as warp_xy, transform_geom
 from shapely.geometry import shape
 
 from .core import RtsSegError, atomic_path
@@ -30,7 +30,9 @@ VECTOR_SUFFIXES = ('.gpkg', '.shp', '.geojson', '.fgb', '.parquet', '.json')  # 
 _YEAR = re.compile(r'(?<!\d)(1[89]\d\d|2[01]\d\d)(?!\d)')
 
 
-def year_of(path: str | Path) -> int | None:
+def year_of(
+    path: str | Path,  # a polygon file, folder or glob, as given
+) -> int | None:
     "The 4-digit year (1800-2199) in the name of `path`, else in the name of its folder (`2019/*.gpkg`)."
     for part in reversed(Path(str(path)).parts[-2:]):
         found = sorted(set(_YEAR.findall(part)))
@@ -120,7 +122,7 @@ def read_polygons(
                 layer = 'rts' if 'rts' in names else names[0] if names else None
             meta, _, wkb, _ = pyogrio.raw.read(path, layer=layer, columns=[])
     except Exception as e:  # pyogrio's DataSourceError and the like: name the file
-        raise RtsSegError(f'cannot read polygons {path}: {str(e).splitlines()[0]}') from None
+        raise RtsSegError(f'cannot read polygons {path}: {(str(e).splitlines() or [type(e).__name__])[0]}') from None
     if not meta.get('crs'):
         raise RtsSegError(f'{path} has no CRS; assign the one it was drawn in (e.g. ogr2ogr -a_srs EPSG:32608 ...)')
     crs = CRS.from_user_input(meta['crs'])
@@ -138,12 +140,7 @@ def metric_crs(
     lon, lat = 0.0, 0.0
     if polys:
         x0, y0, x1, y1 = shapely.total_bounds(polys)
-        (lon,), (lat,) = [
-            [v]
-            for v in transform_geom(crs, 'EPSG:4326', shapely.Point((x0 + x1) / 2, (y0 + y1) / 2).__geo_interface__)[
-                'coordinates'
-            ]
-        ]
+        (lon,), (lat,) = warp_xy(crs, 'EPSG:4326', [(x0 + x1) / 2], [(y0 + y1) / 2])
     zone = min(int((lon + 180) // 6) + 1, 60)
     return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
@@ -173,8 +170,8 @@ def load_year(
     join_m: float = 0.0,  # pieces in different files that meet or lie closer than this (metres) are one slump
 ) -> tuple[list, list[str], CRS | None]:
     "One year's polygons from one or many files, in one metric CRS; pieces that meet across files (tile seams) dissolved."
-    polys, files = [], []
-    for f in polygon_files(source):
+    polys, files, fidx = [], [], []
+    for k, f in enumerate(polygon_files(source)):
         ps, src = read_polygons(f, layer)
         if crs is None and (ps or src.is_projected):  # a geographic file without polygons cannot choose a UTM zone
             crs = metric_crs(ps, src)
@@ -182,7 +179,8 @@ def load_year(
             ps = [p for p in _to(ps, src, crs) if not p.is_empty]
         polys += ps
         files += [f.name] * len(ps)
-    if crs is None or len(set(files)) < 2:
+        fidx += [k] * len(ps)
+    if crs is None or len(set(fidx)) < 2:
         return polys, files, crs
     parent = list(range(len(polys)))  # union-find of the pieces that meet across files
 
@@ -193,7 +191,7 @@ def load_year(
 
     a, b = shapely.STRtree(polys).query(polys, predicate='dwithin', distance=join_m / _unit(crs))
     for i, j in zip(a, b):
-        if files[i] != files[j]:
+        if fidx[i] != fidx[j]:
             parent[root(int(i))] = root(int(j))
     groups: dict[int, list[int]] = {}
     for i in range(len(polys)):
