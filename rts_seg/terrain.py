@@ -42,8 +42,8 @@ def horn_gradient(
     dy: float,  # pixel height in metres
 ) -> tuple[np.ndarray, np.ndarray]:
     "The elevation's rise per metre eastwards and northwards, by Horn's 3 x 3 method (as `gdaldem`)."
-    odd = dict(mode='reflect', reflect_type='odd') if min(z.shape) > 1 else dict(mode='edge')
-    p = np.pad(z.astype(np.float64), 1, **odd)  # beyond the edge: extrapolated linearly (2 z[0] - z[1])
+    z64 = z.astype(np.float64)  # beyond the edge: extrapolated linearly (2 z[0] - z[1])
+    p = np.pad(z64, 1, mode='reflect', reflect_type='odd') if min(z.shape) > 1 else np.pad(z64, 1, mode='edge')
     h, w = z.shape
     at = lambda i, j: p[1 + i : 1 + i + h, 1 + j : 1 + j + w]  # the neighbour i rows down, j columns right
     c = at(0, 0)
@@ -52,12 +52,21 @@ def horn_gradient(
         v, o = at(i, j), at(-i, -j)
         return np.where(np.isnan(v), np.where(np.isnan(o), c, 2 * c - o), v)
 
-    nw, n, ne, w_, e, sw, s, se = (
-        nb(i, j) for i, j in [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)]
-    )
-    gx = ((ne + 2 * e + se) - (nw + 2 * w_ + sw)) / (8 * dx)
-    gy = ((nw + 2 * n + ne) - (sw + 2 * s + se)) / (8 * dy)
-    return gx, gy
+    gx, gy = np.zeros((h, w)), np.zeros((h, w))
+    for (i, j), wx, wy in [
+        ((-1, -1), -1, 1),
+        ((-1, 0), 0, 2),
+        ((-1, 1), 1, 1),
+        ((0, -1), -2, 0),
+        ((0, 1), 2, 0),
+        ((1, -1), -1, -1),
+        ((1, 0), 0, -2),
+        ((1, 1), 1, -1),
+    ]:  # Horn's weights of the eight neighbours: eastwards (right minus left) and northwards (top minus bottom)
+        v = nb(i, j)  # one neighbour at a time: a scene's worth of memory each
+        gx += wx * v if wx else 0
+        gy += wy * v if wy else 0
+    return gx / (8 * dx), gy / (8 * dy)
 
 
 def slope_degrees(
@@ -131,7 +140,9 @@ def terrain_bands(
         shade=lambda: hillshade(gx, gy, azimuth, altitude),
         tpi=lambda: z - focal_mean(z, ring_kernel(tpi_radii[1] / px, tpi_radii[0] / px)),
     )
-    out = np.stack([make[b]() for b in bands]).astype(np.float32)
+    out = np.empty((len(bands), *z.shape), np.float32)
+    for o, b in zip(out, bands):  # one band at a time, into float32
+        o[:] = make[b]()
     out[:, np.isnan(z)] = np.nan
     return out
 
@@ -257,6 +268,7 @@ def terrain_like(
     bands: list[str] | tuple[str, ...] = TERRAIN_BANDS,  # which bands, in order (`TERRAIN_BANDS`)
     min_cover: float = 0.99,  # the least share of the image the DEM must cover (0: no check)
     verbose: bool = False,  # print the grids involved
+    block: int = 2048,  # the largest side in image pixels derived at once; a larger image goes block by block
     **kw,  # radii, azimuth and altitude of `terrain_bands` (default `TERRAIN_DEFAULTS`)
 ) -> np.ndarray:
     "Terrain bands (C, H, W) float32 on the grid of `like`, derived in its CRS at the coarser of the two resolutions."
@@ -269,6 +281,17 @@ def terrain_like(
         raise RtsSegError(f'{name} is not north-up (transform {tuple(t)[:6]}); warp it first (gdalwarp)')
     p = {**TERRAIN_DEFAULTS, **kw}
     terrain_bands(np.zeros((3, 3)), 1.0, bands, **p)  # the names and radii, checked before any reading
+    if max(shape) > block:  # block by block, each with its margin: the memory of a block, the bands of the whole
+        check_dem(dem, (name, crs, t, shape), min_cover)
+        if verbose:
+            print(f'{name}: {shape[1]} x {shape[0]} px, derived in blocks of {block} px')
+        res = np.full((len(bands), *shape), np.nan, np.float32)
+        for r0 in range(0, shape[0], block):
+            for c0 in range(0, shape[1], block):
+                h, w = min(block, shape[0] - r0), min(block, shape[1] - c0)
+                sub = (crs, t * Affine.translation(c0, r0), (h, w))
+                res[:, r0 : r0 + h, c0 : c0 + w] = terrain_like(dem, sub, bands, 0, False, block, **kw)
+        return res
     with _open(dem, 'DEM') as d:
         check_dem(d, (name, crs, t, shape), min_cover)
         wt, wshape, k, m, dem_px = work_grid(d, crs, t, shape, max(p['relelev_radius'], p['tpi_radii'][1]))
@@ -311,7 +334,8 @@ def synthetic_dem(
     dl, db, dr, dt = rasterio.warp.transform_bounds(icrs, crs, l - pad, b - pad, r + pad, t + pad)
     w, h = int((dr - dl) / res), int((dt - db) / res)
     tf = Affine(res, 0, dl, 0, -res, dt)
-    X, Y = tf * np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    cols, rows = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
+    X, Y = dl + cols * res, dt - rows * res  # the pixels' centres
     E, N = (np.reshape(v, (h, w)) for v in rasterio.warp.transform(crs, icrs, X.ravel(), Y.ravel()))
     at = dict(
         bowl=(l + (r - l) / 3, (b + t) / 2),
