@@ -1,4 +1,4 @@
-"""`rts-seg synth | train | predict | evaluate | export | serve | launch | stats | check-data | make-dataset | image-tag | image-check`: the library's entry points as one command.
+"""`rts-seg synth | train | predict | evaluate | export | serve | launch | stats | check-data | make-dataset | terrain | image-tag | image-check`: the library's entry points as one command.
 
 Docs: https://rts-seg.github.io/rts_seg/cli.html.md"""
 
