@@ -93,8 +93,8 @@ def test_region_across_two_zones_and_float_noise(tiny, tmp_path):
     assert (delta['region'], delta['tiles'], delta['crs']) == ('delta', 5, 'EPSG:32608')  # the zone of most tiles
     assert [(m['crs'], m['tiles']) for m in delta['rasters']] == [('EPSG:32608', 3), ('EPSG:32609', 2)]
     names = sorted(p.name for p in (out / 'mosaic').iterdir())
-    assert names == ['delta.gpkg'] + sorted(
-        f'delta_{z}_{k}.tif' for z in (32608, 32609) for k in ('mask', 'prob', 'scale')
+    assert names == ['delta.gpkg', 'delta.parquet'] + sorted(  # inference.mosaics=both: COGs and VRTs
+        f'delta_{z}_{k}.{x}' for z in (32608, 32609) for k in ('mask', 'prob', 'scale') for x in ('tif', 'vrt')
     )
     for m, zone in zip(delta['rasters'], ('z8', 'z9')):
         with rasterio.open(m['prob']) as p:
