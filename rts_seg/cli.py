@@ -123,7 +123,10 @@ def cmd_predict(sub):
     )
     src = q.add_mutually_exclusive_group(required=True)
     src.add_argument('--scene', nargs='+', help='GeoTIFF scene(s)')
-    src.add_argument('--tile-list', help='CSV with tile_id (and RegionName) of tiles under --imagery')
+    src.add_argument(
+        '--tile-list',
+        help='CSV with tile_id (and RegionName) of tiles under --imagery, or with a path column: a scene list',
+    )
     q.add_argument(
         '--imagery',
         help='imagery root with PLANET-RGB/{tile_id}.tif, and EXTRA/{tile_id}.tif for a model with aux bands (with --tile-list)',
@@ -806,7 +809,11 @@ def cmd_launch(sub):
     q = kinds.add_parser('predict', help='a Cloud Batch job: one task per shard of a tile list, on spot GPU VMs')
     q.add_argument('--model', required=True, help='gs:// URI of best.pth (or an export with its sidecar)')
     q.add_argument('--tile-list', required=True, help='gs:// URI of the tile list (CSV with tile_id, RegionName)')
-    q.add_argument('--imagery', required=True, help='gs:// imagery root (PLANET-RGB/, EXTRA/)')
+    q.add_argument(
+        '--imagery',
+        default=None,
+        help='gs:// imagery root (PLANET-RGB/, EXTRA/); leave out with a scene list (a path column: quads, scenes)',
+    )
     q.add_argument('--out', required=True, help='gs:// output folder')
     q.add_argument('--tasks', type=int, default=64, help='tasks, one shard of the tile list each (default 64)')
     q.add_argument(

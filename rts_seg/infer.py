@@ -805,16 +805,32 @@ def resolve_polygon_crs(
 
 def tile_plan(
     sources: list[str],  # the model's rasters of a tile, by folder (`Bundle.sources`): ['PLANET-RGB', 'EXTRA']
-    tile_list: str | Path,  # CSV with tile_id (and RegionName)
-    imagery: str | Path | None,  # root of {source}/{tile_id}.tif
+    tile_list: str | Path,  # CSV with tile_id (and RegionName; a scene list: path, and extra for aux bands)
+    imagery: str | Path | None,  # root of {source}/{tile_id}.tif (not needed by a scene list)
     extra: list | None,  # --extra (whole-scene mode only: refused here)
     i: int,  # this shard
     n: int,  # number of shards
 ) -> tuple[pd.DataFrame, list[tuple]]:
-    "The tile list, and this shard's work: (image, aux image or None, output stem, key) per tile."
+    "The tile list, and this shard's work: (image, aux image or None, output stem, key) per tile (or scene)."
     aux = sources[1] if len(sources) > 1 else None
+    tiles = read_tile_list(tile_list)
+    if 'path' in tiles.columns:  # a scene list: each row a scene (e.g. a basemap quad) where it lies
+        if extra:
+            raise RtsSegError(
+                f'--extra goes with --scene; a scene list {tile_list} gives its aux rasters in an extra column'
+            )
+        at = lambda p: p if not p or is_remote(p) or Path(p).is_absolute() else join(Path(str(tile_list)).parent, p)
+        rows = tiles.set_index('tile_id')
+        ex = rows['extra'] if 'extra' in rows.columns else {}
+        plan = [
+            (at(rows.path[t]), at(ex[t]) if len(ex) and ex[t] else None, f'tiles/{t}', t)
+            for t in shard_tiles(list(tiles.tile_id), i, n)
+        ]
+        return tiles, plan
     if imagery is None:
-        raise RtsSegError(f'--tile-list needs --imagery ROOT (the folder with {"/, ".join(sources)}/)')
+        raise RtsSegError(
+            f'--tile-list needs --imagery ROOT (the folder with {"/, ".join(sources)}/), or a path column (a scene list)'
+        )
     if extra:
         raise RtsSegError(
             f"--extra goes with --scene; with --tile-list the aux bands are read from --imagery's {aux or 'EXTRA'}/ folder"
@@ -823,7 +839,6 @@ def tile_plan(
         raise RtsSegError(
             f'the model reads {len(sources)} rasters per tile ({", ".join(sources)}); a tile list reads two: stack all but the first into one'
         )
-    tiles = read_tile_list(tile_list)
     plan = [
         (join(imagery, sources[0], f'{t}.tif'), join(imagery, aux, f'{t}.tif') if aux else None, f'tiles/{t}', t)
         for t in shard_tiles(list(tiles.tile_id), i, n)

@@ -765,8 +765,8 @@ def mosaic_plan(
 def launch_predict(
     root: str | Path,  # repository root (the image is built from it)
     model: str,  # gs:// URI of the model (best.pth, or an export with its sidecar)
-    tile_list: str,  # gs:// URI of the tile list (CSV with tile_id, RegionName)
-    imagery: str,  # gs:// imagery root (PLANET-RGB/, EXTRA/)
+    tile_list: str,  # gs:// URI of the tile list (tile_id, RegionName), or a scene list (with path: quads...)
+    imagery: str | None,  # gs:// imagery root (PLANET-RGB/, EXTRA/); None with a scene list
     out: str,  # gs:// output folder
     registry: str,  # HOST/PATH of the images
     region: str,  # Cloud Batch region
@@ -795,7 +795,7 @@ def launch_predict(
     "Predict a tile list on Cloud Batch: one task per shard (`rts-seg predict ... --shard auto --resume`), then a reduce job."
     from rts_seg.config import load_config
 
-    _gs(model=model, tile_list=tile_list, imagery=imagery, out=out)
+    _gs(model=model, tile_list=tile_list, out=out, **({'imagery': imagery} if imagery else {}))
     overrides = list(overrides or [])
     load_config(None, overrides)  # a mistake: here, not in 64 tasks
     m = gpu_machine(machine, gpus, accelerator)
@@ -807,8 +807,7 @@ def launch_predict(
         model,
         '--tile-list',
         tile_list,
-        '--imagery',
-        imagery,
+        *(['--imagery', imagery] if imagery else []),  # a scene list names each scene's path
         '--out',
         out,
         '--shard',

@@ -337,8 +337,6 @@ def test_dry_run_offline(tmp_path):
         'gs://b/m.pth',
         '--tile-list',
         'gs://b/t.csv',
-        '--imagery',
-        'gs://b/i',
         '--out',
         'gs://b/o',
         '--name',
@@ -358,6 +356,13 @@ def test_dry_run_offline(tmp_path):
         check_api(job, 'Job') == [] and job['taskGroups'][0]['taskSpec']['runnables'][0]['container']['imageUri'] == ref
     )
     assert submit.startswith('gcloud batch jobs submit rts-predict-offline ')
+    cmds = job['taskGroups'][0]['taskSpec']['runnables'][0]['container']['commands']
+    assert '--imagery' not in cmds and cmds[:4] == [
+        '--model',
+        'gs://b/m.pth',
+        '--tile-list',
+        'gs://b/t.csv',
+    ]  # a scene list
     assert 'gcloud batch jobs submit rts-predict-offline-mosaic' in r.stdout
     assert not (tmp_path / 'launches').exists()  # a dry run writes nothing
     r = rts_seg(

@@ -120,10 +120,12 @@ def test_region_reduce_vrt_vs_cog(tmp_path):
 
 
 def test_mosaic_tasks_after_sharded_predict(tiny, tmp_path):
-    "Two shards with --no-mosaic, then `rts-seg mosaic` tasks; a region with unfinished tiles is refused."
+    "A scene list in two shards with --no-mosaic, then `rts-seg mosaic` tasks; a region with unfinished tiles is refused."
     meta = pd.read_csv(tiny['data'] / 'metadata.csv')
     meta = meta[meta.RegionName.isin(sorted(meta.RegionName.unique())[:2])].groupby('RegionName').head(3)  # 2 x 3 tiles
-    meta[['tile_id', 'RegionName']].to_csv(tmp_path / 'tiles.csv', index=False)
+    # a scene list: each unit of a shard a scene where it lies (here the tiles themselves), no --imagery
+    meta = meta.assign(path=[str(tiny['data'] / 'PLANET-RGB' / f'{t}.tif') for t in meta.tile_id])
+    meta[['tile_id', 'RegionName', 'path']].to_csv(tmp_path / 'tiles.csv', index=False)
     out = tmp_path / 'out'
     pred = lambda *a: rts_seg(
         'predict',
@@ -131,8 +133,6 @@ def test_mosaic_tasks_after_sharded_predict(tiny, tmp_path):
         tiny['run'] / 'best.pth',
         '--tile-list',
         tmp_path / 'tiles.csv',
-        '--imagery',
-        tiny['data'],
         '--out',
         out,
         '--tile-size',
