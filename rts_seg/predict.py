@@ -11,6 +11,7 @@ import collections, contextlib, copy, dataclasses, functools, math, queue, threa
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import rasterio
@@ -180,6 +181,11 @@ class Predictor:
 
     checkpoint: str | list | None  # the model file(s) it was loaded from; None when given networks
     members: list[Member]
+    bundle: Bundle  # the first member's; an ensemble's carries their mean threshold
+    in_channels: int  # the models' input channels
+    norm_channels: int  # channels `normalize` gives: the input's, once per distinct normalisation
+    normalization_hash: str  # an ensemble of several statistics: their hashes joined by '+'
+    model_info: dict | list  # what the logs record of the model (one dict per member for an ensemble)
 
     def __init__(
         self,
@@ -199,9 +205,10 @@ class Predictor:
         if precision == 'auto':
             precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
         self.dtype = dict(fp32=None, bf16=torch.bfloat16, fp16=torch.float16)[precision]
-        models, bundles = (list(a) if isinstance(a, list) else [a] for a in (model, bundle))
-        assert len(models) == len(bundles), 'one bundle per model'
-        bundles = [
+        models: list[torch.nn.Module] = model if isinstance(model, list) else [model]
+        given: list = bundle if isinstance(bundle, list) else [bundle]
+        assert len(models) == len(given), 'one bundle per model'
+        bundles: list[Bundle] = [
             b
             if isinstance(b, Bundle)
             else Bundle(
@@ -210,20 +217,24 @@ class Predictor:
                 normalization=b,
                 imagery=dict(b.get('imagery') or {}),
             )
-            for b in bundles
+            for b in given
         ]
-        files = checkpoint if isinstance(checkpoint, list) else [checkpoint] * (checkpoint is not None)
+        files = (
+            [str(c) for c in checkpoint]
+            if isinstance(checkpoint, list)
+            else [str(checkpoint)] * (checkpoint is not None)
+        )
         names = files if len(files) == len(bundles) else [f'model {i + 1}' for i in range(len(bundles))]
         check_members(bundles, names)
         # the ensemble's mask threshold: the mean of the members' calibrated thresholds
         b0 = bundles[0]
-        bundle = (
+        ens = (
             b0
             if len(bundles) == 1
             else dataclasses.replace(b0, calibration=dict(threshold=float(np.mean([b.threshold for b in bundles]))))
         )
-        self.bundle, self.precision, self.tta, self.views = bundle, precision, tta, TTA_MODES[tta]
-        self.threshold = bundle.threshold if threshold is None else threshold
+        self.bundle, self.precision, self.tta, self.views = ens, precision, tta, TTA_MODES[tta]
+        self.threshold = ens.threshold if threshold is None else threshold
         self.in_channels = b0.in_channels
         # one normalisation per distinct set of statistics, in member order: (lo, hi, mean, std) of every group
         hashes = list(dict.fromkeys(b.normalization_hash for b in bundles))
@@ -245,9 +256,8 @@ class Predictor:
                 m = m.to(memory_format=torch.channels_last)
             t = float(b.temperature if temperature is None else temperature)
             ck = files[i] if len(files) == len(bundles) else None
-            self.members.append(
-                Member(torch.compile(m) if compile else m, b, t, hashes.index(b.normalization_hash), ck)
-            )
+            net = cast(torch.nn.Module, torch.compile(m)) if compile else m
+            self.members.append(Member(net, b, t, hashes.index(b.normalization_hash), ck))
         self.model = self.members[0].model
         self.checkpoint = checkpoint
         # samples per pixel: views x members; with more than one their spread is the uncertainty
@@ -290,7 +300,7 @@ class Predictor:
     ) -> Predictor:
         "A predictor (an ensemble when `model` names several files) with the settings of an `inference` config."
         cfg = cfg or InferenceConfig()
-        kw = dict(
+        kw: dict = dict(
             device=cfg.device,
             precision=cfg.precision,
             channels_last=cfg.channels_last,
@@ -340,7 +350,8 @@ class Predictor:
         n, C = len(self.members) * len(self.views), self.in_channels
         out = torch.zeros((), device=self.device)  # the sum of the samples
         # the sums of their differences from the first, and of their squares: the variance without cancellation
-        first, s1, s2 = None, 0.0, 0.0
+        first: torch.Tensor | None = None
+        s1 = s2 = torch.zeros((), device=self.device)
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
             for m in self.members:
                 xm = x if len(self.norms) == 1 else x[:, m.slot * C : (m.slot + 1) * C]
@@ -439,15 +450,15 @@ class MergeBuffer:
     ):
         "The first `n` rows, final, on the host: probability (-1 where nodata), mask (0/1, 255 where nodata), scale code (0 where nodata), (slump, valid) pixel counts, uncertainty (uint8 in steps of `UNC_STEP`, 255 where nodata; None when not tracked), and a CUDA event to wait for."
         valid = self.valid[:n]
-        blend = self.acc is not None and self.wsum is not None
-        prob = self.acc[:n] / self.wsum[:n].clamp_min(1e-12) if blend else self.best[:n].clone()
+        wsum = None if self.acc is None or self.wsum is None else self.wsum[:n].clamp_min(1e-12)  # blend
+        prob = self.best[:n].clone() if self.acc is None or wsum is None else self.acc[:n] / wsum
         prob.masked_fill_(~valid, -1)
         mask = (prob > threshold).to(torch.uint8).masked_fill_(~valid, 255)
         code = self.code[:n].masked_fill(~valid, 0) if self.code is not None else valid.to(torch.uint8) * self.const
         counts = torch.stack([(mask == 1).sum(), valid.sum()])
         unc = None
         if self.unc is not None:
-            u = self.unc[:n] / self.wsum[:n].clamp_min(1e-12) if blend else self.unc[:n]
+            u = self.unc[:n] if wsum is None else self.unc[:n] / wsum
             unc = torch.round(u / UNC_STEP).clamp_(0, 254).to(torch.uint8).masked_fill_(~valid, 255)
         out: tuple = (prob, mask, code, counts, unc)
         ev = None
