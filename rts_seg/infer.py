@@ -365,11 +365,11 @@ def region_records(
 def tile_grid(
     path: str | Path,  # a raster
 ) -> dict:
-    "Its grid as a manifest keeps it: CRS (WKT), affine transform (6 numbers), width, height, data type, nodata."
+    "Its grid as a manifest keeps it: CRS, affine transform (6 numbers), width, height, data type, nodata."
     with rasterio.open(path) as s:
         nd = s.nodata
         return dict(
-            crs=s.crs.to_wkt() if s.crs else None,
+            crs=s.crs.to_string() if s.crs else None,  # 'EPSG:32608' (short: one per manifest line), else WKT
             transform=list(s.transform)[:6],
             width=s.width,
             height=s.height,
@@ -613,7 +613,7 @@ def _crs_groups(out: OutDir, recs: list[dict]) -> tuple[dict[str, list], dict[st
         g = r.get('grid') or tile_grid(out.local / out.get(r['prob'])[0])
         wkt = g['crs']
         if wkt not in labels:
-            crs = CRS.from_wkt(wkt)
+            crs = CRS.from_user_input(wkt)
             labels[wkt] = crs_label(crs)
             crss.setdefault(labels[wkt], crs)
         by.setdefault(labels[wkt], []).append((r, g))
@@ -931,7 +931,7 @@ class TileRecorder:
             unc_path=r.get('unc'),
         )
         rel = lambda f: str(Path(f).relative_to(self.dst.local))
-        rec = {k: rel(r[k]) for k in OUTPUTS if k in r}  # unc: an ensemble's only
+        rec: dict[str, Any] = {k: rel(r[k]) for k in OUTPUTS if k in r}  # unc: an ensemble's only
         rec.update(
             {k: r[k] for k in ('key', 'windows', 'skipped_windows', 'slump_pixels', 'valid_pixels')},
             gpkg=rel(gpkg),
