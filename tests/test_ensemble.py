@@ -133,3 +133,26 @@ def test_serve_with_two_models_answers(tiny, pair):
     assert r.status_code == 200, r.text
     fc = r.json()
     assert fc['type'] == 'FeatureCollection' and fc['features'] and 'prob_std' in fc['features'][0]['properties']
+
+
+def test_tile_list_mosaics_the_uncertainty(tiny, pair, tmp_path):
+    import pandas as pd
+
+    from rts_seg.config import InferenceConfig
+    from rts_seg.infer import run_inference
+
+    meta = pd.read_csv(tiny['data'] / 'metadata.csv')
+    region = meta.RegionName.iloc[0]
+    meta[meta.RegionName == region].head(4)[['tile_id', 'RegionName']].to_csv(tmp_path / 'tiles.csv', index=False)
+    cfg = InferenceConfig(tile_size=T, device='cpu')
+    log = run_inference(
+        [pair['a'], pair['b']], tmp_path / 'o', tile_list=tmp_path / 'tiles.csv', imagery=tiny['data'], cfg=cfg
+    )
+    assert [m['checkpoint'] for m in log['members']] == [str(pair['a']), str(pair['b'])]
+    mos = tmp_path / 'o' / 'mosaic'
+    assert (mos / f'{region}_unc.tif').is_file() and (mos / f'{region}_unc.vrt').is_file()
+    t = next((tmp_path / 'o' / 'tiles').glob('*_unc.tif'))
+    with rasterio.open(mos / f'{region}_unc.tif') as m, rasterio.open(t) as a:
+        assert m.dtypes[0] == 'uint8' and (m.read(1, window=m.window(*a.bounds)) == a.read(1)).all()
+    meta_g, _, _, vals = pyogrio.raw.read(mos / f'{region}.gpkg')
+    assert 'prob_std' in meta_g['fields']
