@@ -15,7 +15,6 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 import pandas as pd
-import pystac
 import rasterio
 import rasterio.transform
 import shapely
@@ -453,8 +452,11 @@ def to_geoparquet(
 
 # %% ../nbs/11c_infer.ipynb #509d8052
 MEDIA = dict(
-    tif=pystac.MediaType.COG, vrt='application/xml', gpkg=pystac.MediaType.GEOPACKAGE, parquet=pystac.MediaType.PARQUET
-)  # an output file's extension -> its media type in the STAC items
+    tif='image/tiff; application=geotiff; profile=cloud-optimized',
+    vrt='application/xml',
+    gpkg='application/geopackage+sqlite3',
+    parquet='application/x-parquet',
+)  # an output file's extension -> its media type in the STAC items (pystac.MediaType's)
 
 
 def stac_item(
@@ -463,6 +465,8 @@ def stac_item(
     info: dict | None,  # `model_info` of the run (its `run_info.json`); None: unknown
 ) -> dict:
     "The region's STAC item: its footprint in WGS 84, its mosaics and polygons as assets, the model's provenance as properties."
+    import pystac
+
     ws, ss, es, ns = zip(*[transform_bounds(crs, 'EPSG:4326', *b) for crs, b in bounds])
     bbox = [min(ws), min(ss), max(es), max(ns)]
     info = info or {}
@@ -503,6 +507,8 @@ def write_catalog(
     regions: list[str],  # every region of the tile list (its items are `stac/{region}.json`)
 ):
     "`stac/catalog.json`: a STAC catalog linking each region's item; every reduce task writes the same one."
+    import pystac
+
     cat = pystac.Catalog('rts-seg', f'rts_seg outputs in {dst.uri}: per region, mosaics (COG or VRT) and polygons')
     d = cat.to_dict(include_self_link=False, transform_hrefs=False)
     d['links'] = [dict(rel='root', href='./catalog.json', type='application/json')] + [
