@@ -342,7 +342,7 @@ def region_records(
 ) -> list[dict]:
     "A region's finished tiles' records, from its index files alone, sorted by tile id."
     recs = {}
-    for rel in out.fetch(f'index/{_region_dir(region)}/*.jsonl'):
+    for rel in out.fetch(f'index/{_region_dir(region)}/[!.]*.jsonl'):  # not what a kill left half-written
         for line in (out.local / rel).read_text().splitlines():
             r = json.loads(line)
             recs[r['key']] = r
