@@ -723,7 +723,11 @@ d = { 'settings': { 'branch': 'main',
             'rts_seg.vectorize': { 'rts_seg.vectorize._metric': ('vectorize.html#_metric', 'rts_seg/vectorize.py'),
                                    'rts_seg.vectorize._nw_order': ('vectorize.html#_nw_order', 'rts_seg/vectorize.py'),
                                    'rts_seg.vectorize._stats': ('vectorize.html#_stats', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize._tol': ('vectorize.html#_tol', 'rts_seg/vectorize.py'),
                                    'rts_seg.vectorize._write_gpkg': ('vectorize.html#_write_gpkg', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize.join_groups': ('vectorize.html#join_groups', 'rts_seg/vectorize.py'),
                                    'rts_seg.vectorize.mask_polygons': ('vectorize.html#mask_polygons', 'rts_seg/vectorize.py'),
                                    'rts_seg.vectorize.merge_polygons': ('vectorize.html#merge_polygons', 'rts_seg/vectorize.py'),
-                                   'rts_seg.vectorize.vectorize': ('vectorize.html#vectorize', 'rts_seg/vectorize.py')}}}
+                                   'rts_seg.vectorize.merged_records': ('vectorize.html#merged_records', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize.vectorize': ('vectorize.html#vectorize', 'rts_seg/vectorize.py'),
+                                   'rts_seg.vectorize.write_merged': ('vectorize.html#write_merged', 'rts_seg/vectorize.py')}}}

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-import numpy as np
 import pandas as pd
 import rasterio
 import rasterio.transform
@@ -22,7 +21,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.merge import merge
-from rasterio.warp import transform as warp_xy, transform_bounds, transform_geom
+from rasterio.warp import transform_bounds, transform_geom
 from shapely.geometry import mapping
 import torch
 
@@ -30,7 +29,7 @@ from .config import InferenceConfig
 from .core import RtsSegError, atomic_path, atomic_write_text
 from .io import exists, get_fs, is_remote, join
 from .predict import OUTPUTS, TMP_OPTS, Predictor, Scene, predict_scenes, write_cog
-from .vectorize import FIELDS, _metric, _nw_order, _write_gpkg, merge_polygons, vectorize
+from .vectorize import _tol, join_groups, merge_polygons, merged_records, vectorize, write_merged
 
 # %% auto #0
 __all__ = ['SHARD_ENV', 'MOSAIC_MEM_MB', 'RES_RTOL', 'GRID_TOL_PX', 'GDAL_TYPES', 'MEDIA', 'resolve_shard', 'parse_shard',
@@ -547,67 +546,15 @@ def seam_union(
             continue
         gs = [shapely.from_wkb(bytes.fromhex(w)) for w, _ in feats]
         ring = shapely.box(*bounds).exterior
-        tol = join_m / 111_320 if src.is_geographic else join_m / src.linear_units_factor[1]
-        edge += list(shapely.distance(gs, ring) <= tol)  # only these can continue in the next tile
+        edge += list(shapely.distance(gs, ring) <= _tol(join_m, src))  # only these can continue in the next tile
         if src != dst:
             gs = [shapely.geometry.shape(t) for t in transform_geom(src, dst, [g.__geo_interface__ for g in gs])]
         polys += gs
         rows += [r for _, r in feats]
         srcs += [src] * len(gs)
         tile += [k] * len(gs)
-    parent = list(range(len(polys)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = i = parent[parent[i]]
-        return i
-
-    cand = [i for i in range(len(polys)) if edge[i]]
-    if cand:
-        tol = join_m / 111_320 if dst.is_geographic else join_m / dst.linear_units_factor[1]
-        a, b = shapely.STRtree([polys[i] for i in cand]).query(
-            [polys[i] for i in cand], predicate='dwithin', distance=tol
-        )
-        for i, j in zip(a, b):
-            i, j = cand[i], cand[j]
-            if tile[i] != tile[j]:
-                parent[root(i)] = root(j)
-    groups: dict[int, list[int]] = {}
-    for i in range(len(polys)):
-        groups.setdefault(root(i), []).append(i)
-    out, recs = [], []
-    for g in groups.values():
-        if len(g) == 1:  # a polygon away from the seams (or alone at one): as its tile wrote it
-            out.append(polys[g[0]])
-            recs.append(rows[g[0]])
-            continue
-        u = shapely.normalize(shapely.unary_union([polys[i] for i in g]))
-        big = max(g, key=lambda i: rows[i]['area_m2'])  # measured again in the CRS of the largest piece
-        (m,), unit = _metric([shapely.geometry.shape(transform_geom(dst, srcs[big], u.__geo_interface__))], srcs[big])
-        top = max(g, key=lambda i: rows[i]['max_prob'])
-        (lon,), (lat,) = warp_xy(dst, 'EPSG:4326', [u.centroid.x], [u.centroid.y])
-        w = [float(rows[i]['area_m2']) for i in g]
-        out.append(u)
-        recs.append(
-            dict(
-                area_m2=m.area * unit**2,
-                perimeter_m=m.length * unit,
-                centroid_lat=lat,
-                centroid_lon=lon,
-                mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
-                max_prob=rows[top]['max_prob'],
-                prob_std=float(np.average([rows[i].get('prob_std', np.nan) for i in g], weights=w)),
-                detection_scale=rows[top]['detection_scale'],
-                tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
-            )
-        )
-    order = _nw_order(out)
-    out, recs = [out[i] for i in order], [recs[i] for i in order]
-    get = lambda r, f: r.get(f, '' if f == 'tile_ids' else np.nan)  # a field a tile's file lacked (an older run)
-    cols = {f: np.array([get(r, f) for r in recs], dtype=object if f == 'tile_ids' else float) for f in FIELDS[1:]}
-    cols['rts_id'] = np.arange(1, len(out) + 1, dtype=np.int64)
-    _write_gpkg(out_path, out, cols, dst.to_wkt(), layer)
-    return dict(gpkg=str(out_path), polygons=len(out), total_area_m2=float(cols['area_m2'].sum()), crs=dst.to_string())
+    groups = join_groups(polys, tile, _tol(join_m, dst), [i for i in range(len(polys)) if edge[i]])
+    return write_merged(out_path, *merged_records(groups, polys, rows, srcs, dst), dst, layer)
 
 # %% ../nbs/11c_infer.ipynb #427d98c6
 def _crs_groups(out: OutDir, recs: list[dict]) -> tuple[dict[str, list], dict[str, CRS]]:

@@ -21,7 +21,7 @@ from shapely.geometry import shape
 from .core import RtsSegError, atomic_path
 
 # %% auto #0
-__all__ = ['FIELDS', 'mask_polygons', 'vectorize', 'merge_polygons']
+__all__ = ['FIELDS', 'mask_polygons', 'vectorize', 'join_groups', 'merged_records', 'write_merged', 'merge_polygons']
 
 # %% ../nbs/11a_vectorize.ipynb #6b7ace8d
 def mask_polygons(
@@ -189,6 +189,94 @@ def vectorize(
     return dict(gpkg=str(out_path), polygons=len(polys), total_area_m2=float(cols['area_m2'].sum()))
 
 # %% ../nbs/11a_vectorize.ipynb #5b512b43
+def _tol(join_m: float, crs: CRS) -> float:
+    "`join_m` metres in the units of `crs`: metres, feet, or degrees (about 111 km each)."
+    return join_m / 111_320 if crs.is_geographic else join_m / crs.linear_units_factor[1]
+
+
+def join_groups(
+    polys: list,  # shapely polygons, all in one CRS
+    owner: list[int],  # the file or tile each piece came from: pieces of one owner are never joined
+    tol: float,  # pieces of different owners closer than this (in the CRS's units) are one slump
+    candidates: list[int] | None = None,  # only these pieces may join (e.g. those at a tile's edge); None: all
+) -> list[list[int]]:
+    "Groups of piece indices: pieces of different owners within `tol` of each other, transitively (a union-find)."
+    parent = list(range(len(polys)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = i = parent[parent[i]]
+        return i
+
+    cand = list(range(len(polys))) if candidates is None else list(candidates)
+    if cand:
+        a, b = shapely.STRtree([polys[i] for i in cand]).query(
+            [polys[i] for i in cand], predicate='dwithin', distance=tol
+        )
+        for i, j in zip(a, b):
+            i, j = cand[i], cand[j]
+            if owner[i] != owner[j]:
+                parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(len(polys)):
+        groups.setdefault(root(i), []).append(i)
+    return list(groups.values())
+
+
+def merged_records(
+    groups: list[list[int]],  # groups of piece indices (`join_groups`)
+    polys: list,  # the pieces, in the CRS `dst`
+    rows: list[dict],  # each piece's fields as `vectorize` wrote them
+    srcs: list[CRS],  # each piece's own CRS (a group is measured again in that of its largest piece)
+    dst: CRS,  # the CRS of `polys`
+) -> tuple[list, list[dict]]:
+    "One polygon and one row of fields per group: a lone piece as it was, a group unioned with area-weighted statistics."
+    out, recs = [], []
+    for g in groups:
+        if len(g) == 1:  # a polygon away from the seams (or alone at one): as its file wrote it
+            out.append(polys[g[0]])
+            recs.append(rows[g[0]])
+            continue
+        u = shapely.normalize(shapely.unary_union([polys[i] for i in g]))
+        big = max(g, key=lambda i: rows[i]['area_m2'])  # measured again in the CRS of the largest piece
+        (m,), unit = _metric([shape(transform_geom(dst, srcs[big], u.__geo_interface__))], srcs[big])
+        top = max(g, key=lambda i: rows[i]['max_prob'])
+        (lon,), (lat,) = warp_xy(dst, 'EPSG:4326', [u.centroid.x], [u.centroid.y])
+        w = [float(rows[i]['area_m2']) for i in g]
+        out.append(u)
+        recs.append(
+            dict(
+                area_m2=m.area * unit**2,
+                perimeter_m=m.length * unit,
+                centroid_lat=lat,
+                centroid_lon=lon,
+                mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
+                max_prob=rows[top]['max_prob'],
+                prob_std=float(np.average([rows[i].get('prob_std', np.nan) for i in g], weights=w)),
+                detection_scale=rows[top]['detection_scale'],
+                tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
+            )
+        )
+    return out, recs
+
+
+def write_merged(
+    out_path: str | Path,  # the GeoPackage to write
+    out: list,  # polygons (`merged_records`)
+    recs: list[dict],  # their fields
+    dst: CRS,  # their CRS
+    layer: str = 'rts',  # GeoPackage layer name
+) -> dict:
+    "Write merged polygons north-west first with ids renumbered; a field an older run's file lacked is NaN (or '')."
+    order = _nw_order(out)
+    out, recs = [out[i] for i in order], [recs[i] for i in order]
+    get = lambda r, f: r.get(f, '' if f == 'tile_ids' else np.nan)
+    cols = {f: np.array([get(r, f) for r in recs], dtype=object if f == 'tile_ids' else float) for f in FIELDS[1:]}
+    cols['rts_id'] = np.arange(1, len(out) + 1, dtype=np.int64)
+    _write_gpkg(out_path, out, cols, dst.to_wkt(), layer)
+    return dict(gpkg=str(out_path), polygons=len(out), total_area_m2=float(cols['area_m2'].sum()), crs=dst.to_string())
+
+
 def merge_polygons(
     gpkgs: list[str | Path],  # GeoPackages written by `vectorize`, each in its own CRS
     out_path: str | Path,  # the GeoPackage to write
@@ -220,51 +308,5 @@ def merge_polygons(
         srcs += [src] * len(gs)
         files += [k] * len(gs)
     assert dst is not None
-    parent = list(range(len(polys)))  # union-find of the pieces that meet across files
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = i = parent[parent[i]]
-        return i
-
-    if polys:  # join_m in the units of `dst`: metres, feet, or degrees (about 111 km each)
-        tol = join_m / 111_320 if dst.is_geographic else join_m / dst.linear_units_factor[1]
-        a, b = shapely.STRtree(polys).query(polys, predicate='dwithin', distance=tol)
-        for i, j in zip(a, b):
-            if files[i] != files[j]:
-                parent[root(int(i))] = root(int(j))
-    groups: dict[int, list[int]] = {}
-    for i in range(len(polys)):
-        groups.setdefault(root(i), []).append(i)
-    out, recs = [], []
-    for g in groups.values():
-        if len(g) == 1:
-            out.append(polys[g[0]])
-            recs.append(rows[g[0]])
-            continue
-        u = shapely.normalize(shapely.unary_union([polys[i] for i in g]))
-        big = max(g, key=lambda i: rows[i]['area_m2'])  # measured again in the CRS of the largest piece
-        (m,), unit = _metric([shape(transform_geom(dst, srcs[big], u.__geo_interface__))], srcs[big])
-        top = max(g, key=lambda i: rows[i]['max_prob'])
-        (lon,), (lat,) = warp_xy(dst, 'EPSG:4326', [u.centroid.x], [u.centroid.y])
-        w = [float(rows[i]['area_m2']) for i in g]
-        out.append(u)
-        recs.append(
-            dict(
-                area_m2=m.area * unit**2,
-                perimeter_m=m.length * unit,
-                centroid_lat=lat,
-                centroid_lon=lon,
-                mean_prob=float(np.average([rows[i]['mean_prob'] for i in g], weights=w)),
-                max_prob=rows[top]['max_prob'],
-                prob_std=float(np.average([rows[i].get('prob_std', np.nan) for i in g], weights=w)),
-                detection_scale=rows[top]['detection_scale'],
-                tile_ids=';'.join(sorted({t for i in g for t in rows[i]['tile_ids'].split(';')})),
-            )
-        )
-    order = _nw_order(out)
-    out, recs = [out[i] for i in order], [recs[i] for i in order]
-    cols = {f: np.array([r[f] for r in recs], dtype=object if f == 'tile_ids' else float) for f in FIELDS[1:]}
-    cols['rts_id'] = np.arange(1, len(out) + 1, dtype=np.int64)
-    _write_gpkg(out_path, out, cols, dst.to_wkt(), layer)
-    return dict(gpkg=str(out_path), polygons=len(out), total_area_m2=float(cols['area_m2'].sum()), crs=dst.to_string())
+    groups = join_groups(polys, files, _tol(join_m, dst)) if polys else []
+    return write_merged(out_path, *merged_records(groups, polys, rows, srcs, dst), dst, layer)
