@@ -51,7 +51,7 @@ def test_intercomparison_dataset_layout(ic):
         with rasterio.open(ic / 'EXTRA' / f'{t}.tif') as e:
             assert e.count == 4 and e.shape == (64, 64)
     assert set(meta.TrainClass[meta.RegionName.isin(splits['test'])]) == {'Positive', 'Negative'}
-    r = rts_seg('check-data', '--root', ic)
+    r = rts_seg('check-data', '--root', ic, cwd=ic)  # its batch picture goes to the working folder
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
 
 
