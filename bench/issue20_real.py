@@ -13,7 +13,7 @@ Bykovsky, labels = the experts' majority), this
     python bench/issue20_real.py ROOT [--out runs/issue20] [--epochs 15] [--data ../shared/data/rts_intercomparison]
 """
 
-import argparse, glob, json, subprocess, sys, time
+import argparse, glob, json, sys, time
 from pathlib import Path
 
 import numpy as np
@@ -24,18 +24,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = (42, 43, 44)
-
-
-def sh(*args, log: Path) -> str:
-    "Run an rts-seg command; its output goes to `log`; the last line is printed and returned."
-    t0 = time.time()
-    r = subprocess.run([sys.executable, '-m', 'rts_seg.cli', *map(str, args)], capture_output=True, text=True)
-    log.write_text(r.stdout + r.stderr)
-    if r.returncode:
-        sys.exit(f'rts-seg {args[0]} failed ({r.returncode}); see {log}:\n{r.stderr[-2000:]}')
-    last = ([l for l in r.stdout.splitlines() if l.strip()] or [''])[-1]
-    print(f'  rts-seg {args[0]}: {time.time() - t0:.0f} s: {last[:400]}', flush=True)
-    return last
+sys.path.insert(0, str(ROOT / 'bench'))
+from real_protocol import sh  # noqa: E402  (run an rts-seg command, its output to a log)
 
 
 def prob_stds(gpkg: Path) -> list[float]:

@@ -127,7 +127,7 @@ def _min_area(pred: Path, min_area_m2: float | None) -> tuple[float, str]:
         ) from None
     return (default, 'default') if v is None else (float(v), 'inference_log')
 
-
+# %% ../nbs/11b_evaluate.ipynb #96e26bfa
 def _tally(obj, prob, pl, npred, tl, ntruth, tsize, tbin, valid, px, ious):
     "Add the matched (0) and unmatched (1) components of `pl`, and the missed ones of `tl` (2), by size bin, to `obj`."
     pl = np.where(valid, pl, 0)
@@ -180,7 +180,7 @@ def image_stats(
     pixels = np.array([(p1 & t1).sum(), (p1 | t1).sum()], np.int64)
     return dict(pixels=pixels, hist=hist, objects=obj, objects_mapped=obj_map)
 
-
+# %% ../nbs/11b_evaluate.ipynb #3b9fa50f
 def _pr(hist: np.ndarray) -> tuple:
     "Recall, precision (threshold at each bin edge, from high to low) and average precision of (..., 2, NBINS) histograms."
     tp = np.cumsum(hist[..., 1, ::-1], -1)
@@ -347,7 +347,7 @@ def bootstrap_ci(
         _band=band,
     )
 
-
+# %% ../nbs/11b_evaluate.ipynb #480185f3
 def _regions(
     names: Sequence[str],  # the images' names (scene stem, tile id)
     truth: Path,  # the truth (a label folder inside a dataset has metadata.csv beside it)

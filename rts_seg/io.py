@@ -133,12 +133,20 @@ def list_names(
     return sorted(n.rstrip('/').rsplit('/', 1)[-1] for n in names if n.endswith(suffix))
 
 # %% ../nbs/02_io.ipynb #322c52d0
-def open_raster(path: str | Path):
+def open_raster(
+    path: str | Path,  # a local path or a URL (gs://, https://)
+    what: str | None = None,  # what the file is, e.g. 'DEM': an unreadable file is then one `RtsSegError` naming it
+):
     "`rasterio.open` for a local path or a URL (read through fsspec)."
-    if not is_remote(path):
-        return rasterio.open(path)
-    fs, p = get_fs(path)
-    return rasterio.open(str(path), opener=fs.open)
+    try:
+        if not is_remote(path):
+            return rasterio.open(path)
+        fs, p = get_fs(path)
+        return rasterio.open(str(path), opener=fs.open)
+    except RasterioIOError as e:
+        if what is None:
+            raise
+        raise RtsSegError(f'cannot read {what} {path}: {e}') from None
 
 # %% ../nbs/02_io.ipynb #5d7e2c41
 def check_data_root(

@@ -18,7 +18,7 @@ from .io import is_remote
 __all__ = ['GPUS', 'FAMILIES', 'G2_GPUS', 'MANIFEST_TYPES', 'AUTH_HINT', 'API', 'REQUIRED', 'RETRY_EXIT_CODES', 'SECRET_NAME',
            'Machine', 'gpu_machine', 'parse_ref', 'gcp_token', 'registry_has', 'build_plan', 'check_api', 'fuse_path',
            'vertex_job', 'batch_job', 'cpu_machine', 'batch_cost', 'parse_env', 'parse_secrets', 'Launch',
-           'wait_for_job', 'launch_train', 'mosaic_plan', 'launch_predict', 'launch_mosaic']
+           'wait_for_job', 'launch_train', 'batch_submit', 'mosaic_plan', 'launch_predict', 'launch_mosaic']
 
 # %% ../nbs/12a_launch.ipynb #b1919cbe
 @dataclass(frozen=True)
@@ -710,6 +710,20 @@ def _gs(**flags: str):
             )
 
 
+def batch_submit(
+    job: dict,  # a Cloud Batch job spec (`batch_job`)
+    name: str,  # the job's name
+    region: str,  # its location
+    project: str | None,  # its project; None: gcloud's default
+) -> tuple[Path, list[str]]:
+    "The spec checked against the API's schema; where it will be written and the `gcloud batch jobs submit` that reads it."
+    if probs := check_api(job, 'Job'):
+        raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
+    f = Path('launches') / f'{name}.json'
+    p = [f'--project={project}'] if project else []
+    return f, ['gcloud', 'batch', 'jobs', 'submit', name, f'--location={region}', *p, f'--config={f}']
+
+
 def mosaic_plan(
     ref: str,  # image reference (the infer image: it has `rts-seg`)
     name: str,  # the prediction job's name; the reduce job is NAME-mosaic
@@ -746,22 +760,10 @@ def mosaic_plan(
         labels,
         entrypoint='rts-seg',
     )
-    if probs := check_api(job, 'Job'):
-        raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
-    f = Path('launches') / f'{n}.json'
-    submit = [
-        'gcloud',
-        'batch',
-        'jobs',
-        'submit',
-        n,
-        f'--location={region}',
-        *([f'--project={project}'] if project else []),
-        f'--config={f}',
-    ]
+    f, submit = batch_submit(job, n, region, project)
     return Launch(ref, True, [], job, f, submit)
 
-
+# %% ../nbs/12a_launch.ipynb #381f1a1b
 def launch_predict(
     root: str | Path,  # repository root (the image is built from it)
     model: str,  # gs:// URI of the model (best.pth, or an export with its sidecar)
@@ -832,20 +834,8 @@ def launch_predict(
         service_account,
         labels=labels,
     )
-    if probs := check_api(job, 'Job'):
-        raise RtsSegError(f'internal: the Cloud Batch job spec is not valid: {probs[0]}')
-    f = Path('launches') / f'{n}.json'
     p = _project(registry, project)
-    submit = [
-        'gcloud',
-        'batch',
-        'jobs',
-        'submit',
-        n,
-        f'--location={region}',
-        *([f'--project={p}'] if p else []),
-        f'--config={f}',
-    ]
+    f, submit = batch_submit(job, n, region, p)
     then = None
     if mosaic_tasks:
         then = mosaic_plan(
@@ -867,7 +857,7 @@ def launch_predict(
         )
     return _go(Launch(ref, have, cmds, job, f, submit, unchecked=why, then=then), build_args, dry_run, token, wait)
 
-
+# %% ../nbs/12a_launch.ipynb #7c9f7db2
 def launch_mosaic(
     root: str | Path,  # repository root (the image is built from it)
     tile_list: str,  # gs:// URI of the prediction's tile list

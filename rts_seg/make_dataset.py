@@ -22,7 +22,7 @@ from rasterio.windows import Window
 
 from .bands import BANDS_FILE, RGB
 from .core import RtsSegError, atomic_write_text, readable
-from .io import valid_mask, write_raster
+from .io import open_raster, valid_mask, write_raster
 from .terrain import TERRAIN_BANDS, TERRAIN_SOURCE, check_dem, terrain_like, terrain_tags, write_bands
 
 # %% auto #0
@@ -397,14 +397,6 @@ def mask_label(
     return lbl
 
 # %% ../nbs/05c_make_dataset.ipynb #7362ad0c
-def _open(path: Path, what: str):
-    "`rasterio.open`, with an unreadable file as `RtsSegError`."
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RtsSegError(f'cannot read {what} {path}: {e}') from None
-
-
 def _grid(s) -> str:
     "A raster's grid in words."
     return f'{s.width}x{s.height} px of {s.res[0]:g} x {s.res[1]:g}, origin ({s.transform.c:.2f}, {s.transform.f:.2f}), {s.crs}'
@@ -472,7 +464,7 @@ def make_dataset_from_chips(
     def read_mask(f, src):  # the chip's mask values, the file they come from, and its nodata
         if label_band is not None:
             return src.read(label_band), f, src.nodata
-        with _open(mask_of[f], 'mask') as m:
+        with open_raster(mask_of[f], 'mask') as m:
             if not _on_grid(m, src):
                 raise RtsSegError(
                     f'mask {mask_of[f]} is not on the grid of its chip {f}: {_grid(m)} against {_grid(src)}; '
@@ -484,7 +476,7 @@ def make_dataset_from_chips(
 
     values, ref, names = {}, None, None
     for f in files:  # pass 1: georeferencing, bands and mask values, before anything is written
-        with _open(f, 'chip') as src:
+        with open_raster(f, 'chip') as src:
             if src.crs is None:
                 raise RtsSegError(f'chip {f} has no CRS; georeference it first')
             if dem is not None:
@@ -527,7 +519,7 @@ def make_dataset_from_chips(
     sizes: Counter[str] = Counter()
     try:
         for f in files:  # pass 2: the tiles
-            with _open(f, 'chip') as src:
+            with open_raster(f, 'chip') as src:
                 img = src.read(imagery_bands(src))
                 valid = valid_mask(img, src.nodata)  # the one nodata rule, as in training and prediction
                 if not valid.any():
@@ -612,7 +604,7 @@ def consensus_polygons(
         raise RtsSegError('consensus_polygons: no polygon files given')
     if not 0 < min_share <= 1:
         raise RtsSegError(f'min_share {min_share:g}: a share of the files, above 0 and at most 1')
-    with _open(Path(like), 'raster') as src:
+    with open_raster(Path(like), 'raster') as src:
         shape, tfm, rcrs = src.shape, src.transform, src.crs
     if rcrs is None:
         raise RtsSegError(f'{like} has no CRS; the polygons cannot be put on its grid')

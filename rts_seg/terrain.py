@@ -20,7 +20,7 @@ from rasterio.warp import calculate_default_transform, reproject, transform_geom
 from scipy.signal import oaconvolve
 
 from .core import RtsSegError, atomic_path
-from .io import is_remote
+from .io import is_remote, open_raster
 
 # %% auto #0
 __all__ = ['TERRAIN_BANDS', 'TERRAIN_SOURCE', 'TERRAIN_ALIASES', 'TERRAIN_DEFAULTS', 'COG_OPTS', 'horn_gradient', 'slope_degrees',
@@ -147,20 +147,12 @@ def terrain_bands(
     return out
 
 # %% ../nbs/05b_terrain.ipynb #ec98583a
-def _open(path: str | Path, what: str):
-    "`rasterio.open`, with an unreadable file as `RtsSegError`."
-    try:
-        return rasterio.open(path)
-    except rasterio.errors.RasterioIOError as e:
-        raise RtsSegError(f'cannot read {what} {path}: {e}') from None
-
-
 def _grid(like) -> tuple:
     "(name, CRS, transform, (height, width)) of a raster path, an open dataset, or a (CRS, transform, shape) tuple."
     if isinstance(like, tuple):
         return ('the grid', *like)
     if isinstance(like, (str, Path)):
-        with _open(like, 'image') as s:
+        with open_raster(like, 'image') as s:
             return str(like), s.crs, s.transform, s.shape
     return like.name, like.crs, like.transform, like.shape
 
@@ -253,7 +245,7 @@ def check_dem(
 ):
     "Raise `RtsSegError` for a DEM without a CRS, or one that covers less than `min_cover` of the image."
     if isinstance(dem, (str, Path)):
-        with _open(dem, 'DEM') as d:
+        with open_raster(dem, 'DEM') as d:
             return check_dem(d, like, min_cover)
     name, crs, t, shape = like if isinstance(like, tuple) and len(like) == 4 else _grid(like)
     if dem.crs is None:
@@ -292,7 +284,7 @@ def terrain_like(
                 sub = (crs, t * Affine.translation(c0, r0), (h, w))
                 res[:, r0 : r0 + h, c0 : c0 + w] = terrain_like(dem, sub, bands, 0, False, block, **kw)
         return res
-    with _open(dem, 'DEM') as d:
+    with open_raster(dem, 'DEM') as d:
         check_dem(d, (name, crs, t, shape), min_cover)
         wt, wshape, k, m, dem_px = work_grid(d, crs, t, shape, max(p['relelev_radius'], p['tpi_radii'][1]))
         wpx, dcrs = abs(wt.a) * crs.linear_units_factor[1], d.crs.to_string()
